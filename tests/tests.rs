@@ -1,0 +1,4 @@
+//! End-to-end tests of the `hla` binary, one module per topic.
+
+#[path = "cli.rs"]
+mod cli;
