@@ -1,3 +1,35 @@
 //! The method of *Hyperspherical Loss-Aware Ternary Quantization* (arXiv 2212.12649) as plain
 //! ops: hyperspherical layers, the threshold T(t), the ternary straight-through estimator with
 //! re-scaling S, the regulariser L_d, Algorithm 1, and the TWN / TTQ baselines.
+//!
+//! The source of truth is `docs/hla-algorithm.md`; every ambiguity it lists (A1–A27) is a field
+//! of [`config::HlaConfig`] with the documented default, and the hand-worked numbers of its
+//! section 14 (T1–T12) are tests next to the code they pin.
+//!
+//! Layout: weights are viewed as rows `[n, m]` (n = output units, m = fan-in; see [`real`]).
+//! - [`threshold`]: T(t) (Eq. 8), global / per layer, integer percent arithmetic.
+//! - [`ternary`]: Ternary(W, Δ) with α_j = 1/√nnz_j (Eqs. 4–5), S = 1 − W⊙W (Eq. 12).
+//! - [`ld`]: L_d (Eq. 7) and its analytic gradient; row normalisation (Eq. 3 / spec 3.1).
+//! - [`delta_grad`]: the Δ̄ gradient of Eq. 13 with the A14 variants.
+//! - [`twn`], [`ttq`]: the baselines (spec section 11).
+//! - [`metrics`]: sparsity, Sim, mean S, histograms.
+//! - [`export`]: the 2-bit packed safetensors format.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod delta_grad;
+pub mod error;
+pub mod export;
+pub mod ld;
+pub mod metrics;
+pub mod real;
+pub mod ternary;
+pub mod threshold;
+pub mod ttq;
+pub mod twn;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use config::{HlaConfig, Method};
+pub use error::{HlaError, Result};
