@@ -1,0 +1,105 @@
+//! NumPy-style broadcasting: the output shape of two operands, and the reduction of a gradient
+//! back to an operand's shape.
+
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+
+use crate::{AutogradError, Float, Result};
+
+/// The broadcast shape of `a` and `b`: align trailing dimensions; each pair must be equal or
+/// contain a 1 (NumPy's rule).
+///
+/// # Errors
+/// [`AutogradError::ShapeMismatch`] naming `op` if some aligned pair differs and neither is 1.
+pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for (i, o) in out.iter_mut().enumerate() {
+        // dimension i of the output, counted from the left of the longer shape
+        let da = (i + a.len()).checked_sub(n).map_or(1, |j| a[j]);
+        let db = (i + b.len()).checked_sub(n).map_or(1, |j| b[j]);
+        *o = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return Err(AutogradError::ShapeMismatch {
+                op,
+                lhs: a.to_vec(),
+                rhs: b.to_vec(),
+            });
+        };
+    }
+    Ok(out)
+}
+
+/// `f(a, b)` element-wise over the broadcast shape, in standard layout.
+pub(crate) fn binary_map<F: Float>(
+    op: &'static str,
+    a: &ArrayD<F>,
+    b: &ArrayD<F>,
+    f: impl Fn(F, F) -> F,
+) -> Result<ArrayD<F>> {
+    if a.shape() == b.shape() {
+        return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
+    }
+    let shape = IxDyn(&broadcast_shape(op, a.shape(), b.shape())?);
+    const BROKEN: &str =
+        "hla-autograd internal error: broadcast_shape accepted an impossible shape";
+    let av = a.broadcast(shape.clone()).expect(BROKEN);
+    let bv = b.broadcast(shape).expect(BROKEN);
+    Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+}
+
+/// Sums a gradient of the broadcast output shape down to an operand's `shape`: leading
+/// dimensions the operand lacks are summed away, dimensions where the operand has 1 are summed
+/// with the axis kept. Returns `g` itself (no copy) when the shapes already agree. Sums run
+/// in index order (deterministic).
+pub(crate) fn sum_to_shape<F: Float>(mut g: ArrayD<F>, shape: &[usize]) -> ArrayD<F> {
+    if g.shape() == shape {
+        return g;
+    }
+    while g.ndim() > shape.len() {
+        g = g.sum_axis(Axis(0));
+    }
+    for (ax, &s) in shape.iter().enumerate() {
+        if s == 1 && g.shape()[ax] != 1 {
+            g = g.sum_axis(Axis(ax)).insert_axis(Axis(ax));
+        }
+    }
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::ArrayD;
+
+    #[test]
+    fn broadcast_shapes_follow_numpy() {
+        assert_eq!(broadcast_shape("t", &[2, 3], &[3]).unwrap(), vec![2, 3]);
+        assert_eq!(
+            broadcast_shape("t", &[2, 1, 4], &[3, 1]).unwrap(),
+            vec![2, 3, 4]
+        );
+        assert_eq!(broadcast_shape("t", &[], &[5]).unwrap(), vec![5]);
+        assert_eq!(broadcast_shape("t", &[1], &[0]).unwrap(), vec![0]);
+        let e = broadcast_shape("t", &[2, 3], &[2]).unwrap_err();
+        assert!(
+            e.to_string().contains("[2, 3]") && e.to_string().contains("[2]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sum_to_shape_reduces_broadcast_axes() {
+        let g = ArrayD::from_shape_vec(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        assert_eq!(
+            sum_to_shape(g.clone(), &[3]).into_raw_vec_and_offset().0,
+            vec![5., 7., 9.]
+        );
+        let r = sum_to_shape(g.clone(), &[2, 1]);
+        assert_eq!(r.shape(), &[2, 1]);
+        assert_eq!(r.into_raw_vec_and_offset().0, vec![6., 15.]);
+        assert_eq!(sum_to_shape(g, &[]).into_raw_vec_and_offset().0, vec![21.]);
+    }
+}

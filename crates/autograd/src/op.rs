@@ -1,0 +1,221 @@
+//! The list of every differentiable op: [`Op`] (what the tape keeps) and [`OpKind`] (its
+//! names, the audit checklist).
+//!
+//! `Op::backward` is an exhaustive `match` with no `_ =>` arm: a new op does not compile until
+//! its backward exists. The test `every_op_has_a_gradcheck` iterates [`OpKind`] the same way,
+//! so a new op does not pass the suite until it has a gradient check.
+
+use std::sync::Arc;
+
+use ndarray::{Array1, ArrayD};
+use strum::EnumIter;
+
+use crate::ops;
+use crate::ops::CustomOp;
+use crate::tape::Backprop;
+use crate::{Float, Result, Var};
+
+/// A recorded op: its inputs (in argument order), hyper-parameters, and only the state its
+/// backward needs beyond the recorded values (which it reads from the tape, without copies).
+/// `backward` takes the op by value, so saved state is freed as soon as it has been used.
+pub(crate) enum Op<F: Float> {
+    Add {
+        a: Var,
+        b: Var,
+    },
+    Sub {
+        a: Var,
+        b: Var,
+    },
+    Mul {
+        a: Var,
+        b: Var,
+    },
+    Div {
+        a: Var,
+        b: Var,
+    },
+    Neg {
+        x: Var,
+    },
+    AddScalar {
+        x: Var,
+    },
+    MulScalar {
+        x: Var,
+        s: F,
+    },
+    Sum {
+        x: Var,
+        axes: Vec<usize>,
+        keepdim: bool,
+    },
+    Mean {
+        x: Var,
+        axes: Vec<usize>,
+        keepdim: bool,
+    },
+    Reshape {
+        x: Var,
+    },
+    Permute {
+        x: Var,
+        axes: Vec<usize>,
+    },
+    MatMul {
+        a: Var,
+        b: Var,
+    },
+    Linear {
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+    },
+    Sqrt {
+        x: Var,
+    },
+    Square {
+        x: Var,
+    },
+    Abs {
+        x: Var,
+    },
+    Pow {
+        x: Var,
+        p: F,
+    },
+    Exp {
+        x: Var,
+    },
+    Log {
+        x: Var,
+    },
+    Clamp {
+        x: Var,
+        lo: F,
+        hi: F,
+    },
+    NormalizeRows {
+        v: Var,
+        inv_norm: Array1<F>,
+    },
+    Custom {
+        inputs: Vec<Var>,
+        op: Arc<dyn CustomOp<F>>,
+    },
+}
+
+/// Names of every differentiable op (one per [`Op`] variant); iterate with
+/// `strum::IntoEnumIterator` to audit that each has a gradient check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, EnumIter)]
+pub enum OpKind {
+    /// [`ops::add`]
+    Add,
+    /// [`ops::sub`]
+    Sub,
+    /// [`ops::mul`]
+    Mul,
+    /// [`ops::div`]
+    Div,
+    /// [`ops::neg`]
+    Neg,
+    /// [`ops::add_scalar`]
+    AddScalar,
+    /// [`ops::mul_scalar`]
+    MulScalar,
+    /// [`ops::sum`], [`ops::sum_all`]
+    Sum,
+    /// [`ops::mean`], [`ops::mean_all`]
+    Mean,
+    /// [`ops::reshape`], [`ops::flatten`]
+    Reshape,
+    /// [`ops::permute`], [`ops::transpose`]
+    Permute,
+    /// [`ops::matmul`]
+    MatMul,
+    /// [`ops::linear`]
+    Linear,
+    /// [`ops::sqrt`]
+    Sqrt,
+    /// [`ops::square`]
+    Square,
+    /// [`ops::abs`]
+    Abs,
+    /// [`ops::pow`]
+    Pow,
+    /// [`ops::exp`]
+    Exp,
+    /// [`ops::log`]
+    Log,
+    /// [`ops::clamp`]
+    Clamp,
+    /// [`ops::normalize_rows`]
+    NormalizeRows,
+    /// [`ops::custom`]
+    Custom,
+}
+
+impl<F: Float> Op<F> {
+    /// The op's name in the checklist.
+    #[allow(dead_code)]
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Op::Add { .. } => OpKind::Add,
+            Op::Sub { .. } => OpKind::Sub,
+            Op::Mul { .. } => OpKind::Mul,
+            Op::Div { .. } => OpKind::Div,
+            Op::Neg { .. } => OpKind::Neg,
+            Op::AddScalar { .. } => OpKind::AddScalar,
+            Op::MulScalar { .. } => OpKind::MulScalar,
+            Op::Sum { .. } => OpKind::Sum,
+            Op::Mean { .. } => OpKind::Mean,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Permute { .. } => OpKind::Permute,
+            Op::MatMul { .. } => OpKind::MatMul,
+            Op::Linear { .. } => OpKind::Linear,
+            Op::Sqrt { .. } => OpKind::Sqrt,
+            Op::Square { .. } => OpKind::Square,
+            Op::Abs { .. } => OpKind::Abs,
+            Op::Pow { .. } => OpKind::Pow,
+            Op::Exp { .. } => OpKind::Exp,
+            Op::Log { .. } => OpKind::Log,
+            Op::Clamp { .. } => OpKind::Clamp,
+            Op::NormalizeRows { .. } => OpKind::NormalizeRows,
+            Op::Custom { .. } => OpKind::Custom,
+        }
+    }
+
+    /// Adds this op's input gradients into `bw` given `dy = dL/d(output)`; each arm calls the
+    /// `*_backward` in the op's own file.
+    pub(crate) fn backward(self, bw: &mut Backprop<'_, F>, dy: ArrayD<F>) -> Result<()> {
+        match self {
+            Op::Add { a, b } => ops::add::add_backward(bw, a, b, dy),
+            Op::Sub { a, b } => ops::sub::sub_backward(bw, a, b, dy),
+            Op::Mul { a, b } => ops::mul::mul_backward(bw, a, b, dy),
+            Op::Div { a, b } => ops::div::div_backward(bw, a, b, dy),
+            Op::Neg { x } => ops::neg::neg_backward(bw, x, dy),
+            Op::AddScalar { x } => ops::add_scalar::add_scalar_backward(bw, x, dy),
+            Op::MulScalar { x, s } => ops::mul_scalar::mul_scalar_backward(bw, x, s, dy),
+            Op::Sum { x, axes, keepdim } => ops::sum::sum_backward(bw, x, &axes, keepdim, dy),
+            Op::Mean { x, axes, keepdim } => ops::mean::mean_backward(bw, x, &axes, keepdim, dy),
+            Op::Reshape { x } => ops::reshape::reshape_backward(bw, x, dy),
+            Op::Permute { x, axes } => ops::permute::permute_backward(bw, x, &axes, dy),
+            Op::MatMul { a, b } => return ops::matmul::matmul_backward(bw, a, b, dy),
+            Op::Linear { x, w, b } => return ops::linear::linear_backward(bw, x, w, b, dy),
+            Op::Sqrt { x } => ops::sqrt::sqrt_backward(bw, x, dy),
+            Op::Square { x } => ops::square::square_backward(bw, x, dy),
+            Op::Abs { x } => ops::abs::abs_backward(bw, x, dy),
+            Op::Pow { x, p } => ops::pow::pow_backward(bw, x, p, dy),
+            Op::Exp { x } => ops::exp::exp_backward(bw, x, dy),
+            Op::Log { x } => ops::log::log_backward(bw, x, dy),
+            Op::Clamp { x, lo, hi } => ops::clamp::clamp_backward(bw, x, lo, hi, dy),
+            Op::NormalizeRows { v, inv_norm } => {
+                ops::normalize_rows::normalize_rows_backward(bw, v, &inv_norm, dy)
+            }
+            Op::Custom { inputs, op } => {
+                return ops::custom::custom_backward(bw, &inputs, op.as_ref(), dy)
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! Element-wise addition with NumPy broadcasting, `y = a + b`.
+
+use ndarray::ArrayD;
+
+use crate::broadcast::{binary_map, sum_to_shape};
+use crate::op::Op;
+use crate::tape::Backprop;
+use crate::{Float, Result, Tape, Var};
+
+const OP: &str = "add";
+
+/// `y = a + b`, broadcasting like NumPy (`[n, c] + [c]`, `[n, 1] + [1, k]`, …).
+///
+/// # Errors
+/// `ShapeMismatch` if the shapes do not broadcast.
+pub fn add<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
+    let y = binary_map(OP, tape.checked(a, OP)?, tape.checked(b, OP)?, |x, y| x + y)?;
+    Ok(tape.push_op(y, &[a, b], || Op::Add { a, b }))
+}
+
+/// `da = Σ_bcast dy`, `db = Σ_bcast dy` (each summed over the axes it was broadcast along).
+pub(crate) fn add_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
+    let (sa, sb) = (bw.value(a).shape().to_vec(), bw.value(b).shape().to_vec());
+    match (bw.needs(a), bw.needs(b)) {
+        (true, true) => {
+            bw.add(a, sum_to_shape(dy.clone(), &sa));
+            bw.add(b, sum_to_shape(dy, &sb));
+        }
+        (true, false) => bw.add(a, sum_to_shape(dy, &sa)),
+        (false, true) => bw.add(b, sum_to_shape(dy, &sb)),
+        (false, false) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check;
+    use crate::testutil::uniform;
+
+    #[test]
+    fn gradcheck_add_broadcasting_edge_cases() {
+        for (sa, sb) in [
+            (vec![2, 3], vec![2, 3]),
+            (vec![2, 3], vec![3]),
+            (vec![4, 1, 3], vec![2, 1]),
+            (vec![], vec![2, 5]),
+            (vec![1], vec![3, 1, 2]),
+        ] {
+            let xs = [uniform(&sa, 1), uniform(&sb, 2)];
+            check(|t, v| add(t, v[0], v[1]), &xs, 3).unwrap();
+        }
+    }
+
+    #[test]
+    fn add_to_itself_sums_both_uses() {
+        let mut t = Tape::<f64>::new();
+        let x = t.leaf(uniform(&[3], 4));
+        let y = add(&mut t, x, x).unwrap();
+        let g = t.backward_with(y, ArrayD::from_elem(vec![3], 1.0)).unwrap();
+        assert_eq!(g.get(x).unwrap().as_slice().unwrap(), &[2.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn add_rejects_non_broadcastable_shapes_naming_them() {
+        let mut t = Tape::<f32>::new();
+        let a = t.leaf(ArrayD::zeros(vec![2, 3]));
+        let b = t.leaf(ArrayD::zeros(vec![2]));
+        let e = add(&mut t, a, b).unwrap_err();
+        assert!(
+            matches!(&e, crate::AutogradError::ShapeMismatch { op: "add", lhs, rhs }
+                if lhs == &[2, 3] && rhs == &[2]),
+            "{e}"
+        );
+    }
+}

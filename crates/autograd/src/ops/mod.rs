@@ -1,0 +1,51 @@
+//! Differentiable ops, one file each with its forward, backward and tests. Every op takes the
+//! tape first and returns the output's [`crate::Var`]; when no input needs a gradient nothing is
+//! saved for backward.
+
+pub(crate) mod abs;
+pub(crate) mod add;
+pub(crate) mod add_scalar;
+pub(crate) mod clamp;
+pub(crate) mod custom;
+pub(crate) mod detach;
+pub(crate) mod div;
+pub(crate) mod exp;
+pub(crate) mod linear;
+pub(crate) mod log;
+pub(crate) mod matmul;
+pub(crate) mod mean;
+pub(crate) mod mul;
+pub(crate) mod mul_scalar;
+pub(crate) mod neg;
+pub(crate) mod normalize_rows;
+pub(crate) mod permute;
+pub(crate) mod pow;
+pub(crate) mod reshape;
+pub(crate) mod sqrt;
+pub(crate) mod square;
+pub(crate) mod sub;
+pub(crate) mod sum;
+
+pub use abs::abs;
+pub use add::add;
+pub use add_scalar::add_scalar;
+pub use clamp::clamp;
+pub use custom::{custom, CustomOp};
+pub use detach::detach;
+pub use div::div;
+pub use exp::exp;
+pub use linear::linear;
+pub use log::log;
+pub use matmul::matmul;
+pub use mean::{mean, mean_all};
+pub use mul::mul;
+pub use mul_scalar::mul_scalar;
+pub use neg::neg;
+pub use normalize_rows::{normalize_rows, row_norms};
+pub use permute::{permute, transpose};
+pub use pow::pow;
+pub use reshape::{flatten, reshape};
+pub use sqrt::sqrt;
+pub use square::square;
+pub use sub::sub;
+pub use sum::{sum, sum_all};

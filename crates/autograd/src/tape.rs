@@ -1,0 +1,374 @@
+//! The tape: an append-only record of a forward pass, walked in reverse by `backward`.
+//!
+//! Every value computed while recording is a node; a node produced by a differentiable op keeps
+//! the op (its inputs and whatever its backward needs, see [`crate::op::Op`]). Backward visits
+//! nodes from the output down to index 0, the reverse of recording order, so every sum it
+//! performs has a fixed order. Gradients of a node used several times are summed into its slot
+//! (`+=`), never overwritten.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::op::Op;
+use crate::{AutogradError, Float, Par, Param, ParamId, Result};
+
+/// Handle to a value recorded on a [`Tape`]: an index into it, cheap to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(pub(crate) usize);
+
+impl Var {
+    /// Position of the value on its tape (recording order).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// One recorded value and, for a differentiable op's output, how to differentiate it.
+pub(crate) struct Node<F: Float> {
+    /// The value; shared with a [`Param`] for parameters. Always in standard (C) layout.
+    pub(crate) value: Arc<ArrayD<F>>,
+    /// Whether a gradient flows to this node (a leaf or parameter, or an op output with such an
+    /// input).
+    pub(crate) requires_grad: bool,
+    /// The op that produced the value; `None` for leaves, parameters and constants.
+    pub(crate) op: Option<Op<F>>,
+}
+
+/// Append-only record of a forward pass.
+///
+/// [`Tape::new`] records for backward; [`Tape::no_grad`] only computes values (evaluation):
+/// nothing is kept for backward and every result is a constant. Drop the tape after each
+/// training step: backward frees what the ops saved as it goes, and dropping the tape frees
+/// the forward values.
+pub struct Tape<F: Float> {
+    pub(crate) nodes: Vec<Node<F>>,
+    params: HashMap<ParamId, Var>,
+    retained: Vec<Var>,
+    grad_enabled: bool,
+    differentiated: bool,
+    par: Par,
+}
+
+impl<F: Float> Default for Tape<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Float> Tape<F> {
+    /// A tape that records ops for backward.
+    pub fn new() -> Self {
+        Tape {
+            nodes: Vec::new(),
+            params: HashMap::new(),
+            retained: Vec::new(),
+            grad_enabled: true,
+            differentiated: false,
+            par: Par::default(),
+        }
+    }
+
+    /// A tape that only evaluates: no op is recorded and no gradient can be taken.
+    pub fn no_grad() -> Self {
+        Tape {
+            grad_enabled: false,
+            ..Self::new()
+        }
+    }
+
+    /// Whether this tape records ops for backward (false for [`Tape::no_grad`]).
+    pub fn is_recording(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Sets how the kernels called by ops may parallelise (default `Par::Rayon`); results are
+    /// bit-identical either way.
+    pub fn set_par(&mut self, par: Par) {
+        self.par = par;
+    }
+
+    /// The parallelism passed to kernels.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    /// Number of values recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A leaf for a trainable parameter (requires grad on a recording tape). The tape shares the
+    /// parameter's storage. Calling it again with the same parameter returns the same `Var`, so
+    /// all uses of a parameter sum into one gradient ([`Gradients::of_param`]).
+    pub fn param(&mut self, p: &Param<F>) -> Var {
+        if let Some(&v) = self.params.get(&p.id()) {
+            return v;
+        }
+        let value = if p.value().is_standard_layout() {
+            Arc::clone(p.shared())
+        } else {
+            Arc::new(p.value().as_standard_layout().into_owned())
+        };
+        let v = self.push_node(value, self.grad_enabled, None);
+        self.params.insert(p.id(), v);
+        v
+    }
+
+    /// A leaf that requires grad on a recording tape (e.g. the input of a gradient check).
+    pub fn leaf(&mut self, value: ArrayD<F>) -> Var {
+        let value = standard(value);
+        self.push_node(Arc::new(value), self.grad_enabled, None)
+    }
+
+    /// A value that never receives a gradient (data, labels, masks).
+    pub fn constant(&mut self, value: ArrayD<F>) -> Var {
+        let value = standard(value);
+        self.push_node(Arc::new(value), false, None)
+    }
+
+    /// The value of `v`.
+    ///
+    /// # Panics
+    /// If `v` was not recorded on this tape (ops return [`AutogradError::UnknownVar`] instead).
+    pub fn value(&self, v: Var) -> &ArrayD<F> {
+        &self.nodes[v.0].value
+    }
+
+    /// The shape of `v` (panics like [`Tape::value`]).
+    pub fn shape(&self, v: Var) -> &[usize] {
+        self.nodes[v.0].value.shape()
+    }
+
+    /// Whether a gradient will flow to `v` (false for constants and on a no-grad tape).
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes.get(v.0).is_some_and(|n| n.requires_grad)
+    }
+
+    /// Keeps the gradient of an intermediate value in the [`Gradients`] returned by backward
+    /// (by default only leaves and parameters keep theirs, so memory stays bounded).
+    pub fn retain_grad(&mut self, v: Var) {
+        self.retained.push(v);
+    }
+
+    /// The value of `v`, or an error naming `op` if `v` is not on this tape.
+    pub(crate) fn checked(&self, v: Var, op: &'static str) -> Result<&ArrayD<F>> {
+        self.nodes
+            .get(v.0)
+            .map(|n| &*n.value)
+            .ok_or(AutogradError::UnknownVar {
+                op,
+                index: v.0,
+                len: self.nodes.len(),
+            })
+    }
+
+    /// Whether any of `inputs` needs a gradient (always false on a no-grad tape).
+    pub(crate) fn any_requires_grad(&self, inputs: &[Var]) -> bool {
+        self.grad_enabled && inputs.iter().any(|&v| self.requires_grad(v))
+    }
+
+    /// Records an op's output. The op (with what its backward needs) is built and kept only if
+    /// one of `inputs` needs a gradient; otherwise the output is a constant and nothing is saved.
+    pub(crate) fn push_op(
+        &mut self,
+        value: ArrayD<F>,
+        inputs: &[Var],
+        op: impl FnOnce() -> Op<F>,
+    ) -> Var {
+        let value = standard(value);
+        if self.any_requires_grad(inputs) {
+            self.push_node(Arc::new(value), true, Some(op()))
+        } else {
+            self.push_node(Arc::new(value), false, None)
+        }
+    }
+
+    /// A constant sharing the storage of `v` (no copy): what [`crate::ops::detach`] returns.
+    pub(crate) fn constant_shared(&mut self, v: Var) -> Var {
+        let value = Arc::clone(&self.nodes[v.0].value);
+        self.push_node(value, false, None)
+    }
+
+    fn push_node(&mut self, value: Arc<ArrayD<F>>, requires_grad: bool, op: Option<Op<F>>) -> Var {
+        self.nodes.push(Node {
+            value,
+            requires_grad,
+            op,
+        });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// Gradients of the scalar `loss` (any shape with exactly one element) with respect to every
+    /// leaf and parameter.
+    ///
+    /// # Errors
+    /// [`AutogradError::NonScalarOutput`] if `loss` has more than one element;
+    /// [`AutogradError::BackwardTwice`] on a second call.
+    pub fn backward(&mut self, loss: Var) -> Result<Gradients<F>> {
+        let value = self.checked(loss, "backward")?;
+        if value.len() != 1 {
+            return Err(AutogradError::NonScalarOutput {
+                shape: value.shape().to_vec(),
+            });
+        }
+        let seed = ArrayD::from_elem(value.raw_dim(), F::one());
+        self.backward_with(loss, seed)
+    }
+
+    /// Gradients of `Σ seed ⊙ out` with respect to every leaf and parameter (a vector-Jacobian
+    /// product).
+    ///
+    /// Walks the tape from `out` down to the first node. Each op's saved state is taken out
+    /// (freed) when its backward runs, and each intermediate gradient is freed once passed on.
+    ///
+    /// # Errors
+    /// [`AutogradError::ShapeMismatch`] if `seed` does not have the shape of `out`;
+    /// [`AutogradError::BackwardTwice`] on a second call; errors of custom ops.
+    pub fn backward_with(&mut self, out: Var, seed: ArrayD<F>) -> Result<Gradients<F>> {
+        let value = self.checked(out, "backward")?;
+        if value.shape() != seed.shape() {
+            return Err(AutogradError::ShapeMismatch {
+                op: "backward (seed)",
+                lhs: value.shape().to_vec(),
+                rhs: seed.shape().to_vec(),
+            });
+        }
+        if self.differentiated {
+            return Err(AutogradError::BackwardTwice);
+        }
+        self.differentiated = true;
+        let mut keep = vec![false; self.nodes.len()];
+        for &v in &self.retained {
+            if let Some(k) = keep.get_mut(v.0) {
+                *k = true;
+            }
+        }
+        let mut grads: Vec<Option<ArrayD<F>>> = (0..self.nodes.len()).map(|_| None).collect();
+        if self.nodes[out.0].requires_grad {
+            grads[out.0] = Some(standard(seed));
+        }
+        let par = self.par;
+        for id in (0..=out.0).rev() {
+            let Some(dy) = grads[id].take() else {
+                continue; // not on a path from `out`
+            };
+            let Some(op) = self.nodes[id].op.take() else {
+                grads[id] = Some(dy); // a leaf or parameter: its gradient is a result
+                continue;
+            };
+            if keep[id] {
+                grads[id] = Some(dy.clone());
+            }
+            let mut bw = Backprop {
+                nodes: &self.nodes,
+                grads: &mut grads,
+                out: Var(id),
+                par,
+            };
+            op.backward(&mut bw, dy)?;
+        }
+        Ok(Gradients {
+            grads,
+            params: self.params.clone(),
+        })
+    }
+}
+
+/// Returns `a` in standard (C-contiguous) layout, copying only if it is not.
+pub(crate) fn standard<F: Float>(a: ArrayD<F>) -> ArrayD<F> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
+/// What an op's backward sees: the recorded values, its own output, and the gradient slots it
+/// adds into.
+pub(crate) struct Backprop<'a, F: Float> {
+    nodes: &'a [Node<F>],
+    grads: &'a mut [Option<ArrayD<F>>],
+    /// The node being differentiated (its value is the op's output).
+    pub(crate) out: Var,
+    /// Parallelism for kernels.
+    #[allow(dead_code)] // used by the kernel-backed ops
+    pub(crate) par: Par,
+}
+
+impl<F: Float> Backprop<'_, F> {
+    /// Recorded value of `v`.
+    pub(crate) fn value(&self, v: Var) -> &ArrayD<F> {
+        &self.nodes[v.0].value
+    }
+
+    /// The op's own output value.
+    pub(crate) fn output(&self) -> &ArrayD<F> {
+        &self.nodes[self.out.0].value
+    }
+
+    /// Whether `v` takes a gradient (backward skips computing gradients nobody needs).
+    pub(crate) fn needs(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
+    }
+
+    /// Adds `g` into the gradient slot of `v` (in place when the slot is already filled, so a
+    /// value used several times gets the sum, in reverse recording order).
+    pub(crate) fn add(&mut self, v: Var, g: ArrayD<F>) {
+        if !self.nodes[v.0].requires_grad {
+            return;
+        }
+        assert_eq!(
+            g.shape(),
+            self.nodes[v.0].value.shape(),
+            "hla-autograd internal error: gradient shape differs from value shape"
+        );
+        match &mut self.grads[v.0] {
+            Some(acc) => acc.zip_mut_with(&g, |a, &b| *a = *a + b),
+            slot @ None => *slot = Some(g),
+        }
+    }
+}
+
+/// Gradients returned by [`Tape::backward`]: one per leaf and parameter reached from the output
+/// (plus values marked with [`Tape::retain_grad`]).
+pub struct Gradients<F: Float> {
+    grads: Vec<Option<ArrayD<F>>>,
+    params: HashMap<ParamId, Var>,
+}
+
+impl<F: Float> Gradients<F> {
+    /// The gradient of `v`, or `None` if `v` is not a leaf/parameter, does not require grad, or
+    /// is not reached from the output.
+    pub fn get(&self, v: Var) -> Option<&ArrayD<F>> {
+        self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// Moves the gradient of `v` out (e.g. to hand it to an optimizer without a copy).
+    pub fn take(&mut self, v: Var) -> Option<ArrayD<F>> {
+        self.grads.get_mut(v.0).and_then(|g| g.take())
+    }
+
+    /// The gradient of a parameter: the sum over every use of it on the tape, or `None` if the
+    /// parameter was not recorded or not reached.
+    pub fn of_param(&self, p: &Param<F>) -> Option<&ArrayD<F>> {
+        self.params.get(&p.id()).and_then(|&v| self.get(v))
+    }
+
+    /// Moves the gradient of a parameter out.
+    pub fn take_param(&mut self, p: &Param<F>) -> Option<ArrayD<F>> {
+        let v = *self.params.get(&p.id())?;
+        self.take(v)
+    }
+}
+
+/// A zero-dimensional array holding `v` (the shape of a loss).
+pub(crate) fn scalar<F: Float>(v: F) -> ArrayD<F> {
+    ArrayD::from_elem(IxDyn(&[]), v)
+}
