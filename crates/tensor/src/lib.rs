@@ -2,3 +2,74 @@
 //! depthwise), pooling, activations, log-softmax / cross-entropy and batch-norm statistics, each
 //! with its backward. No autograd and no model knowledge live here; `hla-autograd` composes these
 //! kernels into differentiable ops.
+//!
+//! Determinism: every reduction runs in a fixed order that does not depend on the thread count,
+//! so `Par::Seq` and `Par::Rayon` (with any pool size) give bit-identical results on one machine.
+//! Across machines `matrixmultiply` may select a different SIMD kernel, so bit identity is not
+//! promised there.
+#![warn(missing_docs)]
+
+mod activation;
+mod batchnorm;
+mod conv;
+mod error;
+mod float;
+mod gemm;
+mod pool;
+mod softmax;
+#[cfg(test)]
+mod testutil;
+
+pub use activation::{relu, relu6, relu6_backward, relu_backward};
+pub use batchnorm::{batch_norm_backward, batch_norm_forward, channel_mean_var};
+pub use conv::{
+    conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, Conv2dParams,
+    DW_CHUNK,
+};
+pub use error::{Result, TensorError};
+pub use float::Float;
+pub use gemm::{gemm, matmul};
+pub use pool::{
+    avg_pool2d, avg_pool2d_backward, global_avg_pool, global_avg_pool_backward, max_pool2d,
+    max_pool2d_backward, Pool2dParams,
+};
+pub use softmax::{cross_entropy, log_softmax, log_softmax_backward};
+
+use rayon::prelude::*;
+
+/// How a kernel may parallelise; results are bit-identical for both (and for any rayon pool
+/// size): parallel kernels only split work over independent outputs or constant-size chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Par {
+    /// Run on the calling thread.
+    Seq,
+    /// Split over the current rayon pool (use `ThreadPool::install` to choose its size).
+    #[default]
+    Rayon,
+}
+
+/// Calls `f(scratch, i, chunk_i)` for each `chunk`-sized piece of `data`, in order (`Seq`) or on
+/// the rayon pool (`Rayon`); `init` builds a scratch value reused across the calls of one task.
+/// The scratch's contents must not influence results (callers overwrite before reading).
+pub(crate) fn for_each_chunk<T, S, I, G>(par: Par, data: &mut [T], chunk: usize, init: I, f: G)
+where
+    T: Send,
+    I: Fn() -> S + Sync + Send,
+    G: Fn(&mut S, usize, &mut [T]) + Sync + Send,
+{
+    if data.is_empty() || chunk == 0 {
+        return;
+    }
+    match par {
+        Par::Seq => {
+            let mut s = init();
+            for (i, c) in data.chunks_mut(chunk).enumerate() {
+                f(&mut s, i, c);
+            }
+        }
+        Par::Rayon => data
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(init, |s, (i, c)| f(s, i, c)),
+    }
+}

@@ -1,0 +1,2 @@
+//! Kernel benchmark (plain binary): `cargo bench -p hla-tensor`.
+fn main() {}

@@ -1,0 +1,125 @@
+//! Batch-norm kernels over `[n, c, h, w]`, per channel: statistics, the normalisation, and the
+//! train-mode backward through the batch statistics. Every per-channel sum runs over samples in
+//! order, each `h × w` plane in scan order (a fixed order, whatever the thread count).
+
+use crate::Float;
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
+
+/// Sum of one plane in scan order.
+fn plane_sum<F: Float>(it: impl Iterator<Item = F>) -> F {
+    it.fold(F::zero(), |a, v| a + v)
+}
+
+/// Per-channel mean and biased variance (two passes: mean first, then `Σ (x − mean)² / m`,
+/// `m = n·h·w`).
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` → `(mean [c], var [c])`. With `n·h·w == 0` both are NaN.
+pub fn channel_mean_var<F: Float>(x: ArrayView4<F>) -> (Array1<F>, Array1<F>) {
+    let (n, c, h, w) = x.dim();
+    let m = F::from_f64((n * h * w) as f64);
+    let mut mean = Array1::<F>::zeros(c);
+    let mut var = Array1::<F>::zeros(c);
+    for ch in 0..c {
+        let xc = x.index_axis(Axis(1), ch);
+        let s = xc
+            .axis_iter(Axis(0))
+            .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
+        let mu = s / m;
+        let q = xc.axis_iter(Axis(0)).fold(F::zero(), |a, p| {
+            a + plane_sum(p.iter().map(|&v| (v - mu) * (v - mu)))
+        });
+        mean[ch] = mu;
+        var[ch] = q / m;
+    }
+    (mean, var)
+}
+
+/// `y = γ·(x − mean)/√(var + ε) + β` per channel; returns `(y, x_hat, inv_std)` where
+/// `x_hat = (x − mean)·inv_std` and `inv_std = 1/√(var + ε)` (what the backward needs).
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]`; `mean`, `var`, `gamma`, `beta`: `[c]` → (`[n, c, h, w]`,
+/// `[n, c, h, w]`, `[c]`).
+/// # Panics
+/// If a per-channel vector's length is not `c` (a caller bug: the BN op owns these shapes).
+pub fn batch_norm_forward<F: Float>(
+    x: ArrayView4<F>,
+    mean: ArrayView1<F>,
+    var: ArrayView1<F>,
+    gamma: ArrayView1<F>,
+    beta: ArrayView1<F>,
+    eps: F,
+) -> (Array4<F>, Array4<F>, Array1<F>) {
+    let c = x.dim().1;
+    let lens = [mean.len(), var.len(), gamma.len(), beta.len()];
+    assert!(
+        lens.iter().all(|&l| l == c),
+        "batch_norm_forward: mean/var/gamma/beta lengths {lens:?} vs x {:?}",
+        x.shape()
+    );
+    let inv_std = var.mapv(|v| F::one() / (v + eps).sqrt());
+    let mut x_hat = x.to_owned();
+    let mut y = x.to_owned();
+    for ch in 0..c {
+        let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+        x_hat
+            .index_axis_mut(Axis(1), ch)
+            .mapv_inplace(|v| (v - mu) * is);
+        y.index_axis_mut(Axis(1), ch)
+            .zip_mut_with(&x_hat.index_axis(Axis(1), ch), |yv, &xh| *yv = g * xh + b);
+    }
+    (y, x_hat, inv_std)
+}
+
+/// Train-mode backward through the batch statistics, per channel with `m = n·h·w`:
+/// `dβ = Σ dy`, `dγ = Σ dy·x_hat`, `dx = γ·inv_std/m · (m·dy − dβ − x_hat·dγ)`.
+/// Returns `(dx, dgamma, dbeta)`.
+///
+/// # Shapes
+/// `dy`, `x_hat`: `[n, c, h, w]`; `gamma`, `inv_std`: `[c]` → (`[n, c, h, w]`, `[c]`, `[c]`).
+/// # Panics
+/// If shapes disagree (a caller bug: they come from one forward).
+pub fn batch_norm_backward<F: Float>(
+    dy: ArrayView4<F>,
+    x_hat: ArrayView4<F>,
+    gamma: ArrayView1<F>,
+    inv_std: ArrayView1<F>,
+) -> (Array4<F>, Array1<F>, Array1<F>) {
+    assert_eq!(
+        dy.shape(),
+        x_hat.shape(),
+        "batch_norm_backward: dy vs x_hat"
+    );
+    let (n, c, h, w) = dy.dim();
+    assert!(
+        gamma.len() == c && inv_std.len() == c,
+        "batch_norm_backward: gamma {:?} / inv_std {:?} vs dy {:?}",
+        gamma.shape(),
+        inv_std.shape(),
+        dy.shape()
+    );
+    let m = F::from_f64((n * h * w) as f64);
+    let mut dgamma = Array1::<F>::zeros(c);
+    let mut dbeta = Array1::<F>::zeros(c);
+    let mut dx = dy.to_owned();
+    for ch in 0..c {
+        let d = dy.index_axis(Axis(1), ch);
+        let xh = x_hat.index_axis(Axis(1), ch);
+        let db = d
+            .axis_iter(Axis(0))
+            .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
+        let dg = d
+            .axis_iter(Axis(0))
+            .zip(xh.axis_iter(Axis(0)))
+            .fold(F::zero(), |a, (p, q)| {
+                a + plane_sum(p.iter().zip(q.iter()).map(|(&u, &v)| u * v))
+            });
+        dbeta[ch] = db;
+        dgamma[ch] = dg;
+        let k = gamma[ch] * inv_std[ch] / m;
+        dx.index_axis_mut(Axis(1), ch)
+            .zip_mut_with(&xh, |dv, &xv| *dv = k * (m * *dv - db - xv * dg));
+    }
+    (dx, dgamma, dbeta)
+}

@@ -1,0 +1,756 @@
+//! 2-D convolution (NCHW) by im2col + GEMM, with grouped and depthwise variants, and its
+//! backward w.r.t. input (col2im), weight and bias.
+//!
+//! Paths, chosen per call:
+//! - `c_in / groups == 1` (depthwise, possibly with a channel multiplier): a direct convolution
+//!   per channel, no im2col and no GEMM of size 1.
+//! - 1×1 kernel, stride 1, no padding: `x` itself is the column matrix (no im2col).
+//! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group).
+//!
+//! Parallelism (`Par::Rayon`) is over the batch (and over channels for the depthwise weight
+//! gradient). Forward and input gradient are per sample, hence independent of the split. The
+//! weight gradient sums per-sample terms in chunks of [`DW_CHUNK`] samples (a constant, not the
+//! thread count), each chunk in sample order, then the chunk partials in chunk order, so results
+//! are bit-identical for `Par::Seq` and any number of threads on one machine. (Across machines
+//! `matrixmultiply` may pick a different kernel, so bit identity is not promised there.)
+
+use crate::gemm::{gemm_slices, Mat};
+use crate::{for_each_chunk, Float, Par, Result, TensorError};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
+
+/// Number of samples whose weight-gradient terms are summed in one task (a constant so the
+/// summation order does not depend on the thread count).
+pub const DW_CHUNK: usize = 4;
+
+/// Hyper-parameters of a 2-D convolution: `(h, w)` pairs for stride, padding (each side) and
+/// dilation, and the number of groups (`groups == c_in` is depthwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Stride `(s_h, s_w)`, each ≥ 1.
+    pub stride: (usize, usize),
+    /// Zero padding `(p_h, p_w)` on each side.
+    pub padding: (usize, usize),
+    /// Dilation `(d_h, d_w)`, each ≥ 1.
+    pub dilation: (usize, usize),
+    /// Number of groups, dividing both `c_in` and `c_out`.
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self::new(1, 0)
+    }
+}
+
+impl Conv2dParams {
+    /// Square stride and padding, dilation 1, groups 1.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2dParams {
+            stride: (stride, stride),
+            padding: (padding, padding),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+    /// Same parameters with `g` groups.
+    pub fn with_groups(self, g: usize) -> Self {
+        Conv2dParams { groups: g, ..self }
+    }
+    /// Same parameters with square dilation `d`.
+    pub fn with_dilation(self, d: usize) -> Self {
+        Conv2dParams {
+            dilation: (d, d),
+            ..self
+        }
+    }
+    /// Output spatial size `(h_out, w_out)` for input `(h, w)` and kernel `(k_h, k_w)`:
+    /// `h_out = (h + 2·p_h − d_h·(k_h − 1) − 1) / s_h + 1`, same for `w_out`.
+    /// # Errors
+    /// `InvalidParam` for a zero stride, dilation or kernel; `KernelTooLarge` when the dilated
+    /// kernel does not fit in the padded input.
+    pub fn output_hw(&self, h: usize, w: usize, kh: usize, kw: usize) -> Result<(usize, usize)> {
+        let op = "conv2d";
+        if self.stride.0 == 0 || self.stride.1 == 0 {
+            return Err(TensorError::InvalidParam {
+                op,
+                msg: format!("stride {:?}", self.stride),
+            });
+        }
+        if self.dilation.0 == 0 || self.dilation.1 == 0 {
+            return Err(TensorError::InvalidParam {
+                op,
+                msg: format!("dilation {:?}", self.dilation),
+            });
+        }
+        if kh == 0 || kw == 0 {
+            return Err(TensorError::InvalidParam {
+                op,
+                msg: format!("kernel ({kh}, {kw})"),
+            });
+        }
+        let eh = self.dilation.0 * (kh - 1) + 1;
+        let ew = self.dilation.1 * (kw - 1) + 1;
+        let ph = h + 2 * self.padding.0;
+        let pw = w + 2 * self.padding.1;
+        if eh > ph || ew > pw {
+            return Err(TensorError::KernelTooLarge {
+                op,
+                input: (h, w),
+                kernel: (kh, kw),
+                padding: self.padding,
+                dilation: self.dilation,
+            });
+        }
+        Ok(((ph - eh) / self.stride.0 + 1, (pw - ew) / self.stride.1 + 1))
+    }
+}
+
+/// Validated geometry of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    groups: usize,
+    cin_g: usize,
+    cout_g: usize,
+}
+
+impl Geom {
+    /// Checks `x: [n, c_in, h, w]` against `w: [c_out, c_in / groups, k_h, k_w]`.
+    fn new(op: &'static str, xs: [usize; 4], ws: [usize; 4], p: &Conv2dParams) -> Result<Geom> {
+        if xs.contains(&0) {
+            return Err(TensorError::EmptyDim {
+                op,
+                shape: xs.to_vec(),
+            });
+        }
+        if ws.contains(&0) {
+            return Err(TensorError::EmptyDim {
+                op,
+                shape: ws.to_vec(),
+            });
+        }
+        let [n, c_in, h, w] = xs;
+        let [c_out, cin_g, kh, kw] = ws;
+        let g = p.groups;
+        if g == 0 || c_in % g != 0 || c_out % g != 0 {
+            return Err(TensorError::BadGroups {
+                op,
+                c_in,
+                c_out,
+                groups: g,
+            });
+        }
+        if cin_g * g != c_in {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                lhs: xs.to_vec(),
+                rhs: ws.to_vec(),
+            });
+        }
+        let (ho, wo) = p.output_hw(h, w, kh, kw).map_err(|e| rename(e, op))?;
+        Ok(Geom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            ho,
+            wo,
+            sh: p.stride.0,
+            sw: p.stride.1,
+            ph: p.padding.0,
+            pw: p.padding.1,
+            dh: p.dilation.0,
+            dw: p.dilation.1,
+            groups: g,
+            cin_g,
+            cout_g: c_out / g,
+        })
+    }
+    /// Rows of the column matrix per group: `c_in_g·k_h·k_w`.
+    fn kdim(&self) -> usize {
+        self.cin_g * self.kh * self.kw
+    }
+    /// Output pixels per plane: `h_out·w_out`.
+    fn npix(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn in_sample(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    fn out_sample(&self) -> usize {
+        self.c_out * self.npix()
+    }
+    /// 1×1, stride 1, no padding: the input plane is the column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+    /// One input channel per group: direct convolution per channel.
+    fn depthwise(&self) -> bool {
+        self.cin_g == 1
+    }
+    /// `(h_off, valid ow range)` helpers: for kernel column `kj`, the output columns `ow` whose
+    /// input column `ow·s_w + kj·d_w − p_w` lies inside `[0, w)`, and that offset.
+    fn col_range(&self, kj: usize) -> (isize, usize, usize) {
+        valid_range(kj * self.dw, self.pw, self.sw, self.w, self.wo)
+    }
+    /// Input row for output row `oh` and kernel row `ki`, if inside the image.
+    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        let r = (oh * self.sh + ki * self.dh) as isize - self.ph as isize;
+        (r >= 0 && (r as usize) < self.h).then_some(r as usize)
+    }
+}
+
+fn rename(e: TensorError, op: &'static str) -> TensorError {
+    match e {
+        TensorError::KernelTooLarge {
+            input,
+            kernel,
+            padding,
+            dilation,
+            ..
+        } => TensorError::KernelTooLarge {
+            op,
+            input,
+            kernel,
+            padding,
+            dilation,
+        },
+        TensorError::InvalidParam { msg, .. } => TensorError::InvalidParam { op, msg },
+        other => other,
+    }
+}
+
+/// For input index `o·s + koff − pad` with `o` in `0..out`, returns `(koff − pad, lo, hi)` where
+/// `lo..hi` are the `o` that land inside `[0, len)`.
+fn valid_range(koff: usize, pad: usize, s: usize, len: usize, out: usize) -> (isize, usize, usize) {
+    let off = koff as isize - pad as isize;
+    let lo = if off >= 0 {
+        0
+    } else {
+        ((-off) as usize).div_ceil(s)
+    };
+    let last = len as isize - 1 - off; // need o·s ≤ last
+    let hi = if last < 0 {
+        0
+    } else {
+        (last as usize / s + 1).min(out)
+    };
+    (off, lo.min(hi), hi)
+}
+
+fn dims4<F>(a: &ArrayView4<F>) -> [usize; 4] {
+    let d = a.dim();
+    [d.0, d.1, d.2, d.3]
+}
+
+/// im2col of one group of one sample: `x_g: [c_in_g, h, w]` → `cols: [c_in_g·k_h·k_w, h_out·w_out]`
+/// (row `(ci·k_h + ki)·k_w + kj`), zeros where the window reaches into the padding.
+fn im2col<F: Float>(g: &Geom, x_g: &[F], cols: &mut [F]) {
+    let (hw, np) = (g.h * g.w, g.npix());
+    for ci in 0..g.cin_g {
+        let plane = &x_g[ci * hw..(ci + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let r = (ci * g.kh + ki) * g.kw + kj;
+                let row = &mut cols[r * np..(r + 1) * np];
+                let (off, lo, hi) = g.col_range(kj);
+                for oh in 0..g.ho {
+                    let out = &mut row[oh * g.wo..(oh + 1) * g.wo];
+                    let Some(ih) = g.in_row(oh, ki) else {
+                        out.fill(F::zero());
+                        continue;
+                    };
+                    let src = &plane[ih * g.w..(ih + 1) * g.w];
+                    out[..lo].fill(F::zero());
+                    out[hi..].fill(F::zero());
+                    if g.sw == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        out[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (ow, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                            *o = src[((ow * g.sw) as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of one group of one sample: `dx_g[c_in_g, h, w] += cols[c_in_g·k_h·k_w, h_out·w_out]`
+/// scattered back to the input positions (the adjoint of [`im2col`]).
+fn col2im<F: Float>(g: &Geom, cols: &[F], dx_g: &mut [F]) {
+    let (hw, np) = (g.h * g.w, g.npix());
+    for ci in 0..g.cin_g {
+        let plane = &mut dx_g[ci * hw..(ci + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let r = (ci * g.kh + ki) * g.kw + kj;
+                let row = &cols[r * np..(r + 1) * np];
+                let (off, lo, hi) = g.col_range(kj);
+                for oh in 0..g.ho {
+                    let Some(ih) = g.in_row(oh, ki) else { continue };
+                    let src = &row[oh * g.wo..(oh + 1) * g.wo];
+                    let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
+                    if g.sw == 1 {
+                        let d0 = (lo as isize + off) as usize;
+                        for (d, &s) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d = *d + s;
+                        }
+                    } else {
+                        for (ow, &s) in src.iter().enumerate().take(hi).skip(lo) {
+                            let d = &mut dst[((ow * g.sw) as isize + off) as usize];
+                            *d = *d + s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Direct depthwise forward of one output plane: `y[h_out, w_out] += Σ_{ki,kj} w[ki,kj]·x[..]`
+/// over the input plane `x: [h, w]` (summed kernel tap by kernel tap, in row-major tap order).
+fn dw_plane_forward<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F]) {
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            let wv = wk[ki * g.kw + kj];
+            let (off, lo, hi) = g.col_range(kj);
+            for oh in 0..g.ho {
+                let Some(ih) = g.in_row(oh, ki) else { continue };
+                let src = &x[ih * g.w..(ih + 1) * g.w];
+                let out = &mut y[oh * g.wo..(oh + 1) * g.wo];
+                if g.sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (o, &s) in out[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
+                        *o = *o + wv * s;
+                    }
+                } else {
+                    for (ow, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o = *o + wv * src[((ow * g.sw) as isize + off) as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Direct depthwise input gradient of one plane: `dx[h, w] += Σ w[ki,kj]·dy[..]` (adjoint of
+/// [`dw_plane_forward`]).
+fn dw_plane_backward_input<F: Float>(g: &Geom, dy: &[F], wk: &[F], dx: &mut [F]) {
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            let wv = wk[ki * g.kw + kj];
+            let (off, lo, hi) = g.col_range(kj);
+            for oh in 0..g.ho {
+                let Some(ih) = g.in_row(oh, ki) else { continue };
+                let src = &dy[oh * g.wo..(oh + 1) * g.wo];
+                let dst = &mut dx[ih * g.w..(ih + 1) * g.w];
+                if g.sw == 1 {
+                    let d0 = (lo as isize + off) as usize;
+                    for (d, &s) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                        *d = *d + wv * s;
+                    }
+                } else {
+                    for (ow, &s) in src.iter().enumerate().take(hi).skip(lo) {
+                        let d = &mut dst[((ow * g.sw) as isize + off) as usize];
+                        *d = *d + wv * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fixed-order dot product with 8 independent lanes (vectorisable), lanes combined in a fixed
+/// tree: the result depends only on the inputs.
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] = acc[l] + x[l] * y[l];
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] = acc[l] + x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Direct depthwise weight gradient of one (sample, output plane): `dwk[ki, kj] += Σ dy·x[..]`.
+fn dw_plane_backward_weight<F: Float>(g: &Geom, x: &[F], dy: &[F], dwk: &mut [F]) {
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            let (off, lo, hi) = g.col_range(kj);
+            let mut s = F::zero();
+            for oh in 0..g.ho {
+                let Some(ih) = g.in_row(oh, ki) else { continue };
+                let xr = &x[ih * g.w..(ih + 1) * g.w];
+                let dr = &dy[oh * g.wo..(oh + 1) * g.wo];
+                if g.sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    s = s + dot(&dr[lo..hi], &xr[s0..s0 + (hi - lo)]);
+                } else {
+                    let mut t = F::zero();
+                    for (ow, &d) in dr.iter().enumerate().take(hi).skip(lo) {
+                        t = t + d * xr[((ow * g.sw) as isize + off) as usize];
+                    }
+                    s = s + t;
+                }
+            }
+            let v = &mut dwk[ki * g.kw + kj];
+            *v = *v + s;
+        }
+    }
+}
+
+/// 2-D convolution by im2col + one GEMM per (sample, group); `groups == c_in` is depthwise
+/// (direct per-channel path); 1×1 stride-1 unpadded convolutions skip im2col.
+///
+/// # Shapes
+/// - `x`: `[n, c_in, h, w]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `bias`: `[c_out]`
+///   → `[n, c_out, h_out, w_out]`
+/// - `h_out = (h + 2·p_h − d_h·(k_h − 1) − 1) / s_h + 1`, same for `w_out`
+/// # Errors
+/// `EmptyDim` for a zero-sized dimension; `BadGroups` if `groups ∤ c_in` or `c_out`;
+/// `ShapeMismatch` if `c_in != w.dim(1)·groups` or the bias length is not `c_out`;
+/// `KernelTooLarge` / `InvalidParam` from [`Conv2dParams::output_hw`]. All name op `conv2d`.
+pub fn conv2d<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    let op = "conv2d";
+    let g = Geom::new(op, dims4(&x), dims4(&w), p)?;
+    if let Some(b) = &bias {
+        if b.len() != g.c_out {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                lhs: w.shape().to_vec(),
+                rhs: b.shape().to_vec(),
+            });
+        }
+    }
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let ws = w.as_slice().expect("standard layout is contiguous");
+    let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
+    let mut y = Array4::<F>::zeros((g.n, g.c_out, g.ho, g.wo));
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let (np, kd) = (g.npix(), g.kdim());
+    let scratch = if g.depthwise() || g.pointwise() {
+        0
+    } else {
+        kd * np
+    };
+    for_each_chunk(
+        par,
+        ys,
+        g.out_sample(),
+        || vec![F::zero(); scratch],
+        |cols, s, y_s| {
+            let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
+            if g.depthwise() {
+                for co in 0..g.c_out {
+                    let ci = co / g.cout_g;
+                    let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                    let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
+                    dw_plane_forward(&g, x_c, wk, &mut y_s[co * np..(co + 1) * np]);
+                }
+            } else {
+                for gi in 0..g.groups {
+                    let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                    let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                    let y_g = &mut y_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let b_src: &[F] = if g.pointwise() {
+                        x_g
+                    } else {
+                        im2col(&g, x_g, cols);
+                        cols
+                    };
+                    // Y_g[c_out_g, h_out·w_out] = W_g[c_out_g, c_in_g·k_h·k_w] · cols[c_in_g·k_h·k_w, h_out·w_out]
+                    gemm_slices(
+                        F::one(),
+                        w_g,
+                        Mat::rm(g.cout_g, kd), // A: [m = c_out_g, k = c_in_g·k_h·k_w]
+                        b_src,
+                        Mat::rm(kd, np), // B: [k, n = h_out·w_out]
+                        F::zero(),
+                        y_g,
+                        Mat::rm(g.cout_g, np), // C: [m, n]; beta = 0 so C is not read
+                    );
+                }
+            }
+            if let Some(b) = &bias {
+                for (co, &bv) in b.iter().enumerate() {
+                    for v in &mut y_s[co * np..(co + 1) * np] {
+                        *v = *v + bv;
+                    }
+                }
+            }
+        },
+    );
+    Ok(y)
+}
+
+/// Input gradient of [`conv2d`]: `dx = convᵀ(dy)`, by GEMM `Wᵀ·dy` and col2im (or directly
+/// per channel for depthwise, and without col2im for 1×1 stride-1 unpadded kernels).
+///
+/// # Shapes
+/// - `dy`: `[n, c_out, h_out, w_out]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `x_hw = (h, w)`
+///   → `dx`: `[n, c_in, h, w]` with `c_in = w.dim(1)·groups`
+/// # Errors
+/// As [`conv2d`] (op `conv2d_backward_input`), plus `ShapeMismatch` if `dy` is not
+/// `[n, c_out, h_out, w_out]` for these parameters.
+pub fn conv2d_backward_input<F: Float>(
+    dy: ArrayView4<F>,
+    w: ArrayView4<F>,
+    x_hw: (usize, usize),
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    let op = "conv2d_backward_input";
+    let dyd = dims4(&dy);
+    let wd = dims4(&w);
+    let xs = [dyd[0], wd[1] * p.groups, x_hw.0, x_hw.1];
+    let g = Geom::new(op, xs, wd, p)?;
+    if dyd != [g.n, g.c_out, g.ho, g.wo] {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: dyd.to_vec(),
+            rhs: vec![g.n, g.c_out, g.ho, g.wo],
+        });
+    }
+    let dy = dy.as_standard_layout();
+    let w = w.as_standard_layout();
+    let dys = dy.as_slice().expect("standard layout is contiguous");
+    let ws = w.as_slice().expect("standard layout is contiguous");
+    let mut dx = Array4::<F>::zeros((g.n, g.c_in, g.h, g.w));
+    let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
+    let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    let scratch = if g.depthwise() || g.pointwise() {
+        0
+    } else {
+        kd * np
+    };
+    for_each_chunk(
+        par,
+        dxs,
+        g.in_sample(),
+        || vec![F::zero(); scratch],
+        |dcols, s, dx_s| {
+            let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+            if g.depthwise() {
+                for co in 0..g.c_out {
+                    let ci = co / g.cout_g;
+                    let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
+                    let dy_c = &dy_s[co * np..(co + 1) * np];
+                    dw_plane_backward_input(&g, dy_c, wk, &mut dx_s[ci * hw..(ci + 1) * hw]);
+                }
+                return;
+            }
+            for gi in 0..g.groups {
+                let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                let out: &mut [F] = if g.pointwise() { dx_g } else { dcols };
+                // dcols[c_in_g·k_h·k_w, h_out·w_out] = W_gᵀ[c_in_g·k_h·k_w, c_out_g] · dY_g[c_out_g, h_out·w_out]
+                gemm_slices(
+                    F::one(),
+                    w_g,
+                    Mat::rm(g.cout_g, kd).t(), // A: [m = c_in_g·k_h·k_w, k = c_out_g] (transposed view)
+                    dy_g,
+                    Mat::rm(g.cout_g, np), // B: [k, n = h_out·w_out]
+                    F::zero(),
+                    out,
+                    Mat::rm(kd, np), // C: [m, n]; beta = 0 so C is not read
+                );
+                if !g.pointwise() {
+                    col2im(&g, dcols, dx_g);
+                }
+            }
+        },
+    );
+    Ok(dx)
+}
+
+/// Weight gradient of [`conv2d`]: `dw = Σ_samples dy_s · im2col(x_s)ᵀ`, the per-sample terms
+/// summed in chunks of [`DW_CHUNK`] samples, each chunk in order, then the chunks in order
+/// (bit-identical for any thread count). Depthwise: a direct sum per channel, parallel over
+/// channels, samples in order.
+///
+/// # Shapes
+/// - `x`: `[n, c_in, h, w]`, `dy`: `[n, c_out, h_out, w_out]`, `k_hw = (k_h, k_w)`
+///   → `dw`: `[c_out, c_in / groups, k_h, k_w]`
+/// # Errors
+/// As [`conv2d`] (op `conv2d_backward_weight`), plus `ShapeMismatch` if `dy` is not
+/// `[n, c_out, h_out, w_out]` for these parameters.
+pub fn conv2d_backward_weight<F: Float>(
+    x: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    k_hw: (usize, usize),
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    let op = "conv2d_backward_weight";
+    let xd = dims4(&x);
+    let dyd = dims4(&dy);
+    if p.groups == 0 || (xd[1] % p.groups, dyd[1] % p.groups) != (0, 0) {
+        return Err(TensorError::BadGroups {
+            op,
+            c_in: xd[1],
+            c_out: dyd[1],
+            groups: p.groups,
+        });
+    }
+    let wd = [dyd[1], xd[1] / p.groups, k_hw.0, k_hw.1];
+    let g = Geom::new(op, xd, wd, p)?;
+    if dyd != [g.n, g.c_out, g.ho, g.wo] {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: dyd.to_vec(),
+            rhs: vec![g.n, g.c_out, g.ho, g.wo],
+        });
+    }
+    let x = x.as_standard_layout();
+    let dy = dy.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let dys = dy.as_slice().expect("standard layout is contiguous");
+    let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    let mut dw = Array4::<F>::zeros((g.c_out, g.cin_g, g.kh, g.kw));
+    let dws = dw.as_slice_mut().expect("fresh array is contiguous");
+
+    if g.depthwise() {
+        // Each output channel is independent: parallel over channels, samples summed in order.
+        let kk = g.kh * g.kw;
+        for_each_chunk(
+            par,
+            dws,
+            kk,
+            || (),
+            |_, co, dwk| {
+                let ci = co / g.cout_g;
+                for s in 0..g.n {
+                    let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
+                    let dy_c = &dys[s * g.out_sample() + co * np..][..np];
+                    dw_plane_backward_weight(&g, x_c, dy_c, dwk);
+                }
+            },
+        );
+        return Ok(dw);
+    }
+
+    let wlen = g.c_out * kd;
+    let nchunks = g.n.div_ceil(DW_CHUNK);
+    let mut partials = vec![F::zero(); nchunks * wlen];
+    let scratch = if g.pointwise() { 0 } else { kd * np };
+    for_each_chunk(
+        par,
+        &mut partials,
+        wlen,
+        || vec![F::zero(); scratch],
+        |cols, c, part| {
+            for (i, s) in (c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n)).enumerate() {
+                let beta = if i == 0 { F::zero() } else { F::one() };
+                let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
+                let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+                for gi in 0..g.groups {
+                    let x_g = &x_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                    let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let dw_g = &mut part[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                    let b_src: &[F] = if g.pointwise() {
+                        x_g
+                    } else {
+                        im2col(&g, x_g, cols);
+                        cols
+                    };
+                    // dW_g[c_out_g, c_in_g·k_h·k_w] (+)= dY_g[c_out_g, h_out·w_out] · colsᵀ[h_out·w_out, c_in_g·k_h·k_w]
+                    gemm_slices(
+                        F::one(),
+                        dy_g,
+                        Mat::rm(g.cout_g, np), // A: [m = c_out_g, k = h_out·w_out]
+                        b_src,
+                        Mat::rm(kd, np).t(), // B: [k, n = c_in_g·k_h·k_w] (transposed view)
+                        beta,
+                        dw_g,
+                        Mat::rm(g.cout_g, kd), // C: [m, n]; beta = 0 on a chunk's first sample
+                    );
+                }
+            }
+        },
+    );
+    // Chunk partials summed in chunk order.
+    let (first, rest) = partials.split_at(wlen);
+    dws.copy_from_slice(first);
+    for part in rest.chunks_exact(wlen) {
+        for (d, &v) in dws.iter_mut().zip(part) {
+            *d = *d + v;
+        }
+    }
+    Ok(dw)
+}
+
+/// Bias gradient of [`conv2d`]: `db[c] = Σ_{n, h, w} dy[n, c, h, w]`, summed plane by plane in
+/// sample order (each plane in scan order).
+///
+/// # Shapes
+/// `dy`: `[n, c_out, h_out, w_out]` → `[c_out]`.
+pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>) -> Array1<F> {
+    let c = dy.dim().1;
+    let mut db = Array1::<F>::zeros(c);
+    for sample in dy.axis_iter(Axis(0)) {
+        for (d, plane) in db.iter_mut().zip(sample.axis_iter(Axis(0))) {
+            let s = match plane.as_slice() {
+                Some(sl) => sl.iter().fold(F::zero(), |a, &v| a + v),
+                None => plane.iter().fold(F::zero(), |a, &v| a + v),
+            };
+            *d = *d + s;
+        }
+    }
+    db
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{bits, naive_conv2d, rand_array};
+    use ndarray::Array1;
+
+    #[test]
+    fn conv2d_smoke_matches_naive() {
+        let p = Conv2dParams::new(2, 1).with_groups(2);
+        let x = rand_array::<f64, _, _>((3, 4, 7, 6), 1);
+        let w = rand_array::<f64, _, _>((6, 2, 3, 2), 2);
+        let b: Array1<f64> = rand_array((6,), 3);
+        let y = conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Rayon).unwrap();
+        let r = naive_conv2d(&x, &w, Some(&b), &p);
+        assert_eq!(y.dim(), r.dim());
+        let err = (&y - &r).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(err < 1e-12, "max err {err}");
+        let y2 = conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Seq).unwrap();
+        assert_eq!(bits(&y), bits(&y2));
+    }
+}

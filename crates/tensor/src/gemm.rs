@@ -1,0 +1,184 @@
+//! GEMM `C ← α·A·B + β·C` through `matrixmultiply` (sgemm / dgemm with strides, so transposed
+//! views cost nothing). `matrixmultiply` runs single-threaded here: parallelism lives in the
+//! callers (convolution over the batch), which keeps every reduction in a fixed order.
+
+use crate::{Float, Result, TensorError};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// `C ← α·A·B + β·C`.
+///
+/// # Shapes
+/// - `a`: `[m, k]`, `b`: `[k, n]`, `c`: `[m, n]`; any strides (pass `x.t()` for a transpose).
+/// - When `beta == 0`, `c` is not read (NaNs in it do not propagate).
+/// # Errors
+/// `ShapeMismatch` (op `gemm`) if the inner dimensions or the output shape disagree.
+pub fn gemm<F: Float>(
+    alpha: F,
+    a: ArrayView2<F>,
+    b: ArrayView2<F>,
+    beta: F,
+    mut c: ArrayViewMut2<F>,
+) -> Result<()> {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    if k != k2 {
+        return Err(TensorError::ShapeMismatch {
+            op: "gemm",
+            lhs: a.shape().to_vec(),
+            rhs: b.shape().to_vec(),
+        });
+    }
+    if c.dim() != (m, n) {
+        return Err(TensorError::ShapeMismatch {
+            op: "gemm",
+            lhs: vec![m, n],
+            rhs: c.shape().to_vec(),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // Empty sum: C ← β·C (and C ← 0 when β = 0, without reading C).
+        if beta == F::zero() {
+            c.fill(F::zero());
+        } else {
+            c.mapv_inplace(|v| beta * v);
+        }
+        return Ok(());
+    }
+    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
+    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
+    let (rsc, csc) = (c.strides()[0], c.strides()[1]);
+    // C[m, n] = α · A[m, k] · B[k, n] + β · C[m, n]
+    // SAFETY: pointers and strides come from live views of exactly these shapes; `c` is a unique
+    // mutable borrow, so it aliases neither `a` nor `b`.
+    unsafe {
+        F::gemm_raw(
+            m,
+            k,
+            n, // matrixmultiply order: (m, k, n)
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa, // A: [m, k]
+            b.as_ptr(),
+            rsb,
+            csb, // B: [k, n]
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+            csc, // C: [m, n]
+        );
+    }
+    Ok(())
+}
+
+/// `A·B` into a new array.
+///
+/// # Shapes
+/// `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`.
+/// # Errors
+/// `ShapeMismatch` (op `gemm`) if the inner dimensions disagree.
+pub fn matmul<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Result<Array2<F>> {
+    let mut c = Array2::zeros((a.nrows(), b.ncols()));
+    gemm(F::one(), a, b, F::zero(), c.view_mut())?;
+    Ok(c)
+}
+
+/// A matrix stored in a slice: `[rows, cols]` with element strides (non-negative).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// Row-major `[rows, cols]`.
+    pub fn rm(rows: usize, cols: usize) -> Self {
+        Mat {
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose (free: swaps strides).
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    /// One past the largest element offset addressed (0 when empty).
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// Internal slice GEMM: `C ← α·A·B + β·C` with `A = (a, am)`, `B = (b, bm)`, `C = (c, cm)`.
+/// Bounds are checked once per call (an internal invariant: a failure is a bug here).
+#[allow(clippy::too_many_arguments)] // the BLAS argument list, grouped as (data, layout) pairs
+pub(crate) fn gemm_slices<F: Float>(
+    alpha: F,
+    a: &[F],
+    am: Mat,
+    b: &[F],
+    bm: Mat,
+    beta: F,
+    c: &mut [F],
+    cm: Mat,
+) {
+    assert!(
+        am.cols == bm.rows && am.rows == cm.rows && bm.cols == cm.cols,
+        "hla-tensor internal error: gemm_slices shapes {am:?} {bm:?} {cm:?}"
+    );
+    assert!(
+        am.extent() <= a.len() && bm.extent() <= b.len() && cm.extent() <= c.len(),
+        "hla-tensor internal error: gemm_slices out of bounds"
+    );
+    if cm.rows == 0 || cm.cols == 0 {
+        return;
+    }
+    if am.cols == 0 {
+        for i in 0..cm.rows {
+            for j in 0..cm.cols {
+                let v = &mut c[i * cm.rs + j * cm.cs];
+                *v = if beta == F::zero() {
+                    F::zero()
+                } else {
+                    beta * *v
+                };
+            }
+        }
+        return;
+    }
+    // SAFETY: extents checked above against the slices; `c` is a unique borrow distinct from
+    // `a` and `b`.
+    unsafe {
+        F::gemm_raw(
+            am.rows,
+            am.cols,
+            bm.cols, // (m, k, n)
+            alpha,
+            a.as_ptr(),
+            am.rs as isize,
+            am.cs as isize, // A: [m, k]
+            b.as_ptr(),
+            bm.rs as isize,
+            bm.cs as isize, // B: [k, n]
+            beta,
+            c.as_mut_ptr(),
+            cm.rs as isize,
+            cm.cs as isize, // C: [m, n]
+        );
+    }
+}

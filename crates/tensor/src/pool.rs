@@ -1,0 +1,298 @@
+//! 2-D max pooling (with argmax for the backward), average pooling (padding counted, PyTorch's
+//! default `count_include_pad = true`) and global average pooling, each with its backward.
+//! Floor mode output sizes: `h_out = (h + 2·p_h − k_h) / s_h + 1`.
+
+use crate::{Float, Par, Result, TensorError};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
+use rayon::prelude::*;
+
+/// Pooling window, stride and zero padding (each `(h, w)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dParams {
+    /// Window `(k_h, k_w)`, each ≥ 1.
+    pub kernel: (usize, usize),
+    /// Stride `(s_h, s_w)`, each ≥ 1.
+    pub stride: (usize, usize),
+    /// Padding `(p_h, p_w)` on each side, at most half the window (PyTorch's rule).
+    pub padding: (usize, usize),
+}
+
+impl Pool2dParams {
+    /// Square window `k`, stride `s`, padding `p`.
+    pub fn new(k: usize, s: usize, p: usize) -> Self {
+        Pool2dParams {
+            kernel: (k, k),
+            stride: (s, s),
+            padding: (p, p),
+        }
+    }
+    /// Output `(h_out, w_out)` for input `(h, w)`.
+    /// # Errors
+    /// `InvalidParam` for a zero window or stride or padding above half the window;
+    /// `KernelTooLarge` if the window does not fit in the padded input.
+    pub fn output_hw(&self, op: &'static str, h: usize, w: usize) -> Result<(usize, usize)> {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let (ph, pw) = self.padding;
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || 2 * ph > kh || 2 * pw > kw {
+            return Err(TensorError::InvalidParam {
+                op,
+                msg: format!("{self:?}"),
+            });
+        }
+        if kh > h + 2 * ph || kw > w + 2 * pw {
+            return Err(TensorError::KernelTooLarge {
+                op,
+                input: (h, w),
+                kernel: self.kernel,
+                padding: self.padding,
+                dilation: (1, 1),
+            });
+        }
+        Ok(((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1))
+    }
+    /// Input rows (or columns) covered by output index `o` along one axis: `lo..hi`, clipped.
+    fn window(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
+        let start = (o * s) as isize - p as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + k as isize).max(0) as usize).min(len);
+        (lo, hi)
+    }
+}
+
+fn check_nonempty(op: &'static str, s: &[usize]) -> Result<()> {
+    if s.contains(&0) {
+        return Err(TensorError::EmptyDim {
+            op,
+            shape: s.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Max pooling; padded positions never win. Returns `y` and `argmax`, the flat index
+/// `ih·w + iw` of the maximum inside each input plane (first maximum in scan order on ties; a NaN
+/// wins like in PyTorch).
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` → (`[n, c, h_out, w_out]`, `[n, c, h_out, w_out]`).
+/// # Errors
+/// `EmptyDim`, `InvalidParam`, `KernelTooLarge` (op `max_pool2d`).
+pub fn max_pool2d<F: Float>(
+    x: ArrayView4<F>,
+    p: &Pool2dParams,
+    par: Par,
+) -> Result<(Array4<F>, Array4<u32>)> {
+    let op = "max_pool2d";
+    check_nonempty(op, x.shape())?;
+    let (n, c, h, w) = x.dim();
+    let (ho, wo) = p.output_hw(op, h, w)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let mut y = Array4::<F>::zeros((n, c, ho, wo));
+    let mut am = Array4::<u32>::zeros((n, c, ho, wo));
+    let (hw, np) = (h * w, ho * wo);
+    let plane = |i: usize, yp: &mut [F], ap: &mut [u32]| {
+        let xp = &xs[i * hw..(i + 1) * hw];
+        for oh in 0..ho {
+            let (h0, h1) = Pool2dParams::window(oh, p.stride.0, p.padding.0, p.kernel.0, h);
+            for ow in 0..wo {
+                let (w0, w1) = Pool2dParams::window(ow, p.stride.1, p.padding.1, p.kernel.1, w);
+                let mut best = F::neg_infinity();
+                let mut bi = h0 * w + w0;
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let v = xp[ih * w + iw];
+                        if v > best || v.is_nan() {
+                            best = v;
+                            bi = ih * w + iw;
+                        }
+                    }
+                }
+                yp[oh * wo + ow] = best;
+                ap[oh * wo + ow] = bi as u32;
+            }
+        }
+    };
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let ams = am.as_slice_mut().expect("fresh array is contiguous");
+    match par {
+        Par::Seq => ys
+            .chunks_mut(np)
+            .zip(ams.chunks_mut(np))
+            .enumerate()
+            .for_each(|(i, (yp, ap))| plane(i, yp, ap)),
+        Par::Rayon => ys
+            .par_chunks_mut(np)
+            .zip(ams.par_chunks_mut(np))
+            .enumerate()
+            .for_each(|(i, (yp, ap))| plane(i, yp, ap)),
+    }
+    Ok((y, am))
+}
+
+/// Backward of [`max_pool2d`]: `dx[argmax] += dy` per plane (scan order of `dy`).
+///
+/// # Shapes
+/// `dy`, `argmax`: `[n, c, h_out, w_out]`, `x_hw = (h, w)` → `[n, c, h, w]`.
+/// # Errors
+/// `ShapeMismatch` if `dy` and `argmax` differ or an argmax is outside `h·w`; `EmptyDim`.
+pub fn max_pool2d_backward<F: Float>(
+    dy: ArrayView4<F>,
+    argmax: ArrayView4<u32>,
+    x_hw: (usize, usize),
+) -> Result<Array4<F>> {
+    let op = "max_pool2d_backward";
+    if dy.shape() != argmax.shape() {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: dy.shape().to_vec(),
+            rhs: argmax.shape().to_vec(),
+        });
+    }
+    let (n, c, _, _) = dy.dim();
+    check_nonempty(op, &[n, c, x_hw.0, x_hw.1])?;
+    let hw = x_hw.0 * x_hw.1;
+    if argmax.iter().any(|&a| a as usize >= hw) {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: argmax.shape().to_vec(),
+            rhs: vec![n, c, x_hw.0, x_hw.1],
+        });
+    }
+    let mut dx = Array4::<F>::zeros((n, c, x_hw.0, x_hw.1));
+    for ((mut dxs, dys), ams) in dx
+        .axis_iter_mut(Axis(0))
+        .zip(dy.axis_iter(Axis(0)))
+        .zip(argmax.axis_iter(Axis(0)))
+    {
+        for ((mut dp, yp), ap) in dxs
+            .axis_iter_mut(Axis(0))
+            .zip(dys.axis_iter(Axis(0)))
+            .zip(ams.axis_iter(Axis(0)))
+        {
+            let dps = dp.as_slice_mut().expect("fresh array is contiguous");
+            for (&g, &a) in yp.iter().zip(ap.iter()) {
+                dps[a as usize] = dps[a as usize] + g;
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// Average pooling with padding counted in the divisor (`count_include_pad = true`, PyTorch's
+/// default): `y = Σ_window x / (k_h·k_w)`.
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` → `[n, c, h_out, w_out]`.
+/// # Errors
+/// `EmptyDim`, `InvalidParam`, `KernelTooLarge` (op `avg_pool2d`).
+pub fn avg_pool2d<F: Float>(x: ArrayView4<F>, p: &Pool2dParams, par: Par) -> Result<Array4<F>> {
+    let op = "avg_pool2d";
+    check_nonempty(op, x.shape())?;
+    let (n, c, h, w) = x.dim();
+    let (ho, wo) = p.output_hw(op, h, w)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let div = F::from_f64((p.kernel.0 * p.kernel.1) as f64);
+    let mut y = Array4::<F>::zeros((n, c, ho, wo));
+    let (hw, np) = (h * w, ho * wo);
+    crate::for_each_chunk(
+        par,
+        y.as_slice_mut().expect("contiguous"),
+        np,
+        || (),
+        |_, i, yp| {
+            let xp = &xs[i * hw..(i + 1) * hw];
+            for oh in 0..ho {
+                let (h0, h1) = Pool2dParams::window(oh, p.stride.0, p.padding.0, p.kernel.0, h);
+                for ow in 0..wo {
+                    let (w0, w1) = Pool2dParams::window(ow, p.stride.1, p.padding.1, p.kernel.1, w);
+                    let mut s = F::zero();
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            s = s + xp[ih * w + iw];
+                        }
+                    }
+                    yp[oh * wo + ow] = s / div;
+                }
+            }
+        },
+    );
+    Ok(y)
+}
+
+/// Backward of [`avg_pool2d`]: each `dy / (k_h·k_w)` is added to the input positions of its
+/// window (scan order of `dy`).
+///
+/// # Shapes
+/// `dy`: `[n, c, h_out, w_out]`, `x_hw = (h, w)` → `[n, c, h, w]`.
+/// # Errors
+/// As [`avg_pool2d`] (op `avg_pool2d_backward`), plus `ShapeMismatch` if `dy`'s spatial size is
+/// not `(h_out, w_out)`.
+pub fn avg_pool2d_backward<F: Float>(
+    dy: ArrayView4<F>,
+    x_hw: (usize, usize),
+    p: &Pool2dParams,
+) -> Result<Array4<F>> {
+    let op = "avg_pool2d_backward";
+    let (n, c, dh, dw) = dy.dim();
+    let (h, w) = x_hw;
+    check_nonempty(op, &[n, c, h, w])?;
+    let (ho, wo) = p.output_hw(op, h, w)?;
+    if (dh, dw) != (ho, wo) {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: dy.shape().to_vec(),
+            rhs: vec![n, c, ho, wo],
+        });
+    }
+    let div = F::from_f64((p.kernel.0 * p.kernel.1) as f64);
+    let mut dx = Array4::<F>::zeros((n, c, h, w));
+    for (mut dxs, dys) in dx.axis_iter_mut(Axis(0)).zip(dy.axis_iter(Axis(0))) {
+        for (mut dp, yp) in dxs.axis_iter_mut(Axis(0)).zip(dys.axis_iter(Axis(0))) {
+            for oh in 0..ho {
+                let (h0, h1) = Pool2dParams::window(oh, p.stride.0, p.padding.0, p.kernel.0, h);
+                for ow in 0..wo {
+                    let (w0, w1) = Pool2dParams::window(ow, p.stride.1, p.padding.1, p.kernel.1, w);
+                    let g = yp[[oh, ow]] / div;
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            dp[[ih, iw]] = dp[[ih, iw]] + g;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// Global average pooling: `y[n, c] = Σ_{h, w} x[n, c, h, w] / (h·w)` (scan order).
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` → `[n, c]`. With `h·w == 0` the result is NaN.
+pub fn global_avg_pool<F: Float>(x: ArrayView4<F>) -> Array2<F> {
+    let (n, c, h, w) = x.dim();
+    let div = F::from_f64((h * w) as f64);
+    let mut y = Array2::<F>::zeros((n, c));
+    for ((i, j), v) in y.indexed_iter_mut() {
+        let p = x.slice(ndarray::s![i, j, .., ..]);
+        *v = p.iter().fold(F::zero(), |a, &u| a + u) / div;
+    }
+    y
+}
+
+/// Backward of [`global_avg_pool`]: `dx[n, c, h, w] = dy[n, c] / (h·w)`.
+///
+/// # Shapes
+/// `dy`: `[n, c]`, `x_hw = (h, w)` → `[n, c, h, w]`.
+pub fn global_avg_pool_backward<F: Float>(dy: ArrayView2<F>, x_hw: (usize, usize)) -> Array4<F> {
+    let (n, c) = dy.dim();
+    let div = F::from_f64((x_hw.0 * x_hw.1) as f64);
+    let mut dx = Array4::<F>::zeros((n, c, x_hw.0, x_hw.1));
+    for ((i, j), &g) in dy.indexed_iter() {
+        dx.slice_mut(ndarray::s![i, j, .., ..]).fill(g / div);
+    }
+    dx
+}

@@ -1,0 +1,68 @@
+//! Shared test helpers: seeded random arrays and bitwise comparison.
+
+use crate::Float;
+use ndarray::{Array, Dimension, IntoDimension};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Uniform `[-1, 1)` array of the given shape from `seed`.
+pub fn rand_array<F: Float, D: Dimension, Sh: IntoDimension<Dim = D>>(
+    shape: Sh,
+    seed: u64,
+) -> Array<F, D> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dim = shape.into_dimension();
+    let n = dim.size();
+    let v: Vec<F> = (0..n)
+        .map(|_| F::from_f64(rng.random_range(-1.0..1.0)))
+        .collect();
+    Array::from_shape_vec(dim, v).expect("shape and data agree")
+}
+
+/// Bit patterns (as f64 bits) for exact comparison.
+pub fn bits<F: Float, D: Dimension>(a: &Array<F, D>) -> Vec<u64> {
+    a.iter().map(|&v| v.to_f64().to_bits()).collect()
+}
+
+/// Naive direct-loop convolution (the reference the fast kernels are tested against):
+/// `y[n, co, oh, ow] = b[co] + Σ_{ci_g, ki, kj} w[co, ci_g, ki, kj] · x[n, g·c_in_g + ci_g, ih, iw]`.
+pub fn naive_conv2d(
+    x: &ndarray::Array4<f64>,
+    w: &ndarray::Array4<f64>,
+    bias: Option<&ndarray::Array1<f64>>,
+    p: &crate::Conv2dParams,
+) -> ndarray::Array4<f64> {
+    let (n, c_in, h, wd) = x.dim();
+    let (c_out, cin_g, kh, kw) = w.dim();
+    let (ho, wo) = p.output_hw(h, wd, kh, kw).unwrap();
+    let cout_g = c_out / p.groups;
+    assert_eq!(cin_g * p.groups, c_in);
+    let mut y = ndarray::Array4::<f64>::zeros((n, c_out, ho, wo));
+    for s in 0..n {
+        for co in 0..c_out {
+            let gi = co / cout_g;
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let mut acc = bias.map_or(0.0, |b| b[co]);
+                    for cg in 0..cin_g {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let ih = (oh * p.stride.0 + ki * p.dilation.0) as isize
+                                    - p.padding.0 as isize;
+                                let iw = (ow * p.stride.1 + kj * p.dilation.1) as isize
+                                    - p.padding.1 as isize;
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= wd as isize {
+                                    continue;
+                                }
+                                acc += w[[co, cg, ki, kj]]
+                                    * x[[s, gi * cin_g + cg, ih as usize, iw as usize]];
+                            }
+                        }
+                    }
+                    y[[s, co, oh, ow]] = acc;
+                }
+            }
+        }
+    }
+    y
+}
