@@ -1,27 +1,86 @@
 //! `hla`: train, quantise, export and evaluate ternary networks with the method of
 //! *Hyperspherical Loss-Aware Ternary Quantization* (arXiv 2212.12649) and its baselines.
+//!
+//! Every error is printed as one line `error: …` on stderr with a non-zero exit status; nothing
+//! already written is modified before the inputs (config, data path, checkpoint) are validated.
 
-use clap::{Parser, Subcommand};
+// Parts of the run machinery are wired to the training engine as the libraries grow.
+#![allow(dead_code)]
 
-/// Hyperspherical Loss-Aware Ternary Quantization: training, quantisation, export and evaluation.
-#[derive(Debug, Parser)]
-#[command(name = "hla", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
+mod checkpoint;
+mod cli;
+mod commands;
+mod config;
+mod interrupt;
+mod metrics;
+mod plots;
+mod progress;
+mod rundir;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use progress::{OutputMode, Ui};
+use std::process::ExitCode;
+
+/// Shared context of one invocation.
+pub struct Ctx {
+    /// Global options.
+    pub global: cli::GlobalOpts,
+    /// Output mode.
+    pub ui: Ui,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the versions of the hla crates this binary was built from.
-    Version,
-}
-
-fn main() {
-    let cli = Cli::parse();
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(t) = cli.global.threads {
+        if t == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {t} threads: {e}"))?;
+    }
+    let mode = if cli.global.json {
+        OutputMode::Json
+    } else if cli.global.quiet {
+        OutputMode::Quiet
+    } else {
+        OutputMode::Human
+    };
+    let ctx = Ctx {
+        global: cli.global,
+        ui: Ui { mode },
+    };
     match cli.command {
-        Some(Command::Version) | None => {
-            println!("hla {}", env!("CARGO_PKG_VERSION"));
+        Command::Train(a) => commands::train(&ctx, &a.run),
+        Command::Quantize(a) => commands::quantize(&ctx, &a.run),
+        Command::Eval(a) => commands::eval(&ctx, &a),
+        Command::Export(a) => commands::export(&ctx, &a),
+        Command::Bench(_) | Command::Demo(_) => {
+            anyhow::bail!(
+                "this subcommand needs the model and method libraries, which are not built yet"
+            )
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(s) = e.downcast_ref::<interrupt::StoppedEarly>() {
+                eprintln!("{s}");
+                return ExitCode::SUCCESS;
+            }
+            // `{:#}` joins the context chain on one line: "outer: inner: root cause".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            if e.downcast_ref::<interrupt::Interrupted>().is_some() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,4 +1,10 @@
 //! End-to-end tests of the `hla` binary, one module per topic.
 
+#[path = "util.rs"]
+#[allow(dead_code)] // helpers used by some topic modules only
+mod util;
+
 #[path = "cli.rs"]
 mod cli;
+#[path = "errors.rs"]
+mod errors;

@@ -1,0 +1,187 @@
+//! Command-line surface (clap derive): global options and one struct per subcommand.
+
+use crate::config::Method;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Hyperspherical Loss-Aware Ternary Quantization (arXiv 2212.12649): train, quantise, export,
+/// evaluate and benchmark ternary ResNets / MobileNetV2 on the CPU, reproducibly.
+///
+/// Start with `hla demo`: it trains a small CIFAR-10 ResNet, quantises it with HLA, TWN and TTQ
+/// under the same budget and prints a comparison table and a report.
+#[derive(Debug, Parser)]
+#[command(name = "hla", version, about, long_about)]
+pub struct Cli {
+    /// Global options (accepted before or after the subcommand).
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// Master seed; overrides the config's `seed`. Weights, data order and augmentation all
+    /// derive from it, so the same seed gives bit-identical results.
+    #[arg(long, global = true, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Worker threads for kernels and data loading (default: all cores). Results do not depend
+    /// on it.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Output directory (default: `runs/<config name>-<command>`). An existing run there is
+    /// never overwritten: continue it with `--resume` or pick another directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print only final results (no progress bars or per-epoch lines).
+    #[arg(long, short, global = true, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Print JSON lines on stdout (one per epoch and one per result) for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a network in full precision (or with hyperspherical layers) from a config.
+    Train(TrainArgs),
+    /// Quantise to ternary weights with HLA (Algorithm 1), TWN or TTQ, from a checkpoint or
+    /// from scratch.
+    Quantize(QuantizeArgs),
+    /// Top-1 / top-5 test accuracy of a checkpoint, run directory or exported ternary model.
+    Eval(EvalArgs),
+    /// Write the packed 2-bit ternary model of a quantised run and report its size.
+    Export(ExportArgs),
+    /// Measure training-step and inference throughput (images/s) for a model and batch size.
+    Bench(BenchArgs),
+    /// The default showcase: FP training, then HLA stage 1 + 2, TWN and TTQ from the same start
+    /// under the same budget on the shipped CIFAR-10 subset; prints a table and writes a report.
+    Demo(DemoArgs),
+}
+
+/// Options shared by the training subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct RunOpts {
+    /// Experiment config (TOML), e.g. `configs/cifar10-resnet20.toml`.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one config key, e.g. `--set hla.lambda_d=0.5` or `--set data.batch_size=64`
+    /// (repeatable; the value is TOML, bare words are taken as strings).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the interrupted run in DIR from its last checkpoint (its config is reused; the
+    /// result is bit-identical to an uninterrupted run).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many epochs in this invocation; `--resume` continues.
+    #[arg(long, value_name = "N")]
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// `hla train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Config, overrides, resume.
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// `hla quantize`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantizeArgs {
+    /// Config, overrides, resume.
+    #[command(flatten)]
+    pub run: RunOpts,
+    /// Quantisation method (default: the config's `hla.method`).
+    #[arg(long, short, value_enum)]
+    pub method: Option<Method>,
+    /// Start from the weights of this checkpoint file or run directory (e.g. an `hla train`
+    /// output) instead of `model.pretrained` or random initialisation.
+    #[arg(long, value_name = "PATH")]
+    pub from: Option<PathBuf>,
+}
+
+/// `hla eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Checkpoint file, run directory, or exported ternary model (`*.ternary.safetensors`).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Config giving the data and model (default: `config.resolved.toml` beside MODEL).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one config key (repeatable), e.g. `--set data.test_limit=500`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `hla export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Run directory or checkpoint of a quantised run (`hla quantize` / `hla demo` output).
+    #[arg(value_name = "RUN")]
+    pub run: PathBuf,
+    /// Output file (default: `<RUN dir>/model.ternary.safetensors`). Never overwritten.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// What `hla bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchWhat {
+    /// Forward + backward + SGD step.
+    Train,
+    /// Forward only (evaluation mode).
+    Infer,
+    /// Both.
+    Both,
+}
+
+/// Weight path that `hla bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPath {
+    /// Plain full-precision layers.
+    Fp,
+    /// HLA stage-2 layers (normalisation + ternary STE + L_d).
+    Hla,
+}
+
+/// `hla bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Architecture, e.g. resnet20, resnet18, resnet50, mobilenet_v2.
+    #[arg(long, default_value = "resnet20")]
+    pub arch: String,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Input height = width (32 for CIFAR models, 224 for ImageNet models).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Number of classes.
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = BenchWhat::Both)]
+    pub what: BenchWhat,
+    /// Layer path to measure.
+    #[arg(long, value_enum, default_value_t = BenchPath::Fp)]
+    pub path: BenchPath,
+}
+
+/// `hla demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Config (default: the built-in `configs/demo.toml`).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
