@@ -61,3 +61,54 @@ pub fn relu6_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{check_fd, inner, rand_array};
+    use ndarray::{arr1, IxDyn};
+
+    #[test]
+    fn relu_and_relu6_values_and_nan() {
+        let x = arr1(&[-2.0f32, -0.0, 0.5, 5.5, 6.0, 7.0, f32::NAN]).into_dyn();
+        let y = relu(x.view());
+        assert_eq!(&y.as_slice().unwrap()[..6], &[0.0, 0.0, 0.5, 5.5, 6.0, 7.0]);
+        assert!(y[6].is_nan());
+        let y6 = relu6(x.view());
+        assert_eq!(
+            &y6.as_slice().unwrap()[..6],
+            &[0.0, 0.0, 0.5, 5.5, 6.0, 6.0]
+        );
+        assert!(y6[6].is_nan());
+        let dy = arr1(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).into_dyn();
+        // Kinks (0 and 6) get gradient 0.
+        assert_eq!(
+            relu_backward(x.view(), dy.view()).as_slice().unwrap(),
+            &[0.0, 0.0, 3.0, 4.0, 5.0, 6.0, 0.0]
+        );
+        assert_eq!(
+            relu6_backward(x.view(), dy.view()).as_slice().unwrap(),
+            &[0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn relu_gradients_match_finite_differences() {
+        // Values in (-8, 8) on a 2×3×5 grid, kept away from the kinks 0 and 6.
+        let x = rand_array::<f64, _, _>(IxDyn(&[2, 3, 5]), 3).mapv(|v| {
+            let v = 8.0 * v;
+            if v.abs() < 0.05 || (v - 6.0).abs() < 0.05 {
+                v + 0.2
+            } else {
+                v
+            }
+        });
+        let g = rand_array::<f64, _, _>(IxDyn(&[2, 3, 5]), 4);
+        check_fd("relu", &x, &relu_backward(x.view(), g.view()), |xp| {
+            inner(&relu(xp.view()), &g)
+        });
+        check_fd("relu6", &x, &relu6_backward(x.view(), g.view()), |xp| {
+            inner(&relu6(xp.view()), &g)
+        });
+    }
+}

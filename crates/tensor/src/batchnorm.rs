@@ -123,3 +123,63 @@ pub fn batch_norm_backward<F: Float>(
     }
     (dx, dgamma, dbeta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{check_fd, inner, max_rel_err, rand_array};
+
+    #[test]
+    fn mean_var_and_forward_match_direct_formulas() {
+        let x = rand_array::<f64, _, _>((3, 4, 5, 3), 1).mapv(|v| 2.0 * v + 0.5);
+        let (mean, var) = channel_mean_var(x.view());
+        for c in 0..4 {
+            let v: Vec<f64> = x.index_axis(Axis(1), c).iter().copied().collect();
+            let mu = v.iter().sum::<f64>() / v.len() as f64;
+            let s2 = v.iter().map(|u| (u - mu) * (u - mu)).sum::<f64>() / v.len() as f64;
+            assert!((mean[c] - mu).abs() < 1e-14 && (var[c] - s2).abs() < 1e-14);
+        }
+        let gamma = rand_array::<f64, _, _>(4, 2);
+        let beta = rand_array::<f64, _, _>(4, 3);
+        let (y, x_hat, inv_std) = batch_norm_forward(
+            x.view(),
+            mean.view(),
+            var.view(),
+            gamma.view(),
+            beta.view(),
+            1e-5,
+        );
+        let mut r = x.clone();
+        for ((_, c, _, _), v) in r.indexed_iter_mut() {
+            *v = gamma[c] * (*v - mean[c]) / (var[c] + 1e-5).sqrt() + beta[c];
+        }
+        assert!(max_rel_err(&y, &r) < 1e-13);
+        assert!((inv_std[1] - 1.0 / (var[1] + 1e-5).sqrt()).abs() < 1e-14);
+        assert!((x_hat[[2, 1, 3, 2]] - (x[[2, 1, 3, 2]] - mean[1]) * inv_std[1]).abs() < 1e-14);
+    }
+
+    /// Train mode: L = Σ g ⊙ BN(x) with batch statistics; dx, dγ, dβ vs central differences.
+    #[test]
+    fn batch_norm_backward_matches_finite_differences() {
+        let x = rand_array::<f64, _, _>((3, 2, 3, 5), 4);
+        let gamma = rand_array::<f64, _, _>(2, 5);
+        let beta = rand_array::<f64, _, _>(2, 6);
+        let g = rand_array::<f64, _, _>((3, 2, 3, 5), 7);
+        let eps = 1e-3;
+        let loss = |x: &Array4<f64>, gamma: &Array1<f64>, beta: &Array1<f64>| {
+            let (m, v) = channel_mean_var(x.view());
+            inner(
+                &batch_norm_forward(x.view(), m.view(), v.view(), gamma.view(), beta.view(), eps).0,
+                &g,
+            )
+        };
+        let (m, v) = channel_mean_var(x.view());
+        let (_, x_hat, inv_std) =
+            batch_norm_forward(x.view(), m.view(), v.view(), gamma.view(), beta.view(), eps);
+        let (dx, dgamma, dbeta) =
+            batch_norm_backward(g.view(), x_hat.view(), gamma.view(), inv_std.view());
+        check_fd("bn dx", &x, &dx, |xp| loss(xp, &gamma, &beta));
+        check_fd("bn dgamma", &gamma, &dgamma, |gp| loss(&x, gp, &beta));
+        check_fd("bn dbeta", &beta, &dbeta, |bp| loss(&x, &gamma, bp));
+    }
+}

@@ -736,21 +736,361 @@ pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>) -> Array1<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{bits, naive_conv2d, rand_array};
+    use crate::testutil::{
+        bits, check_fd, inner, max_rel_err, naive_conv2d, naive_conv2d_backward, rand_array, to_f64,
+    };
     use ndarray::Array1;
 
+    /// One convolution case: shapes and parameters.
+    #[derive(Clone, Copy, Debug)]
+    struct Case {
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        hw: (usize, usize),
+        k: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        dil: (usize, usize),
+        groups: usize,
+    }
+
+    impl Case {
+        fn params(&self) -> Conv2dParams {
+            Conv2dParams {
+                stride: self.stride,
+                padding: self.pad,
+                dilation: self.dil,
+                groups: self.groups,
+            }
+        }
+        fn x_shape(&self) -> (usize, usize, usize, usize) {
+            (self.n, self.c_in, self.hw.0, self.hw.1)
+        }
+        fn w_shape(&self) -> (usize, usize, usize, usize) {
+            (self.c_out, self.c_in / self.groups, self.k.0, self.k.1)
+        }
+        fn y_shape(&self) -> (usize, usize, usize, usize) {
+            let (ho, wo) = self
+                .params()
+                .output_hw(self.hw.0, self.hw.1, self.k.0, self.k.1)
+                .unwrap();
+            (self.n, self.c_out, ho, wo)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        hw: (usize, usize),
+        k: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        dil: (usize, usize),
+        groups: usize,
+    ) -> Case {
+        Case {
+            n,
+            c_in,
+            c_out,
+            hw,
+            k,
+            stride,
+            pad,
+            dil,
+            groups,
+        }
+    }
+
+    /// Odd sizes, stride 1/2/3, padding, dilation, groups 1/2/3/C (and a channel multiplier),
+    /// batch 1 and 3, non-square kernels, 1×1 kernels, a kernel as large as the padded input.
+    fn cases() -> Vec<Case> {
+        vec![
+            case(1, 3, 5, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            case(3, 4, 6, (8, 7), (3, 2), (2, 2), (1, 0), (1, 1), 2),
+            case(3, 6, 6, (9, 11), (3, 3), (2, 1), (1, 1), (1, 1), 6),
+            case(1, 6, 12, (7, 7), (3, 3), (1, 1), (2, 2), (2, 2), 6),
+            case(3, 4, 8, (5, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1),
+            case(3, 4, 6, (5, 7), (1, 1), (1, 1), (0, 0), (1, 1), 2),
+            case(3, 4, 6, (7, 7), (1, 1), (2, 2), (0, 0), (1, 1), 1),
+            case(1, 2, 3, (6, 5), (1, 3), (2, 1), (0, 1), (2, 2), 1),
+            case(3, 5, 4, (10, 9), (5, 3), (3, 3), (2, 1), (1, 1), 1),
+            case(1, 1, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            case(3, 6, 6, (9, 8), (3, 3), (2, 2), (1, 1), (1, 1), 3),
+            case(1, 2, 2, (3, 4), (5, 6), (1, 1), (1, 1), (1, 1), 1),
+            case(3, 5, 5, (6, 7), (2, 3), (2, 2), (1, 1), (2, 1), 5),
+        ]
+    }
+
     #[test]
-    fn conv2d_smoke_matches_naive() {
-        let p = Conv2dParams::new(2, 1).with_groups(2);
-        let x = rand_array::<f64, _, _>((3, 4, 7, 6), 1);
-        let w = rand_array::<f64, _, _>((6, 2, 3, 2), 2);
-        let b: Array1<f64> = rand_array((6,), 3);
-        let y = conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Rayon).unwrap();
-        let r = naive_conv2d(&x, &w, Some(&b), &p);
-        assert_eq!(y.dim(), r.dim());
-        let err = (&y - &r).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(err < 1e-12, "max err {err}");
-        let y2 = conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Seq).unwrap();
-        assert_eq!(bits(&y), bits(&y2));
+    fn conv2d_forward_matches_naive_f64_and_f32() {
+        for (i, c) in cases().into_iter().enumerate() {
+            let p = c.params();
+            let seed = 100 * i as u64;
+            let x = rand_array::<f64, _, _>(c.x_shape(), seed);
+            let w = rand_array::<f64, _, _>(c.w_shape(), seed + 1);
+            let b: Array1<f64> = rand_array(c.c_out, seed + 2);
+            let r = naive_conv2d(&x, &w, Some(&b), &p);
+            let y = conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Rayon).unwrap();
+            assert_eq!(y.dim(), c.y_shape(), "{c:?}");
+            let e = max_rel_err(&y, &r);
+            assert!(e < 1e-13, "f64 {c:?}: max err {e}");
+
+            let xf = rand_array::<f32, _, _>(c.x_shape(), seed);
+            let wf = rand_array::<f32, _, _>(c.w_shape(), seed + 1);
+            let rf = naive_conv2d(&to_f64(&xf), &to_f64(&wf), None, &p);
+            let yf = conv2d(xf.view(), wf.view(), None, &p, Par::Rayon).unwrap();
+            let e = max_rel_err(&to_f64(&yf), &rf);
+            assert!(e < 1e-5, "f32 {c:?}: max err {e}");
+        }
+    }
+
+    #[test]
+    fn conv2d_backward_matches_naive_f64_and_f32() {
+        for (i, c) in cases().into_iter().enumerate() {
+            let p = c.params();
+            let seed = 100 * i as u64 + 7;
+            let x = rand_array::<f64, _, _>(c.x_shape(), seed);
+            let w = rand_array::<f64, _, _>(c.w_shape(), seed + 1);
+            let dy = rand_array::<f64, _, _>(c.y_shape(), seed + 2);
+            let (rdx, rdw) = naive_conv2d_backward(&x, &w, &dy, &p);
+            let dx = conv2d_backward_input(dy.view(), w.view(), c.hw, &p, Par::Rayon).unwrap();
+            let dw = conv2d_backward_weight(x.view(), dy.view(), c.k, &p, Par::Rayon).unwrap();
+            assert!(max_rel_err(&dx, &rdx) < 1e-13, "f64 dx {c:?}");
+            assert!(max_rel_err(&dw, &rdw) < 1e-13, "f64 dw {c:?}");
+
+            let (xf, wf, dyf) = (
+                x.mapv(|v| v as f32),
+                w.mapv(|v| v as f32),
+                dy.mapv(|v| v as f32),
+            );
+            let (rdx, rdw) = naive_conv2d_backward(&to_f64(&xf), &to_f64(&wf), &to_f64(&dyf), &p);
+            let dx = conv2d_backward_input(dyf.view(), wf.view(), c.hw, &p, Par::Rayon).unwrap();
+            let dw = conv2d_backward_weight(xf.view(), dyf.view(), c.k, &p, Par::Rayon).unwrap();
+            assert!(max_rel_err(&to_f64(&dx), &rdx) < 1e-5, "f32 dx {c:?}");
+            assert!(max_rel_err(&to_f64(&dw), &rdw) < 1e-5, "f32 dw {c:?}");
+        }
+    }
+
+    /// ⟨conv(x, w), g⟩ = ⟨x, conv_backward_input(g, w)⟩ = ⟨w, conv_backward_weight(x, g)⟩.
+    #[test]
+    fn conv2d_adjoint_identities() {
+        for (i, c) in cases().into_iter().enumerate() {
+            let p = c.params();
+            let seed = 100 * i as u64 + 11;
+            let x = rand_array::<f64, _, _>(c.x_shape(), seed);
+            let w = rand_array::<f64, _, _>(c.w_shape(), seed + 1);
+            let g = rand_array::<f64, _, _>(c.y_shape(), seed + 2);
+            let y = conv2d(x.view(), w.view(), None, &p, Par::Seq).unwrap();
+            let dx = conv2d_backward_input(g.view(), w.view(), c.hw, &p, Par::Seq).unwrap();
+            let dw = conv2d_backward_weight(x.view(), g.view(), c.k, &p, Par::Seq).unwrap();
+            let lhs = inner(&y, &g);
+            assert!(
+                (lhs - inner(&x, &dx)).abs() <= 1e-12 * (1.0 + lhs.abs()),
+                "dx {c:?}"
+            );
+            assert!(
+                (lhs - inner(&w, &dw)).abs() <= 1e-12 * (1.0 + lhs.abs()),
+                "dw {c:?}"
+            );
+        }
+    }
+
+    /// L = Σ g ⊙ conv(x, w, b): analytic dL/dx, dL/dw, dL/db vs central differences.
+    #[test]
+    fn conv2d_gradients_match_finite_differences() {
+        for (i, c) in cases().into_iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            let p = c.params();
+            let seed = 100 * i as u64 + 13;
+            let x = rand_array::<f64, _, _>(c.x_shape(), seed);
+            let w = rand_array::<f64, _, _>(c.w_shape(), seed + 1);
+            let b: Array1<f64> = rand_array(c.c_out, seed + 2);
+            let g = rand_array::<f64, _, _>(c.y_shape(), seed + 3);
+            let loss = |x: &Array4<f64>, w: &Array4<f64>, b: &Array1<f64>| {
+                inner(
+                    &conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Seq).unwrap(),
+                    &g,
+                )
+            };
+            let dx = conv2d_backward_input(g.view(), w.view(), c.hw, &p, Par::Seq).unwrap();
+            let dw = conv2d_backward_weight(x.view(), g.view(), c.k, &p, Par::Seq).unwrap();
+            let db = conv2d_backward_bias(g.view());
+            check_fd("conv2d dx", &x, &dx, |xp| loss(xp, &w, &b));
+            check_fd("conv2d dw", &w, &dw, |wp| loss(&x, wp, &b));
+            check_fd("conv2d db", &b, &db, |bp| loss(&x, &w, bp));
+        }
+    }
+
+    fn all_outputs(c: &Case, par: Par) -> [Vec<u64>; 3] {
+        let p = c.params();
+        let x = rand_array::<f32, _, _>(c.x_shape(), 5);
+        let w = rand_array::<f32, _, _>(c.w_shape(), 6);
+        let dy = rand_array::<f32, _, _>(c.y_shape(), 7);
+        let b: Array1<f32> = rand_array(c.c_out, 8);
+        [
+            bits(&conv2d(x.view(), w.view(), Some(b.view()), &p, par).unwrap()),
+            bits(&conv2d_backward_input(dy.view(), w.view(), c.hw, &p, par).unwrap()),
+            bits(&conv2d_backward_weight(x.view(), dy.view(), c.k, &p, par).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn conv2d_is_bit_identical_seq_vs_rayon() {
+        for c in cases() {
+            assert_eq!(
+                all_outputs(&c, Par::Seq),
+                all_outputs(&c, Par::Rayon),
+                "{c:?}"
+            );
+        }
+    }
+
+    /// Batch 10 > DW_CHUNK, so the weight gradient really is split into several chunks.
+    #[test]
+    fn conv2d_is_bit_identical_with_1_and_2_threads() {
+        let pool = |k| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+        };
+        for c in [
+            case(10, 4, 6, (9, 7), (3, 3), (2, 1), (1, 1), (1, 1), 2),
+            case(10, 6, 6, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 6),
+            case(10, 4, 8, (5, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1),
+        ] {
+            let one = pool(1).install(|| all_outputs(&c, Par::Rayon));
+            let two = pool(2).install(|| all_outputs(&c, Par::Rayon));
+            assert_eq!(one, two, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn conv2d_rejects_bad_input_with_typed_errors() {
+        let x = Array4::<f32>::zeros((2, 4, 5, 5));
+        let p = Conv2dParams::new(1, 0);
+        // Mismatched channels: w expects 3 input channels.
+        let w = Array4::<f32>::zeros((6, 3, 3, 3));
+        let e = conv2d(x.view(), w.view(), None, &p, Par::Seq).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::ShapeMismatch {
+                op: "conv2d",
+                lhs: vec![2, 4, 5, 5],
+                rhs: vec![6, 3, 3, 3]
+            }
+        );
+        assert!(e.to_string().contains("conv2d") && e.to_string().contains("[6, 3, 3, 3]"));
+        // Kernel larger than the padded input.
+        let w = Array4::<f32>::zeros((6, 4, 7, 3));
+        let e = conv2d(x.view(), w.view(), None, &Conv2dParams::new(1, 0), Par::Seq).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TensorError::KernelTooLarge {
+                    op: "conv2d",
+                    input: (5, 5),
+                    kernel: (7, 3),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // ... but fits once padded.
+        assert!(conv2d(x.view(), w.view(), None, &Conv2dParams::new(1, 1), Par::Seq).is_ok());
+        // Zero-sized dims.
+        let x0 = Array4::<f32>::zeros((0, 4, 5, 5));
+        let w = Array4::<f32>::zeros((6, 4, 3, 3));
+        let e = conv2d(x0.view(), w.view(), None, &p, Par::Seq).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::EmptyDim {
+                op: "conv2d",
+                shape: vec![0, 4, 5, 5]
+            }
+        );
+        // Groups not dividing the channels.
+        let w = Array4::<f32>::zeros((6, 2, 3, 3));
+        let e = conv2d(x.view(), w.view(), None, &p.with_groups(3), Par::Seq).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::BadGroups {
+                op: "conv2d",
+                c_in: 4,
+                c_out: 6,
+                groups: 3
+            }
+        );
+        let e = conv2d_backward_weight(
+            x.view(),
+            Array4::<f32>::zeros((2, 6, 3, 3)).view(),
+            (3, 3),
+            &p.with_groups(3),
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::BadGroups {
+                op: "conv2d_backward_weight",
+                c_in: 4,
+                c_out: 6,
+                groups: 3
+            }
+        );
+        // Zero stride; bias of the wrong length; dy of the wrong shape.
+        let w = Array4::<f32>::zeros((6, 4, 3, 3));
+        assert!(matches!(
+            conv2d(x.view(), w.view(), None, &Conv2dParams::new(0, 0), Par::Seq),
+            Err(TensorError::InvalidParam { op: "conv2d", .. })
+        ));
+        let b = Array1::<f32>::zeros(5);
+        assert!(matches!(
+            conv2d(x.view(), w.view(), Some(b.view()), &p, Par::Seq),
+            Err(TensorError::ShapeMismatch { op: "conv2d", .. })
+        ));
+        let dy = Array4::<f32>::zeros((2, 6, 4, 3));
+        let e = conv2d_backward_input(dy.view(), w.view(), (5, 5), &p, Par::Seq).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::ShapeMismatch {
+                op: "conv2d_backward_input",
+                lhs: vec![2, 6, 4, 3],
+                rhs: vec![2, 6, 3, 3]
+            }
+        );
+        let e = conv2d_backward_weight(x.view(), dy.view(), (3, 3), &p, Par::Seq).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TensorError::ShapeMismatch {
+                    op: "conv2d_backward_weight",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// Non-contiguous (transposed-then-permuted) inputs give the same result as contiguous ones.
+    #[test]
+    fn conv2d_accepts_non_contiguous_views() {
+        let c = case(3, 4, 6, (7, 5), (3, 3), (1, 2), (1, 1), (1, 1), 2);
+        let p = c.params();
+        let x = rand_array::<f64, _, _>((3, 4, 5, 7), 1);
+        let xt = x.view().permuted_axes([0, 1, 3, 2]);
+        let w = rand_array::<f64, _, _>(c.w_shape(), 2);
+        let y = conv2d(xt, w.view(), None, &p, Par::Seq).unwrap();
+        let r = naive_conv2d(&xt.to_owned(), &w, None, &p);
+        assert!(max_rel_err(&y, &r) < 1e-13);
+    }
+
+    #[test]
+    fn output_hw_follows_pytorch_formula() {
+        let p = Conv2dParams::new(2, 1).with_dilation(2);
+        // (h + 2·1 − 2·(3 − 1) − 1) / 2 + 1 with h = 9: (9 + 2 − 4 − 1) / 2 + 1 = 4; w = 8: 3 + 1
+        assert_eq!(p.output_hw(9, 8, 3, 3).unwrap(), (4, 3));
     }
 }

@@ -182,3 +182,103 @@ pub(crate) fn gemm_slices<F: Float>(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{max_rel_err, rand_array, to_f64};
+    use ndarray::Array2;
+
+    /// Direct triple loop `α·A·B + β·C`.
+    fn naive(
+        alpha: f64,
+        a: &Array2<f64>,
+        b: &Array2<f64>,
+        beta: f64,
+        c: &Array2<f64>,
+    ) -> Array2<f64> {
+        let mut r = c.mapv(|v| beta * v);
+        for i in 0..a.nrows() {
+            for j in 0..b.ncols() {
+                let s: f64 = (0..a.ncols()).map(|l| a[[i, l]] * b[[l, j]]).sum();
+                r[[i, j]] += alpha * s;
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn gemm_matches_naive_with_transposes_alpha_beta() {
+        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (17, 33, 9), (64, 3, 70)] {
+            let a = rand_array::<f64, _, _>((m, k), 1);
+            let at = rand_array::<f64, _, _>((k, m), 2); // used transposed
+            let b = rand_array::<f64, _, _>((k, n), 3);
+            let c0 = rand_array::<f64, _, _>((m, n), 4);
+            let mut c = c0.clone();
+            gemm(0.5, a.view(), b.view(), -2.0, c.view_mut()).unwrap();
+            assert!(
+                max_rel_err(&c, &naive(0.5, &a, &b, -2.0, &c0)) < 1e-13,
+                "{m} {k} {n}"
+            );
+            // op(A) = Aᵀ through a view, C written into a transposed view.
+            let mut ct = c0.t().to_owned();
+            gemm(1.0, at.t(), b.view(), 1.0, ct.view_mut().reversed_axes()).unwrap();
+            assert!(
+                max_rel_err(
+                    &ct.t().to_owned(),
+                    &naive(1.0, &at.t().to_owned(), &b, 1.0, &c0)
+                ) < 1e-13
+            );
+            // f32 through matmul.
+            let (af, bf) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            let cf = matmul(af.view(), bf.view()).unwrap();
+            let r = naive(1.0, &to_f64(&af), &to_f64(&bf), 0.0, &Array2::zeros((m, n)));
+            assert!(max_rel_err(&to_f64(&cf), &r) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn gemm_beta_zero_ignores_nan_in_c_and_k_zero_scales_c() {
+        let a = rand_array::<f64, _, _>((3, 4), 1);
+        let b = rand_array::<f64, _, _>((4, 2), 2);
+        let mut c = Array2::from_elem((3, 2), f64::NAN);
+        gemm(1.0, a.view(), b.view(), 0.0, c.view_mut()).unwrap();
+        assert!(c.iter().all(|v| v.is_finite()));
+        let mut c = Array2::from_elem((3, 2), 2.0);
+        gemm(
+            1.0,
+            Array2::zeros((3, 0)).view(),
+            Array2::zeros((0, 2)).view(),
+            3.0,
+            c.view_mut(),
+        )
+        .unwrap();
+        assert!(c.iter().all(|&v| v == 6.0));
+    }
+
+    #[test]
+    fn gemm_rejects_mismatched_shapes() {
+        let a = Array2::<f32>::zeros((3, 4));
+        let b = Array2::<f32>::zeros((5, 2));
+        let e = matmul(a.view(), b.view()).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::ShapeMismatch {
+                op: "gemm",
+                lhs: vec![3, 4],
+                rhs: vec![5, 2]
+            }
+        );
+        let b = Array2::<f32>::zeros((4, 2));
+        let mut c = Array2::<f32>::zeros((3, 3));
+        let e = gemm(1.0, a.view(), b.view(), 0.0, c.view_mut()).unwrap_err();
+        assert_eq!(
+            e,
+            TensorError::ShapeMismatch {
+                op: "gemm",
+                lhs: vec![3, 2],
+                rhs: vec![3, 3]
+            }
+        );
+    }
+}

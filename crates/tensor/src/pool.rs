@@ -296,3 +296,168 @@ pub fn global_avg_pool_backward<F: Float>(dy: ArrayView2<F>, x_hw: (usize, usize
     }
     dx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{bits, check_fd, inner, max_rel_err, rand_array};
+
+    /// Direct loops: (max, first argmax, average with padding counted) per window.
+    fn naive(x: &Array4<f64>, p: &Pool2dParams) -> (Array4<f64>, Array4<u32>, Array4<f64>) {
+        let (n, c, h, w) = x.dim();
+        let ho = (h + 2 * p.padding.0 - p.kernel.0) / p.stride.0 + 1;
+        let wo = (w + 2 * p.padding.1 - p.kernel.1) / p.stride.1 + 1;
+        let mut mx = Array4::zeros((n, c, ho, wo));
+        let mut am = Array4::zeros((n, c, ho, wo));
+        let mut av = Array4::zeros((n, c, ho, wo));
+        for ((s, ch, oh, ow), v) in mx.indexed_iter_mut() {
+            let (mut best, mut bi, mut sum) = (f64::NEG_INFINITY, 0, 0.0);
+            for ki in 0..p.kernel.0 {
+                for kj in 0..p.kernel.1 {
+                    let ih = (oh * p.stride.0 + ki) as isize - p.padding.0 as isize;
+                    let iw = (ow * p.stride.1 + kj) as isize - p.padding.1 as isize;
+                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                        continue;
+                    }
+                    let u = x[[s, ch, ih as usize, iw as usize]];
+                    sum += u;
+                    if u > best {
+                        best = u;
+                        bi = ih as usize * w + iw as usize;
+                    }
+                }
+            }
+            *v = best;
+            am[[s, ch, oh, ow]] = bi as u32;
+            av[[s, ch, oh, ow]] = sum / (p.kernel.0 * p.kernel.1) as f64;
+        }
+        (mx, am, av)
+    }
+
+    fn cases() -> Vec<((usize, usize, usize, usize), Pool2dParams)> {
+        vec![
+            ((1, 2, 7, 9), Pool2dParams::new(3, 2, 1)),
+            ((3, 3, 8, 7), Pool2dParams::new(2, 2, 0)),
+            (
+                (3, 1, 5, 6),
+                Pool2dParams {
+                    kernel: (3, 2),
+                    stride: (1, 2),
+                    padding: (1, 1),
+                },
+            ),
+            ((1, 2, 4, 4), Pool2dParams::new(4, 1, 2)),
+        ]
+    }
+
+    #[test]
+    fn pools_match_naive_and_finite_differences() {
+        for (i, (shape, p)) in cases().into_iter().enumerate() {
+            let x = rand_array::<f64, _, _>(shape, i as u64);
+            let (rm, ra, rv) = naive(&x, &p);
+            let (y, am) = max_pool2d(x.view(), &p, Par::Rayon).unwrap();
+            assert_eq!(y, rm, "{p:?}");
+            assert_eq!(am, ra, "{p:?}");
+            let av = avg_pool2d(x.view(), &p, Par::Rayon).unwrap();
+            assert!(max_rel_err(&av, &rv) < 1e-14);
+            let g = rand_array::<f64, _, _>(y.dim(), 50 + i as u64);
+            let hw = (shape.2, shape.3);
+            let dmax = max_pool2d_backward(g.view(), am.view(), hw).unwrap();
+            check_fd("max_pool2d", &x, &dmax, |xp| {
+                inner(&max_pool2d(xp.view(), &p, Par::Seq).unwrap().0, &g)
+            });
+            let davg = avg_pool2d_backward(g.view(), hw, &p).unwrap();
+            check_fd("avg_pool2d", &x, &davg, |xp| {
+                inner(&avg_pool2d(xp.view(), &p, Par::Seq).unwrap(), &g)
+            });
+            // f32 and Seq vs Rayon bit identity.
+            let xf = x.mapv(|v| v as f32);
+            let (a, b) = (
+                max_pool2d(xf.view(), &p, Par::Seq).unwrap(),
+                max_pool2d(xf.view(), &p, Par::Rayon).unwrap(),
+            );
+            assert_eq!((bits(&a.0), a.1), (bits(&b.0), b.1));
+            assert_eq!(
+                bits(&avg_pool2d(xf.view(), &p, Par::Seq).unwrap()),
+                bits(&avg_pool2d(xf.view(), &p, Par::Rayon).unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_first_max_in_scan_order() {
+        let x =
+            Array4::from_shape_vec((1, 1, 2, 4), vec![1.0f32, 1., 0., 2., 1., 0., 2., 2.]).unwrap();
+        let (y, am) = max_pool2d(x.view(), &Pool2dParams::new(2, 2, 0), Par::Seq).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[1., 2.]);
+        assert_eq!(am.as_slice().unwrap(), &[0, 3]);
+        let dy = Array4::from_shape_vec((1, 1, 1, 2), vec![1.0f32, 2.]).unwrap();
+        let dx = max_pool2d_backward(dy.view(), am.view(), (2, 4)).unwrap();
+        assert_eq!(dx.as_slice().unwrap(), &[1., 0., 0., 2., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn global_avg_pool_and_backward() {
+        let x = rand_array::<f64, _, _>((3, 2, 5, 3), 9);
+        let y = global_avg_pool(x.view());
+        assert!((y[[2, 1]] - x.slice(ndarray::s![2, 1, .., ..]).sum() / 15.0).abs() < 1e-15);
+        let g = rand_array::<f64, _, _>((3, 2), 10);
+        let dx = global_avg_pool_backward(g.view(), (5, 3));
+        check_fd("global_avg_pool", &x, &dx, |xp| {
+            inner(&global_avg_pool(xp.view()), &g)
+        });
+    }
+
+    #[test]
+    fn pools_reject_bad_input() {
+        let x = Array4::<f32>::zeros((2, 3, 4, 4));
+        assert!(matches!(
+            max_pool2d(x.view(), &Pool2dParams::new(5, 1, 0), Par::Seq),
+            Err(TensorError::KernelTooLarge {
+                op: "max_pool2d",
+                input: (4, 4),
+                kernel: (5, 5),
+                ..
+            })
+        ));
+        assert!(matches!(
+            avg_pool2d(x.view(), &Pool2dParams::new(2, 1, 2), Par::Seq),
+            Err(TensorError::InvalidParam {
+                op: "avg_pool2d",
+                ..
+            })
+        ));
+        assert_eq!(
+            max_pool2d(
+                Array4::<f32>::zeros((2, 0, 4, 4)).view(),
+                &Pool2dParams::new(2, 2, 0),
+                Par::Seq
+            )
+            .unwrap_err(),
+            TensorError::EmptyDim {
+                op: "max_pool2d",
+                shape: vec![2, 0, 4, 4]
+            }
+        );
+        let dy = Array4::<f32>::zeros((2, 3, 2, 2));
+        let am = Array4::<u32>::from_elem((2, 3, 2, 2), 16);
+        assert!(matches!(
+            max_pool2d_backward(dy.view(), am.view(), (4, 4)),
+            Err(TensorError::ShapeMismatch {
+                op: "max_pool2d_backward",
+                ..
+            })
+        ));
+        assert!(matches!(
+            avg_pool2d_backward(dy.view(), (4, 4), &Pool2dParams::new(3, 1, 0)).map(|_| ()),
+            Ok(())
+        ));
+        assert!(matches!(
+            avg_pool2d_backward(dy.view(), (5, 5), &Pool2dParams::new(3, 1, 0)),
+            Err(TensorError::ShapeMismatch {
+                op: "avg_pool2d_backward",
+                ..
+            })
+        ));
+    }
+}

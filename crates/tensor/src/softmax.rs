@@ -118,3 +118,88 @@ pub fn cross_entropy<F: Float>(
     }
     Ok((total / nf, grad))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{check_fd, inner, max_rel_err, rand_array};
+    use ndarray::{arr2, Array2};
+
+    #[test]
+    fn log_softmax_matches_direct_formula_and_is_stable() {
+        let x = rand_array::<f64, _, _>((4, 7), 1);
+        let y = log_softmax(x.view());
+        let mut r = x.clone();
+        for mut row in r.rows_mut() {
+            let l = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            row.mapv_inplace(|v| v - l);
+        }
+        assert!(max_rel_err(&y, &r) < 1e-14);
+        // Huge logits: a naive exp would overflow.
+        let big = arr2(&[[1000.0f32, 1000.0, -1000.0]]);
+        let yb = log_softmax(big.view());
+        assert!((yb[[0, 0]] + std::f32::consts::LN_2).abs() < 1e-6 && yb[[0, 2]] < -1900.0);
+    }
+
+    #[test]
+    fn log_softmax_backward_matches_finite_differences() {
+        let x = rand_array::<f64, _, _>((3, 5), 2).mapv(|v| 3.0 * v);
+        let g = rand_array::<f64, _, _>((3, 5), 3);
+        let y = log_softmax(x.view());
+        let dx = log_softmax_backward(y.view(), g.view());
+        check_fd("log_softmax", &x, &dx, |xp| {
+            inner(&log_softmax(xp.view()), &g)
+        });
+    }
+
+    #[test]
+    fn cross_entropy_matches_formula_and_finite_differences() {
+        let x = rand_array::<f64, _, _>((4, 6), 5).mapv(|v| 2.0 * v);
+        let labels = [0, 5, 2, 2];
+        for eps in [0.0, 0.1] {
+            let (loss, grad) = cross_entropy(x.view(), &labels, eps).unwrap();
+            // Direct: mean over rows of (1 − ε)·(−log p_y) + ε/k·Σ_j(−log p_j).
+            let lp = log_softmax(x.view());
+            let r: f64 = (0..4)
+                .map(|i| {
+                    (1.0 - eps) * -lp[[i, labels[i]]]
+                        + eps / 6.0 * lp.row(i).iter().map(|v| -v).sum::<f64>()
+                })
+                .sum::<f64>()
+                / 4.0;
+            assert!((loss - r).abs() < 1e-14, "eps {eps}: {loss} vs {r}");
+            check_fd("cross_entropy", &x, &grad, |xp| {
+                cross_entropy(xp.view(), &labels, eps).unwrap().0
+            });
+        }
+    }
+
+    #[test]
+    fn cross_entropy_rejects_bad_labels() {
+        let x = Array2::<f32>::zeros((2, 3));
+        assert_eq!(
+            cross_entropy(x.view(), &[0, 3], 0.0).unwrap_err(),
+            TensorError::LabelOutOfRange {
+                op: "cross_entropy",
+                label: 3,
+                index: 1,
+                classes: 3
+            }
+        );
+        assert_eq!(
+            cross_entropy(x.view(), &[0], 0.0).unwrap_err(),
+            TensorError::ShapeMismatch {
+                op: "cross_entropy",
+                lhs: vec![2, 3],
+                rhs: vec![1]
+            }
+        );
+        assert!(matches!(
+            cross_entropy(Array2::<f32>::zeros((0, 3)).view(), &[], 0.0),
+            Err(TensorError::EmptyDim {
+                op: "cross_entropy",
+                ..
+            })
+        ));
+    }
+}
