@@ -111,4 +111,7 @@ pub enum AutogradError {
         /// Shape found.
         got: Vec<usize>,
     },
+    /// A kernel of `hla-tensor` failed (its error names the kernel and the shapes).
+    #[error(transparent)]
+    Tensor(#[from] hla_tensor::TensorError),
 }

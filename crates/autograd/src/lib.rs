@@ -22,16 +22,16 @@ mod linalg;
 mod op;
 pub mod ops;
 mod param;
-mod shim;
 mod tape;
 #[cfg(test)]
 mod testutil;
+mod views;
 
 pub use error::{AutogradError, Result};
+pub use hla_tensor::{Conv2dParams, Float, Par, Pool2dParams};
 pub use op::OpKind;
 pub use ops::CustomOp;
 pub use param::{Param, ParamId};
-pub use shim::{Float, Par};
 pub use tape::{Gradients, Tape, Var};
 pub mod optim;
 pub mod schedule;

@@ -12,7 +12,5 @@ pub(crate) fn gemm<F: Float>(
     beta: F,
     c: ArrayViewMut2<'_, F>,
 ) -> Result<()> {
-    let mut c = c;
-    ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, &mut c);
-    Ok(())
+    Ok(hla_tensor::gemm(alpha, a, b, beta, c)?)
 }

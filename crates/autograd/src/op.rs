@@ -7,102 +7,51 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array1, ArrayD};
+use ndarray::{Array1, Array2, Array4, ArrayD};
 use strum::EnumIter;
 
 use crate::ops;
 use crate::ops::CustomOp;
 use crate::tape::Backprop;
-use crate::{Float, Result, Var};
+use crate::{Conv2dParams, Float, Pool2dParams, Result, Var};
 
 /// A recorded op: its inputs (in argument order), hyper-parameters, and only the state its
 /// backward needs beyond the recorded values (which it reads from the tape, without copies).
 /// `backward` takes the op by value, so saved state is freed as soon as it has been used.
+#[rustfmt::skip] // one line per op: the checklist reads top to bottom
 pub(crate) enum Op<F: Float> {
-    Add {
-        a: Var,
-        b: Var,
-    },
-    Sub {
-        a: Var,
-        b: Var,
-    },
-    Mul {
-        a: Var,
-        b: Var,
-    },
-    Div {
-        a: Var,
-        b: Var,
-    },
-    Neg {
-        x: Var,
-    },
-    AddScalar {
-        x: Var,
-    },
-    MulScalar {
-        x: Var,
-        s: F,
-    },
-    Sum {
-        x: Var,
-        axes: Vec<usize>,
-        keepdim: bool,
-    },
-    Mean {
-        x: Var,
-        axes: Vec<usize>,
-        keepdim: bool,
-    },
-    Reshape {
-        x: Var,
-    },
-    Permute {
-        x: Var,
-        axes: Vec<usize>,
-    },
-    MatMul {
-        a: Var,
-        b: Var,
-    },
-    Linear {
-        x: Var,
-        w: Var,
-        b: Option<Var>,
-    },
-    Sqrt {
-        x: Var,
-    },
-    Square {
-        x: Var,
-    },
-    Abs {
-        x: Var,
-    },
-    Pow {
-        x: Var,
-        p: F,
-    },
-    Exp {
-        x: Var,
-    },
-    Log {
-        x: Var,
-    },
-    Clamp {
-        x: Var,
-        lo: F,
-        hi: F,
-    },
-    NormalizeRows {
-        v: Var,
-        inv_norm: Array1<F>,
-    },
-    Custom {
-        inputs: Vec<Var>,
-        op: Arc<dyn CustomOp<F>>,
-    },
+    Add { a: Var, b: Var },
+    Sub { a: Var, b: Var },
+    Mul { a: Var, b: Var },
+    Div { a: Var, b: Var },
+    Neg { x: Var },
+    AddScalar { x: Var },
+    MulScalar { x: Var, s: F },
+    Sum { x: Var, axes: Vec<usize>, keepdim: bool },
+    Mean { x: Var, axes: Vec<usize>, keepdim: bool },
+    Reshape { x: Var },
+    Permute { x: Var, axes: Vec<usize> },
+    MatMul { a: Var, b: Var },
+    Linear { x: Var, w: Var, b: Option<Var> },
+    Sqrt { x: Var },
+    Square { x: Var },
+    Abs { x: Var },
+    Pow { x: Var, p: F },
+    Exp { x: Var },
+    Log { x: Var },
+    Clamp { x: Var, lo: F, hi: F },
+    NormalizeRows { v: Var, inv_norm: Array1<F> },
+    Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
+    Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
+    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, x_hat: Array4<F>, inv_std: Array1<F> },
+    BatchNorm2dEval { x: Var, gamma: Var, beta: Var, x_hat: Option<Array4<F>>, inv_std: Array1<F> },
+    Relu { x: Var },
+    Relu6 { x: Var },
+    MaxPool2d { x: Var, argmax: Array4<u32> },
+    AvgPool2d { x: Var, p: Pool2dParams },
+    GlobalAvgPool { x: Var },
+    LogSoftmax { x: Var },
+    CrossEntropy { logits: Var, dlogits: Array2<F> },
 }
 
 /// Names of every differentiable op (one per [`Op`] variant); iterate with
@@ -153,6 +102,26 @@ pub enum OpKind {
     NormalizeRows,
     /// [`ops::custom`]
     Custom,
+    /// [`ops::conv2d`]
+    Conv2d,
+    /// [`ops::batch_norm2d`] with `train = true`
+    BatchNorm2dTrain,
+    /// [`ops::batch_norm2d`] with `train = false`
+    BatchNorm2dEval,
+    /// [`ops::relu`]
+    Relu,
+    /// [`ops::relu6`]
+    Relu6,
+    /// [`ops::max_pool2d`]
+    MaxPool2d,
+    /// [`ops::avg_pool2d`]
+    AvgPool2d,
+    /// [`ops::global_avg_pool`]
+    GlobalAvgPool,
+    /// [`ops::log_softmax`]
+    LogSoftmax,
+    /// [`ops::cross_entropy`]
+    CrossEntropy,
 }
 
 impl<F: Float> Op<F> {
@@ -182,6 +151,16 @@ impl<F: Float> Op<F> {
             Op::Clamp { .. } => OpKind::Clamp,
             Op::NormalizeRows { .. } => OpKind::NormalizeRows,
             Op::Custom { .. } => OpKind::Custom,
+            Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::BatchNorm2dTrain { .. } => OpKind::BatchNorm2dTrain,
+            Op::BatchNorm2dEval { .. } => OpKind::BatchNorm2dEval,
+            Op::Relu { .. } => OpKind::Relu,
+            Op::Relu6 { .. } => OpKind::Relu6,
+            Op::MaxPool2d { .. } => OpKind::MaxPool2d,
+            Op::AvgPool2d { .. } => OpKind::AvgPool2d,
+            Op::GlobalAvgPool { .. } => OpKind::GlobalAvgPool,
+            Op::LogSoftmax { .. } => OpKind::LogSoftmax,
+            Op::CrossEntropy { .. } => OpKind::CrossEntropy,
         }
     }
 
@@ -214,6 +193,38 @@ impl<F: Float> Op<F> {
             }
             Op::Custom { inputs, op } => {
                 return ops::custom::custom_backward(bw, &inputs, op.as_ref(), dy)
+            }
+            Op::Conv2d { x, w, b, p } => return ops::conv2d::conv2d_backward(bw, x, w, b, &p, dy),
+            Op::BatchNorm2dTrain {
+                x,
+                gamma,
+                beta,
+                x_hat,
+                inv_std,
+            } => {
+                let inputs = (x, gamma, beta);
+                return ops::batch_norm::batch_norm_train_backward(bw, inputs, x_hat, inv_std, dy);
+            }
+            Op::BatchNorm2dEval {
+                x,
+                gamma,
+                beta,
+                x_hat,
+                inv_std,
+            } => {
+                let inputs = (x, gamma, beta);
+                return ops::batch_norm::batch_norm_eval_backward(bw, inputs, x_hat, inv_std, dy);
+            }
+            Op::Relu { x } => ops::relu::relu_backward(bw, x, dy),
+            Op::Relu6 { x } => ops::relu6::relu6_backward(bw, x, dy),
+            Op::MaxPool2d { x, argmax } => {
+                return ops::max_pool2d::max_pool2d_backward(bw, x, argmax, dy)
+            }
+            Op::AvgPool2d { x, p } => return ops::avg_pool2d::avg_pool2d_backward(bw, x, &p, dy),
+            Op::GlobalAvgPool { x } => ops::global_avg_pool::global_avg_pool_backward(bw, x, dy),
+            Op::LogSoftmax { x } => return ops::log_softmax::log_softmax_backward(bw, x, dy),
+            Op::CrossEntropy { logits, dlogits } => {
+                ops::cross_entropy::cross_entropy_backward(bw, logits, dlogits, dy)
             }
         }
         Ok(())

@@ -4,8 +4,8 @@ use ndarray::{Array2, ArrayD, Axis};
 
 use crate::linalg::gemm;
 use crate::op::Op;
-use crate::ops::matmul::as2;
 use crate::tape::Backprop;
+use crate::views::as2;
 use crate::{AutogradError, Float, Result, Tape, Var};
 
 const OP: &str = "linear";

@@ -1,10 +1,11 @@
 //! Matrix product of two 2-D values, `Y = A·B`.
 
-use ndarray::{Array2, ArrayD, Ix2};
+use ndarray::{Array2, ArrayD};
 
 use crate::linalg::gemm;
 use crate::op::Op;
 use crate::tape::Backprop;
+use crate::views::as2;
 use crate::{AutogradError, Float, Result, Tape, Var};
 
 const OP: &str = "matmul";
@@ -29,20 +30,6 @@ pub fn matmul<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
     // Y[m, n] = A[m, k] · B[k, n]
     gemm(F::one(), av, bv, F::zero(), y.view_mut())?;
     Ok(tape.push_op(y.into_dyn(), &[a, b], || Op::MatMul { a, b }))
-}
-
-/// A 2-D view of `x`, or `BadShape` naming `op`.
-pub(crate) fn as2<'a, F: Float>(
-    op: &'static str,
-    x: &'a ArrayD<F>,
-) -> Result<ndarray::ArrayView2<'a, F>> {
-    x.view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| AutogradError::BadShape {
-            op,
-            shape: x.shape().to_vec(),
-            expected: "a 2-D matrix".into(),
-        })
 }
 
 /// `dA = dY·Bᵀ`, `dB = Aᵀ·dY`; each computed only if needed.

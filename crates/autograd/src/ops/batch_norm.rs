@@ -1,0 +1,280 @@
+//! 2-D batch normalisation with PyTorch's semantics (`nn.BatchNorm2d`).
+//!
+//! Train: normalise with the batch's per-channel mean and *biased* variance, and update the
+//! running statistics with momentum 0.1 using the *unbiased* variance:
+//! `running_mean ← (1 − m)·running_mean + m·mean`,
+//! `running_var ← (1 − m)·running_var + m·var·N/(N − 1)`, `N = n·h·w`.
+//! Eval: normalise with the running statistics (nothing is updated).
+//! Both: `y = γ·(x − μ)/√(σ² + ε) + β`, ε = 1e-5.
+
+use ndarray::{Array1, Array4, ArrayD, Axis, Zip};
+
+use crate::op::Op;
+use crate::tape::Backprop;
+use crate::views::{as1, as4, grad4};
+use crate::{AutogradError, Float, Result, Tape, Var};
+
+const OP: &str = "batch_norm2d";
+
+/// Running statistics and hyper-parameters of one batch-norm layer (PyTorch's buffers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormState<F: Float> {
+    /// Running mean per channel (starts at 0).
+    pub running_mean: Array1<F>,
+    /// Running unbiased variance per channel (starts at 1).
+    pub running_var: Array1<F>,
+    /// Number of training batches seen.
+    pub num_batches_tracked: u64,
+    /// Weight of the new batch in the running average (PyTorch: 0.1).
+    pub momentum: F,
+    /// Added to the variance before the square root (PyTorch: 1e-5).
+    pub eps: F,
+}
+
+impl<F: Float> BatchNormState<F> {
+    /// Fresh statistics for `channels` channels with PyTorch's defaults.
+    pub fn new(channels: usize) -> Self {
+        BatchNormState {
+            running_mean: Array1::zeros(channels),
+            running_var: Array1::ones(channels),
+            num_batches_tracked: 0,
+            momentum: F::from_f64(0.1),
+            eps: F::from_f64(1e-5),
+        }
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.running_mean.len()
+    }
+}
+
+/// Batch norm over `[n, c, h, w]` per channel; `train` selects batch statistics (and updates
+/// `state`) or running statistics.
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]`, `gamma`, `beta`: `[c]`, `state` for `c` channels → `[n, c, h, w]`.
+/// # Errors
+/// `BadShape` if `x` is not 4-D or, in train mode, has a single value per channel (its unbiased
+/// variance is undefined; PyTorch errors too); `ShapeMismatch` if `gamma`, `beta` or `state`
+/// do not have `c` channels.
+pub fn batch_norm2d<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    state: &mut BatchNormState<F>,
+    train: bool,
+) -> Result<Var> {
+    let xv = as4(OP, tape.checked(x, OP)?)?;
+    let (n, c, h, w) = xv.dim();
+    let gv = as1(OP, tape.checked(gamma, OP)?)?;
+    let bv = as1(OP, tape.checked(beta, OP)?)?;
+    for len in [
+        gv.len(),
+        bv.len(),
+        state.running_mean.len(),
+        state.running_var.len(),
+    ] {
+        if len != c {
+            return Err(AutogradError::ShapeMismatch {
+                op: OP,
+                lhs: xv.shape().to_vec(),
+                rhs: vec![len],
+            });
+        }
+    }
+    let inputs = [x, gamma, beta];
+    if train {
+        let count = n * h * w;
+        if count < 2 {
+            return Err(AutogradError::BadShape {
+                op: OP,
+                shape: xv.shape().to_vec(),
+                expected: "more than one value per channel in train mode".into(),
+            });
+        }
+        let (mean, var) = hla_tensor::channel_mean_var(xv);
+        let (y, x_hat, inv_std) =
+            hla_tensor::batch_norm_forward(xv, mean.view(), var.view(), gv, bv, state.eps);
+        let m = state.momentum;
+        let bessel = F::from_f64(count as f64 / (count - 1) as f64);
+        Zip::from(&mut state.running_mean)
+            .and(&mean)
+            .for_each(|r, &mu| *r = (F::one() - m) * *r + m * mu);
+        Zip::from(&mut state.running_var)
+            .and(&var)
+            .for_each(|r, &v| *r = (F::one() - m) * *r + m * v * bessel);
+        state.num_batches_tracked += 1;
+        Ok(
+            tape.push_op(y.into_dyn(), &inputs, || Op::BatchNorm2dTrain {
+                x,
+                gamma,
+                beta,
+                x_hat,
+                inv_std,
+            }),
+        )
+    } else {
+        let (y, x_hat, inv_std) = hla_tensor::batch_norm_forward(
+            xv,
+            state.running_mean.view(),
+            state.running_var.view(),
+            gv,
+            bv,
+            state.eps,
+        );
+        let keep_x_hat = tape.requires_grad(gamma);
+        Ok(tape.push_op(y.into_dyn(), &inputs, || Op::BatchNorm2dEval {
+            x,
+            gamma,
+            beta,
+            x_hat: keep_x_hat.then_some(x_hat),
+            inv_std,
+        }))
+    }
+}
+
+/// Train mode, through the batch statistics (the kernel's formula):
+/// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`
+/// (means and sums per channel over n, h, w).
+pub(crate) fn batch_norm_train_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    (x, gamma, beta): (Var, Var, Var),
+    x_hat: Array4<F>,
+    inv_std: Array1<F>,
+    dy: ArrayD<F>,
+) -> Result<()> {
+    let dy = grad4(dy);
+    let gv = as1(OP, bw.value(gamma))?;
+    let (dx, dgamma, dbeta) =
+        hla_tensor::batch_norm_backward(dy.view(), x_hat.view(), gv, inv_std.view());
+    drop((dy, x_hat));
+    bw.add(x, dx.into_dyn());
+    bw.add(gamma, dgamma.into_dyn());
+    bw.add(beta, dbeta.into_dyn());
+    Ok(())
+}
+
+/// Eval mode, statistics constant: `dx = dy·γ·inv_std`, `dγ = Σ dy·x̂`, `dβ = Σ dy` (per
+/// channel; sums over samples in order, each plane in scan order).
+pub(crate) fn batch_norm_eval_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    (x, gamma, beta): (Var, Var, Var),
+    x_hat: Option<Array4<F>>,
+    inv_std: Array1<F>,
+    dy: ArrayD<F>,
+) -> Result<()> {
+    let dy = grad4(dy);
+    let c = dy.dim().1;
+    if let Some(x_hat) = x_hat.filter(|_| bw.needs(gamma)) {
+        let dgamma: Array1<F> = (0..c)
+            .map(|ch| {
+                let (d, xh) = (dy.index_axis(Axis(1), ch), x_hat.index_axis(Axis(1), ch));
+                d.outer_iter()
+                    .zip(xh.outer_iter())
+                    .fold(F::zero(), |s, (d, xh)| {
+                        d.iter().zip(xh.iter()).fold(s, |s, (&d, &xh)| s + d * xh)
+                    })
+            })
+            .collect();
+        bw.add(gamma, dgamma.into_dyn());
+    }
+    if bw.needs(beta) {
+        let dbeta: Array1<F> = (0..c)
+            .map(|ch| {
+                let d = dy.index_axis(Axis(1), ch);
+                d.outer_iter()
+                    .fold(F::zero(), |s, p| p.iter().fold(s, |s, &v| s + v))
+            })
+            .collect();
+        bw.add(beta, dbeta.into_dyn());
+    }
+    if bw.needs(x) {
+        let scale = &as1(OP, bw.value(gamma))?.to_owned() * &inv_std;
+        let mut dx = dy;
+        for (ch, mut plane) in dx.axis_iter_mut(Axis(1)).enumerate() {
+            let s = scale[ch];
+            plane.mapv_inplace(|d| d * s);
+        }
+        bw.add(x, dx.into_dyn());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check;
+    use crate::testutil::{positive, uniform};
+    use std::sync::Mutex;
+
+    #[test]
+    fn gradcheck_batch_norm_train_and_eval() {
+        let xs = [
+            uniform(&[3, 2, 3, 2], 1),
+            positive(&[2], 2),
+            uniform(&[2], 3),
+        ];
+        for train in [true, false] {
+            let mut init = BatchNormState::new(2);
+            init.running_mean = ndarray::arr1(&[0.2, -0.1]);
+            init.running_var = ndarray::arr1(&[0.5, 2.0]);
+            let state = Mutex::new(init);
+            check(
+                |t, v| batch_norm2d(t, v[0], v[1], v[2], &mut state.lock().unwrap(), train),
+                &xs,
+                4,
+            )
+            .unwrap_or_else(|e| panic!("train = {train}: {e}"));
+        }
+    }
+
+    /// PyTorch semantics by hand: one channel, values 1, 2, 3, 6 (n = 2, h = 1, w = 2):
+    /// mean 3, biased var (4 + 1 + 0 + 9)/4 = 3.5, unbiased 14/3.
+    /// running_mean = 0.9·0 + 0.1·3 = 0.3; running_var = 0.9·1 + 0.1·14/3 = 1.3666…;
+    /// y = (x − 3)/√(3.5 + 1e-5).
+    #[test]
+    fn train_updates_running_stats_with_unbiased_var() {
+        let mut t = Tape::<f64>::new();
+        let x = t.leaf(ArrayD::from_shape_vec(vec![2, 1, 1, 2], vec![1., 2., 3., 6.]).unwrap());
+        let g = t.leaf(ArrayD::ones(vec![1]));
+        let b = t.leaf(ArrayD::zeros(vec![1]));
+        let mut s = BatchNormState::new(1);
+        let y = batch_norm2d(&mut t, x, g, b, &mut s, true).unwrap();
+        assert!((s.running_mean[0] - 0.3).abs() < 1e-15);
+        assert!((s.running_var[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-15);
+        assert_eq!(s.num_batches_tracked, 1);
+        let want = (6.0 - 3.0) / (3.5f64 + 1e-5).sqrt();
+        assert!((t.value(y)[[1, 0, 0, 1]] - want).abs() < 1e-12);
+        // eval uses the running stats and changes nothing
+        let before = s.clone();
+        let ye = batch_norm2d(&mut t, x, g, b, &mut s, false).unwrap();
+        assert_eq!(s, before);
+        let want = (6.0 - 0.3) / (s.running_var[0] + 1e-5).sqrt();
+        assert!((t.value(ye)[[1, 0, 0, 1]] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn channel_mismatch_and_single_value_are_errors() {
+        let mut t = Tape::<f32>::new();
+        let x = t.leaf(ArrayD::zeros(vec![2, 3, 2, 2]));
+        let g = t.leaf(ArrayD::ones(vec![2]));
+        let b = t.leaf(ArrayD::zeros(vec![3]));
+        let e = batch_norm2d(&mut t, x, g, b, &mut BatchNormState::new(3), true).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AutogradError::ShapeMismatch {
+                    op: "batch_norm2d",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let one = t.leaf(ArrayD::zeros(vec![1, 3, 1, 1]));
+        let g = t.leaf(ArrayD::ones(vec![3]));
+        let e = batch_norm2d(&mut t, one, g, b, &mut BatchNormState::new(3), true).unwrap_err();
+        assert!(matches!(e, AutogradError::BadShape { .. }), "{e}");
+    }
+}

@@ -1,0 +1,162 @@
+//! 2-D convolution (stride, padding, dilation, groups; `groups == c_in` is depthwise) over the
+//! im2col kernels of `hla-tensor`.
+
+use ndarray::ArrayD;
+
+use crate::op::Op;
+use crate::tape::Backprop;
+use crate::views::{as1, as4, grad4};
+use crate::{Conv2dParams, Float, Result, Tape, Var};
+
+const OP: &str = "conv2d";
+
+/// `y[n, o] = Σ_{c ∈ group(o)} w[o, c] ⋆ x[n, c] + b[o]` (cross-correlation, like PyTorch).
+///
+/// # Shapes
+/// - `x`: `[n, c_in, h, w]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `bias`: `[c_out]`
+///   → `[n, c_out, h_out, w_out]`
+/// - `h_out = (h + 2·pad − dil·(k_h − 1) − 1) / stride + 1`, same for `w_out`
+/// # Errors
+/// `BadShape` for operands of the wrong rank; the kernel's `ShapeMismatch` / `BadGroups` /
+/// `KernelTooLarge` otherwise.
+pub fn conv2d<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    w: Var,
+    bias: Option<Var>,
+    p: &Conv2dParams,
+) -> Result<Var> {
+    let xv = as4(OP, tape.checked(x, OP)?)?;
+    let wv = as4(OP, tape.checked(w, OP)?)?;
+    let bv = match bias {
+        Some(b) => Some(as1(OP, tape.checked(b, OP)?)?),
+        None => None,
+    };
+    let y = hla_tensor::conv2d(xv, wv, bv, p, tape.par())?;
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    let p = *p;
+    Ok(tape.push_op(y.into_dyn(), &inputs, || Op::Conv2d { x, w, b: bias, p }))
+}
+
+/// `dx = conv2d_backward_input(dy, w)` (col2im), `dw = conv2d_backward_weight(x, dy)` (per-sample
+/// partials summed in sample order), `db = Σ_{n,h,w} dy`; each only if needed. `x` and `w` are
+/// read from the tape, nothing was copied at record time.
+pub(crate) fn conv2d_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    p: &Conv2dParams,
+    dy: ArrayD<F>,
+) -> Result<()> {
+    let dy = grad4(dy);
+    let (xv, wv) = (as4(OP, bw.value(x))?, as4(OP, bw.value(w))?);
+    let (_, _, h, wd) = xv.dim();
+    let (_, _, kh, kw) = wv.dim();
+    let dx = if bw.needs(x) {
+        Some(hla_tensor::conv2d_backward_input(
+            dy.view(),
+            wv,
+            (h, wd),
+            p,
+            bw.par,
+        )?)
+    } else {
+        None
+    };
+    let dw = if bw.needs(w) {
+        Some(hla_tensor::conv2d_backward_weight(
+            xv,
+            dy.view(),
+            (kh, kw),
+            p,
+            bw.par,
+        )?)
+    } else {
+        None
+    };
+    let db = b
+        .filter(|&b| bw.needs(b))
+        .map(|_| hla_tensor::conv2d_backward_bias(dy.view()));
+    if let Some(dx) = dx {
+        bw.add(x, dx.into_dyn());
+    }
+    if let Some(dw) = dw {
+        bw.add(w, dw.into_dyn());
+    }
+    if let (Some(b), Some(db)) = (b, db) {
+        bw.add(b, db.into_dyn());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check;
+    use crate::testutil::uniform;
+    use crate::AutogradError;
+
+    /// Odd, non-square shapes: n = 2, c_in = 6, h = 5, w = 7, groups 1 / 2 / 6 (depthwise),
+    /// stride 2, pad 1, and a dilated case.
+    pub(crate) fn conv_cases() -> Vec<(Vec<usize>, Vec<usize>, Conv2dParams, bool)> {
+        vec![
+            (
+                vec![2, 6, 5, 7],
+                vec![4, 6, 3, 3],
+                Conv2dParams::new(2, 1),
+                true,
+            ),
+            (
+                vec![2, 6, 5, 7],
+                vec![4, 3, 3, 2],
+                Conv2dParams::new(1, 1).with_groups(2),
+                false,
+            ),
+            (
+                vec![2, 6, 5, 7],
+                vec![6, 1, 3, 3],
+                Conv2dParams::new(2, 1).with_groups(6),
+                true,
+            ),
+            (
+                vec![1, 2, 6, 5],
+                vec![3, 2, 2, 2],
+                Conv2dParams::new(1, 2).with_dilation(2),
+                true,
+            ),
+        ]
+    }
+
+    #[test]
+    fn gradcheck_conv2d_strided_grouped_depthwise_dilated() {
+        for (i, (sx, sw, p, bias)) in conv_cases().into_iter().enumerate() {
+            let mut xs = vec![uniform(&sx, 10 + i as u64), uniform(&sw, 20 + i as u64)];
+            if bias {
+                xs.push(uniform(&[sw[0]], 30 + i as u64));
+            }
+            check(
+                |t, v| conv2d(t, v[0], v[1], v.get(2).copied(), &p),
+                &xs,
+                40 + i as u64,
+            )
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        }
+    }
+
+    #[test]
+    fn conv2d_reports_kernel_shape_errors() {
+        let mut t = Tape::<f32>::new();
+        let x = t.leaf(ArrayD::zeros(vec![1, 3, 5, 5]));
+        let w = t.leaf(ArrayD::zeros(vec![4, 2, 3, 3]));
+        let e = conv2d(&mut t, x, w, None, &Conv2dParams::new(1, 0)).unwrap_err();
+        assert!(matches!(e, AutogradError::Tensor(_)), "{e}");
+        let flat = t.leaf(ArrayD::zeros(vec![3, 5]));
+        let e = conv2d(&mut t, flat, w, None, &Conv2dParams::new(1, 0)).unwrap_err();
+        assert!(
+            matches!(e, AutogradError::BadShape { op: "conv2d", .. }),
+            "{e}"
+        );
+    }
+}
