@@ -230,3 +230,171 @@ impl<F: Float> Op<F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use ndarray::ArrayD;
+    use strum::IntoEnumIterator;
+
+    use super::OpKind;
+    use crate::gradcheck::{check, GradcheckReport};
+    use crate::ops::{self, BatchNormState, CustomOp};
+    use crate::testutil::{distinct, positive, uniform};
+    use crate::{Conv2dParams, Pool2dParams, Result, Tape, Var};
+
+    /// `y = sin(x)` as a user-defined op.
+    struct Sin;
+    impl CustomOp<f64> for Sin {
+        fn name(&self) -> &'static str {
+            "sin"
+        }
+        fn forward(&self, x: &[&ArrayD<f64>]) -> Result<ArrayD<f64>> {
+            Ok(x[0].mapv(f64::sin))
+        }
+        fn backward(
+            &self,
+            x: &[&ArrayD<f64>],
+            _: &ArrayD<f64>,
+            dy: &ArrayD<f64>,
+        ) -> Result<Vec<Option<ArrayD<f64>>>> {
+            Ok(vec![Some(dy * &x[0].mapv(f64::cos))])
+        }
+    }
+
+    fn run(
+        f: impl Fn(&mut Tape<f64>, &[Var]) -> Result<Var>,
+        xs: &[ArrayD<f64>],
+    ) -> Result<GradcheckReport> {
+        check(f, xs, 99)
+    }
+
+    /// One gradient check per op kind; the `match` has no `_ =>` arm, so a new `OpKind`
+    /// variant does not compile until it has a case here. Inputs are odd-shaped and kept away
+    /// from kinks (ReLU at 0, max-pool ties, clamp bounds).
+    fn case(kind: OpKind) -> Result<GradcheckReport> {
+        let (a23, b3, c23) = (uniform(&[2, 3], 1), uniform(&[3], 2), positive(&[2, 3], 3));
+        match kind {
+            OpKind::Add => run(|t, v| ops::add(t, v[0], v[1]), &[a23, b3]),
+            OpKind::Sub => run(|t, v| ops::sub(t, v[0], v[1]), &[b3, a23]),
+            OpKind::Mul => run(|t, v| ops::mul(t, v[0], v[1]), &[a23, uniform(&[2, 1], 4)]),
+            OpKind::Div => run(|t, v| ops::div(t, v[0], v[1]), &[b3, c23]),
+            OpKind::Neg => run(|t, v| ops::neg(t, v[0]), &[a23]),
+            OpKind::AddScalar => run(|t, v| ops::add_scalar(t, v[0], 2.5), &[a23]),
+            OpKind::MulScalar => run(|t, v| ops::mul_scalar(t, v[0], -0.7), &[a23]),
+            OpKind::Sum => run(
+                |t, v| ops::sum(t, v[0], &[0, 2], true),
+                &[uniform(&[2, 3, 4], 5)],
+            ),
+            OpKind::Mean => run(
+                |t, v| ops::mean(t, v[0], &[1], false),
+                &[uniform(&[2, 3, 4], 6)],
+            ),
+            OpKind::Reshape => run(|t, v| ops::flatten(t, v[0], 1), &[uniform(&[2, 3, 2], 7)]),
+            OpKind::Permute => run(
+                |t, v| ops::permute(t, v[0], &[2, 0, 1]),
+                &[uniform(&[2, 3, 4], 8)],
+            ),
+            OpKind::MatMul => run(
+                |t, v| ops::matmul(t, v[0], v[1]),
+                &[uniform(&[3, 4], 9), uniform(&[4, 2], 10)],
+            ),
+            OpKind::Linear => run(
+                |t, v| ops::linear(t, v[0], v[1], Some(v[2])),
+                &[
+                    uniform(&[3, 4], 11),
+                    uniform(&[5, 4], 12),
+                    uniform(&[5], 13),
+                ],
+            ),
+            OpKind::Sqrt => run(|t, v| ops::sqrt(t, v[0]), &[c23]),
+            OpKind::Square => run(|t, v| ops::square(t, v[0]), &[a23]),
+            OpKind::Abs => run(|t, v| ops::abs(t, v[0]), &[c23.mapv(|v| v - 1.25)]),
+            OpKind::Pow => run(|t, v| ops::pow(t, v[0], 1.5), &[c23]),
+            OpKind::Exp => run(|t, v| ops::exp(t, v[0]), &[a23]),
+            OpKind::Log => run(|t, v| ops::log(t, v[0]), &[c23]),
+            OpKind::Clamp => run(
+                |t, v| ops::clamp(t, v[0], -0.5, 0.5),
+                &[distinct(&[2, 3], 0.3, 14)],
+            ),
+            OpKind::NormalizeRows => run(
+                |t, v| ops::normalize_rows(t, v[0], 1e-6),
+                &[uniform(&[4, 2, 3, 3], 15)],
+            ),
+            OpKind::Custom => run(|t, v| ops::custom(t, v, Arc::new(Sin)), &[a23]),
+            OpKind::Conv2d => {
+                let p = Conv2dParams::new(2, 1).with_groups(2);
+                let xs = [
+                    uniform(&[2, 4, 5, 7], 16),
+                    uniform(&[6, 2, 3, 3], 17),
+                    uniform(&[6], 18),
+                ];
+                run(|t, v| ops::conv2d(t, v[0], v[1], Some(v[2]), &p), &xs)
+            }
+            OpKind::BatchNorm2dTrain | OpKind::BatchNorm2dEval => {
+                let train = kind == OpKind::BatchNorm2dTrain;
+                let mut s = BatchNormState::new(3);
+                s.running_mean = ndarray::arr1(&[0.1, -0.2, 0.3]);
+                s.running_var = ndarray::arr1(&[0.5, 1.5, 2.0]);
+                let s = Mutex::new(s);
+                let xs = [
+                    uniform(&[2, 3, 3, 2], 19),
+                    positive(&[3], 20),
+                    uniform(&[3], 21),
+                ];
+                run(
+                    |t, v| ops::batch_norm2d(t, v[0], v[1], v[2], &mut s.lock().unwrap(), train),
+                    &xs,
+                )
+            }
+            OpKind::Relu => run(|t, v| ops::relu(t, v[0]), &[distinct(&[2, 3, 2], 0.0, 22)]),
+            OpKind::Relu6 => run(
+                |t, v| ops::relu6(t, v[0]),
+                &[distinct(&[2, 3, 2], 0.0, 23).mapv(|v| 12.0 * v + 3.3)],
+            ),
+            OpKind::MaxPool2d => {
+                let p = Pool2dParams::new(3, 2, 1);
+                run(
+                    |t, v| ops::max_pool2d(t, v[0], &p),
+                    &[distinct(&[2, 2, 5, 7], 0.0, 24)],
+                )
+            }
+            OpKind::AvgPool2d => {
+                let p = Pool2dParams::new(2, 2, 1);
+                run(
+                    |t, v| ops::avg_pool2d(t, v[0], &p),
+                    &[uniform(&[2, 2, 5, 7], 25)],
+                )
+            }
+            OpKind::GlobalAvgPool => run(
+                |t, v| ops::global_avg_pool(t, v[0]),
+                &[uniform(&[2, 3, 3, 5], 26)],
+            ),
+            OpKind::LogSoftmax => run(|t, v| ops::log_softmax(t, v[0]), &[uniform(&[3, 5], 27)]),
+            OpKind::CrossEntropy => run(
+                |t, v| ops::cross_entropy(t, v[0], &[4, 0, 2], 0.1),
+                &[uniform(&[3, 5], 28)],
+            ),
+        }
+    }
+
+    #[test]
+    fn every_op_has_a_gradcheck() {
+        let mut count = 0;
+        for kind in OpKind::iter() {
+            let report = case(kind).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert!(report.elements > 0, "{kind:?} checked nothing");
+            count += 1;
+        }
+        // Written to the stderr handle directly so the count shows even for a passing test.
+        writeln!(
+            std::io::stderr(),
+            "every_op_has_a_gradcheck: {count} of {} differentiable ops gradient-checked in f64",
+            OpKind::iter().count()
+        )
+        .unwrap();
+        assert_eq!(count, OpKind::iter().count());
+    }
+}

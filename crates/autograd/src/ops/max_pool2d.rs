@@ -40,27 +40,9 @@ mod tests {
     use super::*;
     use crate::gradcheck::check;
 
-    /// Distinct values (a permutation scaled), so no window has a tie.
-    fn no_ties(shape: &[usize], seed: u64) -> ArrayD<f64> {
-        let n: usize = shape.iter().product();
-        let mut perm: Vec<usize> = (0..n).collect();
-        let mut s = seed;
-        for i in (1..n).rev() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            perm.swap(i, (s >> 33) as usize % (i + 1));
-        }
-        ArrayD::from_shape_vec(
-            shape.to_vec(),
-            perm.iter().map(|&v| v as f64 * 0.1).collect(),
-        )
-        .unwrap()
-    }
-
     #[test]
     fn gradcheck_max_pool_without_ties() {
-        let x = no_ties(&[2, 3, 5, 7], 1);
+        let x = crate::testutil::distinct(&[2, 3, 5, 7], 0.0, 1);
         for p in [Pool2dParams::new(2, 2, 0), Pool2dParams::new(3, 2, 1)] {
             check(|t, v| max_pool2d(t, v[0], &p), std::slice::from_ref(&x), 2).unwrap();
         }
