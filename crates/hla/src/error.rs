@@ -86,6 +86,9 @@ pub enum HlaError {
         #[source]
         source: std::io::Error,
     },
+    /// Occurs when an autograd op fails (names the op and shapes itself).
+    #[error(transparent)]
+    Autograd(#[from] hla_autograd::AutogradError),
     /// Occurs when safetensors (de)serialisation fails.
     #[error("{path}: safetensors: {source}")]
     Safetensors {

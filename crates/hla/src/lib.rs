@@ -14,14 +14,17 @@
 //! - [`twn`], [`ttq`]: the baselines (spec section 11).
 //! - [`metrics`]: sparsity, Sim, mean S, histograms.
 //! - [`export`]: the 2-bit packed safetensors format.
+//! - [`ops`]: the same pieces as autograd ops (ternary STE with Δ̄, TWN, TTQ, L_d on the tape).
 #![warn(missing_docs)]
 
+pub mod algorithm;
 pub mod config;
 pub mod delta_grad;
 pub mod error;
 pub mod export;
 pub mod ld;
 pub mod metrics;
+pub mod ops;
 pub mod real;
 pub mod ternary;
 pub mod threshold;

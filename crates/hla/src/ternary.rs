@@ -167,7 +167,11 @@ mod tests {
         let t = ternarize_rows(w.view(), 4.0 / 11.0, EmptyRow::Zero);
         assert_eq!(t.nnz, vec![1, 2]);
         assert_eq!(t.codes, array![[1i8, 0, 0, 0], [0, 1, -1, 0]]);
-        assert_close(t.alpha.iter(), [1.0, std::f64::consts::FRAC_1_SQRT_2].iter(), 1e-15);
+        assert_close(
+            t.alpha.iter(),
+            [1.0, std::f64::consts::FRAC_1_SQRT_2].iter(),
+            1e-15,
+        );
         let wh = t.dequantize();
         for r in wh.outer_iter() {
             assert!((r.dot(&r).sqrt() - 1.0).abs() < 1e-15);
