@@ -16,6 +16,8 @@
 #![warn(missing_docs)]
 
 mod broadcast;
+#[cfg(test)]
+mod e2e_tests;
 mod error;
 pub mod gradcheck;
 mod linalg;
