@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array4;
 
-use crate::dataset::ImageSet;
+use crate::dataset::{ArrayDataset, ImageSet};
 use crate::error::{DataError, Result};
+use crate::transforms::{Normalize, PixelTransform};
 
 /// Bytes per record: 1 label byte + 3 × 32 × 32 pixels.
 pub const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;
@@ -127,6 +128,20 @@ impl Cifar10 {
         let train = concat(sets, format!("{}/data_batch_*.bin", dir.display()));
         let test = read_cifar10_bin(&dir.join("test_batch.bin"))?;
         Ok(Cifar10 { train, test })
+    }
+
+    /// The usual training and evaluation datasets: train with [`PixelTransform::cifar_train`]
+    /// (pad-4 random crop + horizontal flip), test without augmentation, both normalised by
+    /// `normalize` (e.g. [`Normalize::imagenet`], which the pretrained ResNet-20 uses).
+    ///
+    /// # Errors
+    /// `BadOption` if `normalize` is not for 3 channels.
+    pub fn into_datasets(self, normalize: Normalize) -> Result<(ArrayDataset, ArrayDataset)> {
+        Ok((
+            self.train
+                .into_dataset(PixelTransform::cifar_train(), normalize.clone())?,
+            self.test.into_dataset(PixelTransform::Eval, normalize)?,
+        ))
     }
 
     /// Loads only the test set (`test_batch.bin`) from `dir` (as in [`Cifar10::load`]).

@@ -148,6 +148,28 @@ fn shared_cifar10_counts_and_histograms() {
 }
 
 #[test]
+fn cifar10_eval_batches_are_normalised_bytes_in_index_order() {
+    let c = Cifar10::load(shipped("cifar10")).unwrap();
+    let raw = c.test.clone();
+    let (_, test) = c.into_datasets(Normalize::imagenet()).unwrap();
+    let cfg = LoaderConfig {
+        batch_size: 7,
+        shuffle: false,
+        prefetch: 0,
+        ..Default::default()
+    };
+    let l = Loader::new(Arc::new(test), cfg).unwrap();
+    let b = l.epoch(0).nth(2).unwrap().unwrap();
+    assert_eq!(b.indices, (14..21).collect::<Vec<_>>());
+    assert_eq!(b.labels, raw.labels[14..21]);
+    for ((n, ch, y, x), &v) in b.images.indexed_iter() {
+        let byte = raw.images[[14 + n, ch, y, x]] as f32;
+        let e = (byte / 255.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch];
+        assert_eq!(v.to_bits(), e.to_bits(), "({n},{ch},{y},{x})");
+    }
+}
+
+#[test]
 fn cifar10_bad_files_are_typed_errors_naming_the_file() {
     let d = temp_dir("cifar-bad");
     let p = d.join("data_batch_1.bin");
