@@ -1,0 +1,121 @@
+//! Forward and training-step throughput (images/s) of ResNet-20 (batch 128, 32×32), ResNet-18
+//! and MobileNetV2 (batch 16, 224×224), the same cases as `../shared/bench/torch_models.py`.
+//!
+//! ```sh
+//! cargo run --release -p hla-models --example throughput -- --threads 2 [--only resnet20] [--reps 3]
+//! ```
+//! A training step is forward (train mode) + cross-entropy + backward + an SGD update
+//! (momentum 0.9, weight decay 1e-4) of every parameter, like the PyTorch script.
+
+use std::time::Instant;
+
+use hla_autograd::{ops, Tape};
+use hla_models::{build, Mode};
+use ndarray::{ArrayD, IxDyn};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn bench(arch: &str, batch: usize, hw: usize, classes: usize, reps: usize) {
+    let mut model = build(arch, classes, 0).expect("build");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let x = ArrayD::from_shape_simple_fn(IxDyn(&[batch, 3, hw, hw]), || {
+        StandardNormal.sample(&mut rng)
+    });
+    let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % classes).collect();
+    let t_inf = time(reps, || {
+        let mut tape = Tape::no_grad();
+        let xv = tape.constant(x.clone());
+        model
+            .forward(&mut tape, xv, Mode::Eval, None)
+            .expect("forward");
+    });
+    let mut momentum: Vec<Option<ArrayD<f32>>> = vec![None; model.params().len()];
+    let t_train = time(reps, || {
+        let grads = {
+            let mut tape = Tape::new();
+            let xv = tape.constant(x.clone());
+            let y = model
+                .forward(&mut tape, xv, Mode::Train, None)
+                .expect("forward");
+            let loss = ops::cross_entropy(&mut tape, y, &labels, 0.0).expect("loss");
+            let grads = tape.backward(loss).expect("backward");
+            model
+                .params()
+                .iter()
+                .map(|(_, p)| grads.of_param(p).cloned())
+                .collect::<Vec<_>>()
+        };
+        for (((_, p), g), buf) in model
+            .params_mut()
+            .into_iter()
+            .zip(grads)
+            .zip(momentum.iter_mut())
+        {
+            let Some(mut g) = g else { continue };
+            g.scaled_add(1e-4, p.value());
+            let b = match buf {
+                Some(b) => {
+                    *b *= 0.9;
+                    *b += &g;
+                    b
+                }
+                None => buf.insert(g),
+            };
+            p.value_mut().scaled_add(-0.01, b);
+        }
+    });
+    println!(
+        "{{\"bench\":\"{arch}\",\"mode\":\"inference\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_inf:.4},\"img_s\":{:.1}}}",
+        batch as f64 / t_inf
+    );
+    println!(
+        "{{\"bench\":\"{arch}\",\"mode\":\"train_step\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_train:.4},\"img_s\":{:.1}}}",
+        batch as f64 / t_train
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let threads: usize = get("--threads").and_then(|t| t.parse().ok()).unwrap_or(2);
+    let reps: usize = get("--reps").and_then(|t| t.parse().ok()).unwrap_or(3);
+    let only = get("--only");
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("rayon pool");
+    println!("threads {threads}, reps {reps} (median)");
+    for (arch, batch, hw, classes) in [
+        ("resnet20", 128, 32, 10),
+        ("resnet18", 16, 224, 1000),
+        ("mobilenet_v2", 16, 224, 1000),
+    ] {
+        if only.is_none() || only.as_deref() == Some(arch) {
+            bench(arch, batch, hw, classes, reps);
+        }
+    }
+}

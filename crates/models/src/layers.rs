@@ -1,0 +1,487 @@
+//! Building blocks: Conv2d, BatchNorm2d, Linear, activations and dropout. Each layer knows its
+//! full torchvision module name (e.g. `layer1.0.conv1`), which names its state entries and is
+//! what a [`LayerHook`] receives.
+
+use hla_autograd::ops;
+use hla_autograd::ops::BatchNormState;
+use hla_autograd::{Conv2dParams, Param, Tape, Var};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::init;
+use crate::model::{
+    BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, QuantLayerInfo,
+    StateMut, StateRef, Visit,
+};
+use crate::{ModelError, Result};
+
+/// The optional hook threaded through a forward pass.
+pub(crate) type Hook<'h> = Option<&'h mut dyn LayerHook>;
+
+/// Checks that a model input is `[n ≥ 1, 3, h ≥ 1, w ≥ 1]`.
+pub(crate) fn check_input(arch: &str, shape: &[usize]) -> Result<()> {
+    if shape.len() != 4 || shape[0] == 0 || shape[1] != 3 || shape[2] == 0 || shape[3] == 0 {
+        return Err(ModelError::BadInput {
+            arch: arch.to_string(),
+            shape: shape.to_vec(),
+            expected: "[n >= 1, 3, h, w] (NCHW, RGB)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// How a convolution's weight is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvInit {
+    /// torchvision: `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, bias 0.
+    KaimingFanOut,
+    /// akamaster CIFAR ResNets: `kaiming_normal_` (fan_in, gain √2).
+    KaimingFanIn,
+}
+
+/// How a linear layer's weight and bias are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearInit {
+    /// `nn.Linear` default: weight and bias `U(±1/√fan_in)` (torchvision ResNet `fc`).
+    Torch,
+    /// akamaster CIFAR ResNets: weight `kaiming_normal_` (fan_in), bias `nn.Linear` default.
+    KaimingFanIn,
+    /// torchvision MobileNetV2: weight `N(0, 0.01²)`, bias 0.
+    Normal001,
+}
+
+/// Hyper-parameters of a [`Conv2d`] (square kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel size `k` (`k × k`).
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Groups (`c_in` for depthwise).
+    pub groups: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A `k × k` convolution without bias, groups 1.
+    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+        ConvSpec {
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            groups: 1,
+            bias: false,
+        }
+    }
+    /// Same with `groups`.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+}
+
+/// 2-D convolution `y = conv2d(x, w) (+ b)`, `w` `[c_out, c_in/groups, k, k]`.
+#[derive(Debug)]
+pub struct Conv2d {
+    /// Module name, e.g. `layer1.0.conv1`.
+    pub name: String,
+    /// Weight `[c_out, c_in/groups, k, k]`.
+    pub weight: Param<f32>,
+    /// Optional bias `[c_out]`.
+    pub bias: Option<Param<f32>>,
+    /// Stride / padding / dilation / groups.
+    pub params: Conv2dParams,
+    /// Whether a [`LayerHook`] computes this layer.
+    pub quantisable: bool,
+    /// Whether a BatchNorm follows (reported in [`QuantLayerInfo`]).
+    pub followed_by_bn: bool,
+}
+
+impl Conv2d {
+    /// Draws a convolution from `rng` (weight, then bias).
+    pub fn new(name: impl Into<String>, s: ConvSpec, init: ConvInit, rng: &mut ChaCha8Rng) -> Self {
+        let shape = [s.c_out, s.c_in / s.groups.max(1), s.k, s.k];
+        let w = match init {
+            ConvInit::KaimingFanOut => init::kaiming_normal_fan_out(&shape, rng),
+            ConvInit::KaimingFanIn => init::kaiming_normal_fan_in(&shape, rng),
+        };
+        let bias = s.bias.then(|| Param::new(ArrayD::zeros(IxDyn(&[s.c_out]))));
+        Conv2d {
+            name: name.into(),
+            weight: Param::new(w),
+            bias,
+            params: Conv2dParams::new(s.stride, s.pad).with_groups(s.groups),
+            quantisable: false,
+            followed_by_bn: true,
+        }
+    }
+
+    /// Marks the layer quantisable (computed by the hook when one is given).
+    pub fn quantisable(mut self, q: bool) -> Self {
+        self.quantisable = q;
+        self
+    }
+
+    /// `x` `[n, c_in, h, w]` → `[n, c_out, h_out, w_out]`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let w = tape.param(&self.weight);
+        match hook {
+            Some(h) if self.quantisable => {
+                let y = h.conv2d(tape, &self.name, x, w, &self.params, mode)?;
+                match &self.bias {
+                    Some(b) => {
+                        let b = tape.param(b);
+                        let c = self.weight.shape()[0];
+                        let b = ops::reshape(tape, b, &[1, c, 1, 1])?;
+                        Ok(ops::add(tape, y, b)?)
+                    }
+                    None => Ok(y),
+                }
+            }
+            _ => {
+                let b = self.bias.as_ref().map(|b| tape.param(b));
+                Ok(ops::conv2d(tape, x, w, b, &self.params)?)
+            }
+        }
+    }
+}
+
+impl Visit for Conv2d {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        let weight = format!("{}.weight", self.name);
+        if self.quantisable {
+            c.quant.push(QuantLayerInfo {
+                layer: self.name.clone(),
+                weight: weight.clone(),
+                kind: LayerKind::Conv,
+                followed_by_bn: self.followed_by_bn,
+            });
+        }
+        c.state.push((weight, StateRef::Param(&self.weight)));
+        if let Some(b) = &self.bias {
+            c.state
+                .push((format!("{}.bias", self.name), StateRef::Param(b)));
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        c.state.push((
+            format!("{}.weight", self.name),
+            StateMut::Param(&mut self.weight),
+        ));
+        if let Some(b) = &mut self.bias {
+            c.state
+                .push((format!("{}.bias", self.name), StateMut::Param(b)));
+        }
+    }
+}
+
+/// BatchNorm2d (eps 1e-5, momentum 0.1, affine), PyTorch semantics: train mode normalises with
+/// the biased batch variance and updates `running_var` with the unbiased one.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    /// Module name, e.g. `layer1.0.bn1`.
+    pub name: String,
+    /// γ `[c]`, initialised to 1.
+    pub weight: Param<f32>,
+    /// β `[c]`, initialised to 0.
+    pub bias: Param<f32>,
+    /// Running statistics and hyper-parameters.
+    pub state: BatchNormState<f32>,
+}
+
+impl BatchNorm2d {
+    /// γ = 1, β = 0, running mean 0, running var 1.
+    pub fn new(name: impl Into<String>, c: usize) -> Self {
+        BatchNorm2d {
+            name: name.into(),
+            weight: Param::new(ArrayD::ones(IxDyn(&[c]))),
+            bias: Param::new(ArrayD::zeros(IxDyn(&[c]))),
+            state: BatchNormState::new(c),
+        }
+    }
+
+    /// `x` `[n, c, h, w]` → same shape.
+    pub fn forward(&mut self, tape: &mut Tape<f32>, x: Var, mode: Mode) -> Result<Var> {
+        let g = tape.param(&self.weight);
+        let b = tape.param(&self.bias);
+        Ok(ops::batch_norm2d(
+            tape,
+            x,
+            g,
+            b,
+            &mut self.state,
+            mode == Mode::Train,
+        )?)
+    }
+}
+
+impl Visit for BatchNorm2d {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        let n = &self.name;
+        c.state
+            .push((format!("{n}.weight"), StateRef::Param(&self.weight)));
+        c.state
+            .push((format!("{n}.bias"), StateRef::Param(&self.bias)));
+        let s = &self.state;
+        c.state.push((
+            format!("{n}.running_mean"),
+            StateRef::Buffer(BufferRef::F32(&s.running_mean)),
+        ));
+        c.state.push((
+            format!("{n}.running_var"),
+            StateRef::Buffer(BufferRef::F32(&s.running_var)),
+        ));
+        c.state.push((
+            format!("{n}.num_batches_tracked"),
+            StateRef::Buffer(BufferRef::Count(s.num_batches_tracked)),
+        ));
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        let n = &self.name;
+        c.state
+            .push((format!("{n}.weight"), StateMut::Param(&mut self.weight)));
+        c.state
+            .push((format!("{n}.bias"), StateMut::Param(&mut self.bias)));
+        let s = &mut self.state;
+        c.state.push((
+            format!("{n}.running_mean"),
+            StateMut::Buffer(BufferMut::F32(&mut s.running_mean)),
+        ));
+        c.state.push((
+            format!("{n}.running_var"),
+            StateMut::Buffer(BufferMut::F32(&mut s.running_var)),
+        ));
+        c.state.push((
+            format!("{n}.num_batches_tracked"),
+            StateMut::Buffer(BufferMut::Count(&mut s.num_batches_tracked)),
+        ));
+    }
+}
+
+/// Fully connected layer `y = x·wᵀ + b`, `w` `[out, in]`.
+#[derive(Debug)]
+pub struct Linear {
+    /// Module name, e.g. `fc`.
+    pub name: String,
+    /// Weight `[out, in]`.
+    pub weight: Param<f32>,
+    /// Bias `[out]`.
+    pub bias: Option<Param<f32>>,
+    /// Whether a [`LayerHook`] computes this layer.
+    pub quantisable: bool,
+}
+
+impl Linear {
+    /// Draws a linear layer with bias from `rng` (weight, then bias).
+    pub fn new(
+        name: impl Into<String>,
+        fan_in: usize,
+        out: usize,
+        init: LinearInit,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let shape = [out, fan_in];
+        let bound = init::torch_linear_bound(fan_in);
+        let (w, b) = match init {
+            LinearInit::Torch => (
+                init::uniform(&shape, bound, rng),
+                init::uniform(&[out], bound, rng),
+            ),
+            LinearInit::KaimingFanIn => (
+                init::kaiming_normal_fan_in(&shape, rng),
+                init::uniform(&[out], bound, rng),
+            ),
+            LinearInit::Normal001 => (
+                init::normal(&shape, 0.01, rng),
+                ArrayD::zeros(IxDyn(&[out])),
+            ),
+        };
+        Linear {
+            name: name.into(),
+            weight: Param::new(w),
+            bias: Some(Param::new(b)),
+            quantisable: false,
+        }
+    }
+
+    /// Marks the layer quantisable.
+    pub fn quantisable(mut self, q: bool) -> Self {
+        self.quantisable = q;
+        self
+    }
+
+    /// `x` `[n, in]` → `[n, out]`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let w = tape.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| tape.param(b));
+        match hook {
+            Some(h) if self.quantisable => h.linear(tape, &self.name, x, w, b, mode),
+            _ => Ok(ops::linear(tape, x, w, b)?),
+        }
+    }
+}
+
+impl Visit for Linear {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        let weight = format!("{}.weight", self.name);
+        if self.quantisable {
+            c.quant.push(QuantLayerInfo {
+                layer: self.name.clone(),
+                weight: weight.clone(),
+                kind: LayerKind::Linear,
+                followed_by_bn: false,
+            });
+        }
+        c.state.push((weight, StateRef::Param(&self.weight)));
+        if let Some(b) = &self.bias {
+            c.state
+                .push((format!("{}.bias", self.name), StateRef::Param(b)));
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        c.state.push((
+            format!("{}.weight", self.name),
+            StateMut::Param(&mut self.weight),
+        ));
+        if let Some(b) = &mut self.bias {
+            c.state
+                .push((format!("{}.bias", self.name), StateMut::Param(b)));
+        }
+    }
+}
+
+/// Element-wise activation after a BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+    /// Identity (MobileNetV2's linear bottleneck).
+    None,
+}
+
+impl Act {
+    /// Applies the activation.
+    pub fn forward(self, tape: &mut Tape<f32>, x: Var) -> Result<Var> {
+        Ok(match self {
+            Act::Relu => ops::relu(tape, x)?,
+            Act::Relu6 => ops::relu6(tape, x)?,
+            Act::None => x,
+        })
+    }
+}
+
+/// Conv → BatchNorm → activation (torchvision's `Conv2dNormActivation`, named `<name>.0`,
+/// `<name>.1`).
+#[derive(Debug)]
+pub struct ConvBnAct {
+    /// The convolution (`<name>.0`).
+    pub conv: Conv2d,
+    /// The BatchNorm (`<name>.1`).
+    pub bn: BatchNorm2d,
+    /// The activation.
+    pub act: Act,
+}
+
+impl ConvBnAct {
+    /// Conv2dNormActivation with torchvision's conv init.
+    pub fn new(name: &str, s: ConvSpec, act: Act, quantisable: bool, rng: &mut ChaCha8Rng) -> Self {
+        ConvBnAct {
+            conv: Conv2d::new(format!("{name}.0"), s, ConvInit::KaimingFanOut, rng)
+                .quantisable(quantisable),
+            bn: BatchNorm2d::new(format!("{name}.1"), s.c_out),
+            act,
+        }
+    }
+
+    /// `act(bn(conv(x)))`.
+    pub fn forward(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let y = self.conv.forward(tape, x, mode, hook)?;
+        let y = self.bn.forward(tape, y, mode)?;
+        self.act.forward(tape, y)
+    }
+}
+
+impl Visit for ConvBnAct {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        self.conv.visit(c);
+        self.bn.visit(c);
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        self.conv.visit_mut(c);
+        self.bn.visit_mut(c);
+    }
+}
+
+/// Dropout with probability `p` (inverted: kept values scaled by `1/(1-p)`), active only in
+/// `Mode::Train`; masks come from a seeded stream owned by the layer.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    /// Drop probability in `[0, 1)`; 0 disables the layer.
+    pub p: f32,
+    rng: ChaCha8Rng,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, masks drawn from `seed`.
+    pub fn new(p: f32, seed: u64) -> Self {
+        Dropout {
+            p,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Restarts the mask stream from `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
+    /// `x ⊙ mask / (1 − p)` in train mode, `x` otherwise.
+    pub fn forward(&mut self, tape: &mut Tape<f32>, x: Var, mode: Mode) -> Result<Var> {
+        if mode == Mode::Eval || self.p <= 0.0 {
+            return Ok(x);
+        }
+        let keep = 1.0 - self.p;
+        let scale = 1.0 / keep;
+        let shape = tape.shape(x).to_vec();
+        let rng = &mut self.rng;
+        let mask = ArrayD::from_shape_simple_fn(IxDyn(&shape), || {
+            if rng.random::<f32>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        });
+        let m = tape.constant(mask);
+        Ok(ops::mul(tape, x, m)?)
+    }
+}

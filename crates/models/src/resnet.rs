@@ -1,0 +1,248 @@
+//! torchvision ResNet-18/34/50/101/152 (v1.5: the stride of a Bottleneck is on its 3×3 conv),
+//! with torchvision's state-dict names (`conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`,
+//! `...downsample.{0,1}`, `fc`) and init (conv kaiming normal fan_out, BN γ = 1 β = 0, `fc` as
+//! `nn.Linear`'s default).
+
+use hla_autograd::{ops, Pool2dParams, Tape, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
+use crate::model::{impl_model, Collector, CollectorMut, Mode, Visit};
+use crate::{ModelError, Result};
+
+/// Residual block type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3×3 convs (expansion 1): ResNet-18/34.
+    Basic,
+    /// 1×1 → 3×3 (stride) → 1×1 ×4 (expansion 4): ResNet-50/101/152.
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// One residual block: `relu(convs(x) + downsample(x))`.
+#[derive(Debug)]
+pub struct Block {
+    /// (conv, bn) pairs in order: 2 for Basic, 3 for Bottleneck.
+    convs: Vec<(Conv2d, BatchNorm2d)>,
+    downsample: Option<(Conv2d, BatchNorm2d)>,
+}
+
+impl Block {
+    fn new(
+        name: &str,
+        kind: BlockKind,
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let fo = ConvInit::KaimingFanOut;
+        let specs: Vec<ConvSpec> = match kind {
+            BlockKind::Basic => {
+                vec![
+                    ConvSpec::new(c_in, planes, 3, stride, 1),
+                    ConvSpec::new(planes, planes, 3, 1, 1),
+                ]
+            }
+            BlockKind::Bottleneck => vec![
+                ConvSpec::new(c_in, planes, 1, 1, 0),
+                ConvSpec::new(planes, planes, 3, stride, 1),
+                ConvSpec::new(planes, planes * 4, 1, 1, 0),
+            ],
+        };
+        let convs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let conv =
+                    Conv2d::new(format!("{name}.conv{}", i + 1), s, fo, rng).quantisable(true);
+                (
+                    conv,
+                    BatchNorm2d::new(format!("{name}.bn{}", i + 1), s.c_out),
+                )
+            })
+            .collect();
+        let c_out = planes * kind.expansion();
+        let downsample = (stride != 1 || c_in != c_out).then(|| {
+            let conv = Conv2d::new(
+                format!("{name}.downsample.0"),
+                ConvSpec::new(c_in, c_out, 1, stride, 0),
+                fo,
+                rng,
+            )
+            .quantisable(true);
+            (
+                conv,
+                BatchNorm2d::new(format!("{name}.downsample.1"), c_out),
+            )
+        });
+        Block { convs, downsample }
+    }
+
+    fn forward(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let last = self.convs.len() - 1;
+        let mut y = x;
+        for (i, (conv, bn)) in self.convs.iter_mut().enumerate() {
+            y = conv.forward(tape, y, mode, hook)?;
+            y = bn.forward(tape, y, mode)?;
+            if i != last {
+                y = ops::relu(tape, y)?;
+            }
+        }
+        let s = match &mut self.downsample {
+            Some((conv, bn)) => {
+                let s = conv.forward(tape, x, mode, hook)?;
+                bn.forward(tape, s, mode)?
+            }
+            None => x,
+        };
+        let y = ops::add(tape, y, s)?;
+        Ok(ops::relu(tape, y)?)
+    }
+}
+
+impl Visit for Block {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        for (conv, bn) in &self.convs {
+            conv.visit(c);
+            bn.visit(c);
+        }
+        if let Some((conv, bn)) = &self.downsample {
+            conv.visit(c);
+            bn.visit(c);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        for (conv, bn) in &mut self.convs {
+            conv.visit_mut(c);
+            bn.visit_mut(c);
+        }
+        if let Some((conv, bn)) = &mut self.downsample {
+            conv.visit_mut(c);
+            bn.visit_mut(c);
+        }
+    }
+}
+
+/// torchvision ResNet.
+#[derive(Debug)]
+pub struct ResNet {
+    arch: String,
+    num_classes: usize,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl ResNet {
+    /// Block counts per stage: ResNet-18 `[2, 2, 2, 2]` Basic, 34 `[3, 4, 6, 3]` Basic,
+    /// 50 `[3, 4, 6, 3]` Bottleneck, 101 `[3, 4, 23, 3]`, 152 `[3, 8, 36, 3]`.
+    /// Layers are drawn from `seed` in module order.
+    pub fn new(
+        arch: &str,
+        kind: BlockKind,
+        layers: [usize; 4],
+        num_classes: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if num_classes == 0 || layers.contains(&0) {
+            return Err(ModelError::BadConfig {
+                arch: arch.into(),
+                reason: format!(
+                    "blocks per stage {layers:?} and classes {num_classes} must be >= 1"
+                ),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let conv1 = Conv2d::new(
+            "conv1",
+            ConvSpec::new(3, 64, 7, 2, 3),
+            ConvInit::KaimingFanOut,
+            &mut rng,
+        );
+        let bn1 = BatchNorm2d::new("bn1", 64);
+        let mut blocks = Vec::new();
+        let mut c_in = 64;
+        for (stage, &n) in layers.iter().enumerate() {
+            let planes = 64 << stage;
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                blocks.push(Block::new(&name, kind, c_in, planes, stride, &mut rng));
+                c_in = planes * kind.expansion();
+            }
+        }
+        let fc = Linear::new("fc", c_in, num_classes, LinearInit::Torch, &mut rng);
+        Ok(ResNet {
+            arch: arch.into(),
+            num_classes,
+            conv1,
+            bn1,
+            blocks,
+            fc,
+        })
+    }
+
+    fn forward_impl(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let y = self.conv1.forward(tape, x, mode, hook)?;
+        let y = self.bn1.forward(tape, y, mode)?;
+        let y = ops::relu(tape, y)?;
+        let pool = Pool2dParams {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        let mut y = ops::max_pool2d(tape, y, &pool)?;
+        for b in &mut self.blocks {
+            y = b.forward(tape, y, mode, hook)?;
+        }
+        let y = ops::global_avg_pool(tape, y)?;
+        self.fc.forward(tape, y, mode, hook)
+    }
+
+    fn reseed(&mut self, _seed: u64) {}
+}
+
+impl Visit for ResNet {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        self.conv1.visit(c);
+        self.bn1.visit(c);
+        for b in &self.blocks {
+            b.visit(c);
+        }
+        self.fc.visit(c);
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        self.conv1.visit_mut(c);
+        self.bn1.visit_mut(c);
+        for b in &mut self.blocks {
+            b.visit_mut(c);
+        }
+        self.fc.visit_mut(c);
+    }
+}
+
+impl_model!(ResNet);

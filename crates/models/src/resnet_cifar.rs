@@ -1,0 +1,254 @@
+//! CIFAR ResNet-20/32/44/56/110 (He et al. 2016, Sec. 4.2) as in the widely used PyTorch
+//! reproduction akamaster/pytorch_resnet_cifar10 (`resnet.py`), with the same state-dict names:
+//! `conv1`, `bn1`, `layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2}`, `linear`.
+//!
+//! 3×3 conv 3→16 + BN + ReLU, three stages of `n` BasicBlocks with 16, 32, 64 channels (stride 2
+//! at the first block of stages 2 and 3), global average pool, linear 64→classes. 6n + 2 layers.
+
+use hla_autograd::{ops, Tape, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
+use crate::model::{impl_model, Collector, CollectorMut, Mode, Visit};
+use crate::shortcut_a::shortcut_a;
+use crate::{ModelError, Result};
+
+/// Shortcut of a block whose stride or width changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortcutKind {
+    /// Option A (the paper's CIFAR choice, parameter-free): even rows/columns, channels
+    /// zero-padded by `planes/4` on both sides.
+    A,
+    /// Option B: 1×1 conv with the block's stride + BatchNorm, named `shortcut.0` / `shortcut.1`.
+    B,
+}
+
+#[derive(Debug)]
+enum Shortcut {
+    Identity,
+    A {
+        pad: usize,
+    },
+    B {
+        conv: Box<Conv2d>,
+        bn: Box<BatchNorm2d>,
+    },
+}
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+#[derive(Debug)]
+pub struct CifarBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    shortcut: Shortcut,
+}
+
+impl CifarBlock {
+    fn new(
+        name: &str,
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        kind: ShortcutKind,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
+        let init = ConvInit::KaimingFanIn;
+        let conv1 = Conv2d::new(
+            format!("{name}.conv1"),
+            ConvSpec::new(c_in, planes, 3, stride, 1),
+            init,
+            rng,
+        )
+        .quantisable(true);
+        let bn1 = BatchNorm2d::new(format!("{name}.bn1"), planes);
+        let conv2 = Conv2d::new(
+            format!("{name}.conv2"),
+            ConvSpec::new(planes, planes, 3, 1, 1),
+            init,
+            rng,
+        )
+        .quantisable(true);
+        let bn2 = BatchNorm2d::new(format!("{name}.bn2"), planes);
+        let shortcut = if stride == 1 && c_in == planes {
+            Shortcut::Identity
+        } else {
+            match kind {
+                ShortcutKind::A => Shortcut::A { pad: planes / 4 },
+                ShortcutKind::B => Shortcut::B {
+                    conv: Box::new(
+                        Conv2d::new(
+                            format!("{name}.shortcut.0"),
+                            ConvSpec::new(c_in, planes, 1, stride, 0),
+                            init,
+                            rng,
+                        )
+                        .quantisable(true),
+                    ),
+                    bn: Box::new(BatchNorm2d::new(format!("{name}.shortcut.1"), planes)),
+                },
+            }
+        };
+        CifarBlock {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            shortcut,
+        }
+    }
+
+    fn forward(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let y = self.conv1.forward(tape, x, mode, hook)?;
+        let y = self.bn1.forward(tape, y, mode)?;
+        let y = ops::relu(tape, y)?;
+        let y = self.conv2.forward(tape, y, mode, hook)?;
+        let y = self.bn2.forward(tape, y, mode)?;
+        let s = match &mut self.shortcut {
+            Shortcut::Identity => x,
+            Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
+            Shortcut::B { conv, bn } => {
+                let s = conv.forward(tape, x, mode, hook)?;
+                bn.forward(tape, s, mode)?
+            }
+        };
+        let y = ops::add(tape, y, s)?;
+        Ok(ops::relu(tape, y)?)
+    }
+}
+
+impl Visit for CifarBlock {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        self.conv1.visit(c);
+        self.bn1.visit(c);
+        self.conv2.visit(c);
+        self.bn2.visit(c);
+        if let Shortcut::B { conv, bn } = &self.shortcut {
+            conv.visit(c);
+            bn.visit(c);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        self.conv1.visit_mut(c);
+        self.bn1.visit_mut(c);
+        self.conv2.visit_mut(c);
+        self.bn2.visit_mut(c);
+        if let Shortcut::B { conv, bn } = &mut self.shortcut {
+            conv.visit_mut(c);
+            bn.visit_mut(c);
+        }
+    }
+}
+
+/// A CIFAR ResNet of depth `6n + 2`.
+#[derive(Debug)]
+pub struct CifarResNet {
+    arch: String,
+    num_classes: usize,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    blocks: Vec<CifarBlock>,
+    linear: Linear,
+}
+
+impl CifarResNet {
+    /// `n` blocks per stage (3 → ResNet-20, 5 → 32, 7 → 44, 9 → 56, 18 → 110), weights drawn
+    /// from `seed` as akamaster's `_weights_init` (kaiming normal fan_in for conv and linear
+    /// weights, PyTorch default linear bias, BN γ = 1, β = 0). Layers are drawn in module order.
+    pub fn new(
+        arch: &str,
+        n: usize,
+        num_classes: usize,
+        shortcut: ShortcutKind,
+        seed: u64,
+    ) -> Result<Self> {
+        if n == 0 || num_classes == 0 {
+            return Err(ModelError::BadConfig {
+                arch: arch.into(),
+                reason: format!("blocks per stage {n} and classes {num_classes} must be >= 1"),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let conv1 = Conv2d::new(
+            "conv1",
+            ConvSpec::new(3, 16, 3, 1, 1),
+            ConvInit::KaimingFanIn,
+            &mut rng,
+        );
+        let bn1 = BatchNorm2d::new("bn1", 16);
+        let mut blocks = Vec::with_capacity(3 * n);
+        let mut c_in = 16;
+        for (stage, (planes, stride)) in [(16, 1), (32, 2), (64, 2)].into_iter().enumerate() {
+            for i in 0..n {
+                let name = format!("layer{}.{i}", stage + 1);
+                let s = if i == 0 { stride } else { 1 };
+                blocks.push(CifarBlock::new(&name, c_in, planes, s, shortcut, &mut rng));
+                c_in = planes;
+            }
+        }
+        let linear = Linear::new(
+            "linear",
+            64,
+            num_classes,
+            LinearInit::KaimingFanIn,
+            &mut rng,
+        );
+        Ok(CifarResNet {
+            arch: arch.into(),
+            num_classes,
+            conv1,
+            bn1,
+            blocks,
+            linear,
+        })
+    }
+
+    fn forward_impl(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        hook: &mut Hook,
+    ) -> Result<Var> {
+        let y = self.conv1.forward(tape, x, mode, hook)?;
+        let y = self.bn1.forward(tape, y, mode)?;
+        let mut y = ops::relu(tape, y)?;
+        for b in &mut self.blocks {
+            y = b.forward(tape, y, mode, hook)?;
+        }
+        // F.avg_pool2d(out, out.size(3)) == global average for the square maps of CIFAR inputs
+        let y = ops::global_avg_pool(tape, y)?;
+        self.linear.forward(tape, y, mode, hook)
+    }
+
+    fn reseed(&mut self, _seed: u64) {}
+}
+
+impl Visit for CifarResNet {
+    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+        self.conv1.visit(c);
+        self.bn1.visit(c);
+        for b in &self.blocks {
+            b.visit(c);
+        }
+        self.linear.visit(c);
+    }
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+        self.conv1.visit_mut(c);
+        self.bn1.visit_mut(c);
+        for b in &mut self.blocks {
+            b.visit_mut(c);
+        }
+        self.linear.visit_mut(c);
+    }
+}
+
+impl_model!(CifarResNet);
