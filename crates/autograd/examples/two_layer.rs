@@ -30,7 +30,7 @@ fn main() -> Result<()> {
             rng.random_range(-bound..bound)
         }))
     };
-    let mut params = vec![
+    let mut params = [
         init(&[HIDDEN, 2], 2),
         init(&[HIDDEN], 2),
         init(&[2, HIDDEN], HIDDEN),
