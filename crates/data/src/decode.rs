@@ -29,13 +29,38 @@ pub fn sniff(bytes: &[u8]) -> Option<Container> {
     }
 }
 
-/// Whether JPEG data contains its end-of-image marker `FF D9` near the end. Inside
-/// entropy-coded data every `FF` is followed by `00` or a restart marker, so `FF D9` there is
-/// impossible; a file cut short in its scan data has none. Trailing bytes after the marker
-/// (common in camera files) are allowed up to 64 KiB.
-fn jpeg_has_eoi(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+/// Whether JPEG data reaches its end-of-image marker `FF D9`. The marker segments before the
+/// first start-of-scan are walked by their lengths (so an EXIF thumbnail's own `FF D9` inside
+/// APP1 does not count); after it, `FF D9` is searched for: inside entropy-coded data every
+/// `FF` is followed by `00` or a restart marker, so only a real end marker matches. A file cut
+/// short anywhere before its end marker is reported as truncated.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    let n = b.len();
+    let mut i = 2; // after SOI
+    loop {
+        while i < n && b[i] != 0xFF {
+            i += 1; // tolerate stray bytes between segments, as decoders do
+        }
+        while i < n && b[i] == 0xFF {
+            i += 1; // fill bytes
+        }
+        if i >= n {
+            return false;
+        }
+        let m = b[i];
+        i += 1;
+        match m {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD8 => {}
+            0xDA => return b[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+            _ => {
+                if i + 2 > n {
+                    return false;
+                }
+                i += u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+            }
+        }
+    }
 }
 
 /// Decodes JPEG or PNG `bytes` (read from `path`, used for error messages) to RGB.
@@ -46,7 +71,7 @@ fn jpeg_has_eoi(bytes: &[u8]) -> bool {
 pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let format = match sniff(bytes) {
         Some(Container::Jpeg) => {
-            if !jpeg_has_eoi(bytes) {
+            if !jpeg_is_complete(bytes) {
                 return Err(DataError::Truncated {
                     path: path.to_path_buf(),
                     len: bytes.len(),
@@ -80,4 +105,35 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     decode_rgb(&bytes, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_found_even_with_an_end_marker_in_a_thumbnail() {
+        let jpg = std::fs::read(crate::shipped_data_dir().join("cifar10-jpeg/val/ship/0000.jpg"))
+            .unwrap();
+        assert!(jpeg_is_complete(&jpg));
+        // An APP1 segment whose payload holds FF D8 … FF D9, like an EXIF thumbnail.
+        let app1 = [0xFF, 0xE1, 0x00, 0x08, 0xFF, 0xD8, 0x00, 0x00, 0xFF, 0xD9];
+        let mut with_thumb = jpg[..2].to_vec();
+        with_thumb.extend_from_slice(&app1);
+        with_thumb.extend_from_slice(&jpg[2..]);
+        assert!(jpeg_is_complete(&with_thumb));
+        assert!(decode_rgb(&with_thumb, Path::new("thumb.jpg")).is_ok());
+        for cut in [with_thumb.len() - 2, with_thumb.len() / 2, 14, 3] {
+            let e = decode_rgb(&with_thumb[..cut], Path::new("cut.jpg")).unwrap_err();
+            assert!(
+                matches!(e, DataError::Truncated { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        let e = decode_rgb(b"", Path::new("empty.jpg")).unwrap_err();
+        assert!(
+            matches!(e, DataError::NotAnImage { len: 0, .. })
+                && e.to_string().contains("empty.jpg")
+        );
+    }
 }

@@ -169,6 +169,27 @@ fn cifar10_eval_batches_are_normalised_bytes_in_index_order() {
     }
 }
 
+/// The golden ResNet-20 predictions file (written by `shared/golden/make_golden.py` with numpy
+/// reading `test_batch.bin`) stores every record's label: our reader must agree on all 10,000.
+#[test]
+fn shared_cifar10_labels_match_golden_file() {
+    let Some(d) = shared_or_skip("shared_cifar10_labels_match_golden_file") else {
+        return;
+    };
+    let bytes =
+        std::fs::read(d.join("../golden/resnet20_cifar10_test_predictions.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("label").unwrap();
+    assert_eq!(t.shape(), [10_000]);
+    let golden: Vec<usize> = t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let test = Cifar10::load_test(d.join("cifar10")).unwrap();
+    assert_eq!(test.labels, golden);
+}
+
 #[test]
 fn cifar10_bad_files_are_typed_errors_naming_the_file() {
     let d = temp_dir("cifar-bad");
@@ -537,6 +558,7 @@ fn golden() -> Vec<Golden> {
             }
             "fnv1a64" => out.last_mut().unwrap().fnv = Some(u64::from_str_radix(rest, 16).unwrap()),
             "row0" => out.last_mut().unwrap().values = hex(rest),
+            "decode" => {} // see `jpeg_decoder_agrees_with_pillow`
             _ => out.last_mut().unwrap().values = hex(line),
         }
     }
@@ -667,6 +689,51 @@ fn torchvision_golden_real_png() {
         checked += 1;
     }
     assert_eq!(checked, 2);
+}
+
+/// Our JPEG decode of the shipped camera JPEGs against Pillow's (`decode` lines of
+/// `tests/golden_transforms.txt`): same size, and every 4×4-grid block mean per channel within
+/// half a grey level. Different IDCT / chroma upsampling move single pixels by a few levels
+/// but not block means; a wrong colour conversion or channel order moves them by tens.
+#[test]
+fn jpeg_decoder_agrees_with_pillow() {
+    let text = include_str!("../tests/golden_transforms.txt");
+    let mut n = 0;
+    let mut worst = 0f64;
+    for line in text.lines().filter(|l| l.starts_with("decode ")) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let img = load_rgb(&shipped(f[1])).unwrap();
+        let (w, h): (u32, u32) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        assert_eq!(img.dimensions(), (w, h), "{}", f[1]);
+        let (w, h) = (w as usize, h as usize);
+        let expected: Vec<f64> = f[4..].iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(expected.len(), 48);
+        for by in 0..4 {
+            for bx in 0..4 {
+                let (y0, y1, x0, x1) = (h * by / 4, h * (by + 1) / 4, w * bx / 4, w * (bx + 1) / 4);
+                for c in 0..3 {
+                    let mut sum = 0u64;
+                    for y in y0..y1 {
+                        for x in x0..x1 {
+                            sum += img.get_pixel(x as u32, y as u32)[c] as u64;
+                        }
+                    }
+                    let mean = sum as f64 / ((y1 - y0) * (x1 - x0)) as f64;
+                    let d = (mean - expected[(by * 4 + bx) * 3 + c]).abs();
+                    worst = worst.max(d);
+                    assert!(
+                        d < 0.5,
+                        "{} block ({by},{bx}) channel {c}: {mean} vs Pillow {}",
+                        f[1],
+                        expected[(by * 4 + bx) * 3 + c]
+                    );
+                }
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(n, 10);
+    eprintln!("worst block-mean difference to Pillow: {worst:.4}");
 }
 
 // ---------------------------------------------------------------- loader determinism

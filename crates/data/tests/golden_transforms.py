@@ -11,6 +11,9 @@ Inputs are lossless so that only the transforms are compared (JPEG decoders may 
 grey level): a synthetic 53x41 RGB image given by a formula (rebuilt identically in Rust), and,
 when ../shared/data is present, the PNG `bad-images/png-disguised.JPEG` (250x188).
 
+`decode` lines give Pillow's decode of the shipped ImageNet JPEGs (size + 4x4 grid of
+per-channel block means), to check the JPEG decoder and colour conversion within a tolerance.
+
 Each case is written as `case NAME`, `shape C H W`, then the output tensor's float32 bit
 patterns in hex (C-order), or, for the large real-image cases, `fnv1a64` of the uint8 HWC image
 before ToTensor plus the bits of the first 16 normalised values of channel 0, row 0.
@@ -78,6 +81,16 @@ def main():
             t = norm(pil)
             out.append("case %s\nshape %d %d %d\nfnv1a64 %016x\nrow0 %s\n"
                        % (name, *t.shape, fnv1a64(np.asarray(pil).tobytes()), bits(t[0, 0, :16])))
+    # Decoder reference: Pillow's RGB decode of the shipped real JPEGs, as the image size and the
+    # mean of each channel over a 4x4 grid of blocks (row-major, then R, G, B), 48 values.
+    data = os.path.join(HERE, "..", "..", "..", "data")
+    for rel in sorted(os.path.relpath(os.path.join(r, f), data)
+                      for r, _, fs in os.walk(os.path.join(data, "imagenette", "val")) for f in fs):
+        a = np.asarray(Image.open(os.path.join(data, rel)).convert("RGB"), dtype=np.float64)
+        h, w = a.shape[:2]
+        grid = [a[h * by // 4:h * (by + 1) // 4, w * bx // 4:w * (bx + 1) // 4, c].mean()
+                for by in range(4) for bx in range(4) for c in range(3)]
+        out.append("decode %s %d %d %s\n" % (rel, w, h, " ".join("%.4f" % g for g in grid)))
     with open(os.path.join(HERE, "golden_transforms.txt"), "w") as f:
         f.write("".join(out))
 
