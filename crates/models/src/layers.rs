@@ -4,7 +4,7 @@
 
 use hla_autograd::ops;
 use hla_autograd::ops::BatchNormState;
-use hla_autograd::{Conv2dParams, Param, Tape, Var};
+use hla_autograd::{Conv2dParams, Float, Param, Tape, Var};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +17,13 @@ use crate::model::{
 use crate::{ModelError, Result};
 
 /// The optional hook threaded through a forward pass.
-pub(crate) type Hook<'h> = Option<&'h mut dyn LayerHook>;
+pub(crate) type Hook<'h, F> = Option<&'h mut dyn LayerHook<F>>;
+
+/// An f32 array converted to `F` (weights are drawn in f32 for every float type, so an f64 twin
+/// of a model starts from the same values).
+fn cast<F: Float>(a: ArrayD<f32>) -> ArrayD<F> {
+    a.mapv(|v| F::from_f64(v as f64))
+}
 
 /// Checks that a model input is `[n ≥ 1, 3, h ≥ 1, w ≥ 1]`.
 pub(crate) fn check_input(arch: &str, shape: &[usize]) -> Result<()> {
@@ -92,13 +98,13 @@ impl ConvSpec {
 
 /// 2-D convolution `y = conv2d(x, w) (+ b)`, `w` `[c_out, c_in/groups, k, k]`.
 #[derive(Debug)]
-pub struct Conv2d {
+pub struct Conv2d<F: Float = f32> {
     /// Module name, e.g. `layer1.0.conv1`.
     pub name: String,
     /// Weight `[c_out, c_in/groups, k, k]`.
-    pub weight: Param<f32>,
+    pub weight: Param<F>,
     /// Optional bias `[c_out]`.
-    pub bias: Option<Param<f32>>,
+    pub bias: Option<Param<F>>,
     /// Stride / padding / dilation / groups.
     pub params: Conv2dParams,
     /// Whether a [`LayerHook`] computes this layer.
@@ -107,7 +113,7 @@ pub struct Conv2d {
     pub followed_by_bn: bool,
 }
 
-impl Conv2d {
+impl<F: Float> Conv2d<F> {
     /// Draws a convolution from `rng` (weight, then bias).
     pub fn new(name: impl Into<String>, s: ConvSpec, init: ConvInit, rng: &mut ChaCha8Rng) -> Self {
         let shape = [s.c_out, s.c_in / s.groups.max(1), s.k, s.k];
@@ -118,7 +124,7 @@ impl Conv2d {
         let bias = s.bias.then(|| Param::new(ArrayD::zeros(IxDyn(&[s.c_out]))));
         Conv2d {
             name: name.into(),
-            weight: Param::new(w),
+            weight: Param::new(cast(w)),
             bias,
             params: Conv2dParams::new(s.stride, s.pad).with_groups(s.groups),
             quantisable: false,
@@ -135,10 +141,10 @@ impl Conv2d {
     /// `x` `[n, c_in, h, w]` → `[n, c_out, h_out, w_out]`.
     pub fn forward(
         &self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let w = tape.param(&self.weight);
         match hook {
@@ -162,8 +168,8 @@ impl Conv2d {
     }
 }
 
-impl Visit for Conv2d {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for Conv2d<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let weight = format!("{}.weight", self.name);
         if self.quantisable {
             c.quant.push(QuantLayerInfo {
@@ -179,7 +185,7 @@ impl Visit for Conv2d {
                 .push((format!("{}.bias", self.name), StateRef::Param(b)));
         }
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         c.state.push((
             format!("{}.weight", self.name),
             StateMut::Param(&mut self.weight),
@@ -194,18 +200,18 @@ impl Visit for Conv2d {
 /// BatchNorm2d (eps 1e-5, momentum 0.1, affine), PyTorch semantics: train mode normalises with
 /// the biased batch variance and updates `running_var` with the unbiased one.
 #[derive(Debug)]
-pub struct BatchNorm2d {
+pub struct BatchNorm2d<F: Float = f32> {
     /// Module name, e.g. `layer1.0.bn1`.
     pub name: String,
     /// γ `[c]`, initialised to 1.
-    pub weight: Param<f32>,
+    pub weight: Param<F>,
     /// β `[c]`, initialised to 0.
-    pub bias: Param<f32>,
+    pub bias: Param<F>,
     /// Running statistics and hyper-parameters.
-    pub state: BatchNormState<f32>,
+    pub state: BatchNormState<F>,
 }
 
-impl BatchNorm2d {
+impl<F: Float> BatchNorm2d<F> {
     /// γ = 1, β = 0, running mean 0, running var 1.
     pub fn new(name: impl Into<String>, c: usize) -> Self {
         BatchNorm2d {
@@ -217,7 +223,7 @@ impl BatchNorm2d {
     }
 
     /// `x` `[n, c, h, w]` → same shape.
-    pub fn forward(&mut self, tape: &mut Tape<f32>, x: Var, mode: Mode) -> Result<Var> {
+    pub fn forward(&mut self, tape: &mut Tape<F>, x: Var, mode: Mode) -> Result<Var> {
         let g = tape.param(&self.weight);
         let b = tape.param(&self.bias);
         Ok(ops::batch_norm2d(
@@ -231,8 +237,8 @@ impl BatchNorm2d {
     }
 }
 
-impl Visit for BatchNorm2d {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for BatchNorm2d<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let n = &self.name;
         c.state
             .push((format!("{n}.weight"), StateRef::Param(&self.weight)));
@@ -252,7 +258,7 @@ impl Visit for BatchNorm2d {
             StateRef::Buffer(BufferRef::Count(s.num_batches_tracked)),
         ));
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         let n = &self.name;
         c.state
             .push((format!("{n}.weight"), StateMut::Param(&mut self.weight)));
@@ -276,18 +282,18 @@ impl Visit for BatchNorm2d {
 
 /// Fully connected layer `y = x·wᵀ + b`, `w` `[out, in]`.
 #[derive(Debug)]
-pub struct Linear {
+pub struct Linear<F: Float = f32> {
     /// Module name, e.g. `fc`.
     pub name: String,
     /// Weight `[out, in]`.
-    pub weight: Param<f32>,
+    pub weight: Param<F>,
     /// Bias `[out]`.
-    pub bias: Option<Param<f32>>,
+    pub bias: Option<Param<F>>,
     /// Whether a [`LayerHook`] computes this layer.
     pub quantisable: bool,
 }
 
-impl Linear {
+impl<F: Float> Linear<F> {
     /// Draws a linear layer with bias from `rng` (weight, then bias).
     pub fn new(
         name: impl Into<String>,
@@ -314,8 +320,8 @@ impl Linear {
         };
         Linear {
             name: name.into(),
-            weight: Param::new(w),
-            bias: Some(Param::new(b)),
+            weight: Param::new(cast(w)),
+            bias: Some(Param::new(cast(b))),
             quantisable: false,
         }
     }
@@ -329,10 +335,10 @@ impl Linear {
     /// `x` `[n, in]` → `[n, out]`.
     pub fn forward(
         &self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let w = tape.param(&self.weight);
         let b = self.bias.as_ref().map(|b| tape.param(b));
@@ -343,8 +349,8 @@ impl Linear {
     }
 }
 
-impl Visit for Linear {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for Linear<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let weight = format!("{}.weight", self.name);
         if self.quantisable {
             c.quant.push(QuantLayerInfo {
@@ -360,7 +366,7 @@ impl Visit for Linear {
                 .push((format!("{}.bias", self.name), StateRef::Param(b)));
         }
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         c.state.push((
             format!("{}.weight", self.name),
             StateMut::Param(&mut self.weight),
@@ -385,7 +391,7 @@ pub enum Act {
 
 impl Act {
     /// Applies the activation.
-    pub fn forward(self, tape: &mut Tape<f32>, x: Var) -> Result<Var> {
+    pub fn forward<F: Float>(self, tape: &mut Tape<F>, x: Var) -> Result<Var> {
         Ok(match self {
             Act::Relu => ops::relu(tape, x)?,
             Act::Relu6 => ops::relu6(tape, x)?,
@@ -397,16 +403,16 @@ impl Act {
 /// Conv → BatchNorm → activation (torchvision's `Conv2dNormActivation`, named `<name>.0`,
 /// `<name>.1`).
 #[derive(Debug)]
-pub struct ConvBnAct {
+pub struct ConvBnAct<F: Float = f32> {
     /// The convolution (`<name>.0`).
-    pub conv: Conv2d,
+    pub conv: Conv2d<F>,
     /// The BatchNorm (`<name>.1`).
-    pub bn: BatchNorm2d,
+    pub bn: BatchNorm2d<F>,
     /// The activation.
     pub act: Act,
 }
 
-impl ConvBnAct {
+impl<F: Float> ConvBnAct<F> {
     /// Conv2dNormActivation with torchvision's conv init.
     pub fn new(name: &str, s: ConvSpec, act: Act, quantisable: bool, rng: &mut ChaCha8Rng) -> Self {
         ConvBnAct {
@@ -420,10 +426,10 @@ impl ConvBnAct {
     /// `act(bn(conv(x)))`.
     pub fn forward(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = self.conv.forward(tape, x, mode, hook)?;
         let y = self.bn.forward(tape, y, mode)?;
@@ -431,12 +437,12 @@ impl ConvBnAct {
     }
 }
 
-impl Visit for ConvBnAct {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for ConvBnAct<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv.visit(c);
         self.bn.visit(c);
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         self.conv.visit_mut(c);
         self.bn.visit_mut(c);
     }
@@ -466,7 +472,7 @@ impl Dropout {
     }
 
     /// `x ⊙ mask / (1 − p)` in train mode, `x` otherwise.
-    pub fn forward(&mut self, tape: &mut Tape<f32>, x: Var, mode: Mode) -> Result<Var> {
+    pub fn forward<F: Float>(&mut self, tape: &mut Tape<F>, x: Var, mode: Mode) -> Result<Var> {
         if mode == Mode::Eval || self.p <= 0.0 {
             return Ok(x);
         }
@@ -476,9 +482,9 @@ impl Dropout {
         let rng = &mut self.rng;
         let mask = ArrayD::from_shape_simple_fn(IxDyn(&shape), || {
             if rng.random::<f32>() < keep {
-                scale
+                F::from_f64(scale as f64)
             } else {
-                0.0
+                F::zero()
             }
         });
         let m = tape.constant(mask);

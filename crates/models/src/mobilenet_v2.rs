@@ -4,7 +4,7 @@
 //! `classifier` = Dropout(0.2) + Linear(1280, classes). Names and init as torchvision (conv
 //! kaiming normal fan_out, BN γ = 1 β = 0, Linear N(0, 0.01²) with zero bias).
 
-use hla_autograd::{ops, Tape, Var};
+use hla_autograd::{ops, Float, Tape, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -31,15 +31,15 @@ pub const DEFAULT_DROPOUT: f32 = 0.2;
 
 /// Inverted residual block, names `features.{i}.conv.{…}`.
 #[derive(Debug)]
-pub struct InvertedResidual {
-    expand: Option<ConvBnAct>,
-    dw: ConvBnAct,
-    project: Conv2d,
-    bn: BatchNorm2d,
+pub struct InvertedResidual<F: Float = f32> {
+    expand: Option<ConvBnAct<F>>,
+    dw: ConvBnAct<F>,
+    project: Conv2d<F>,
+    bn: BatchNorm2d<F>,
     use_res: bool,
 }
 
-impl InvertedResidual {
+impl<F: Float> InvertedResidual<F> {
     fn new(
         name: &str,
         inp: usize,
@@ -86,10 +86,10 @@ impl InvertedResidual {
 
     fn forward(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let mut y = x;
         if let Some(e) = &mut self.expand {
@@ -106,8 +106,8 @@ impl InvertedResidual {
     }
 }
 
-impl Visit for InvertedResidual {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for InvertedResidual<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         if let Some(e) = &self.expand {
             e.visit(c);
         }
@@ -115,7 +115,7 @@ impl Visit for InvertedResidual {
         self.project.visit(c);
         self.bn.visit(c);
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         if let Some(e) = &mut self.expand {
             e.visit_mut(c);
         }
@@ -127,18 +127,18 @@ impl Visit for InvertedResidual {
 
 /// torchvision MobileNetV2, width multiplier 1.0.
 #[derive(Debug)]
-pub struct MobileNetV2 {
+pub struct MobileNetV2<F: Float = f32> {
     arch: String,
     num_classes: usize,
-    stem: ConvBnAct,
-    blocks: Vec<InvertedResidual>,
-    head: ConvBnAct,
+    stem: ConvBnAct<F>,
+    blocks: Vec<InvertedResidual<F>>,
+    head: ConvBnAct<F>,
     /// Dropout before the classifier (p = 0.2 by default; set `p = 0` to disable).
     pub dropout: Dropout,
-    classifier: Linear,
+    classifier: Linear<F>,
 }
 
-impl MobileNetV2 {
+impl<F: Float> MobileNetV2<F> {
     /// Draws the network from `seed` in module order; the dropout stream is seeded from
     /// `seed` too (reseed per step with [`crate::Model::set_dropout_seed`]).
     pub fn new(arch: &str, num_classes: usize, seed: u64) -> Result<Self> {
@@ -203,10 +203,10 @@ impl MobileNetV2 {
 
     fn forward_impl(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let mut y = self.stem.forward(tape, x, mode, hook)?;
         for b in &mut self.blocks {
@@ -223,8 +223,8 @@ impl MobileNetV2 {
     }
 }
 
-impl Visit for MobileNetV2 {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for MobileNetV2<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.stem.visit(c);
         for b in &self.blocks {
             b.visit(c);
@@ -232,7 +232,7 @@ impl Visit for MobileNetV2 {
         self.head.visit(c);
         self.classifier.visit(c);
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         self.stem.visit_mut(c);
         for b in &mut self.blocks {
             b.visit_mut(c);

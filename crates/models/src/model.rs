@@ -1,7 +1,7 @@
 //! The model interface crates/hla and the CLI program against: [`Model`], [`Mode`], [`LayerHook`]
 //! and the description of quantisable layers.
 
-use hla_autograd::{Conv2dParams, Param, Tape, Var};
+use hla_autograd::{Conv2dParams, Float, Param, Tape, Var};
 use ndarray::Array1;
 
 use crate::Result;
@@ -22,12 +22,12 @@ pub enum Mode {
 ///
 /// Called **only** for layers marked quantisable (see [`Model::quantisable`]); other layers compute
 /// plainly. `layer` is the torchvision module name, e.g. `"layer1.0.conv1"`.
-pub trait LayerHook {
+pub trait LayerHook<F: Float = f32> {
     /// Must return `y = conv2d(x, w', no bias)` for this layer, `x` `[n, c_in, h, w]`, `w`
     /// `[c_out, c_in/groups, k_h, k_w]` (a bias, if the layer has one, is added by the model).
     fn conv2d(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         layer: &str,
         x: Var,
         w: Var,
@@ -37,7 +37,7 @@ pub trait LayerHook {
     /// Must return `y = x·w'ᵀ + b` for this layer, `x` `[n, in]`, `w` `[out, in]`, `b` `[out]`.
     fn linear(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         layer: &str,
         x: Var,
         w: Var,
@@ -70,38 +70,38 @@ pub struct QuantLayerInfo {
 
 /// Read access to a buffer (non-trainable state).
 #[derive(Clone, Copy, Debug)]
-pub enum BufferRef<'a> {
+pub enum BufferRef<'a, F: Float = f32> {
     /// A float vector (BatchNorm `running_mean` / `running_var`, `[c]`).
-    F32(&'a Array1<f32>),
+    F32(&'a Array1<F>),
     /// A counter (BatchNorm `num_batches_tracked`, stored as an I64 scalar).
     Count(u64),
 }
 
 /// Write access to a buffer.
 #[derive(Debug)]
-pub enum BufferMut<'a> {
+pub enum BufferMut<'a, F: Float = f32> {
     /// A float vector (BatchNorm `running_mean` / `running_var`, `[c]`).
-    F32(&'a mut Array1<f32>),
+    F32(&'a mut Array1<F>),
     /// A counter (BatchNorm `num_batches_tracked`).
     Count(&'a mut u64),
 }
 
 /// One entry of a model's state dict, read access.
 #[derive(Clone, Copy, Debug)]
-pub enum StateRef<'a> {
+pub enum StateRef<'a, F: Float = f32> {
     /// A trainable parameter.
-    Param(&'a Param<f32>),
+    Param(&'a Param<F>),
     /// A buffer.
-    Buffer(BufferRef<'a>),
+    Buffer(BufferRef<'a, F>),
 }
 
 /// One entry of a model's state dict, write access.
 #[derive(Debug)]
-pub enum StateMut<'a> {
+pub enum StateMut<'a, F: Float = f32> {
     /// A trainable parameter.
-    Param(&'a mut Param<f32>),
+    Param(&'a mut Param<F>),
     /// A buffer.
-    Buffer(BufferMut<'a>),
+    Buffer(BufferMut<'a, F>),
 }
 
 /// A network: forward on an autograd tape plus its named state in torchvision's `state_dict`
@@ -179,29 +179,123 @@ pub trait Model: Send {
 
 /// Collects state entries and quantisable-layer descriptions while walking a model's layers in
 /// `state_dict` order.
-#[derive(Default)]
-pub(crate) struct Collector<'a> {
-    pub(crate) state: Vec<(String, StateRef<'a>)>,
+pub(crate) struct Collector<'a, F: Float> {
+    pub(crate) state: Vec<(String, StateRef<'a, F>)>,
     pub(crate) quant: Vec<QuantLayerInfo>,
 }
 
+impl<F: Float> Default for Collector<'_, F> {
+    fn default() -> Self {
+        Collector {
+            state: Vec::new(),
+            quant: Vec::new(),
+        }
+    }
+}
+
 /// Writable counterpart of [`Collector`].
-#[derive(Default)]
-pub(crate) struct CollectorMut<'a> {
-    pub(crate) state: Vec<(String, StateMut<'a>)>,
+pub(crate) struct CollectorMut<'a, F: Float> {
+    pub(crate) state: Vec<(String, StateMut<'a, F>)>,
+}
+
+impl<F: Float> Default for CollectorMut<'_, F> {
+    fn default() -> Self {
+        CollectorMut { state: Vec::new() }
+    }
 }
 
 /// Walk over a module's state in `state_dict` order.
-pub(crate) trait Visit {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>);
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>);
+pub(crate) trait Visit<F: Float> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>);
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>);
 }
 
-/// Implements [`Model`]'s state methods for an architecture implementing [`Visit`] plus a
-/// `forward_impl`, `arch_name` and `classes`.
+/// Copies every entry of `from` into the entry of the same name in `to`, converting the float
+/// type (e.g. an f32 model's loaded weights into an f64 twin for a reference run).
+///
+/// # Errors
+/// `MissingTensors` (path `<memory>`) if `to` has a name `from` lacks; `ShapeMismatch` on a
+/// shape difference.
+pub fn copy_state<F: Float, G: Float>(
+    from: Vec<(String, StateRef<'_, F>)>,
+    to: Vec<(String, StateMut<'_, G>)>,
+) -> Result<()> {
+    use std::collections::HashMap;
+    let from: HashMap<String, StateRef<'_, F>> = from.into_iter().collect();
+    let mem = std::path::PathBuf::from("<memory>");
+    let cast = |a: &ndarray::ArrayD<F>| a.mapv(|v| G::from_f64(v.to_f64()));
+    let missing: Vec<String> = to
+        .iter()
+        .filter(|(n, _)| !from.contains_key(n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(crate::ModelError::MissingTensors {
+            path: mem,
+            names: missing,
+        });
+    }
+    for (name, dst) in to {
+        let mismatch = |e: &[usize], f: &[usize]| crate::ModelError::ShapeMismatch {
+            path: mem.clone(),
+            name: name.clone(),
+            expected: e.to_vec(),
+            found: f.to_vec(),
+        };
+        match (dst, from[&name]) {
+            (StateMut::Param(d), StateRef::Param(s)) => {
+                if d.shape() != s.shape() {
+                    return Err(mismatch(d.shape(), s.shape()));
+                }
+                *d.value_mut() = cast(s.value());
+            }
+            (StateMut::Buffer(BufferMut::F32(d)), StateRef::Buffer(BufferRef::F32(s))) => {
+                if d.shape() != s.shape() {
+                    return Err(mismatch(d.shape(), s.shape()));
+                }
+                d.assign(&s.mapv(|v| G::from_f64(v.to_f64())));
+            }
+            (StateMut::Buffer(BufferMut::Count(d)), StateRef::Buffer(BufferRef::Count(s))) => {
+                *d = s
+            }
+            _ => return Err(mismatch(&[], &[])),
+        }
+    }
+    Ok(())
+}
+
+/// Implements, for an architecture `$t<F>` with `Visit<F>`, `forward_impl`, `reseed`, `arch` and
+/// `num_classes`: generic inherent methods (`forward_t`, `named_state`, `named_state_mut`) and
+/// [`Model`] for `$t<f32>`.
 macro_rules! impl_model {
-    ($t:ty) => {
-        impl $crate::model::Model for $t {
+    ($t:ident) => {
+        impl<F: hla_autograd::Float> $t<F> {
+            /// [`Model::forward`] in any float type (f64 for reference runs).
+            pub fn forward_t(
+                &mut self,
+                tape: &mut hla_autograd::Tape<F>,
+                x: hla_autograd::Var,
+                mode: $crate::model::Mode,
+                mut hook: Option<&mut dyn $crate::model::LayerHook<F>>,
+            ) -> $crate::Result<hla_autograd::Var> {
+                $crate::layers::check_input(&self.arch, tape.shape(x))?;
+                self.forward_impl(tape, x, mode, &mut hook)
+            }
+            /// [`Model::state`] in any float type.
+            pub fn named_state(&self) -> Vec<(String, $crate::model::StateRef<'_, F>)> {
+                let mut c = $crate::model::Collector::default();
+                $crate::model::Visit::visit(self, &mut c);
+                c.state
+            }
+            /// [`Model::state_mut`] in any float type.
+            pub fn named_state_mut(&mut self) -> Vec<(String, $crate::model::StateMut<'_, F>)> {
+                let mut c = $crate::model::CollectorMut::default();
+                $crate::model::Visit::visit_mut(self, &mut c);
+                c.state
+            }
+        }
+
+        impl $crate::model::Model for $t<f32> {
             fn arch(&self) -> &str {
                 &self.arch
             }
@@ -213,23 +307,18 @@ macro_rules! impl_model {
                 tape: &mut hla_autograd::Tape<f32>,
                 x: hla_autograd::Var,
                 mode: $crate::model::Mode,
-                mut hook: Option<&mut dyn $crate::model::LayerHook>,
+                hook: Option<&mut dyn $crate::model::LayerHook>,
             ) -> $crate::Result<hla_autograd::Var> {
-                $crate::layers::check_input(&self.arch, tape.shape(x))?;
-                self.forward_impl(tape, x, mode, &mut hook)
+                self.forward_t(tape, x, mode, hook)
             }
             fn state(&self) -> Vec<(String, $crate::model::StateRef<'_>)> {
-                let mut c = $crate::model::Collector::default();
-                $crate::model::Visit::visit(self, &mut c);
-                c.state
+                self.named_state()
             }
             fn state_mut(&mut self) -> Vec<(String, $crate::model::StateMut<'_>)> {
-                let mut c = $crate::model::CollectorMut::default();
-                $crate::model::Visit::visit_mut(self, &mut c);
-                c.state
+                self.named_state_mut()
             }
             fn quantisable(&self) -> Vec<$crate::model::QuantLayerInfo> {
-                let mut c = $crate::model::Collector::default();
+                let mut c = $crate::model::Collector::<f32>::default();
                 $crate::model::Visit::visit(self, &mut c);
                 c.quant
             }

@@ -3,7 +3,7 @@
 //! `...downsample.{0,1}`, `fc`) and init (conv kaiming normal fan_out, BN γ = 1 β = 0, `fc` as
 //! `nn.Linear`'s default).
 
-use hla_autograd::{ops, Pool2dParams, Tape, Var};
+use hla_autograd::{ops, Float, Pool2dParams, Tape, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -31,13 +31,13 @@ impl BlockKind {
 
 /// One residual block: `relu(convs(x) + downsample(x))`.
 #[derive(Debug)]
-pub struct Block {
+pub struct Block<F: Float = f32> {
     /// (conv, bn) pairs in order: 2 for Basic, 3 for Bottleneck.
-    convs: Vec<(Conv2d, BatchNorm2d)>,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    convs: Vec<(Conv2d<F>, BatchNorm2d<F>)>,
+    downsample: Option<(Conv2d<F>, BatchNorm2d<F>)>,
 }
 
-impl Block {
+impl<F: Float> Block<F> {
     fn new(
         name: &str,
         kind: BlockKind,
@@ -91,10 +91,10 @@ impl Block {
 
     fn forward(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let last = self.convs.len() - 1;
         let mut y = x;
@@ -117,8 +117,8 @@ impl Block {
     }
 }
 
-impl Visit for Block {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for Block<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         for (conv, bn) in &self.convs {
             conv.visit(c);
             bn.visit(c);
@@ -128,7 +128,7 @@ impl Visit for Block {
             bn.visit(c);
         }
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         for (conv, bn) in &mut self.convs {
             conv.visit_mut(c);
             bn.visit_mut(c);
@@ -142,16 +142,16 @@ impl Visit for Block {
 
 /// torchvision ResNet.
 #[derive(Debug)]
-pub struct ResNet {
+pub struct ResNet<F: Float = f32> {
     arch: String,
     num_classes: usize,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    blocks: Vec<Block>,
-    fc: Linear,
+    conv1: Conv2d<F>,
+    bn1: BatchNorm2d<F>,
+    blocks: Vec<Block<F>>,
+    fc: Linear<F>,
 }
 
-impl ResNet {
+impl<F: Float> ResNet<F> {
     /// Block counts per stage: ResNet-18 `[2, 2, 2, 2]` Basic, 34 `[3, 4, 6, 3]` Basic,
     /// 50 `[3, 4, 6, 3]` Bottleneck, 101 `[3, 4, 23, 3]`, 152 `[3, 8, 36, 3]`.
     /// Layers are drawn from `seed` in module order.
@@ -202,10 +202,10 @@ impl ResNet {
 
     fn forward_impl(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = self.conv1.forward(tape, x, mode, hook)?;
         let y = self.bn1.forward(tape, y, mode)?;
@@ -226,8 +226,8 @@ impl ResNet {
     fn reseed(&mut self, _seed: u64) {}
 }
 
-impl Visit for ResNet {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for ResNet<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);
         for b in &self.blocks {
@@ -235,7 +235,7 @@ impl Visit for ResNet {
         }
         self.fc.visit(c);
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         self.conv1.visit_mut(c);
         self.bn1.visit_mut(c);
         for b in &mut self.blocks {

@@ -5,7 +5,7 @@
 //! 3×3 conv 3→16 + BN + ReLU, three stages of `n` BasicBlocks with 16, 32, 64 channels (stride 2
 //! at the first block of stages 2 and 3), global average pool, linear 64→classes. 6n + 2 layers.
 
-use hla_autograd::{ops, Tape, Var};
+use hla_autograd::{ops, Float, Tape, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -25,28 +25,28 @@ pub enum ShortcutKind {
 }
 
 #[derive(Debug)]
-enum Shortcut {
+enum Shortcut<F: Float> {
     Identity,
     A {
         pad: usize,
     },
     B {
-        conv: Box<Conv2d>,
-        bn: Box<BatchNorm2d>,
+        conv: Box<Conv2d<F>>,
+        bn: Box<BatchNorm2d<F>>,
     },
 }
 
 /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
 #[derive(Debug)]
-pub struct CifarBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    shortcut: Shortcut,
+pub struct CifarBlock<F: Float = f32> {
+    conv1: Conv2d<F>,
+    bn1: BatchNorm2d<F>,
+    conv2: Conv2d<F>,
+    bn2: BatchNorm2d<F>,
+    shortcut: Shortcut<F>,
 }
 
-impl CifarBlock {
+impl<F: Float> CifarBlock<F> {
     fn new(
         name: &str,
         c_in: usize,
@@ -102,10 +102,10 @@ impl CifarBlock {
 
     fn forward(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = self.conv1.forward(tape, x, mode, hook)?;
         let y = self.bn1.forward(tape, y, mode)?;
@@ -125,8 +125,8 @@ impl CifarBlock {
     }
 }
 
-impl Visit for CifarBlock {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for CifarBlock<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);
         self.conv2.visit(c);
@@ -136,7 +136,7 @@ impl Visit for CifarBlock {
             bn.visit(c);
         }
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         self.conv1.visit_mut(c);
         self.bn1.visit_mut(c);
         self.conv2.visit_mut(c);
@@ -150,16 +150,16 @@ impl Visit for CifarBlock {
 
 /// A CIFAR ResNet of depth `6n + 2`.
 #[derive(Debug)]
-pub struct CifarResNet {
+pub struct CifarResNet<F: Float = f32> {
     arch: String,
     num_classes: usize,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    blocks: Vec<CifarBlock>,
-    linear: Linear,
+    conv1: Conv2d<F>,
+    bn1: BatchNorm2d<F>,
+    blocks: Vec<CifarBlock<F>>,
+    linear: Linear<F>,
 }
 
-impl CifarResNet {
+impl<F: Float> CifarResNet<F> {
     /// `n` blocks per stage (3 → ResNet-20, 5 → 32, 7 → 44, 9 → 56, 18 → 110), weights drawn
     /// from `seed` as akamaster's `_weights_init` (kaiming normal fan_in for conv and linear
     /// weights, PyTorch default linear bias, BN γ = 1, β = 0). Layers are drawn in module order.
@@ -213,10 +213,10 @@ impl CifarResNet {
 
     fn forward_impl(
         &mut self,
-        tape: &mut Tape<f32>,
+        tape: &mut Tape<F>,
         x: Var,
         mode: Mode,
-        hook: &mut Hook,
+        hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = self.conv1.forward(tape, x, mode, hook)?;
         let y = self.bn1.forward(tape, y, mode)?;
@@ -232,8 +232,8 @@ impl CifarResNet {
     fn reseed(&mut self, _seed: u64) {}
 }
 
-impl Visit for CifarResNet {
-    fn visit<'a>(&'a self, c: &mut Collector<'a>) {
+impl<F: Float> Visit<F> for CifarResNet<F> {
+    fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);
         for b in &self.blocks {
@@ -241,7 +241,7 @@ impl Visit for CifarResNet {
         }
         self.linear.visit(c);
     }
-    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a>) {
+    fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>) {
         self.conv1.visit_mut(c);
         self.bn1.visit_mut(c);
         for b in &mut self.blocks {

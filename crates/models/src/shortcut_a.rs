@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hla_autograd::ops::{self, CustomOp};
-use hla_autograd::{AutogradError, Tape, Var};
+use hla_autograd::{AutogradError, Float, Tape, Var};
 use ndarray::{s, ArrayD, Ix4, IxDyn};
 
 use crate::Result;
@@ -18,10 +18,10 @@ pub(crate) struct ShortcutA {
     pub pad: usize,
 }
 
-fn as4<'a>(
-    x: &'a ArrayD<f32>,
+fn as4<'a, F: Float>(
+    x: &'a ArrayD<F>,
     what: &str,
-) -> std::result::Result<ndarray::ArrayView4<'a, f32>, AutogradError> {
+) -> std::result::Result<ndarray::ArrayView4<'a, F>, AutogradError> {
     x.view()
         .into_dimensionality::<Ix4>()
         .map_err(|_| AutogradError::Custom {
@@ -30,12 +30,12 @@ fn as4<'a>(
         })
 }
 
-impl CustomOp<f32> for ShortcutA {
+impl<F: Float> CustomOp<F> for ShortcutA {
     fn name(&self) -> &'static str {
         "shortcut_a"
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> hla_autograd::Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<F>]) -> hla_autograd::Result<ArrayD<F>> {
         let x = as4(inputs[0], "input")?;
         let (n, c, h, w) = x.dim();
         let mut y = ArrayD::zeros(IxDyn(&[n, c + 2 * self.pad, h.div_ceil(2), w.div_ceil(2)]));
@@ -46,10 +46,10 @@ impl CustomOp<f32> for ShortcutA {
 
     fn backward(
         &self,
-        inputs: &[&ArrayD<f32>],
-        _output: &ArrayD<f32>,
-        dy: &ArrayD<f32>,
-    ) -> hla_autograd::Result<Vec<Option<ArrayD<f32>>>> {
+        inputs: &[&ArrayD<F>],
+        _output: &ArrayD<F>,
+        dy: &ArrayD<F>,
+    ) -> hla_autograd::Result<Vec<Option<ArrayD<F>>>> {
         // dx[:, i, 2r, 2q] = dy[:, pad + i, r, q]; odd rows / columns get no gradient.
         let x = as4(inputs[0], "input")?;
         let dy = as4(dy, "dy")?;
@@ -66,7 +66,7 @@ impl CustomOp<f32> for ShortcutA {
 }
 
 /// Records the option-A shortcut of `x` on the tape.
-pub(crate) fn shortcut_a(tape: &mut Tape<f32>, x: Var, pad: usize) -> Result<Var> {
+pub(crate) fn shortcut_a<F: Float>(tape: &mut Tape<F>, x: Var, pad: usize) -> Result<Var> {
     Ok(ops::custom(tape, &[x], Arc::new(ShortcutA { pad }))?)
 }
 
