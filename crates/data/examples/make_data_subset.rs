@@ -8,7 +8,7 @@
 //!   `<record> <label> <source JPEG>` for every record (from the shared `order-*.txt`);
 //! - `data/imagenette/val/<wnid>/*.JPEG`: copies of `imagenet-sample/original` (10 unmodified
 //!   camera JPEGs) and `data/imagenette/classes.tsv` (the 1000-class index);
-//! - `data/cifar10-jpeg/val/<class>/*.jpg`: copies of `cifar10-jpeg/val` (200 JPEGs).
+//! - `data/cifar10-jpeg/{train,val}/<class>/*.jpg`: copies of `cifar10-jpeg` (500 + 200 JPEGs).
 //!
 //! Usage: `cargo run -p hla-data --example make_data_subset -- [SHARED_DATA_DIR [OUT_DIR]]`
 //! (defaults: `../shared/data` next to the workspace, and the workspace's `data/`).
@@ -128,10 +128,10 @@ fn main() -> io::Result<()> {
         shared.join("imagenet-sample/classes.tsv"),
         out.join("imagenette/classes.tsv"),
     )?;
-    copy_tree(
-        &shared.join("cifar10-jpeg/val"),
-        &out.join("cifar10-jpeg/val"),
-    )?;
+    for split in ["train", "val"] {
+        let sub = format!("cifar10-jpeg/{split}");
+        copy_tree(&shared.join(&sub), &out.join(&sub))?;
+    }
     println!(
         "wrote {} train + {} test CIFAR-10 records and the ImageFolder samples to {}",
         kept_train.len(),

@@ -332,6 +332,13 @@ fn shipped_imagefolders_have_expected_classes_and_counts() {
     assert_eq!(c.histogram(), vec![20; 10]);
     let names: Vec<&str> = c.classes().iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, CIFAR10_CLASSES);
+    let t = ImageFolder::open(
+        shipped("cifar10-jpeg/train"),
+        &ImageFolderOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(t.len(), 500);
+    assert_eq!(t.histogram(), vec![50; 10]);
 }
 
 #[test]
