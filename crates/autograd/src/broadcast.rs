@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
-use crate::{AutogradError, Float, Result};
+use crate::{AutogradError, Float, Par, Result};
 
 /// The broadcast shape of `a` and `b`: align trailing dimensions; each pair must be equal or
 /// contain a 1 (NumPy's rule).
@@ -32,15 +32,26 @@ pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Res
     Ok(out)
 }
 
-/// `f(a, b)` element-wise over the broadcast shape, in standard layout.
+/// Element count from which element-wise work is split across rayon threads (below it the
+/// split costs more than it saves). Element-wise results do not depend on the split.
+pub(crate) const PAR_MIN_LEN: usize = 1 << 16;
+
+/// `f(a, b)` element-wise over the broadcast shape, in standard layout; same-shape operands
+/// of at least [`PAR_MIN_LEN`] elements are processed in parallel when `par` allows it.
 pub(crate) fn binary_map<F: Float>(
     op: &'static str,
     a: &ArrayD<F>,
     b: &ArrayD<F>,
-    f: impl Fn(F, F) -> F,
+    par: Par,
+    f: impl Fn(F, F) -> F + Sync + Send,
 ) -> Result<ArrayD<F>> {
     if a.shape() == b.shape() {
-        return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
+        let zip = Zip::from(a).and(b);
+        return Ok(if par == Par::Rayon && a.len() >= PAR_MIN_LEN {
+            zip.par_map_collect(|&x, &y| f(x, y))
+        } else {
+            zip.map_collect(|&x, &y| f(x, y))
+        });
     }
     let shape = IxDyn(&broadcast_shape(op, a.shape(), b.shape())?);
     const BROKEN: &str =

@@ -54,7 +54,7 @@ pub(crate) enum Op<F: Float> {
     CrossEntropy { logits: Var, dlogits: Array2<F> },
 }
 
-/// Names of every differentiable op (one per [`Op`] variant); iterate with
+/// Names of every differentiable op (one per variant of the tape's internal `Op`); iterate with
 /// `strum::IntoEnumIterator` to audit that each has a gradient check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, EnumIter)]
 pub enum OpKind {

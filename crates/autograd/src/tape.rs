@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, IxDyn, Zip};
 
+use crate::broadcast::PAR_MIN_LEN;
 use crate::op::Op;
 use crate::{AutogradError, Float, Par, Param, ParamId, Result};
 
@@ -298,7 +299,6 @@ pub(crate) struct Backprop<'a, F: Float> {
     /// The node being differentiated (its value is the op's output).
     pub(crate) out: Var,
     /// Parallelism for kernels.
-    #[allow(dead_code)] // used by the kernel-backed ops
     pub(crate) par: Par,
 }
 
@@ -330,6 +330,9 @@ impl<F: Float> Backprop<'_, F> {
             "hla-autograd internal error: gradient shape differs from value shape"
         );
         match &mut self.grads[v.0] {
+            Some(acc) if self.par == Par::Rayon && g.len() >= PAR_MIN_LEN => {
+                Zip::from(acc).and(&g).par_for_each(|a, &b| *a = *a + b)
+            }
             Some(acc) => acc.zip_mut_with(&g, |a, &b| *a = *a + b),
             slot @ None => *slot = Some(g),
         }

@@ -14,7 +14,13 @@ const OP: &str = "add";
 /// # Errors
 /// `ShapeMismatch` if the shapes do not broadcast.
 pub fn add<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
-    let y = binary_map(OP, tape.checked(a, OP)?, tape.checked(b, OP)?, |x, y| x + y)?;
+    let y = binary_map(
+        OP,
+        tape.checked(a, OP)?,
+        tape.checked(b, OP)?,
+        tape.par(),
+        |x, y| x + y,
+    )?;
     Ok(tape.push_op(y, &[a, b], || Op::Add { a, b }))
 }
 
@@ -59,6 +65,29 @@ mod tests {
         let y = add(&mut t, x, x).unwrap();
         let g = t.backward_with(y, ArrayD::from_elem(vec![3], 1.0)).unwrap();
         assert_eq!(g.get(x).unwrap().as_slice().unwrap(), &[2.0, 2.0, 2.0]);
+    }
+
+    /// Above the parallel threshold, forward and the accumulation of a value used twice run on
+    /// rayon; the results must equal the sequential ones bit for bit.
+    #[test]
+    fn large_add_is_bit_identical_seq_vs_rayon() {
+        let n = crate::broadcast::PAR_MIN_LEN + 3;
+        let (xa, xb) = (
+            uniform(&[n], 1).mapv(|v| v as f32),
+            uniform(&[n], 2).mapv(|v| v as f32),
+        );
+        let run = |par| {
+            let mut t = Tape::<f32>::new();
+            t.set_par(par);
+            let (a, b) = (t.leaf(xa.clone()), t.leaf(xb.clone()));
+            let s = add(&mut t, a, b).unwrap();
+            let y = add(&mut t, s, a).unwrap(); // `a` used twice: its gradients accumulate
+            let seed = xb.mapv(|v| v * 3.0);
+            let g = t.backward_with(y, seed).unwrap();
+            let bits = |x: &ArrayD<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(t.value(y)), bits(g.get(a).unwrap()))
+        };
+        assert_eq!(run(crate::Par::Seq), run(crate::Par::Rayon));
     }
 
     #[test]

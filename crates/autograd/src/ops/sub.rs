@@ -14,7 +14,13 @@ const OP: &str = "sub";
 /// # Errors
 /// `ShapeMismatch` if the shapes do not broadcast.
 pub fn sub<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
-    let y = binary_map(OP, tape.checked(a, OP)?, tape.checked(b, OP)?, |x, y| x - y)?;
+    let y = binary_map(
+        OP,
+        tape.checked(a, OP)?,
+        tape.checked(b, OP)?,
+        tape.par(),
+        |x, y| x - y,
+    )?;
     Ok(tape.push_op(y, &[a, b], || Op::Sub { a, b }))
 }
 
