@@ -89,6 +89,9 @@ pub enum HlaError {
     /// Occurs when an autograd op fails (names the op and shapes itself).
     #[error(transparent)]
     Autograd(#[from] hla_autograd::AutogradError),
+    /// Occurs when a model operation fails.
+    #[error(transparent)]
+    Model(#[from] hla_models::ModelError),
     /// Occurs when safetensors (de)serialisation fails.
     #[error("{path}: safetensors: {source}")]
     Safetensors {

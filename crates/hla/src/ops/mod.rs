@@ -2,11 +2,13 @@
 //! and L_d composed from plain tape ops, so the tape delivers every gradient (Δ̄ and the TTQ scales
 //! are op inputs, hence their gradients come back through `Gradients` like any parameter's).
 
+pub mod hyperspherical;
 pub mod ld_tape;
 pub mod ternary_ste;
 pub mod ttq_op;
 pub mod twn_op;
 
+pub use hyperspherical::{normalized_conv2d, normalized_linear, patch_norm};
 pub use ld_tape::{ld_term, ld_total};
 pub use ternary_ste::{ternary_ste, TernarySte};
 pub use ttq_op::{ttq, TtqOp};
