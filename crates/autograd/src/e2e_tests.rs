@@ -252,3 +252,21 @@ fn generic_over_f32_and_f64() {
     assert_eq!(loss_of::<f32>(), 0.5);
     assert_eq!(loss_of::<f64>(), 0.5);
 }
+
+#[test]
+fn retained_intermediate_gradients_are_returned() {
+    // y = 3·x, L = Σ y²: dL/dy = 2y, dL/dx = 6y
+    let mut t = Tape::<f64>::new();
+    let x = t.leaf(ArrayD::from_shape_vec(vec![2], vec![1.0, -1.0]).unwrap());
+    let y = ops::mul_scalar(&mut t, x, 3.0).unwrap();
+    let sq = ops::square(&mut t, y).unwrap();
+    let l = ops::sum_all(&mut t, sq).unwrap();
+    t.retain_grad(y);
+    let g = t.backward(l).unwrap();
+    assert_eq!(g.get(y).unwrap().as_slice().unwrap(), &[6.0, -6.0]);
+    assert_eq!(g.get(x).unwrap().as_slice().unwrap(), &[18.0, -18.0]);
+    assert!(
+        g.get(sq).is_none(),
+        "non-retained intermediate gradients are freed"
+    );
+}

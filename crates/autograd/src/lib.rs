@@ -32,7 +32,7 @@ mod views;
 pub use error::{AutogradError, Result};
 pub use hla_tensor::{Conv2dParams, Float, Par, Pool2dParams};
 pub use op::OpKind;
-pub use ops::CustomOp;
+pub use ops::{BatchNormState, CustomOp};
 pub use param::{Param, ParamId};
 pub use tape::{Gradients, Tape, Var};
 pub mod optim;
