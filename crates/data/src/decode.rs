@@ -110,6 +110,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::RngCore;
 
     #[test]
     fn truncation_is_found_even_with_an_end_marker_in_a_thumbnail() {
@@ -130,6 +131,46 @@ mod tests {
                 "cut at {cut}: {e}"
             );
         }
+        let e = decode_rgb(b"", Path::new("empty.jpg")).unwrap_err();
+        assert!(
+            matches!(e, DataError::NotAnImage { len: 0, .. })
+                && e.to_string().contains("empty.jpg")
+        );
+    }
+
+    /// Corrupted bytes anywhere in a JPEG or PNG give an image or a typed error, never a panic.
+    #[test]
+    fn corrupted_files_never_panic() {
+        let d = crate::shipped_data_dir();
+        let jpg = std::fs::read(d.join("imagenette/val/n03445777/n03445777_0.JPEG")).unwrap();
+        let mut png = Vec::new();
+        image::RgbImage::from_fn(23, 17, |x, y| image::Rgb([x as u8 * 9, y as u8 * 13, 77]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let mut rng = crate::seed::rng_for(11, crate::seed::Purpose::Augment, 0, 0);
+        let (mut ok, mut err) = (0, 0);
+        for (name, src) in [("fuzz.jpg", &jpg), ("fuzz.png", &png)] {
+            for _ in 0..60 {
+                let mut b = src.clone();
+                for _ in 0..1 + crate::seed::below(&mut rng, 8) {
+                    let at = crate::seed::below(&mut rng, b.len());
+                    b[at] = rng.next_u64() as u8;
+                }
+                match decode_rgb(&b, Path::new(name)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        assert!(e.to_string().contains(name), "{e}");
+                        err += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(ok + err, 120);
+        eprintln!("corrupted files: {ok} decoded, {err} typed errors");
+    }
+
+    #[test]
+    fn empty_is_not_an_image() {
         let e = decode_rgb(b"", Path::new("empty.jpg")).unwrap_err();
         assert!(
             matches!(e, DataError::NotAnImage { len: 0, .. })

@@ -272,9 +272,19 @@ impl Loader {
     /// streams of `epoch`, in parallel on the loader's pool. `position` is left 0.
     ///
     /// # Errors
-    /// The first failing sample's error in batch order under [`ErrorPolicy::Error`].
+    /// `BadOption` for an index ≥ `len`; the first failing sample's error in batch order under
+    /// [`ErrorPolicy::Error`].
     pub fn load_batch(&self, epoch: u64, indices: &[usize]) -> Result<Batch> {
         let inner = &*self.inner;
+        if let Some(&bad) = indices.iter().find(|&&i| i >= inner.dataset.len()) {
+            return Err(DataError::BadOption {
+                op: "Loader::load_batch",
+                reason: format!(
+                    "sample index {bad} out of range for {} samples",
+                    inner.dataset.len()
+                ),
+            });
+        }
         let [c, h, w] = inner.dataset.sample_shape();
         let mut images = Array4::<f32>::zeros((indices.len(), c, h, w));
         let seed = inner.cfg.seed;
