@@ -903,7 +903,12 @@ fn shards_partition_the_epoch() {
         ..Default::default()
     };
     assert!(matches!(
-        Loader::new(ds, bad),
+        Loader::new(ds.clone(), bad),
+        Err(DataError::BadOption { .. })
+    ));
+    let l = Loader::new(ds, LoaderConfig::default()).unwrap();
+    assert!(matches!(
+        l.load_batch(0, &[5, 103]),
         Err(DataError::BadOption { .. })
     ));
 }
