@@ -657,12 +657,42 @@ impl MethodState {
             }
             self.aux_sgd.step(lr, &mut entries)?;
         }
+        self.clamp_extras();
+        Ok(())
+    }
+
+    /// The method-owned trainable parameters with their groups, in a fixed order (per layer:
+    /// Δ̄, W^p, W^n, then the gain if any), for callers that step them with their own optimiser
+    /// instead of [`step_extras`](Self::step_extras). Δ̄: weight decay `delta_wd`, lr ×
+    /// `delta_lr_mult`; TTQ scales and gains: no decay. (With a shared optimiser Δ̄ uses that
+    /// optimiser's momentum, not `delta_momentum`.) Call [`clamp_extras`](Self::clamp_extras) after
+    /// the step.
+    pub fn extra_params_mut(&mut self) -> Vec<(&mut Param<f32>, ParamGroup)> {
+        let dgroup = ParamGroup {
+            weight_decay: self.cfg.delta_wd,
+            lr_mult: self.cfg.delta_lr_mult,
+        };
+        let mut out = Vec::new();
         for l in self.hook.layers.iter_mut() {
-            for p in [&mut l.delta_bar, &mut l.ttq_wp, &mut l.ttq_wn] {
-                p.value_mut().mapv_inplace(|v| v.max(0.0));
+            out.push((&mut l.delta_bar, dgroup));
+            out.push((&mut l.ttq_wp, ParamGroup::no_decay()));
+            out.push((&mut l.ttq_wn, ParamGroup::no_decay()));
+            if let Some(g) = l.gain.as_mut() {
+                out.push((g, ParamGroup::no_decay()));
             }
         }
-        Ok(())
+        out
+    }
+
+    /// Clamps Δ̄, W^p and W^n at 0 (spec 8.5 and 11.2).
+    pub fn clamp_extras(&mut self) {
+        for l in self.hook.layers.iter_mut() {
+            for p in [&mut l.delta_bar, &mut l.ttq_wp, &mut l.ttq_wn] {
+                if p.value().iter().any(|&v| v < 0.0) {
+                    p.value_mut().mapv_inplace(|v| v.max(0.0));
+                }
+            }
+        }
     }
 
     /// After the optimiser step: re-projects latent rows onto the sphere (`norm_mode = project`)
@@ -1118,6 +1148,76 @@ mod tests {
         let zeros: usize = m.layers.iter().map(|l| l.zeros).sum();
         assert!(zeros >= 1, "{zeros}");
         assert!(((zeros as f64 / n as f64) - 0.3).abs() < 0.01);
+    }
+
+    /// Copies every parameter and buffer of `src` into `dst` (same architecture).
+    fn copy_state(src: &dyn Model, dst: &mut dyn Model) {
+        use hla_models::{BufferMut, BufferRef, StateMut, StateRef};
+        let vals: Vec<_> = src
+            .state()
+            .into_iter()
+            .map(|(_, s)| match s {
+                StateRef::Param(p) => (Some(p.value().clone()), None, None),
+                StateRef::Buffer(BufferRef::F32(a)) => (None, Some(a.clone()), None),
+                StateRef::Buffer(BufferRef::Count(c)) => (None, None, Some(c)),
+            })
+            .collect();
+        for ((_, d), v) in dst.state_mut().into_iter().zip(vals) {
+            match (d, v) {
+                (StateMut::Param(p), (Some(a), _, _)) => *p.value_mut() = a,
+                (StateMut::Buffer(BufferMut::F32(b)), (_, Some(a), _)) => b.assign(&a),
+                (StateMut::Buffer(BufferMut::Count(c)), (_, _, Some(n))) => *c = n,
+                _ => panic!("state layouts differ"),
+            }
+        }
+    }
+
+    /// Checkpoint after 11 epochs (inside stage 2, Δ̄ trained), resume in a fresh process-like
+    /// setup (JSON round trip of the method state, copied model state and SGD buffers): the
+    /// resumed run ends bit-identical to the uninterrupted one.
+    #[test]
+    fn resume_mid_stage2_is_bit_identical() {
+        let cfg = HlaConfig {
+            stage2_epochs: 3,
+            ..small_cfg(Method::Hla)
+        };
+        let epoch = |model: &mut dyn Model,
+                     st: &mut MethodState,
+                     sgd: &mut Sgd<f32>,
+                     groups: &[ParamGroup]| {
+            st.begin_epoch(model).unwrap();
+            let e = st.algo.epochs_done;
+            for i in 0..2 {
+                let (x, y) = batch(e * 10 + i, 4);
+                let lr = st.lr(2).unwrap();
+                train_step(model, st, sgd, groups, x, &y, lr).unwrap();
+            }
+            st.end_epoch();
+        };
+        let mut a = hla_models::build("resnet20", 10, 3).unwrap();
+        let mut sa = MethodState::new(cfg.clone(), a.as_ref()).unwrap();
+        let (mut sgd_a, groups) = model_optimizer(&cfg, a.as_ref());
+        for _ in 0..11 {
+            epoch(a.as_mut(), &mut sa, &mut sgd_a, &groups);
+        }
+        assert_eq!(sa.algo.phase, Phase::Stage2);
+        let ck = serde_json::to_string(&sa.checkpoint()).unwrap();
+        let mut b = hla_models::build("resnet20", 10, 99).unwrap();
+        copy_state(a.as_ref(), b.as_mut());
+        let mut sb = MethodState::new(cfg.clone(), b.as_ref()).unwrap();
+        sb.restore(&serde_json::from_str(&ck).unwrap()).unwrap();
+        let mut sgd_b = model_optimizer(&cfg, b.as_ref()).0;
+        sgd_b.load_state(sgd_a.state().to_vec()).unwrap();
+        while !sa.algo.is_done() {
+            epoch(a.as_mut(), &mut sa, &mut sgd_a, &groups);
+            epoch(b.as_mut(), &mut sb, &mut sgd_b, &groups);
+        }
+        assert!(sb.algo.is_done());
+        assert_eq!(sa.checkpoint(), sb.checkpoint());
+        for ((n, p), (_, q)) in a.params().into_iter().zip(b.params()) {
+            let bits = |x: &ArrayD<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(p.value()), bits(q.value()), "{n}");
+        }
     }
 
     /// A full miniature HLA run; after stage 2 every non-empty row has α·√nnz = 1, the packed
