@@ -43,8 +43,8 @@ pub(crate) enum Op<F: Float> {
     NormalizeRows { v: Var, inv_norm: Array1<F> },
     Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
     Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
-    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, x_hat: Array4<F>, inv_std: Array1<F> },
-    BatchNorm2dEval { x: Var, gamma: Var, beta: Var, x_hat: Option<Array4<F>>, inv_std: Array1<F> },
+    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
+    BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
     Relu6 { x: Var },
     MaxPool2d { x: Var, argmax: Array4<u32> },
@@ -199,21 +199,21 @@ impl<F: Float> Op<F> {
                 x,
                 gamma,
                 beta,
-                x_hat,
+                mean,
                 inv_std,
             } => {
                 let inputs = (x, gamma, beta);
-                return ops::batch_norm::batch_norm_train_backward(bw, inputs, x_hat, inv_std, dy);
+                return ops::batch_norm::batch_norm_train_backward(bw, inputs, mean, inv_std, dy);
             }
             Op::BatchNorm2dEval {
                 x,
                 gamma,
                 beta,
-                x_hat,
+                mean,
                 inv_std,
             } => {
                 let inputs = (x, gamma, beta);
-                return ops::batch_norm::batch_norm_eval_backward(bw, inputs, x_hat, inv_std, dy);
+                return ops::batch_norm::batch_norm_eval_backward(bw, inputs, mean, inv_std, dy);
             }
             Op::Relu { x } => ops::relu::relu_backward(bw, x, dy),
             Op::Relu6 { x } => ops::relu6::relu6_backward(bw, x, dy),

@@ -7,12 +7,14 @@
 //! Eval: normalise with the running statistics (nothing is updated).
 //! Both: `y = γ·(x − μ)/√(σ² + ε) + β`, ε = 1e-5.
 
-use ndarray::{Array1, Array4, ArrayD, Axis, Zip};
+use ndarray::{Array1, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewMut3, Axis, Zip};
+
+use crate::broadcast::PAR_MIN_LEN;
 
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::views::{as1, as4, grad4};
-use crate::{AutogradError, Float, Result, Tape, Var};
+use crate::{AutogradError, Float, Par, Result, Tape, Var};
 
 const OP: &str = "batch_norm2d";
 
@@ -95,7 +97,9 @@ pub fn batch_norm2d<F: Float>(
             });
         }
         let (mean, var) = hla_tensor::channel_mean_var(xv);
-        let (y, x_hat, inv_std) =
+        // x̂ is not kept: backward recomputes it from x (on the tape), mean and inv_std, so a
+        // training step holds one activation-sized tensor less per batch-norm layer.
+        let (y, _x_hat, inv_std) =
             hla_tensor::batch_norm_forward(xv, mean.view(), var.view(), gv, bv, state.eps);
         let m = state.momentum;
         let bessel = F::from_f64(count as f64 / (count - 1) as f64);
@@ -111,12 +115,12 @@ pub fn batch_norm2d<F: Float>(
                 x,
                 gamma,
                 beta,
-                x_hat,
+                mean,
                 inv_std,
             }),
         )
     } else {
-        let (y, x_hat, inv_std) = hla_tensor::batch_norm_forward(
+        let (y, _x_hat, inv_std) = hla_tensor::batch_norm_forward(
             xv,
             state.running_mean.view(),
             state.running_var.view(),
@@ -124,28 +128,56 @@ pub fn batch_norm2d<F: Float>(
             bv,
             state.eps,
         );
-        let keep_x_hat = tape.requires_grad(gamma);
+        let mean = state.running_mean.clone();
         Ok(tape.push_op(y.into_dyn(), &inputs, || Op::BatchNorm2dEval {
             x,
             gamma,
             beta,
-            x_hat: keep_x_hat.then_some(x_hat),
+            mean,
             inv_std,
         }))
     }
 }
 
+/// `x̂ = (x − mean)·inv_std` per channel, recomputed from the recorded input (element-wise,
+/// split over samples on rayon when `par` allows; the result does not depend on the split).
+fn normalized<F: Float>(
+    x: ArrayView4<'_, F>,
+    mean: &Array1<F>,
+    inv_std: &Array1<F>,
+    par: Par,
+) -> Array4<F> {
+    let mut x_hat = Array4::zeros(x.raw_dim());
+    let plane = |mut out: ArrayViewMut3<'_, F>, x: ArrayView3<'_, F>| {
+        for ((mut o, xc), (&m, &s)) in out
+            .outer_iter_mut()
+            .zip(x.outer_iter())
+            .zip(mean.iter().zip(inv_std))
+        {
+            o.zip_mut_with(&xc, |o, &v| *o = (v - m) * s);
+        }
+    };
+    let zip = Zip::from(x_hat.outer_iter_mut()).and(x.outer_iter());
+    if par == Par::Rayon && x.len() >= PAR_MIN_LEN {
+        zip.par_for_each(plane);
+    } else {
+        zip.for_each(plane);
+    }
+    x_hat
+}
+
 /// Train mode, through the batch statistics (the kernel's formula):
 /// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`
-/// (means and sums per channel over n, h, w).
+/// (means and sums per channel over n, h, w); `x̂` is recomputed from `x`.
 pub(crate) fn batch_norm_train_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
-    x_hat: Array4<F>,
+    mean: Array1<F>,
     inv_std: Array1<F>,
     dy: ArrayD<F>,
 ) -> Result<()> {
     let dy = grad4(dy);
+    let x_hat = normalized(as4(OP, bw.value(x))?, &mean, &inv_std, bw.par);
     let gv = as1(OP, bw.value(gamma))?;
     let (dx, dgamma, dbeta) =
         hla_tensor::batch_norm_backward(dy.view(), x_hat.view(), gv, inv_std.view());
@@ -156,26 +188,33 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     Ok(())
 }
 
-/// Eval mode, statistics constant: `dx = dy·γ·inv_std`, `dγ = Σ dy·x̂`, `dβ = Σ dy` (per
-/// channel; sums over samples in order, each plane in scan order).
+/// Eval mode, statistics constant: `dx = dy·γ·inv_std`, `dγ = Σ dy·x̂`, `dβ = Σ dy` with
+/// `x̂ = (x − running_mean)·inv_std` (per channel; sums over samples in order, each plane in
+/// scan order; `x̂` is never materialised).
 pub(crate) fn batch_norm_eval_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
-    x_hat: Option<Array4<F>>,
+    mean: Array1<F>,
     inv_std: Array1<F>,
     dy: ArrayD<F>,
 ) -> Result<()> {
     let dy = grad4(dy);
     let c = dy.dim().1;
-    if let Some(x_hat) = x_hat.filter(|_| bw.needs(gamma)) {
+    if bw.needs(gamma) {
+        let xv = as4(OP, bw.value(x))?;
         let dgamma: Array1<F> = (0..c)
             .map(|ch| {
-                let (d, xh) = (dy.index_axis(Axis(1), ch), x_hat.index_axis(Axis(1), ch));
-                d.outer_iter()
-                    .zip(xh.outer_iter())
-                    .fold(F::zero(), |s, (d, xh)| {
-                        d.iter().zip(xh.iter()).fold(s, |s, (&d, &xh)| s + d * xh)
-                    })
+                let (m, s) = (mean[ch], inv_std[ch]);
+                let (d, xc) = (dy.index_axis(Axis(1), ch), xv.index_axis(Axis(1), ch));
+                let sum = d
+                    .outer_iter()
+                    .zip(xc.outer_iter())
+                    .fold(F::zero(), |acc, (d, xc)| {
+                        d.iter()
+                            .zip(xc.iter())
+                            .fold(acc, |acc, (&d, &v)| acc + d * (v - m))
+                    });
+                sum * s
             })
             .collect();
         bw.add(gamma, dgamma.into_dyn());
@@ -253,6 +292,26 @@ mod tests {
         assert_eq!(s, before);
         let want = (6.0 - 0.3) / (s.running_var[0] + 1e-5).sqrt();
         assert!((t.value(ye)[[1, 0, 0, 1]] - want).abs() < 1e-12);
+    }
+
+    /// Above the parallel threshold `x̂` is recomputed on rayon; gradients must equal the
+    /// sequential ones bit for bit.
+    #[test]
+    fn large_train_backward_is_bit_identical_seq_vs_rayon() {
+        let xv = uniform(&[4, 3, 80, 80], 5).mapv(|v| v as f32);
+        let run = |par| {
+            let mut t = Tape::<f32>::new();
+            t.set_par(par);
+            let x = t.leaf(xv.clone());
+            let g = t.leaf(ArrayD::from_elem(vec![3], 1.5));
+            let b = t.leaf(ArrayD::zeros(vec![3]));
+            let y = batch_norm2d(&mut t, x, g, b, &mut BatchNormState::new(3), true).unwrap();
+            let seed = xv.mapv(|v| v * v);
+            let grads = t.backward_with(y, seed).unwrap();
+            let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(grads.get(x).unwrap()), bits(grads.get(g).unwrap()))
+        };
+        assert_eq!(run(crate::Par::Seq), run(crate::Par::Rayon));
     }
 
     #[test]
