@@ -14,6 +14,9 @@
 //! are bit-identical for `Par::Seq` and any number of threads on one machine. (Across machines
 //! `matrixmultiply` may pick a different kernel, so bit identity is not promised there.)
 
+use crate::conv_direct::{
+    backward_weight_samples, conv_sample, detect, flip_transpose, pack_weights, Direct, Isa,
+};
 use crate::gemm::{gemm_slices, Mat};
 use crate::{for_each_chunk, Float, Par, Result, TensorError};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
@@ -205,6 +208,62 @@ impl Geom {
     fn depthwise(&self) -> bool {
         self.cin_g == 1
     }
+    /// The direct stride-1 forward kernel applies (stride 1, not depthwise, not 1×1 unpadded,
+    /// a SIMD instruction set present).
+    fn direct_forward<F: 'static>(&self) -> Option<(Direct, Isa)> {
+        if !Direct::supported::<F>()
+            || self.sh != 1
+            || self.sw != 1
+            || self.depthwise()
+            || self.pointwise()
+            || direct_disabled()
+        {
+            return None;
+        }
+        let isa = detect()?;
+        let d = Direct {
+            cin: self.cin_g,
+            h: self.h,
+            w: self.w,
+            ph: self.ph,
+            pw: self.pw,
+            kh: self.kh,
+            kw: self.kw,
+            dh: self.dh,
+            dw: self.dw,
+            cout: self.cout_g,
+            ho: self.ho,
+            wo: self.wo,
+        };
+        Some((d, isa))
+    }
+    /// The input gradient as a direct stride-1 convolution of `dy` (padding `d·(k − 1) − p`,
+    /// which must be ≥ 0) with the flipped, transposed kernel.
+    fn direct_backward_input<F: 'static>(&self) -> Option<(Direct, Isa)> {
+        let (eh, ew) = (self.dh * (self.kh - 1), self.dw * (self.kw - 1));
+        if self.ph > eh || self.pw > ew {
+            return None;
+        }
+        let (_, isa) = self.direct_forward::<F>()?;
+        if self.cin_g < Direct::blocks(isa).0 / 2 {
+            return None; // a mostly empty channel block: im2col + GEMM is cheaper
+        }
+        let d = Direct {
+            cin: self.cout_g,
+            h: self.ho,
+            w: self.wo,
+            ph: eh - self.ph,
+            pw: ew - self.pw,
+            kh: self.kh,
+            kw: self.kw,
+            dh: self.dh,
+            dw: self.dw,
+            cout: self.cin_g,
+            ho: self.h,
+            wo: self.w,
+        };
+        Some((d, isa))
+    }
     /// `(h_off, valid ow range)` helpers: for kernel column `kj`, the output columns `ow` whose
     /// input column `ow·s_w + kj·d_w − p_w` lies inside `[0, w)`, and that offset.
     fn col_range(&self, kj: usize) -> (isize, usize, usize) {
@@ -215,6 +274,24 @@ impl Geom {
         let r = (oh * self.sh + ki * self.dh) as isize - self.ph as isize;
         (r >= 0 && (r as usize) < self.h).then_some(r as usize)
     }
+}
+
+/// Whether the direct path is switched off (only ever by the tests, to compare both paths).
+fn direct_disabled() -> bool {
+    #[cfg(test)]
+    {
+        NO_DIRECT.with(|c| c.get())
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Per-thread switch used by the tests to force the im2col path.
+    pub(crate) static NO_DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn rename(e: TensorError, op: &'static str) -> TensorError {
@@ -461,10 +538,21 @@ pub fn conv2d<F: Float>(
     let mut y = Array4::<F>::zeros((g.n, g.c_out, g.ho, g.wo));
     let ys = y.as_slice_mut().expect("fresh array is contiguous");
     let (np, kd) = (g.npix(), g.kdim());
-    let scratch = if g.depthwise() || g.pointwise() {
-        0
-    } else {
-        kd * np
+    // Direct stride-1 path: one packed weight set per group.
+    let direct = g.direct_forward::<F>();
+    let packed: Vec<Vec<F>> = match direct {
+        Some((d, isa)) => (0..g.groups)
+            .map(|gi| {
+                let cob = Direct::blocks(isa).0;
+                pack_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd], cob)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let scratch = match direct {
+        Some((d, isa)) => d.scratch_len(Direct::blocks(isa).1),
+        None if g.depthwise() || g.pointwise() => 0,
+        None => kd * np,
     };
     for_each_chunk(
         par,
@@ -473,7 +561,13 @@ pub fn conv2d<F: Float>(
         || vec![F::zero(); scratch],
         |cols, s, y_s| {
             let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
-            if g.depthwise() {
+            if let Some((d, isa)) = direct {
+                for (gi, wpk) in packed.iter().enumerate() {
+                    let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                    let y_g = &mut y_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    conv_sample(&d, isa, x_g, wpk, y_g, cols);
+                }
+            } else if g.depthwise() {
                 for co in 0..g.c_out {
                     let ci = co / g.cout_g;
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -551,10 +645,22 @@ pub fn conv2d_backward_input<F: Float>(
     let mut dx = Array4::<F>::zeros((g.n, g.c_in, g.h, g.w));
     let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
     let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
-    let scratch = if g.depthwise() || g.pointwise() {
-        0
-    } else {
-        kd * np
+    // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
+    let direct = g.direct_backward_input::<F>();
+    let packed: Vec<Vec<F>> = match direct {
+        Some((d, isa)) => (0..g.groups)
+            .map(|gi| {
+                let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                let wb = flip_transpose(w_g, g.cout_g, g.cin_g, g.kh, g.kw);
+                pack_weights(&d, &wb, Direct::blocks(isa).0)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let scratch = match direct {
+        Some((d, isa)) => d.scratch_len(Direct::blocks(isa).1),
+        None if g.depthwise() || g.pointwise() => 0,
+        None => kd * np,
     };
     for_each_chunk(
         par,
@@ -563,6 +669,14 @@ pub fn conv2d_backward_input<F: Float>(
         || vec![F::zero(); scratch],
         |dcols, s, dx_s| {
             let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+            if let Some((d, isa)) = direct {
+                for (gi, wpk) in packed.iter().enumerate() {
+                    let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                    conv_sample(&d, isa, dy_g, wpk, dx_g, dcols);
+                }
+                return;
+            }
             if g.depthwise() {
                 for co in 0..g.c_out {
                     let ci = co / g.cout_g;
@@ -666,42 +780,82 @@ pub fn conv2d_backward_weight<F: Float>(
     let wlen = g.c_out * kd;
     let nchunks = g.n.div_ceil(DW_CHUNK);
     let mut partials = vec![F::zero(); nchunks * wlen];
-    let scratch = if g.pointwise() { 0 } else { kd * np };
-    for_each_chunk(
-        par,
-        &mut partials,
-        wlen,
-        || vec![F::zero(); scratch],
-        |cols, c, part| {
-            for (i, s) in (c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n)).enumerate() {
-                let beta = if i == 0 { F::zero() } else { F::one() };
-                let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
-                let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+    if let Some((d, isa)) = g.direct_forward::<F>() {
+        // Direct stride-1 path: one call per (chunk, group) accumulates the chunk's samples.
+        let (xl, dl) = (d.scratch_len(Direct::blocks(isa).1), d.dy_scratch_len(isa));
+        for_each_chunk(
+            par,
+            &mut partials,
+            wlen,
+            || {
+                (
+                    vec![F::zero(); DW_CHUNK * xl],
+                    vec![F::zero(); DW_CHUNK * dl],
+                )
+            },
+            |(xsc, dsc), c, part| {
+                let samples = c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n);
+                let ns = samples.len();
                 for gi in 0..g.groups {
-                    let x_g = &x_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
-                    let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let xg: Vec<&[F]> = samples
+                        .clone()
+                        .map(|s| &xs[s * g.in_sample() + gi * g.cin_g * hw..][..g.cin_g * hw])
+                        .collect();
+                    let dyg: Vec<&[F]> = samples
+                        .clone()
+                        .map(|s| &dys[s * g.out_sample() + gi * g.cout_g * np..][..g.cout_g * np])
+                        .collect();
                     let dw_g = &mut part[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
-                    let b_src: &[F] = if g.pointwise() {
-                        x_g
-                    } else {
-                        im2col(&g, x_g, cols);
-                        cols
-                    };
-                    // dW_g[c_out_g, c_in_g·k_h·k_w] (+)= dY_g[c_out_g, h_out·w_out] · colsᵀ[h_out·w_out, c_in_g·k_h·k_w]
-                    gemm_slices(
-                        F::one(),
-                        dy_g,
-                        Mat::rm(g.cout_g, np), // A: [m = c_out_g, k = h_out·w_out]
-                        b_src,
-                        Mat::rm(kd, np).t(), // B: [k, n = c_in_g·k_h·k_w] (transposed view)
-                        beta,
+                    backward_weight_samples(
+                        &d,
+                        isa,
+                        &xg,
+                        &dyg,
                         dw_g,
-                        Mat::rm(g.cout_g, kd), // C: [m, n]; beta = 0 on a chunk's first sample
+                        &mut xsc[..ns * xl],
+                        &mut dsc[..ns * dl],
                     );
                 }
-            }
-        },
-    );
+            },
+        );
+    } else {
+        let scratch = if g.pointwise() { 0 } else { kd * np };
+        for_each_chunk(
+            par,
+            &mut partials,
+            wlen,
+            || vec![F::zero(); scratch],
+            |cols, c, part| {
+                for (i, s) in (c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n)).enumerate() {
+                    let beta = if i == 0 { F::zero() } else { F::one() };
+                    let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
+                    let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+                    for gi in 0..g.groups {
+                        let x_g = &x_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                        let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                        let dw_g = &mut part[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                        let b_src: &[F] = if g.pointwise() {
+                            x_g
+                        } else {
+                            im2col(&g, x_g, cols);
+                            cols
+                        };
+                        // dW_g[c_out_g, c_in_g·k_h·k_w] (+)= dY_g[c_out_g, h_out·w_out] · colsᵀ[h_out·w_out, c_in_g·k_h·k_w]
+                        gemm_slices(
+                            F::one(),
+                            dy_g,
+                            Mat::rm(g.cout_g, np), // A: [m = c_out_g, k = h_out·w_out]
+                            b_src,
+                            Mat::rm(kd, np).t(), // B: [k, n = c_in_g·k_h·k_w] (transposed view)
+                            beta,
+                            dw_g,
+                            Mat::rm(g.cout_g, kd), // C: [m, n]; beta = 0 on a chunk's first sample
+                        );
+                    }
+                }
+            },
+        );
+    }
     // Chunk partials summed in chunk order.
     let (first, rest) = partials.split_at(wlen);
     dws.copy_from_slice(first);
@@ -947,6 +1101,45 @@ mod tests {
         }
     }
 
+    /// f32: the direct stride-1 kernels (when this CPU has them) and the im2col + GEMM path both
+    /// match the f64 naive reference, on the case matrix plus wider channel counts that fill
+    /// whole SIMD channel blocks.
+    #[test]
+    fn conv2d_f32_direct_and_im2col_paths_match_naive() {
+        let mut cs = cases();
+        cs.push(case(3, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1));
+        cs.push(case(1, 32, 20, (5, 11), (3, 2), (1, 1), (2, 1), (2, 1), 2));
+        for (i, c) in cs.into_iter().enumerate() {
+            let p = c.params();
+            let seed = 1000 + 10 * i as u64;
+            let x = rand_array::<f32, _, _>(c.x_shape(), seed);
+            let w = rand_array::<f32, _, _>(c.w_shape(), seed + 1);
+            let dy = rand_array::<f32, _, _>(c.y_shape(), seed + 2);
+            let (xd, wd, dyd) = (to_f64(&x), to_f64(&w), to_f64(&dy));
+            let ry = naive_conv2d(&xd, &wd, None, &p);
+            let (rdx, rdw) = naive_conv2d_backward(&xd, &wd, &dyd, &p);
+            for no_direct in [false, true] {
+                NO_DIRECT.with(|f| f.set(no_direct));
+                let y = conv2d(x.view(), w.view(), None, &p, Par::Rayon).unwrap();
+                let dx = conv2d_backward_input(dy.view(), w.view(), c.hw, &p, Par::Rayon).unwrap();
+                let dw = conv2d_backward_weight(x.view(), dy.view(), c.k, &p, Par::Rayon).unwrap();
+                NO_DIRECT.with(|f| f.set(false));
+                assert!(
+                    max_rel_err(&to_f64(&y), &ry) < 1e-5,
+                    "y {c:?} no_direct={no_direct}"
+                );
+                assert!(
+                    max_rel_err(&to_f64(&dx), &rdx) < 1e-5,
+                    "dx {c:?} no_direct={no_direct}"
+                );
+                assert!(
+                    max_rel_err(&to_f64(&dw), &rdw) < 1e-5,
+                    "dw {c:?} no_direct={no_direct}"
+                );
+            }
+        }
+    }
+
     /// Batch 10 > DW_CHUNK, so the weight gradient really is split into several chunks.
     #[test]
     fn conv2d_is_bit_identical_with_1_and_2_threads() {
@@ -960,6 +1153,7 @@ mod tests {
             case(10, 4, 6, (9, 7), (3, 3), (2, 1), (1, 1), (1, 1), 2),
             case(10, 6, 6, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 6),
             case(10, 4, 8, (5, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1),
+            case(10, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1),
         ] {
             let one = pool(1).install(|| all_outputs(&c, Par::Rayon));
             let two = pool(2).install(|| all_outputs(&c, Par::Rayon));

@@ -2,8 +2,9 @@
 //! views cost nothing). `matrixmultiply` runs single-threaded here: parallelism lives in the
 //! callers (convolution over the batch), which keeps every reduction in a fixed order.
 
-use crate::{Float, Result, TensorError};
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use crate::{Float, Par, Result, TensorError};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 
 /// `C ← α·A·B + β·C`.
 ///
@@ -84,6 +85,40 @@ pub fn matmul<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Result<Array2<F>>
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
     gemm(F::one(), a, b, F::zero(), c.view_mut())?;
     Ok(c)
+}
+
+/// Column-block width of [`gemm_par`]: a constant, so the split never depends on the thread
+/// count (and each element's sum over `k` runs in the same order in any split).
+pub const GEMM_PAR_COLS: usize = 128;
+
+/// [`gemm`] split over blocks of [`GEMM_PAR_COLS`] columns of `C` (on the rayon pool with
+/// `Par::Rayon`). Every element is computed by the same single-threaded kernel whatever the
+/// split, so the result is bit-identical to [`gemm`] and across thread counts.
+///
+/// # Shapes
+/// As [`gemm`]: `a`: `[m, k]`, `b`: `[k, n]`, `c`: `[m, n]`.
+/// # Errors
+/// `ShapeMismatch` (op `gemm`) if the inner dimensions or the output shape disagree.
+pub fn gemm_par<F: Float>(
+    alpha: F,
+    a: ArrayView2<F>,
+    b: ArrayView2<F>,
+    beta: F,
+    mut c: ArrayViewMut2<F>,
+    par: Par,
+) -> Result<()> {
+    if par == Par::Seq
+        || b.ncols() <= GEMM_PAR_COLS
+        || a.ncols() != b.nrows()
+        || c.dim() != (a.nrows(), b.ncols())
+    {
+        return gemm(alpha, a, b, beta, c);
+    }
+    let cb: Vec<_> = c.axis_chunks_iter_mut(Axis(1), GEMM_PAR_COLS).collect();
+    let bb: Vec<_> = b.axis_chunks_iter(Axis(1), GEMM_PAR_COLS).collect();
+    cb.into_par_iter()
+        .zip(bb)
+        .try_for_each(|(cj, bj)| gemm(alpha, a, bj, beta, cj))
 }
 
 /// A matrix stored in a slice: `[rows, cols]` with element strides (non-negative).
@@ -254,6 +289,26 @@ mod tests {
         )
         .unwrap();
         assert!(c.iter().all(|&v| v == 6.0));
+    }
+
+    #[test]
+    fn gemm_par_is_bit_identical_to_gemm_for_any_thread_count() {
+        let a = rand_array::<f32, _, _>((70, 90), 1);
+        let b = rand_array::<f32, _, _>((90, 333), 2);
+        let c0 = rand_array::<f32, _, _>((70, 333), 3);
+        let run = |par, threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut c = c0.clone();
+            pool.install(|| gemm_par(1.5, a.view(), b.view(), 0.5, c.view_mut(), par))
+                .unwrap();
+            c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let seq = run(Par::Seq, 1);
+        assert_eq!(seq, run(Par::Rayon, 1));
+        assert_eq!(seq, run(Par::Rayon, 2));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod activation;
 mod batchnorm;
 mod conv;
+mod conv_direct;
 mod error;
 mod float;
 mod gemm;
@@ -28,7 +29,7 @@ pub use conv::{
 };
 pub use error::{Result, TensorError};
 pub use float::Float;
-pub use gemm::{gemm, matmul};
+pub use gemm::{gemm, gemm_par, matmul, GEMM_PAR_COLS};
 pub use pool::{
     avg_pool2d, avg_pool2d_backward, global_avg_pool, global_avg_pool_backward, max_pool2d,
     max_pool2d_backward, Pool2dParams,

@@ -1,0 +1,494 @@
+//! Direct stride-1 convolution microkernel (part of the convolution family in `conv.rs`): no
+//! im2col and no GEMM packing. Used on x86-64 with AVX2+FMA or AVX-512 for stride-1 grouped
+//! convolutions with `c_in / groups ≥ 2` (forward, and the input gradient, which is a stride-1
+//! convolution of `dy` with the flipped, transposed kernel).
+//!
+//! The output is computed over the flattened zero-padded input grid: output position
+//! `q = oh·w_p + ow` reads `x_p[ci, q + ki·d_h·w_p + kj·d_w]` for every tap, so a block of `PXB`
+//! consecutive `q` is one contiguous load per (channel, tap) even across rows; the `w_p − w_out`
+//! junk columns per row are computed and dropped on store. A block of `COB` output channels ×
+//! `PXB` positions is accumulated in registers, summing over `(ci, ki, kj)` in that order with
+//! fused multiply-adds: the order never depends on the thread count.
+
+use crate::Float;
+
+/// Instruction set chosen at run time (constant for a machine, so results are reproducible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The best supported instruction set, or `None` (then callers use im2col + GEMM).
+pub(crate) fn detect() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Isa::Avx2);
+        }
+    }
+    None
+}
+
+/// One stride-1 convolution of a single group: `x [cin, h, w]` → `y [cout, ho, wo]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Direct {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub cout: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Direct {
+    fn hp(&self) -> usize {
+        self.h + 2 * self.ph
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    fn taps(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Whether the direct kernels exist for `F` (only `f32`; `f64` takes im2col + GEMM).
+    pub fn supported<F: 'static>() -> bool {
+        std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
+    }
+    /// `(COB, PXB)` block sizes for this ISA (f32).
+    pub fn blocks(isa: Isa) -> (usize, usize) {
+        match isa {
+            Isa::Avx512 => (16, 16),
+            Isa::Avx2 => (8, 8),
+        }
+    }
+    /// Scratch length for the padded input (with slack so a whole block can always be loaded).
+    pub fn scratch_len(&self, pxb: usize) -> usize {
+        self.cin * self.hp() * self.wp() + pxb + self.kw * self.dw + 1
+    }
+}
+
+/// Packs `w [cout, cin, kh, kw]` (row-major) into `COB`-channel blocks laid out
+/// `[block][ci][ki][kj][COB]`, zero-filled past `cout`.
+pub(crate) fn pack_weights<F: Float>(d: &Direct, w: &[F], cob: usize) -> Vec<F> {
+    let taps = d.taps();
+    let nb = d.cout.div_ceil(cob);
+    let mut out = vec![F::zero(); nb * taps * cob];
+    for co in 0..d.cout {
+        let (b, c) = (co / cob, co % cob);
+        for t in 0..taps {
+            out[(b * taps + t) * cob + c] = w[co * taps + t];
+        }
+    }
+    out
+}
+
+/// Flipped, transposed kernel for the input gradient: `wb[ci, co, ki, kj] =
+/// w[co, ci, kh−1−ki, kw−1−kj]`, with `w [cout, cin, kh, kw]` → `wb [cin, cout, kh, kw]`.
+pub(crate) fn flip_transpose<F: Float>(
+    w: &[F],
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+) -> Vec<F> {
+    let mut out = vec![F::zero(); w.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    out[((ci * cout + co) * kh + ki) * kw + kj] =
+                        w[((co * cin + ci) * kh + (kh - 1 - ki)) * kw + (kw - 1 - kj)];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `y [cout, ho, wo] = conv(x [cin, h, w])` with packed weights `wpk` (see [`pack_weights`]).
+/// `scratch` must hold [`Direct::scratch_len`] elements. Only `F = f32` takes this path (see
+/// [`Direct::supported`]).
+pub(crate) fn conv_sample<F: Float>(
+    d: &Direct,
+    isa: Isa,
+    x: &[F],
+    wpk: &[F],
+    y: &mut [F],
+    scratch: &mut [F],
+) {
+    assert!(
+        Direct::supported::<F>(),
+        "hla-tensor internal error: direct convolution needs f32"
+    );
+    let (hp, wp) = (d.hp(), d.wp());
+    // Zero-padded copy of the input.
+    scratch.fill(F::zero());
+    for ci in 0..d.cin {
+        for ih in 0..d.h {
+            let dst = (ci * hp + ih + d.ph) * wp + d.pw;
+            scratch[dst..dst + d.w].copy_from_slice(&x[(ci * d.h + ih) * d.w..][..d.w]);
+        }
+    }
+    let (cob, pxb) = Direct::blocks(isa);
+    let qend = (d.ho - 1) * wp + d.wo;
+    let max_read =
+        (d.cin - 1) * hp * wp + (d.kh - 1) * d.dh * wp + (d.kw - 1) * d.dw + qend - 1 + pxb;
+    assert!(
+        max_read <= scratch.len(),
+        "hla-tensor internal error: direct scratch too small"
+    );
+    assert_eq!(
+        wpk.len(),
+        d.cout.div_ceil(cob) * d.taps() * cob,
+        "hla-tensor internal error: packed weights"
+    );
+    assert_eq!(
+        y.len(),
+        d.cout * d.ho * d.wo,
+        "hla-tensor internal error: direct output"
+    );
+    // SAFETY: F is f32 (checked above), so the slices reinterpret to the same type.
+    let (xp, wpk, y) = unsafe {
+        (
+            std::slice::from_raw_parts(scratch.as_ptr() as *const f32, scratch.len()),
+            std::slice::from_raw_parts(wpk.as_ptr() as *const f32, wpk.len()),
+            std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, y.len()),
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `isa` comes from `detect()`, so the target features are present; the loads stay
+    // within `xp` and `wpk` (bounds asserted above).
+    unsafe {
+        match isa {
+            Isa::Avx512 => run_avx512(d, xp, wpk, y),
+            Isa::Avx2 => run_avx2(d, xp, wpk, y),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, xp, wpk, y);
+        unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
+    }
+}
+
+/// Writes the valid positions of one `[COB][PXB]` block (starting at flattened `q0`) to `y`.
+#[inline(always)]
+fn store_block<const PXB: usize>(
+    d: &Direct,
+    acc: &[[f32; PXB]],
+    q0: usize,
+    co0: usize,
+    nco: usize,
+    y: &mut [f32],
+) {
+    let wp = d.wp();
+    let qend = (d.ho - 1) * wp + d.wo;
+    let npix = d.ho * d.wo;
+    let qb = (q0 + PXB).min(qend);
+    let mut q = q0;
+    while q < qb {
+        let (oh, ow) = (q / wp, q % wp);
+        if ow >= d.wo {
+            q += wp - ow; // skip the junk columns
+            continue;
+        }
+        let len = (d.wo - ow).min(qb - q);
+        let (lane, o) = (q - q0, oh * d.wo + ow);
+        for (c, row) in acc.iter().enumerate().take(nco) {
+            y[(co0 + c) * npix + o..][..len].copy_from_slice(&row[lane..lane + len]);
+        }
+        q += len;
+    }
+}
+
+macro_rules! direct_kernel {
+    ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $cob:literal, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
+        /// Blocks of `COB` channels × `PXB` flattened positions, channel blocks outer.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(d: &Direct, xp: &[f32], wpk: &[f32], y: &mut [f32]) {
+            use std::arch::x86_64::*;
+            const COB: usize = $cob;
+            const PXB: usize = $lanes;
+            let (hp, wp) = (d.hp(), d.wp());
+            let taps = d.taps();
+            let qend = (d.ho - 1) * wp + d.wo;
+            let xpp = xp.as_ptr();
+            for b in 0..d.cout.div_ceil(COB) {
+                let wb = wpk.as_ptr().add(b * taps * COB);
+                let nco = COB.min(d.cout - b * COB);
+                let mut q0 = 0;
+                while q0 < qend {
+                    let mut acc: [$vec; COB] = [$zero(); COB];
+                    for ci in 0..d.cin {
+                        for ki in 0..d.kh {
+                            let base = ci * hp * wp + ki * d.dh * wp + q0;
+                            for kj in 0..d.kw {
+                                // SAFETY (whole block): indices bounded by the caller's asserts.
+                                let xv = $load(xpp.add(base + kj * d.dw));
+                                let wt = wb.add(((ci * d.kh + ki) * d.kw + kj) * COB);
+                                for (c, a) in acc.iter_mut().enumerate() {
+                                    *a = $fmadd($set1(*wt.add(c)), xv, *a);
+                                }
+                            }
+                        }
+                    }
+                    let mut out = [[0.0f32; PXB]; COB];
+                    for (o, a) in out.iter_mut().zip(acc.iter()) {
+                        $store(o.as_mut_ptr(), *a);
+                    }
+                    store_block::<PXB>(d, &out, q0, b * COB, nco, y);
+                    q0 += PXB;
+                }
+            }
+        }
+    };
+}
+
+direct_kernel!(
+    run_avx512,
+    "avx512f",
+    __m512,
+    16,
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+direct_kernel!(
+    run_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
+
+/// Weight gradient of a few samples by the same flattened-grid trick, for a stride-1
+/// convolution: `dw[co, t] += Σ_s Σ_q dy_p[s, co, q] · x_p[s, q + off_t]` with `t = (ci, ki, kj)`,
+/// where `dy_p` is `dy` laid out on the padded width (zeros in the junk columns) and `x_p` the
+/// padded input. Each `(co, t)` is accumulated lane-wise over samples (in order) and positions,
+/// then reduced over the lanes in a fixed pairwise order and added to `dw`: the order depends
+/// only on the number of samples passed, never on the thread count.
+///
+/// `xs_in[s]`: `[cin, h, w]`, `dys_in[s]`: `[cout, ho, wo]`, `dw [cout, cin·kh·kw]` (accumulated
+/// into); `xs` scratch of `n·`[`Direct::scratch_len`], `ds` of `n·`[`Direct::dy_scratch_len`].
+pub(crate) fn backward_weight_samples<F: Float>(
+    d: &Direct,
+    isa: Isa,
+    xs_in: &[&[F]],
+    dys_in: &[&[F]],
+    dw: &mut [F],
+    xs: &mut [F],
+    ds: &mut [F],
+) {
+    assert!(
+        Direct::supported::<F>(),
+        "hla-tensor internal error: direct convolution needs f32"
+    );
+    let ns = xs_in.len();
+    assert_eq!(ns, dys_in.len(), "hla-tensor internal error: sample lists");
+    let (hp, wp) = (d.hp(), d.wp());
+    let (cob, tb, lanes) = Direct::dw_blocks(isa);
+    let xl = d.scratch_len(Direct::blocks(isa).1);
+    let dl = d.dy_scratch_len(isa);
+    let qpad = d.qpad(lanes);
+    assert!(
+        xs.len() >= ns * xl && ds.len() >= ns * dl,
+        "hla-tensor internal error: dw scratch"
+    );
+    xs.fill(F::zero());
+    ds.fill(F::zero());
+    for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
+        for ci in 0..d.cin {
+            for ih in 0..d.h {
+                let dst = s * xl + (ci * hp + ih + d.ph) * wp + d.pw;
+                xs[dst..dst + d.w].copy_from_slice(&x[(ci * d.h + ih) * d.w..][..d.w]);
+            }
+        }
+        for co in 0..d.cout {
+            for oh in 0..d.ho {
+                let dst = s * dl + co * qpad + oh * wp;
+                ds[dst..dst + d.wo].copy_from_slice(&dy[(co * d.ho + oh) * d.wo..][..d.wo]);
+            }
+        }
+    }
+    // Tap offsets into the padded input, padded to a multiple of the tap block with offset 0.
+    let taps = d.taps();
+    let mut off = vec![0usize; taps.div_ceil(tb) * tb];
+    for ci in 0..d.cin {
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                off[(ci * d.kh + ki) * d.kw + kj] = ci * hp * wp + ki * d.dh * wp + kj * d.dw;
+            }
+        }
+    }
+    let max_off = off.iter().copied().max().unwrap_or(0);
+    assert!(
+        max_off + qpad <= xl,
+        "hla-tensor internal error: direct dw scratch"
+    );
+    assert!(
+        dl >= d.cout.div_ceil(cob) * cob * qpad,
+        "hla-tensor internal error: dy scratch"
+    );
+    assert_eq!(
+        dw.len(),
+        d.cout * taps,
+        "hla-tensor internal error: dw length"
+    );
+    // SAFETY: F is f32 (checked above).
+    let (xp, dp, dw) = unsafe {
+        (
+            std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len()),
+            std::slice::from_raw_parts(ds.as_ptr() as *const f32, ds.len()),
+            std::slice::from_raw_parts_mut(dw.as_mut_ptr() as *mut f32, dw.len()),
+        )
+    };
+    let dims = (ns, xl, dl, qpad);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `isa` from `detect()`; loads bounded by the asserts above.
+    unsafe {
+        match isa {
+            Isa::Avx512 => dw_avx512(d, xp, dp, &off, dims, dw),
+            Isa::Avx2 => dw_avx2(d, xp, dp, &off, dims, dw),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, xp, dp, off, dims, dw);
+        unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
+    }
+}
+
+impl Direct {
+    /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
+    pub fn dw_blocks(isa: Isa) -> (usize, usize, usize) {
+        match isa {
+            Isa::Avx512 => (4, 6, 16),
+            Isa::Avx2 => (2, 5, 8),
+        }
+    }
+    /// Flattened output positions rounded up to whole vectors.
+    fn qpad(&self, lanes: usize) -> usize {
+        ((self.ho - 1) * self.wp() + self.wo).div_ceil(lanes) * lanes
+    }
+    /// Scratch length for `dy` on the padded width (rows padded to a whole channel block).
+    pub fn dy_scratch_len(&self, isa: Isa) -> usize {
+        let (cob, _, lanes) = Self::dw_blocks(isa);
+        self.cout.div_ceil(cob) * cob * self.qpad(lanes)
+    }
+}
+
+macro_rules! dw_kernel {
+    ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $cob:literal, $tb:literal, $zero:ident, $load:ident, $fmadd:ident, $store:ident) => {
+        /// Blocks of `COB` channels × `TB` taps, each accumulated over all positions.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(
+            d: &Direct,
+            xp: &[f32],
+            dp: &[f32],
+            off: &[usize],
+            (ns, xl, dl, qpad): (usize, usize, usize, usize),
+            dw: &mut [f32],
+        ) {
+            use std::arch::x86_64::*;
+            const COB: usize = $cob;
+            const TB: usize = $tb;
+            const L: usize = $lanes;
+            let taps = d.taps();
+            let (xpp, dpp) = (xp.as_ptr(), dp.as_ptr());
+            for cb in 0..d.cout.div_ceil(COB) {
+                for tbk in 0..off.len() / TB {
+                    let o: [usize; TB] = off[tbk * TB..(tbk + 1) * TB]
+                        .try_into()
+                        .expect("TB offsets");
+                    let mut acc: [[$vec; TB]; COB] = [[$zero(); TB]; COB];
+                    for s in 0..ns {
+                        let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl));
+                        let mut q = 0;
+                        while q < qpad {
+                            let mut dv: [$vec; COB] = [$zero(); COB];
+                            for (c, v) in dv.iter_mut().enumerate() {
+                                *v = $load(db.add((cb * COB + c) * qpad + q));
+                            }
+                            for t in 0..TB {
+                                let xv = $load(xb.add(o[t] + q));
+                                for c in 0..COB {
+                                    acc[c][t] = $fmadd(dv[c], xv, acc[c][t]);
+                                }
+                            }
+                            q += L;
+                        }
+                    }
+                    for c in 0..COB {
+                        let co = cb * COB + c;
+                        if co >= d.cout {
+                            break;
+                        }
+                        for t in 0..TB {
+                            let tap = tbk * TB + t;
+                            if tap >= taps {
+                                break;
+                            }
+                            let mut lanes = [0.0f32; L];
+                            $store(lanes.as_mut_ptr(), acc[c][t]);
+                            // Fixed pairwise order over the lanes.
+                            let mut n = L;
+                            while n > 1 {
+                                n /= 2;
+                                for i in 0..n {
+                                    lanes[i] += lanes[i + n];
+                                }
+                            }
+                            dw[co * taps + tap] += lanes[0];
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+dw_kernel!(
+    dw_avx512,
+    "avx512f",
+    __m512,
+    16,
+    4,
+    6,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+dw_kernel!(
+    dw_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    2,
+    5,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
