@@ -248,6 +248,28 @@ impl Method {
     }
 }
 
+impl Method {
+    /// The same method as crates/hla names it.
+    pub fn core(self) -> hla_core::Method {
+        match self {
+            Method::Fp => hla_core::Method::Fp,
+            Method::Hla => hla_core::Method::Hla,
+            Method::Twn => hla_core::Method::Twn,
+            Method::Ttq => hla_core::Method::Ttq,
+        }
+    }
+
+    /// The CLI's name of a crates/hla method.
+    pub fn from_core(m: hla_core::Method) -> Method {
+        match m {
+            hla_core::Method::Fp => Method::Fp,
+            hla_core::Method::Hla => Method::Hla,
+            hla_core::Method::Twn => Method::Twn,
+            hla_core::Method::Ttq => Method::Ttq,
+        }
+    }
+}
+
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -267,331 +289,10 @@ pub struct QuantizeConfig {
     pub baseline_epochs: Option<usize>,
 }
 
-/// Threshold scope (A1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThresholdScope {
-    /// One quantile over all quantised layers.
-    Global,
-    /// One quantile per layer.
-    PerLayer,
-}
-
-/// Quantile index convention (A2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuantileIndex {
-    /// T = a[⌊tN⌋] (ascending, 0-based).
-    ZeroBased,
-    /// T = a[⌊tN⌋ − 1].
-    KthSmallest,
-}
-
-/// When stage 1 recomputes Δ (A5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeltaRefresh {
-    /// Once at the start of each sub-stage.
-    PerStage,
-    /// Every step.
-    PerStep,
-}
-
-/// Reduction of L_d over layers (A8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LdReduce {
-    /// Sum over quantised layers.
-    Sum,
-    /// Mean over quantised layers.
-    Mean,
-}
-
-/// Rows whose entries are all below the threshold (A10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmptyRow {
-    /// ŵ_j = 0, α_j = 0.
-    Zero,
-    /// Keep the largest-|w| entry at ±1.
-    KeepMax,
-}
-
-/// STE re-scaling (A13).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SteScale {
-    /// S = 1 − W⊙W (Eq. 12).
-    OneMinusW2,
-    /// Plain STE (Figure 3 "without S").
-    Identity,
-}
-
-/// Which gradient feeds Δ̄ (A14a).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeltaGradSource {
-    /// After the S scaling.
-    PostS,
-    /// Before the S scaling.
-    PreS,
-}
-
-/// Which entries feed Δ̄ (A14b).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeltaGradMask {
-    /// Ternary non-zeros only.
-    Nonzero,
-    /// Every entry.
-    All,
-}
-
-/// Normaliser of the Δ̄ gradient (A14c).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeltaGradNorm {
-    /// Divide by m·n.
-    Numel,
-    /// Divide by the masked count.
-    Count,
-}
-
-/// Sign of the Δ̄ gradient (A14e).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeltaGradSign {
-    /// As written in Eq. 13.
-    Signed,
-    /// −mean |g| (always raises Δ̄).
-    NegAbs,
-}
-
-/// Input normalisation of hyperspherical layers (A16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputNorm {
-    /// Patch norm sqrt(conv(x², ONES) + eps_x).
-    Patch,
-    /// No input normalisation.
-    None,
-}
-
-/// Weight normalisation mode (A17).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NormMode {
-    /// w = v/‖v‖ re-parameterisation.
-    Reparam,
-    /// Projection after each step.
-    Project,
-}
-
-/// Which layers are hyperspherical (A17).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HypersphericalLayers {
-    /// Exactly the quantised layers.
-    Quantised,
-    /// Every conv / linear layer.
-    All,
-}
-
-/// Gain of quantised layers with no BN after them (A18).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoBnGain {
-    /// Learnable per-row gain initialised to ‖v_j‖.
-    Learnable,
-    /// No gain.
-    None,
-}
-
-/// How Sim (Table 4) averages (A22).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SimAverage {
-    /// Unweighted mean over all rows of all quantised layers.
-    Rows,
-    /// Mean of per-layer means.
-    Layers,
-}
-
-/// `[hla]`: every knob of the method (spec section 15) with its documented default, plus the
-/// optimiser of the quantisation phases (paper section 10.1) and the TWN / TTQ baselines.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HlaKnobs {
-    /// Method `hla quantize` runs: `hla`, `twn`, `ttq` (or `fp`); `--method` overrides it.
-    #[serde(default = "d_method")]
-    pub method: Method,
-    /// A1: `global` or `per_layer`.
-    #[serde(default = "d_scope")]
-    pub threshold_scope: ThresholdScope,
-    /// A2: `zero_based` or `kth_smallest`.
-    #[serde(default = "d_qidx")]
-    pub quantile_index: QuantileIndex,
-    /// A3: first stage-1 sparsity t, in percent (30).
-    #[serde(default = "d_t_start")]
-    pub t_start_pct: u32,
-    /// A4: step of t in percent (4).
-    #[serde(default = "d_t_step")]
-    pub t_step_pct: u32,
-    /// A4: the loop runs while t < t_end (70).
-    #[serde(default = "d_t_end")]
-    pub t_end_pct: u32,
-    /// A4: also run a sub-stage at t = t_end.
-    #[serde(default)]
-    pub t_include_end: bool,
-    /// A5: `per_stage` or `per_step`.
-    #[serde(default = "d_refresh")]
-    pub stage1_delta_refresh: DeltaRefresh,
-    /// A6: epochs per stage-1 sub-stage (10).
-    #[serde(default = "d_epochs_per_stage")]
-    pub stage1_epochs_per_stage: usize,
-    /// A7: weight λ of L_d (1.0; 0 gives Table 4's "Hypersphere").
-    #[serde(default = "d_one_f64")]
-    pub lambda_d: f64,
-    /// A8: `sum` or `mean` over layers.
-    #[serde(default = "d_ld_reduce")]
-    pub ld_reduce: LdReduce,
-    /// A9: STE gradient through Ŵ inside L_d.
-    #[serde(default)]
-    pub ld_ste: bool,
-    /// A10: `zero` or `keep_max`.
-    #[serde(default = "d_empty_row")]
-    pub empty_row: EmptyRow,
-    /// A11: initial Δ̄ = T(stage2_init_pct) (80).
-    #[serde(default = "d_stage2_init")]
-    pub stage2_init_pct: u32,
-    /// A13: `one_minus_w2` or `identity`.
-    #[serde(default = "d_ste_scale")]
-    pub ste_scale: SteScale,
-    /// A14a: `post_s` or `pre_s`.
-    #[serde(default = "d_dg_source")]
-    pub delta_grad_source: DeltaGradSource,
-    /// A14b: `nonzero` or `all`.
-    #[serde(default = "d_dg_mask")]
-    pub delta_grad_mask: DeltaGradMask,
-    /// A14c: `numel` or `count`.
-    #[serde(default = "d_dg_norm")]
-    pub delta_grad_norm: DeltaGradNorm,
-    /// A14e: `signed` or `neg_abs`.
-    #[serde(default = "d_dg_sign")]
-    pub delta_grad_sign: DeltaGradSign,
-    /// A15: learning-rate multiplier of Δ̄ (1.0).
-    #[serde(default = "d_one_f64")]
-    pub delta_lr_mult: f64,
-    /// A15: momentum of Δ̄ (0.9).
-    #[serde(default = "d_momentum")]
-    pub delta_momentum: f64,
-    /// A15: weight decay of Δ̄ (0).
-    #[serde(default)]
-    pub delta_wd: f64,
-    /// A16: `patch` or `none`.
-    #[serde(default = "d_input_norm")]
-    pub input_norm: InputNorm,
-    /// A16: eps inside the patch norm (1e-4).
-    #[serde(default = "d_eps_x")]
-    pub eps_x: f64,
-    /// A16: eps inside the weight-row norm (1e-12).
-    #[serde(default = "d_eps_w")]
-    pub eps_w: f64,
-    /// A17: `reparam` or `project`.
-    #[serde(default = "d_norm_mode")]
-    pub norm_mode: NormMode,
-    /// A17: `quantised` or `all`.
-    #[serde(default = "d_hs_layers")]
-    pub hyperspherical_layers: HypersphericalLayers,
-    /// A18: input normalisation for quantised layers with no BN after them.
-    #[serde(default)]
-    pub no_bn_input_norm: bool,
-    /// A18: `learnable` or `none`.
-    #[serde(default = "d_no_bn_gain")]
-    pub no_bn_gain: NoBnGain,
-    /// A20: stage-2 epochs (200).
-    #[serde(default = "d_stage2_epochs")]
-    pub stage2_epochs: usize,
-    /// A21: hyperspherical warm-up epochs without L_d before stage 1 (0).
-    #[serde(default)]
-    pub hs_warmup_epochs: usize,
-    /// A22: `rows` or `layers`.
-    #[serde(default = "d_sim_average")]
-    pub sim_average: SimAverage,
-    /// A22: t (percent) of the threshold used for the Sim metric (70).
-    #[serde(default = "d_sim_t")]
-    pub sim_t_pct: u32,
-    /// A23: layers kept in full precision; empty = the model's default (ResNet: first conv and
-    /// last FC; MobileNetV2: first conv).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skip_layers: Option<Vec<String>>,
-    /// A24: fp16 activations (not implemented: f32 activations are used and reported).
-    #[serde(default)]
-    pub amp: bool,
-    /// Section 3.3 note: train-mode forwards (no update) to re-estimate BN statistics after the
-    /// hyperspherical conversion and before each evaluation of a short run (0 = off).
-    #[serde(default)]
-    pub bn_recalibrate_batches: usize,
-    /// A19: SGDR period T_0 in epochs (10).
-    #[serde(default = "d_t0")]
-    pub sgdr_t0_epochs: usize,
-    /// A19: SGDR period multiplier T_mult (1).
-    #[serde(default = "d_one_usize")]
-    pub sgdr_t_mult: usize,
-    /// A19: SGDR floor eta_min (0).
-    #[serde(default)]
-    pub sgdr_eta_min: f64,
-    /// A26: weight decay on BatchNorm affine parameters too (true).
-    #[serde(default = "d_true")]
-    pub wd_on_bn: bool,
-    /// A27: TTQ W^n gradient, `chain_rule` or `literal`.
-    #[serde(default = "d_ttq_wn")]
-    pub ttq_wn_grad: TtqWnGrad,
-    /// A27: TTQ initial scales, `one` or `twn_alpha`.
-    #[serde(default = "d_ttq_init")]
-    pub ttq_scale_init: TtqScaleInit,
-    /// A27: divide TTQ's latent-weight gradient by max|W|.
-    #[serde(default)]
-    pub ttq_grad_div_max: bool,
-    /// TTQ threshold factor t in Δ = t·max|W| (0.05).
-    #[serde(default = "d_ttq_t")]
-    pub ttq_threshold: f64,
-    /// TWN threshold factor f in Δ = f·mean|W| (0.7).
-    #[serde(default = "d_twn_factor")]
-    pub twn_threshold: f64,
-    /// Peak learning rate (paper: 0.01).
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    /// SGD momentum (paper: 0.9).
-    #[serde(default = "d_momentum")]
-    pub momentum: f64,
-    /// Weight decay (paper: 1e-4) on every weight except Δ̄ and the TTQ scales.
-    #[serde(default = "d_wd")]
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    #[serde(default)]
-    pub nesterov: bool,
-}
-
-/// TTQ gradient of W^n (A27).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TtqWnGrad {
-    /// −Σ G over I^n (chain rule).
-    ChainRule,
-    /// +Σ G over I^n (as TTQ's Eq. 7 is usually transcribed).
-    Literal,
-}
-
-/// TTQ initial scales (A27).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TtqScaleInit {
-    /// W^p = W^n = 1.
-    One,
-    /// Mean |W|/max|W| over the respective region.
-    TwnAlpha,
-}
+/// `[hla]`: every knob of the method (spec section 15, ambiguities A1–A27) with its
+/// documented default, plus the optimiser of the quantisation phases (paper section 10.1) and
+/// the TWN / TTQ thresholds: exactly the knobs struct of crates/hla, so no knob can be missing.
+pub type HlaKnobs = hla_core::HlaConfig;
 
 /// `[report]`: what the report and plots show.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -651,24 +352,6 @@ fn d_resize() -> usize {
 fn d_bad_image() -> BadImagePolicy {
     BadImagePolicy::Error
 }
-fn d_lr() -> f64 {
-    0.01
-}
-fn d_momentum() -> f64 {
-    0.9
-}
-fn d_wd() -> f64 {
-    1e-4
-}
-fn d_t0() -> usize {
-    10
-}
-fn d_one_usize() -> usize {
-    1
-}
-fn d_one_f64() -> f64 {
-    1.0
-}
 fn d_train_schedule() -> Schedule {
     Schedule::Cosine
 }
@@ -677,93 +360,6 @@ fn d_train_mode() -> TrainMode {
 }
 fn d_train_epochs() -> usize {
     90
-}
-fn d_method() -> Method {
-    Method::Hla
-}
-fn d_scope() -> ThresholdScope {
-    ThresholdScope::Global
-}
-fn d_qidx() -> QuantileIndex {
-    QuantileIndex::ZeroBased
-}
-fn d_t_start() -> u32 {
-    30
-}
-fn d_t_step() -> u32 {
-    4
-}
-fn d_t_end() -> u32 {
-    70
-}
-fn d_refresh() -> DeltaRefresh {
-    DeltaRefresh::PerStage
-}
-fn d_epochs_per_stage() -> usize {
-    10
-}
-fn d_ld_reduce() -> LdReduce {
-    LdReduce::Sum
-}
-fn d_empty_row() -> EmptyRow {
-    EmptyRow::Zero
-}
-fn d_stage2_init() -> u32 {
-    80
-}
-fn d_ste_scale() -> SteScale {
-    SteScale::OneMinusW2
-}
-fn d_dg_source() -> DeltaGradSource {
-    DeltaGradSource::PostS
-}
-fn d_dg_mask() -> DeltaGradMask {
-    DeltaGradMask::Nonzero
-}
-fn d_dg_norm() -> DeltaGradNorm {
-    DeltaGradNorm::Numel
-}
-fn d_dg_sign() -> DeltaGradSign {
-    DeltaGradSign::Signed
-}
-fn d_input_norm() -> InputNorm {
-    InputNorm::Patch
-}
-fn d_eps_x() -> f64 {
-    1e-4
-}
-fn d_eps_w() -> f64 {
-    1e-12
-}
-fn d_norm_mode() -> NormMode {
-    NormMode::Reparam
-}
-fn d_hs_layers() -> HypersphericalLayers {
-    HypersphericalLayers::Quantised
-}
-fn d_no_bn_gain() -> NoBnGain {
-    NoBnGain::Learnable
-}
-fn d_stage2_epochs() -> usize {
-    200
-}
-fn d_sim_average() -> SimAverage {
-    SimAverage::Rows
-}
-fn d_sim_t() -> u32 {
-    70
-}
-fn d_twn_factor() -> f64 {
-    0.7
-}
-fn d_ttq_t() -> f64 {
-    0.05
-}
-fn d_ttq_wn() -> TtqWnGrad {
-    TtqWnGrad::ChainRule
-}
-fn d_ttq_init() -> TtqScaleInit {
-    TtqScaleInit::One
 }
 fn d_name() -> String {
     "run".to_string()
@@ -779,7 +375,7 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(TrainConfig, QuantizeConfig, HlaKnobs, ReportConfig);
+default_from_serde!(TrainConfig, QuantizeConfig, ReportConfig);
 
 impl Config {
     /// Reads, parses (with `--set` overrides applied) and validates `path`.
@@ -950,19 +546,13 @@ impl Config {
         finite_in("hla.delta_wd", h.delta_wd, 0.0, 1.0, "0..=1")?;
         finite_in("hla.eps_x", h.eps_x, 0.0, 1.0, "0..=1")?;
         finite_in("hla.eps_w", h.eps_w, 0.0, 1.0, "0..=1")?;
-        if h.amp {
-            return Err(range(
-                "hla.amp",
-                "true".into(),
-                "false (activations are f32; fp16 AMP is not implemented)",
-            ));
-        }
-        if h.norm_mode != NormMode::Reparam {
-            return Err(range(
-                "hla.norm_mode",
-                "\"project\"".into(),
-                "\"reparam\" (projection is not implemented)",
-            ));
+        if let Err(hla_core::HlaError::Config {
+            knob,
+            value,
+            reason,
+        }) = h.validate()
+        {
+            return Err(range(&format!("hla.{knob}"), value, &reason));
         }
         if let Some(n) = self.quantize.baseline_epochs {
             pos("quantize.baseline_epochs", n)?;
@@ -1109,7 +699,10 @@ root = "data/cifar10"
     #[test]
     fn minimal_config_gets_the_spec_defaults() {
         let c = load(MINIMAL).unwrap();
-        assert_eq!(c.hla.threshold_scope, ThresholdScope::Global);
+        assert_eq!(
+            c.hla.threshold_scope,
+            hla_core::config::ThresholdScope::Global
+        );
         assert_eq!(c.hla.stage2_init_pct, 80);
         assert_eq!(c.hla.lambda_d, 1.0);
         assert_eq!(c.hla.lr, 0.01);

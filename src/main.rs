@@ -11,11 +11,14 @@ mod checkpoint;
 mod cli;
 mod commands;
 mod config;
+mod engine;
 mod interrupt;
 mod metrics;
 mod plots;
 mod progress;
+mod report;
 mod rundir;
+mod runner;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -28,6 +31,16 @@ pub struct Ctx {
     pub global: cli::GlobalOpts,
     /// Output mode.
     pub ui: Ui,
+}
+
+impl Ctx {
+    /// Worker threads in use (`--threads`, or all cores).
+    pub fn threads(&self) -> usize {
+        self.global
+            .threads
+            .unwrap_or_else(rayon::current_num_threads)
+            .max(1)
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Train(a) => commands::train(&ctx, &a.run),
-        Command::Quantize(a) => commands::quantize(&ctx, &a.run),
+        Command::Quantize(a) => commands::quantize(&ctx, &a),
         Command::Eval(a) => commands::eval(&ctx, &a),
         Command::Export(a) => commands::export(&ctx, &a),
         Command::Bench(_) | Command::Demo(_) => {

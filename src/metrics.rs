@@ -19,6 +19,10 @@ pub struct LayerRecord {
     pub threshold: f64,
     /// Rows with no surviving weight.
     pub empty_rows: usize,
+    /// Number of rows (output units) n.
+    pub rows: usize,
+    /// Number of weights m·n.
+    pub weights: usize,
 }
 
 /// One epoch of one phase.
