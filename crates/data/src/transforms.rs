@@ -256,8 +256,7 @@ pub fn resize_bilinear(
             let k = &ch.weights[x * ch.ksize..][..n];
             let half = 1i32 << (PRECISION_BITS - 1);
             let (mut a, mut b, mut c) = (half, half, half);
-            for (i, &w) in k.iter().enumerate() {
-                let p = &row[(s + i) * 3..(s + i) * 3 + 3];
+            for (p, &w) in row[s * 3..(s + n) * 3].chunks_exact(3).zip(k) {
                 a += p[0] as i32 * w;
                 b += p[1] as i32 * w;
                 c += p[2] as i32 * w;
@@ -270,6 +269,7 @@ pub fn resize_bilinear(
     }
     // Vertical pass into the window.
     let ow = win.width;
+    let mut acc = vec![0i32; tw * 3];
     let obuf: &mut [u8] = &mut out;
     for y in y_lo..y_hi {
         let orow = &mut obuf[(y - win.top) * ow * 3..][..ow * 3];
@@ -280,13 +280,17 @@ pub fn resize_bilinear(
         }
         let (s, n) = (cv.start[y], cv.count[y]);
         let k = &cv.weights[y * cv.ksize..][..n];
-        let half = 1i32 << (PRECISION_BITS - 1);
-        for (xi, d) in dst.iter_mut().enumerate() {
-            let mut acc = half;
-            for (i, &w) in k.iter().enumerate() {
-                acc += tmp[(s + i - r0) * tw * 3 + xi] as i32 * w;
+        // Row-wise accumulation (same integer sums as Pillow's per-pixel loop; integer
+        // addition is exact, so the order does not matter) keeps the inner loop contiguous.
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        for (i, &w) in k.iter().enumerate() {
+            let src_row = &tmp[(s + i - r0) * tw * 3..][..tw * 3];
+            for (a, &v) in acc.iter_mut().zip(src_row) {
+                *a += v as i32 * w;
             }
-            *d = clip8(acc);
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
     Ok(out)
