@@ -35,6 +35,8 @@ pub mod twn;
 
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+pub(crate) mod tinynet;
 
 pub use config::{HlaConfig, Method};
 pub use error::{HlaError, Result};

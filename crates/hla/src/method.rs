@@ -35,7 +35,7 @@ use hla_autograd::{ops, Conv2dParams, Gradients, Param, Tape, Var};
 use hla_models::{LayerHook, LayerKind, Mode, Model, ModelError, QuantLayerInfo};
 use ndarray::{Array2, ArrayD};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How the hook computes quantisable layers right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +80,8 @@ pub struct HlaHook {
     /// Quantised layers in the model's forward order.
     pub layers: Vec<LayerState>,
     index: BTreeMap<String, usize>,
+    /// Quantisable layers excluded by `skip_layers` (A23): computed plainly.
+    skipped: BTreeSet<String>,
     ld_terms: Vec<Var>,
 }
 
@@ -221,6 +223,9 @@ impl LayerHook for HlaHook {
         p: &Conv2dParams,
         _mode: Mode,
     ) -> hla_models::Result<Var> {
+        if self.skipped.contains(layer) {
+            return Ok(ops::conv2d(tape, x, w, None, p)?);
+        }
         let i = self.layer_index(layer)?;
         let (q, hs) = self.effective_weight(tape, i, w)?;
         let mut y = if hs && self.input_norm_on(i) {
@@ -248,6 +253,9 @@ impl LayerHook for HlaHook {
         b: Option<Var>,
         _mode: Mode,
     ) -> hla_models::Result<Var> {
+        if self.skipped.contains(layer) {
+            return Ok(ops::linear(tape, x, w, b)?);
+        }
         let i = self.layer_index(layer)?;
         let (q, hs) = self.effective_weight(tape, i, w)?;
         if !hs {
@@ -388,8 +396,10 @@ impl MethodState {
         let skip = cfg.skip_layers.clone().unwrap_or_default();
         let mut layers = Vec::new();
         let mut index = BTreeMap::new();
+        let mut skipped = BTreeSet::new();
         for info in model.quantisable() {
             if skip.contains(&info.layer) {
+                skipped.insert(info.layer.clone());
                 continue;
             }
             let w = param_by_name(model, &info.weight)?.value();
@@ -419,6 +429,7 @@ impl MethodState {
             lambda: 0.0,
             layers,
             index,
+            skipped,
             ld_terms: Vec::new(),
         };
         let delta_sgd = Sgd::new(SgdConfig {

@@ -19,7 +19,7 @@ use crate::method::MethodState;
 use crate::ops::{normalized_conv2d, normalized_linear};
 use crate::ternary::ternarize_rows;
 use hla_autograd::{ops, Conv2dParams, Tape, Var};
-use hla_models::{BufferMut, BufferRef, LayerHook, Mode, Model, ModelError, StateMut, StateRef};
+use hla_models::{BufferMut, BufferRef, LayerHook, Mode, Model, StateMut, StateRef};
 use ndarray::ArrayD;
 use std::collections::BTreeMap;
 
@@ -249,13 +249,6 @@ pub fn load_packed(model: &mut dyn Model, pm: &PackedModel) -> Result<PackedHook
 }
 
 impl PackedHook {
-    fn entry(&self, layer: &str) -> hla_models::Result<&PackedEntry> {
-        self.layers.get(layer).ok_or_else(|| ModelError::BadConfig {
-            arch: "packed hook".into(),
-            reason: format!("layer {layer:?} has no packed weights"),
-        })
-    }
-
     /// Logits of `x` in eval mode from the packed model.
     ///
     /// # Errors
@@ -274,11 +267,15 @@ impl LayerHook for PackedHook {
         tape: &mut Tape<f32>,
         layer: &str,
         x: Var,
-        _w: Var,
+        w_model: Var,
         p: &Conv2dParams,
         _mode: Mode,
     ) -> hla_models::Result<Var> {
-        let e = self.entry(layer)?;
+        // a quantisable layer not in the file (skip_layers) computes plainly with the weight
+        // loaded from the file's dense tensors
+        let Some(e) = self.layers.get(layer) else {
+            return Ok(ops::conv2d(tape, x, w_model, None, p)?);
+        };
         let w = tape.constant(e.weight.clone());
         let mut y = if e.input_norm {
             normalized_conv2d(tape, x, w, p, self.eps_x)?
@@ -299,11 +296,13 @@ impl LayerHook for PackedHook {
         tape: &mut Tape<f32>,
         layer: &str,
         x: Var,
-        _w: Var,
+        w_model: Var,
         b: Option<Var>,
         _mode: Mode,
     ) -> hla_models::Result<Var> {
-        let e = self.entry(layer)?;
+        let Some(e) = self.layers.get(layer) else {
+            return Ok(ops::linear(tape, x, w_model, b)?);
+        };
         let w = tape.constant(e.weight.clone());
         if !e.hyperspherical {
             return Ok(ops::linear(tape, x, w, b)?);

@@ -1,0 +1,242 @@
+//! A tiny conv net implementing `hla_models::Model` for tests of the paths ResNets do not
+//! exercise: a quantised linear layer with no BatchNorm after it (A18 gain, bias kept) and the
+//! hyperspherical linear forward.
+//!
+//! `x [n, 3, h, w]` → conv0 (3→4, 3×3, pad 1; not quantised) → bn0 → relu → c1 (4→6, 3×3, pad 1,
+//! stride 2; quantised, BN after) → bn1 → relu → global average pool → fc (6→3 with bias;
+//! quantised, no BN after).
+
+use hla_autograd::ops::{self, BatchNormState};
+use hla_autograd::{Conv2dParams, Param, Tape, Var};
+use hla_models::{
+    BufferMut, BufferRef, LayerHook, LayerKind, Mode, Model, QuantLayerInfo, StateMut, StateRef,
+};
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+
+pub(crate) struct TinyNet {
+    c0: Param<f32>,
+    bn0: (Param<f32>, Param<f32>, BatchNormState<f32>),
+    c1: Param<f32>,
+    bn1: (Param<f32>, Param<f32>, BatchNormState<f32>),
+    fc_w: Param<f32>,
+    fc_b: Param<f32>,
+}
+
+fn bn(c: usize) -> (Param<f32>, Param<f32>, BatchNormState<f32>) {
+    (
+        Param::new(ArrayD::from_elem(vec![c], 1.0)),
+        Param::new(ArrayD::zeros(vec![c])),
+        BatchNormState::new(c),
+    )
+}
+
+impl TinyNet {
+    pub(crate) fn new(seed: u64) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut r = |shape: &[usize], a: f32| {
+            ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-a..a))
+        };
+        Self {
+            c0: Param::new(r(&[4, 3, 3, 3], 0.3)),
+            bn0: bn(4),
+            c1: Param::new(r(&[6, 4, 3, 3], 0.2)),
+            bn1: bn(6),
+            fc_w: Param::new(r(&[3, 6], 0.4)),
+            fc_b: Param::new(r(&[3], 0.1)),
+        }
+    }
+}
+
+fn bn_state<'a>(
+    pre: &str,
+    b: &'a (Param<f32>, Param<f32>, BatchNormState<f32>),
+) -> Vec<(String, StateRef<'a>)> {
+    vec![
+        (format!("{pre}.weight"), StateRef::Param(&b.0)),
+        (format!("{pre}.bias"), StateRef::Param(&b.1)),
+        (
+            format!("{pre}.running_mean"),
+            StateRef::Buffer(BufferRef::F32(&b.2.running_mean)),
+        ),
+        (
+            format!("{pre}.running_var"),
+            StateRef::Buffer(BufferRef::F32(&b.2.running_var)),
+        ),
+        (
+            format!("{pre}.num_batches_tracked"),
+            StateRef::Buffer(BufferRef::Count(b.2.num_batches_tracked)),
+        ),
+    ]
+}
+
+fn bn_state_mut<'a>(
+    pre: &str,
+    b: &'a mut (Param<f32>, Param<f32>, BatchNormState<f32>),
+) -> Vec<(String, StateMut<'a>)> {
+    let (g, be, s) = b;
+    vec![
+        (format!("{pre}.weight"), StateMut::Param(g)),
+        (format!("{pre}.bias"), StateMut::Param(be)),
+        (
+            format!("{pre}.running_mean"),
+            StateMut::Buffer(BufferMut::F32(&mut s.running_mean)),
+        ),
+        (
+            format!("{pre}.running_var"),
+            StateMut::Buffer(BufferMut::F32(&mut s.running_var)),
+        ),
+        (
+            format!("{pre}.num_batches_tracked"),
+            StateMut::Buffer(BufferMut::Count(&mut s.num_batches_tracked)),
+        ),
+    ]
+}
+
+impl Model for TinyNet {
+    fn arch(&self) -> &str {
+        "tinynet"
+    }
+    fn num_classes(&self) -> usize {
+        3
+    }
+    fn forward(
+        &mut self,
+        tape: &mut Tape<f32>,
+        x: Var,
+        mode: Mode,
+        mut hook: Option<&mut dyn LayerHook>,
+    ) -> hla_models::Result<Var> {
+        let train = mode == Mode::Train;
+        let p0 = Conv2dParams::new(1, 1);
+        let w0 = tape.param(&self.c0);
+        let y = ops::conv2d(tape, x, w0, None, &p0)?;
+        let (g, b) = (tape.param(&self.bn0.0), tape.param(&self.bn0.1));
+        let y = ops::batch_norm2d(tape, y, g, b, &mut self.bn0.2, train)?;
+        let y = ops::relu(tape, y)?;
+        let p1 = Conv2dParams::new(2, 1);
+        let w1 = tape.param(&self.c1);
+        let y = match hook.as_deref_mut() {
+            Some(h) => h.conv2d(tape, "c1", y, w1, &p1, mode)?,
+            None => ops::conv2d(tape, y, w1, None, &p1)?,
+        };
+        let (g, b) = (tape.param(&self.bn1.0), tape.param(&self.bn1.1));
+        let y = ops::batch_norm2d(tape, y, g, b, &mut self.bn1.2, train)?;
+        let y = ops::relu(tape, y)?;
+        let y = ops::global_avg_pool(tape, y)?;
+        let (w, b) = (tape.param(&self.fc_w), tape.param(&self.fc_b));
+        Ok(match hook {
+            Some(h) => h.linear(tape, "fc", y, w, Some(b), mode)?,
+            None => ops::linear(tape, y, w, Some(b))?,
+        })
+    }
+    fn state(&self) -> Vec<(String, StateRef<'_>)> {
+        let mut v = vec![("c0.weight".to_string(), StateRef::Param(&self.c0))];
+        v.extend(bn_state("bn0", &self.bn0));
+        v.push(("c1.weight".into(), StateRef::Param(&self.c1)));
+        v.extend(bn_state("bn1", &self.bn1));
+        v.push(("fc.weight".into(), StateRef::Param(&self.fc_w)));
+        v.push(("fc.bias".into(), StateRef::Param(&self.fc_b)));
+        v
+    }
+    fn state_mut(&mut self) -> Vec<(String, StateMut<'_>)> {
+        let mut v = vec![("c0.weight".to_string(), StateMut::Param(&mut self.c0))];
+        v.extend(bn_state_mut("bn0", &mut self.bn0));
+        v.push(("c1.weight".into(), StateMut::Param(&mut self.c1)));
+        v.extend(bn_state_mut("bn1", &mut self.bn1));
+        v.push(("fc.weight".into(), StateMut::Param(&mut self.fc_w)));
+        v.push(("fc.bias".into(), StateMut::Param(&mut self.fc_b)));
+        v
+    }
+    fn quantisable(&self) -> Vec<QuantLayerInfo> {
+        vec![
+            QuantLayerInfo {
+                layer: "c1".into(),
+                weight: "c1.weight".into(),
+                kind: LayerKind::Conv,
+                followed_by_bn: true,
+            },
+            QuantLayerInfo {
+                layer: "fc".into(),
+                weight: "fc.weight".into(),
+                kind: LayerKind::Linear,
+                followed_by_bn: false,
+            },
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HlaConfig, Method};
+    use crate::method::{eval_logits, model_optimizer, train_step, MethodState};
+    use crate::packed::{export_model, load_packed};
+
+    fn x(seed: u64) -> ArrayD<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        ArrayD::from_shape_fn(vec![4, 3, 6, 5], |_| rng.random_range(-1.0f32..1.0))
+    }
+
+    /// A18: with only the BN-less fc quantised, the converted model (w = v/‖v‖ times the gain
+    /// ‖v‖, no input normalisation, bias kept) computes the pretrained function at the start of
+    /// stage 1, up to f32 rounding.
+    #[test]
+    fn a18_gain_reproduces_pretrained_function() {
+        let mut m = TinyNet::new(1);
+        let cfg = HlaConfig {
+            skip_layers: Some(vec!["c1".into()]),
+            ..Default::default()
+        };
+        let mut st = MethodState::new(cfg, &m).unwrap();
+        assert_eq!(st.hook.layers.len(), 1);
+        assert!(st.hook.layers[0].gain.is_some());
+        st.begin_epoch(&m).unwrap();
+        let mut tape = Tape::<f32>::no_grad();
+        let xv = tape.constant(x(2));
+        let plain = m.forward(&mut tape, xv, Mode::Eval, None).unwrap();
+        let plain = tape.value(plain).clone();
+        let hooked = eval_logits(&mut m, &mut st, x(2)).unwrap();
+        for (a, b) in plain.iter().zip(hooked.iter()) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Full miniature HLA on the tiny net: the gain is trained, and the packed model (conv with
+    /// input normalisation, linear with gain and bias) reproduces the fake-quantised logits bit
+    /// for bit.
+    #[test]
+    fn tinynet_hla_gain_trained_and_packed_inference_matches() {
+        let mut m = TinyNet::new(3);
+        let cfg = HlaConfig {
+            stage1_epochs_per_stage: 1,
+            stage2_epochs: 1,
+            sgdr_t0_epochs: 1,
+            method: Method::Hla,
+            ..Default::default()
+        };
+        let mut st = MethodState::new(cfg, &m).unwrap();
+        let g0 = st.hook.layers[1].gain.as_ref().unwrap().value().clone();
+        let (mut sgd, groups) = model_optimizer(&st.cfg, &m);
+        let mut k = 0;
+        while !st.algo.is_done() {
+            st.begin_epoch(&m).unwrap();
+            let lr = st.lr(1).unwrap();
+            let y = vec![0, 1, 2, (k % 3) as usize];
+            train_step(&mut m, &mut st, &mut sgd, &groups, x(10 + k), &y, lr).unwrap();
+            k += 1;
+            st.end_epoch();
+        }
+        assert_ne!(st.hook.layers[1].gain.as_ref().unwrap().value(), &g0);
+        let pm = export_model(&m, &st).unwrap();
+        assert!(pm.dense.contains_key("fc.hla_gain"));
+        assert!(!pm.dense.contains_key("fc.weight") && pm.dense.contains_key("fc.bias"));
+        let want = eval_logits(&mut m, &mut st, x(5)).unwrap();
+        let mut fresh = TinyNet::new(8);
+        let got = load_packed(&mut fresh, &pm)
+            .unwrap()
+            .eval_logits(&mut fresh, x(5))
+            .unwrap();
+        assert_eq!(got, want);
+    }
+}
