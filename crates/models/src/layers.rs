@@ -491,3 +491,49 @@ impl Dropout {
         Ok(ops::mul(tape, x, m)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropout_out(d: &mut Dropout, mode: Mode) -> ArrayD<f32> {
+        let mut tape = Tape::<f32>::no_grad();
+        let x = tape.constant(ArrayD::ones(IxDyn(&[4, 1000])));
+        let y = d.forward(&mut tape, x, mode).unwrap();
+        tape.value(y).clone()
+    }
+
+    #[test]
+    fn dropout_scales_kept_values_and_is_identity_in_eval() {
+        let mut d = Dropout::new(0.2, 5);
+        let y = dropout_out(&mut d, Mode::Train);
+        let kept = y.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            y.iter().all(|&v| v == 0.0 || v == 1.25),
+            "inverted scaling 1/(1-p)"
+        );
+        let frac = kept as f64 / y.len() as f64;
+        assert!((frac - 0.8).abs() < 0.03, "kept fraction {frac}");
+        assert!(dropout_out(&mut d, Mode::Eval).iter().all(|&v| v == 1.0));
+        // reseeding replays the same masks; the stream moves on otherwise
+        let mut e = Dropout::new(0.2, 5);
+        assert_eq!(dropout_out(&mut e, Mode::Train), y);
+        assert_ne!(dropout_out(&mut e, Mode::Train), y);
+        e.reseed(5);
+        assert_eq!(dropout_out(&mut e, Mode::Train), y);
+    }
+
+    #[test]
+    fn bad_input_shapes_are_errors() {
+        assert!(check_input("resnet20", &[2, 3, 32, 32]).is_ok());
+        for s in [
+            &[3, 32, 32][..],
+            &[2, 1, 32, 32],
+            &[0, 3, 32, 32],
+            &[2, 3, 0, 32],
+        ] {
+            let e = check_input("resnet20", s).unwrap_err();
+            assert!(e.to_string().contains("resnet20"), "{e}");
+        }
+    }
+}

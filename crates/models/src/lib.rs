@@ -285,3 +285,154 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+    use hla_autograd::{ops, Conv2dParams, Tape, Var};
+    use ndarray::{ArrayD, IxDyn};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    fn input(shape: &[usize], seed: u64) -> ArrayD<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || StandardNormal.sample(&mut rng))
+    }
+
+    /// Computes quantisable layers plainly, recording which layers it was asked for.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<String>,
+    }
+
+    impl LayerHook for Recorder {
+        fn conv2d(
+            &mut self,
+            tape: &mut Tape<f32>,
+            layer: &str,
+            x: Var,
+            w: Var,
+            p: &Conv2dParams,
+            _: Mode,
+        ) -> Result<Var> {
+            self.seen.push(layer.to_string());
+            Ok(ops::conv2d(tape, x, w, None, p)?)
+        }
+        fn linear(
+            &mut self,
+            tape: &mut Tape<f32>,
+            layer: &str,
+            x: Var,
+            w: Var,
+            b: Option<Var>,
+            _: Mode,
+        ) -> Result<Var> {
+            self.seen.push(layer.to_string());
+            Ok(ops::linear(tape, x, w, b)?)
+        }
+    }
+
+    fn logits(
+        m: &mut dyn Model,
+        x: &ArrayD<f32>,
+        mode: Mode,
+        hook: Option<&mut dyn LayerHook>,
+    ) -> ArrayD<f32> {
+        let mut tape = Tape::no_grad();
+        let xv = tape.constant(x.clone());
+        let y = m.forward(&mut tape, xv, mode, hook).unwrap();
+        tape.value(y).clone()
+    }
+
+    #[test]
+    fn hook_sees_exactly_the_quantisable_layers_in_order() {
+        for (arch, classes, hw) in [
+            ("resnet20", 10, 16),
+            ("resnet20_b", 10, 16),
+            ("resnet18", 7, 32),
+            ("mobilenet_v2", 5, 32),
+        ] {
+            let mut m = build(arch, classes, 3).unwrap();
+            let x = input(&[2, 3, hw, hw], 1);
+            let plain = logits(m.as_mut(), &x, Mode::Eval, None);
+            assert_eq!(plain.shape(), &[2, classes], "{arch}");
+            let mut rec = Recorder::default();
+            let hooked = logits(m.as_mut(), &x, Mode::Eval, Some(&mut rec));
+            let want: Vec<String> = m.quantisable().into_iter().map(|q| q.layer).collect();
+            assert_eq!(rec.seen, want, "{arch}");
+            assert_eq!(
+                plain, hooked,
+                "{arch}: a plain hook must not change the result"
+            );
+        }
+    }
+
+    #[test]
+    fn train_mode_updates_running_stats_and_eval_does_not() {
+        let mut m = build("resnet20", 10, 0).unwrap();
+        let x = input(&[4, 3, 8, 8], 2);
+        let stats = |m: &dyn Model| -> Vec<f32> {
+            m.buffers()
+                .into_iter()
+                .flat_map(|(_, b)| match b {
+                    BufferRef::F32(a) => a.to_vec(),
+                    BufferRef::Count(c) => vec![c as f32],
+                })
+                .collect()
+        };
+        let s0 = stats(m.as_ref());
+        logits(m.as_mut(), &x, Mode::Eval, None);
+        assert_eq!(stats(m.as_ref()), s0);
+        let train = logits(m.as_mut(), &x, Mode::Train, None);
+        let s1 = stats(m.as_ref());
+        assert_ne!(s1, s0);
+        let counts: Vec<u64> = m
+            .buffers()
+            .into_iter()
+            .filter_map(|(_, b)| {
+                if let BufferRef::Count(c) = b {
+                    Some(c)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert!(counts.iter().all(|&c| c == 1));
+        // eval now uses the (changed) running stats, not the batch stats
+        assert_ne!(logits(m.as_mut(), &x, Mode::Eval, None), train);
+    }
+
+    #[test]
+    fn resnet50_forward_and_backward_reach_every_parameter() {
+        let mut m = build("resnet50", 3, 0).unwrap();
+        let mut tape = Tape::new();
+        let x = tape.constant(input(&[2, 3, 32, 32], 3));
+        let y = m.forward(&mut tape, x, Mode::Train, None).unwrap();
+        assert_eq!(tape.shape(y), &[2, 3]);
+        let loss = ops::cross_entropy(&mut tape, y, &[0, 2], 0.0).unwrap();
+        let g = tape.backward(loss).unwrap();
+        for (name, p) in m.params() {
+            let gp = g
+                .of_param(p)
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert_eq!(gp.shape(), p.shape(), "{name}");
+            assert!(gp.iter().all(|v| v.is_finite()), "{name}");
+        }
+    }
+
+    #[test]
+    fn mobilenet_dropout_follows_the_seed() {
+        let x = input(&[2, 3, 32, 32], 4);
+        let mut m = build("mobilenet_v2", 10, 0).unwrap();
+        m.set_dropout_seed(11);
+        let a = logits(m.as_mut(), &x, Mode::Train, None);
+        let mut m = build("mobilenet_v2", 10, 0).unwrap();
+        m.set_dropout_seed(11);
+        let b = logits(m.as_mut(), &x, Mode::Train, None);
+        m.set_dropout_seed(12);
+        let c = logits(m.as_mut(), &x, Mode::Train, None);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}
