@@ -5,10 +5,12 @@
 //! cargo run --release -p hla-models --example throughput -- --threads 2 [--only resnet20] [--reps 3]
 //! ```
 //! A training step is forward (train mode) + cross-entropy + backward + an SGD update
-//! (momentum 0.9, weight decay 1e-4) of every parameter, like the PyTorch script.
+//! (`hla_autograd::optim::Sgd`, momentum 0.9, weight decay 1e-4) of every parameter, like the
+//! PyTorch script.
 
 use std::time::Instant;
 
+use hla_autograd::optim::{Sgd, SgdConfig};
 use hla_autograd::{ops, Tape};
 use hla_models::{build, Mode};
 use ndarray::{ArrayD, IxDyn};
@@ -48,40 +50,31 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, reps: usize) {
             .forward(&mut tape, xv, Mode::Eval, None)
             .expect("forward");
     });
-    let mut momentum: Vec<Option<ArrayD<f32>>> = vec![None; model.params().len()];
+    let mut sgd = Sgd::<f32>::new(SgdConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        nesterov: false,
+    });
+    let group = sgd.group();
     let t_train = time(reps, || {
-        let grads = {
-            let mut tape = Tape::new();
-            let xv = tape.constant(x.clone());
-            let y = model
-                .forward(&mut tape, xv, Mode::Train, None)
-                .expect("forward");
-            let loss = ops::cross_entropy(&mut tape, y, &labels, 0.0).expect("loss");
-            let grads = tape.backward(loss).expect("backward");
-            model
-                .params()
-                .iter()
-                .map(|(_, p)| grads.of_param(p).cloned())
-                .collect::<Vec<_>>()
-        };
-        for (((_, p), g), buf) in model
+        let mut tape = Tape::new();
+        let xv = tape.constant(x.clone());
+        let y = model
+            .forward(&mut tape, xv, Mode::Train, None)
+            .expect("forward");
+        let loss = ops::cross_entropy(&mut tape, y, &labels, 0.0).expect("loss");
+        let grads = tape.backward(loss).expect("backward");
+        drop(tape); // the parameters' storage is no longer shared: updated in place
+        let mut entries: Vec<_> = model
             .params_mut()
             .into_iter()
-            .zip(grads)
-            .zip(momentum.iter_mut())
-        {
-            let Some(mut g) = g else { continue };
-            g.scaled_add(1e-4, p.value());
-            let b = match buf {
-                Some(b) => {
-                    *b *= 0.9;
-                    *b += &g;
-                    b
-                }
-                None => buf.insert(g),
-            };
-            p.value_mut().scaled_add(-0.01, b);
-        }
+            .map(|(_, p)| {
+                let g = grads.of_param(p);
+                (p, g, &group)
+            })
+            .collect();
+        sgd.step(0.01, &mut entries).expect("sgd");
     });
     println!(
         "{{\"bench\":\"{arch}\",\"mode\":\"inference\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_inf:.4},\"img_s\":{:.1}}}",
