@@ -38,11 +38,13 @@ fn gradcheck_tiny_residual_net_end_to_end() {
 /// Trains the tiny net for `steps` SGD steps (momentum, weight decay, BN without decay) on a
 /// seeded random batch; returns the bits of every parameter and running statistic.
 fn train_bits(steps: usize) -> Result<Vec<u32>> {
+    // several of the kernels' fixed-size sample chunks, so work is really split across threads
+    const BATCH: usize = 24;
     let mut params: Vec<Param<f32>> = tiny_net::params(7);
     let mut bn = tiny_net::bn_states::<f32>();
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let x = ArrayD::from_shape_simple_fn(vec![8, 3, 8, 8], || rng.random_range(-1.0f32..1.0));
-    let labels: Vec<usize> = (0..8).map(|_| rng.random_range(0..CLASSES)).collect();
+    let x = ArrayD::from_shape_simple_fn(vec![BATCH, 3, 8, 8], || rng.random_range(-1.0f32..1.0));
+    let labels: Vec<usize> = (0..BATCH).map(|_| rng.random_range(0..CLASSES)).collect();
     let mut opt = Sgd::new(SgdConfig {
         lr: 0.1,
         momentum: 0.9,
