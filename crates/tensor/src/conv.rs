@@ -208,16 +208,10 @@ impl Geom {
     fn depthwise(&self) -> bool {
         self.cin_g == 1
     }
-    /// The direct stride-1 forward kernel applies (stride 1, not depthwise, not 1×1 unpadded,
-    /// a SIMD instruction set present).
+    /// The direct forward / weight-gradient kernels apply (f32, not depthwise, not 1×1
+    /// unpadded stride 1, a SIMD instruction set present).
     fn direct_forward<F: 'static>(&self) -> Option<(Direct, Isa)> {
-        if !Direct::supported::<F>()
-            || self.sh != 1
-            || self.sw != 1
-            || self.depthwise()
-            || self.pointwise()
-            || direct_disabled()
-        {
+        if !Direct::supported::<F>() || self.depthwise() || self.pointwise() || direct_disabled() {
             return None;
         }
         let isa = detect()?;
@@ -229,6 +223,8 @@ impl Geom {
             pw: self.pw,
             kh: self.kh,
             kw: self.kw,
+            sh: self.sh,
+            sw: self.sw,
             dh: self.dh,
             dw: self.dw,
             cout: self.cout_g,
@@ -244,6 +240,9 @@ impl Geom {
         if self.ph > eh || self.pw > ew {
             return None;
         }
+        if self.sh != 1 || self.sw != 1 {
+            return None;
+        }
         let (_, isa) = self.direct_forward::<F>()?;
         if self.cin_g < Direct::blocks(isa).0 / 2 {
             return None; // a mostly empty channel block: im2col + GEMM is cheaper
@@ -256,6 +255,8 @@ impl Geom {
             pw: ew - self.pw,
             kh: self.kh,
             kw: self.kw,
+            sh: 1,
+            sw: 1,
             dh: self.dh,
             dw: self.dw,
             cout: self.cin_g,
@@ -550,7 +551,7 @@ pub fn conv2d<F: Float>(
         None => Vec::new(),
     };
     let scratch = match direct {
-        Some((d, isa)) => d.scratch_len(Direct::blocks(isa).1),
+        Some((d, _)) => d.scratch_len(),
         None if g.depthwise() || g.pointwise() => 0,
         None => kd * np,
     };
@@ -658,7 +659,7 @@ pub fn conv2d_backward_input<F: Float>(
         None => Vec::new(),
     };
     let scratch = match direct {
-        Some((d, isa)) => d.scratch_len(Direct::blocks(isa).1),
+        Some((d, _)) => d.scratch_len(),
         None if g.depthwise() || g.pointwise() => 0,
         None => kd * np,
     };
@@ -782,7 +783,7 @@ pub fn conv2d_backward_weight<F: Float>(
     let mut partials = vec![F::zero(); nchunks * wlen];
     if let Some((d, isa)) = g.direct_forward::<F>() {
         // Direct stride-1 path: one call per (chunk, group) accumulates the chunk's samples.
-        let (xl, dl) = (d.scratch_len(Direct::blocks(isa).1), d.dy_scratch_len(isa));
+        let (xl, dl) = (d.scratch_len(), d.dy_scratch_len(isa));
         for_each_chunk(
             par,
             &mut partials,

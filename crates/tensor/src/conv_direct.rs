@@ -1,14 +1,16 @@
-//! Direct stride-1 convolution microkernel (part of the convolution family in `conv.rs`): no
-//! im2col and no GEMM packing. Used on x86-64 with AVX2+FMA or AVX-512 for stride-1 grouped
-//! convolutions with `c_in / groups ≥ 2` (forward, and the input gradient, which is a stride-1
-//! convolution of `dy` with the flipped, transposed kernel).
+//! Direct convolution microkernels (part of the convolution family in `conv.rs`): no im2col
+//! and no GEMM packing. Used on x86-64 with AVX2+FMA or AVX-512, for `f32`, for grouped
+//! convolutions with `c_in / groups ≥ 2`: the forward and the weight gradient at any stride, and
+//! the input gradient at stride 1 (a stride-1 convolution of `dy` with the flipped, transposed
+//! kernel).
 //!
-//! The output is computed over the flattened zero-padded input grid: output position
-//! `q = oh·w_p + ow` reads `x_p[ci, q + ki·d_h·w_p + kj·d_w]` for every tap, so a block of `PXB`
-//! consecutive `q` is one contiguous load per (channel, tap) even across rows; the `w_p − w_out`
-//! junk columns per row are computed and dropped on store. A block of `COB` output channels ×
-//! `PXB` positions is accumulated in registers, summing over `(ci, ki, kj)` in that order with
-//! fused multiply-adds: the order never depends on the thread count.
+//! Layout trick: the zero-padded input is split into `s_h·s_w` phase planes
+//! (`P_ab[i, j] = x_p[i·s_h + a, j·s_w + b]`, each `h_q × w_q`), so every tap `(ci, ki, kj)`
+//! reads one phase plane at a fixed offset, and output position `q = oh·w_q + ow` of the
+//! flattened grid reads `plane[q + offset_t]`. A block of consecutive `q` is then one contiguous
+//! load per tap, even across rows; the `w_q − w_out` junk columns per row are computed and
+//! dropped. Stride 1 is the single-phase case. Sums run over taps in `(ci, ki, kj)` order with
+//! fused multiply-adds; the order never depends on the thread count.
 
 use crate::Float;
 
@@ -34,7 +36,7 @@ pub(crate) fn detect() -> Option<Isa> {
     None
 }
 
-/// One stride-1 convolution of a single group: `x [cin, h, w]` → `y [cout, ho, wo]`.
+/// One convolution of a single group: `x [cin, h, w]` → `y [cout, ho, wo]`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Direct {
     pub cin: usize,
@@ -44,6 +46,8 @@ pub(crate) struct Direct {
     pub pw: usize,
     pub kh: usize,
     pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
     pub dh: usize,
     pub dw: usize,
     pub cout: usize,
@@ -52,29 +56,100 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    fn hp(&self) -> usize {
-        self.h + 2 * self.ph
+    /// Phase-plane height `ceil((h + 2·p_h) / s_h)`.
+    fn hq(&self) -> usize {
+        (self.h + 2 * self.ph).div_ceil(self.sh)
     }
-    fn wp(&self) -> usize {
-        self.w + 2 * self.pw
+    /// Phase-plane width `ceil((w + 2·p_w) / s_w)`: the row pitch of the flattened grid.
+    fn wq(&self) -> usize {
+        (self.w + 2 * self.pw).div_ceil(self.sw)
     }
     fn taps(&self) -> usize {
         self.cin * self.kh * self.kw
+    }
+    /// One past the last valid flattened output position.
+    fn qend(&self) -> usize {
+        (self.ho - 1) * self.wq() + self.wo
     }
     /// Whether the direct kernels exist for `F` (only `f32`; `f64` takes im2col + GEMM).
     pub fn supported<F: 'static>() -> bool {
         std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
     }
-    /// `(COB, PXB)` block sizes for this ISA (f32).
+    /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32).
     pub fn blocks(isa: Isa) -> (usize, usize) {
         match isa {
             Isa::Avx512 => (16, 16),
             Isa::Avx2 => (8, 8),
         }
     }
-    /// Scratch length for the padded input (with slack so a whole block can always be loaded).
-    pub fn scratch_len(&self, pxb: usize) -> usize {
-        self.cin * self.hp() * self.wp() + pxb + self.kw * self.dw + 1
+    /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
+    pub fn dw_blocks(isa: Isa) -> (usize, usize, usize) {
+        match isa {
+            Isa::Avx512 => (4, 6, 16),
+            Isa::Avx2 => (2, 5, 8),
+        }
+    }
+    /// Scratch length for the phase-split padded input (with slack so that a whole vector
+    /// block can always be loaded: every read is below `cin·s_h·s_w·h_q·w_q + 32`).
+    pub fn scratch_len(&self) -> usize {
+        self.cin * self.sh * self.sw * self.hq() * self.wq() + 32
+    }
+    /// Flattened output positions rounded up to whole vectors of `lanes`.
+    fn qpad(&self, lanes: usize) -> usize {
+        self.qend().div_ceil(lanes) * lanes
+    }
+    /// Scratch length for `dy` on the flattened grid (rows padded to a whole channel block).
+    pub fn dy_scratch_len(&self, isa: Isa) -> usize {
+        let (cob, _, lanes) = Self::dw_blocks(isa);
+        self.cout.div_ceil(cob) * cob * self.qpad(lanes)
+    }
+    /// Offset of tap `(ci, ki, kj)` (in that order) into the phase-split input, padded with
+    /// zeros to a multiple of `mult` entries.
+    fn tap_offsets(&self, mult: usize) -> Vec<usize> {
+        let (hq, wq) = (self.hq(), self.wq());
+        let mut off = vec![0usize; self.taps().div_ceil(mult) * mult];
+        for ci in 0..self.cin {
+            for ki in 0..self.kh {
+                for kj in 0..self.kw {
+                    let (r, c) = (ki * self.dh, kj * self.dw);
+                    let (a, b) = (r % self.sh, c % self.sw);
+                    let plane = (ci * self.sh + a) * self.sw + b;
+                    off[(ci * self.kh + ki) * self.kw + kj] =
+                        plane * hq * wq + (r / self.sh) * wq + c / self.sw;
+                }
+            }
+        }
+        off
+    }
+    /// Writes `x [cin, h, w]` zero-padded and phase-split into `dst` (fully overwritten).
+    fn fill_input<F: Float>(&self, x: &[F], dst: &mut [F]) {
+        let (hq, wq) = (self.hq(), self.wq());
+        dst.fill(F::zero());
+        for ci in 0..self.cin {
+            for ih in 0..self.h {
+                let r = ih + self.ph;
+                let (a, i) = (r % self.sh, r / self.sh);
+                let src = &x[(ci * self.h + ih) * self.w..][..self.w];
+                if self.sw == 1 {
+                    let o = ((ci * self.sh + a) * hq + i) * wq + self.pw;
+                    dst[o..o + self.w].copy_from_slice(src);
+                } else {
+                    // Phase b holds padded columns c = j·s_w + b, i.e. input columns c − p_w.
+                    for b in 0..self.sw {
+                        let o = (((ci * self.sh + a) * self.sw + b) * hq + i) * wq;
+                        let row = &mut dst[o..o + wq];
+                        let j0 = self.pw.saturating_sub(b).div_ceil(self.sw);
+                        for (j, v) in row.iter_mut().enumerate().skip(j0) {
+                            let iw = j * self.sw + b - self.pw;
+                            if iw >= self.w {
+                                break;
+                            }
+                            *v = src[iw];
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -116,9 +191,29 @@ pub(crate) fn flip_transpose<F: Float>(
     out
 }
 
-/// `y [cout, ho, wo] = conv(x [cin, h, w])` with packed weights `wpk` (see [`pack_weights`]).
-/// `scratch` must hold [`Direct::scratch_len`] elements. Only `F = f32` takes this path (see
+/// Reinterprets an `f32`-typed generic slice (checked by the caller through
 /// [`Direct::supported`]).
+fn as_f32<F: Float>(s: &[F]) -> &[f32] {
+    assert!(
+        Direct::supported::<F>(),
+        "hla-tensor internal error: direct convolution needs f32"
+    );
+    // SAFETY: F is f32 (asserted), so the layout is identical.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
+}
+
+/// Mutable version of [`as_f32`].
+fn as_f32_mut<F: Float>(s: &mut [F]) -> &mut [f32] {
+    assert!(
+        Direct::supported::<F>(),
+        "hla-tensor internal error: direct convolution needs f32"
+    );
+    // SAFETY: F is f32 (asserted), so the layout is identical.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
+}
+
+/// `y [cout, ho, wo] = conv(x [cin, h, w])` with packed weights `wpk` (see [`pack_weights`]).
+/// `scratch` must hold [`Direct::scratch_len`] elements.
 pub(crate) fn conv_sample<F: Float>(
     d: &Direct,
     isa: Isa,
@@ -127,23 +222,10 @@ pub(crate) fn conv_sample<F: Float>(
     y: &mut [F],
     scratch: &mut [F],
 ) {
-    assert!(
-        Direct::supported::<F>(),
-        "hla-tensor internal error: direct convolution needs f32"
-    );
-    let (hp, wp) = (d.hp(), d.wp());
-    // Zero-padded copy of the input.
-    scratch.fill(F::zero());
-    for ci in 0..d.cin {
-        for ih in 0..d.h {
-            let dst = (ci * hp + ih + d.ph) * wp + d.pw;
-            scratch[dst..dst + d.w].copy_from_slice(&x[(ci * d.h + ih) * d.w..][..d.w]);
-        }
-    }
+    d.fill_input(x, scratch);
     let (cob, pxb) = Direct::blocks(isa);
-    let qend = (d.ho - 1) * wp + d.wo;
-    let max_read =
-        (d.cin - 1) * hp * wp + (d.kh - 1) * d.dh * wp + (d.kw - 1) * d.dw + qend - 1 + pxb;
+    let off = d.tap_offsets(1);
+    let max_read = off.iter().copied().max().unwrap_or(0) + d.qend().div_ceil(pxb) * pxb;
     assert!(
         max_read <= scratch.len(),
         "hla-tensor internal error: direct scratch too small"
@@ -158,26 +240,19 @@ pub(crate) fn conv_sample<F: Float>(
         d.cout * d.ho * d.wo,
         "hla-tensor internal error: direct output"
     );
-    // SAFETY: F is f32 (checked above), so the slices reinterpret to the same type.
-    let (xp, wpk, y) = unsafe {
-        (
-            std::slice::from_raw_parts(scratch.as_ptr() as *const f32, scratch.len()),
-            std::slice::from_raw_parts(wpk.as_ptr() as *const f32, wpk.len()),
-            std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, y.len()),
-        )
-    };
+    let (xp, wpk, y) = (as_f32(scratch), as_f32(wpk), as_f32_mut(y));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `isa` comes from `detect()`, so the target features are present; the loads stay
     // within `xp` and `wpk` (bounds asserted above).
     unsafe {
         match isa {
-            Isa::Avx512 => run_avx512(d, xp, wpk, y),
-            Isa::Avx2 => run_avx2(d, xp, wpk, y),
+            Isa::Avx512 => run_avx512(d, xp, wpk, &off, y),
+            Isa::Avx2 => run_avx2(d, xp, wpk, &off, y),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, xp, wpk, y);
+        let _ = (isa, xp, wpk, off, y);
         unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
     }
 }
@@ -192,15 +267,14 @@ fn store_block<const PXB: usize>(
     nco: usize,
     y: &mut [f32],
 ) {
-    let wp = d.wp();
-    let qend = (d.ho - 1) * wp + d.wo;
+    let wq = d.wq();
     let npix = d.ho * d.wo;
-    let qb = (q0 + PXB).min(qend);
+    let qb = (q0 + PXB).min(d.qend());
     let mut q = q0;
     while q < qb {
-        let (oh, ow) = (q / wp, q % wp);
+        let (oh, ow) = (q / wq, q % wq);
         if ow >= d.wo {
-            q += wp - ow; // skip the junk columns
+            q += wq - ow; // skip the junk columns
             continue;
         }
         let len = (d.wo - ow).min(qb - q);
@@ -217,13 +291,12 @@ macro_rules! direct_kernel {
         /// Blocks of `COB` channels × `PXB` flattened positions, channel blocks outer.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
-        unsafe fn $name(d: &Direct, xp: &[f32], wpk: &[f32], y: &mut [f32]) {
+        unsafe fn $name(d: &Direct, xp: &[f32], wpk: &[f32], off: &[usize], y: &mut [f32]) {
             use std::arch::x86_64::*;
             const COB: usize = $cob;
             const PXB: usize = $lanes;
-            let (hp, wp) = (d.hp(), d.wp());
             let taps = d.taps();
-            let qend = (d.ho - 1) * wp + d.wo;
+            let qend = d.qend();
             let xpp = xp.as_ptr();
             for b in 0..d.cout.div_ceil(COB) {
                 let wb = wpk.as_ptr().add(b * taps * COB);
@@ -231,17 +304,12 @@ macro_rules! direct_kernel {
                 let mut q0 = 0;
                 while q0 < qend {
                     let mut acc: [$vec; COB] = [$zero(); COB];
-                    for ci in 0..d.cin {
-                        for ki in 0..d.kh {
-                            let base = ci * hp * wp + ki * d.dh * wp + q0;
-                            for kj in 0..d.kw {
-                                // SAFETY (whole block): indices bounded by the caller's asserts.
-                                let xv = $load(xpp.add(base + kj * d.dw));
-                                let wt = wb.add(((ci * d.kh + ki) * d.kw + kj) * COB);
-                                for (c, a) in acc.iter_mut().enumerate() {
-                                    *a = $fmadd($set1(*wt.add(c)), xv, *a);
-                                }
-                            }
+                    for (t, &o) in off.iter().enumerate() {
+                        // SAFETY (whole block): indices bounded by the caller's asserts.
+                        let xv = $load(xpp.add(o + q0));
+                        let wt = wb.add(t * COB);
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            *a = $fmadd($set1(*wt.add(c)), xv, *a);
                         }
                     }
                     let mut out = [[0.0f32; PXB]; COB];
@@ -281,12 +349,12 @@ direct_kernel!(
     _mm256_storeu_ps
 );
 
-/// Weight gradient of a few samples by the same flattened-grid trick, for a stride-1
-/// convolution: `dw[co, t] += Σ_s Σ_q dy_p[s, co, q] · x_p[s, q + off_t]` with `t = (ci, ki, kj)`,
-/// where `dy_p` is `dy` laid out on the padded width (zeros in the junk columns) and `x_p` the
-/// padded input. Each `(co, t)` is accumulated lane-wise over samples (in order) and positions,
-/// then reduced over the lanes in a fixed pairwise order and added to `dw`: the order depends
-/// only on the number of samples passed, never on the thread count.
+/// Weight gradient of a few samples on the flattened grid:
+/// `dw[co, t] += Σ_s Σ_q dy_q[s, co, q] · x_q[s, q + off_t]` with `t = (ci, ki, kj)`, where
+/// `dy_q` is `dy` laid out on the grid pitch (zeros in the junk columns) and `x_q` the
+/// phase-split padded input. Each `(co, t)` is accumulated lane-wise over samples (in order) and
+/// positions, then reduced over the lanes in a fixed pairwise order and added to `dw`: the order
+/// depends only on the number of samples passed, never on the thread count.
 ///
 /// `xs_in[s]`: `[cin, h, w]`, `dys_in[s]`: `[cout, ho, wo]`, `dw [cout, cin·kh·kw]` (accumulated
 /// into); `xs` scratch of `n·`[`Direct::scratch_len`], `ds` of `n·`[`Direct::dy_scratch_len`].
@@ -299,47 +367,27 @@ pub(crate) fn backward_weight_samples<F: Float>(
     xs: &mut [F],
     ds: &mut [F],
 ) {
-    assert!(
-        Direct::supported::<F>(),
-        "hla-tensor internal error: direct convolution needs f32"
-    );
     let ns = xs_in.len();
     assert_eq!(ns, dys_in.len(), "hla-tensor internal error: sample lists");
-    let (hp, wp) = (d.hp(), d.wp());
+    let wq = d.wq();
     let (cob, tb, lanes) = Direct::dw_blocks(isa);
-    let xl = d.scratch_len(Direct::blocks(isa).1);
-    let dl = d.dy_scratch_len(isa);
+    let (xl, dl) = (d.scratch_len(), d.dy_scratch_len(isa));
     let qpad = d.qpad(lanes);
     assert!(
         xs.len() >= ns * xl && ds.len() >= ns * dl,
         "hla-tensor internal error: dw scratch"
     );
-    xs.fill(F::zero());
     ds.fill(F::zero());
     for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
-        for ci in 0..d.cin {
-            for ih in 0..d.h {
-                let dst = s * xl + (ci * hp + ih + d.ph) * wp + d.pw;
-                xs[dst..dst + d.w].copy_from_slice(&x[(ci * d.h + ih) * d.w..][..d.w]);
-            }
-        }
+        d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
         for co in 0..d.cout {
             for oh in 0..d.ho {
-                let dst = s * dl + co * qpad + oh * wp;
+                let dst = s * dl + co * qpad + oh * wq;
                 ds[dst..dst + d.wo].copy_from_slice(&dy[(co * d.ho + oh) * d.wo..][..d.wo]);
             }
         }
     }
-    // Tap offsets into the padded input, padded to a multiple of the tap block with offset 0.
-    let taps = d.taps();
-    let mut off = vec![0usize; taps.div_ceil(tb) * tb];
-    for ci in 0..d.cin {
-        for ki in 0..d.kh {
-            for kj in 0..d.kw {
-                off[(ci * d.kh + ki) * d.kw + kj] = ci * hp * wp + ki * d.dh * wp + kj * d.dw;
-            }
-        }
-    }
+    let off = d.tap_offsets(tb);
     let max_off = off.iter().copied().max().unwrap_or(0);
     assert!(
         max_off + qpad <= xl,
@@ -351,17 +399,10 @@ pub(crate) fn backward_weight_samples<F: Float>(
     );
     assert_eq!(
         dw.len(),
-        d.cout * taps,
+        d.cout * d.taps(),
         "hla-tensor internal error: dw length"
     );
-    // SAFETY: F is f32 (checked above).
-    let (xp, dp, dw) = unsafe {
-        (
-            std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len()),
-            std::slice::from_raw_parts(ds.as_ptr() as *const f32, ds.len()),
-            std::slice::from_raw_parts_mut(dw.as_mut_ptr() as *mut f32, dw.len()),
-        )
-    };
+    let (xp, dp, dw) = (as_f32(xs), as_f32(ds), as_f32_mut(dw));
     let dims = (ns, xl, dl, qpad);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `isa` from `detect()`; loads bounded by the asserts above.
@@ -378,28 +419,9 @@ pub(crate) fn backward_weight_samples<F: Float>(
     }
 }
 
-impl Direct {
-    /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
-    pub fn dw_blocks(isa: Isa) -> (usize, usize, usize) {
-        match isa {
-            Isa::Avx512 => (4, 6, 16),
-            Isa::Avx2 => (2, 5, 8),
-        }
-    }
-    /// Flattened output positions rounded up to whole vectors.
-    fn qpad(&self, lanes: usize) -> usize {
-        ((self.ho - 1) * self.wp() + self.wo).div_ceil(lanes) * lanes
-    }
-    /// Scratch length for `dy` on the padded width (rows padded to a whole channel block).
-    pub fn dy_scratch_len(&self, isa: Isa) -> usize {
-        let (cob, _, lanes) = Self::dw_blocks(isa);
-        self.cout.div_ceil(cob) * cob * self.qpad(lanes)
-    }
-}
-
 macro_rules! dw_kernel {
     ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $cob:literal, $tb:literal, $zero:ident, $load:ident, $fmadd:ident, $store:ident) => {
-        /// Blocks of `COB` channels × `TB` taps, each accumulated over all positions.
+        /// Blocks of `COB` channels × `TB` taps, each accumulated over all samples and positions.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
         unsafe fn $name(
