@@ -214,7 +214,7 @@ impl Geom {
         if !Direct::supported::<F>() || self.depthwise() || self.pointwise() || direct_disabled() {
             return None;
         }
-        let isa = detect()?;
+        let isa = detect_isa()?;
         let d = Direct {
             cin: self.cin_g,
             h: self.h,
@@ -293,6 +293,20 @@ fn direct_disabled() -> bool {
 thread_local! {
     /// Per-thread switch used by the tests to force the im2col path.
     pub(crate) static NO_DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Per-thread switch used by the tests to run the AVX2 kernels on an AVX-512 machine.
+    pub(crate) static FORCE_AVX2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The instruction set of the direct kernels (the tests may downgrade AVX-512 to AVX2).
+fn detect_isa() -> Option<Isa> {
+    let isa = detect()?;
+    #[cfg(test)]
+    {
+        if FORCE_AVX2.with(|c| c.get()) {
+            return Some(Isa::Avx2);
+        }
+    }
+    Some(isa)
 }
 
 fn rename(e: TensorError, op: &'static str) -> TensorError {
@@ -1119,23 +1133,25 @@ mod tests {
             let (xd, wd, dyd) = (to_f64(&x), to_f64(&w), to_f64(&dy));
             let ry = naive_conv2d(&xd, &wd, None, &p);
             let (rdx, rdw) = naive_conv2d_backward(&xd, &wd, &dyd, &p);
-            for no_direct in [false, true] {
+            for (no_direct, avx2) in [(false, false), (false, true), (true, false)] {
                 NO_DIRECT.with(|f| f.set(no_direct));
+                FORCE_AVX2.with(|f| f.set(avx2));
                 let y = conv2d(x.view(), w.view(), None, &p, Par::Rayon).unwrap();
                 let dx = conv2d_backward_input(dy.view(), w.view(), c.hw, &p, Par::Rayon).unwrap();
                 let dw = conv2d_backward_weight(x.view(), dy.view(), c.k, &p, Par::Rayon).unwrap();
                 NO_DIRECT.with(|f| f.set(false));
+                FORCE_AVX2.with(|f| f.set(false));
                 assert!(
                     max_rel_err(&to_f64(&y), &ry) < 1e-5,
-                    "y {c:?} no_direct={no_direct}"
+                    "y {c:?} no_direct={no_direct} avx2={avx2}"
                 );
                 assert!(
                     max_rel_err(&to_f64(&dx), &rdx) < 1e-5,
-                    "dx {c:?} no_direct={no_direct}"
+                    "dx {c:?} no_direct={no_direct} avx2={avx2}"
                 );
                 assert!(
                     max_rel_err(&to_f64(&dw), &rdw) < 1e-5,
-                    "dw {c:?} no_direct={no_direct}"
+                    "dw {c:?} no_direct={no_direct} avx2={avx2}"
                 );
             }
         }

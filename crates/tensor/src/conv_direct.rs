@@ -78,8 +78,8 @@ impl Direct {
     /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32).
     pub fn blocks(isa: Isa) -> (usize, usize) {
         match isa {
-            Isa::Avx512 => (16, 16),
-            Isa::Avx2 => (8, 8),
+            Isa::Avx512 => (AVX512_COB, 16 * AVX512_NV),
+            Isa::Avx2 => (AVX2_COB, 8 * AVX2_NV),
         }
     }
     /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
@@ -90,9 +90,9 @@ impl Direct {
         }
     }
     /// Scratch length for the phase-split padded input (with slack so that a whole vector
-    /// block can always be loaded: every read is below `cin·s_h·s_w·h_q·w_q + 32`).
+    /// block can always be loaded: every read is below `cin·s_h·s_w·h_q·w_q + 64`).
     pub fn scratch_len(&self) -> usize {
-        self.cin * self.sh * self.sw * self.hq() * self.wq() + 32
+        self.cin * self.sh * self.sw * self.hq() * self.wq() + 64
     }
     /// Flattened output positions rounded up to whole vectors of `lanes`.
     fn qpad(&self, lanes: usize) -> usize {
@@ -287,14 +287,17 @@ fn store_block<const PXB: usize>(
 }
 
 macro_rules! direct_kernel {
-    ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $cob:literal, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
-        /// Blocks of `COB` channels × `PXB` flattened positions, channel blocks outer.
+    ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $nv:expr, $cob:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
+        /// Blocks of `COB` channels × `NV` vectors of flattened positions, channel blocks outer:
+        /// per tap `NV` input loads and `COB` weight broadcasts feed `COB·NV` FMAs.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
         unsafe fn $name(d: &Direct, xp: &[f32], wpk: &[f32], off: &[usize], y: &mut [f32]) {
             use std::arch::x86_64::*;
             const COB: usize = $cob;
-            const PXB: usize = $lanes;
+            const L: usize = $lanes;
+            const NV: usize = $nv;
+            const PXB: usize = L * NV;
             let taps = d.taps();
             let qend = d.qend();
             let xpp = xp.as_ptr();
@@ -303,18 +306,26 @@ macro_rules! direct_kernel {
                 let nco = COB.min(d.cout - b * COB);
                 let mut q0 = 0;
                 while q0 < qend {
-                    let mut acc: [$vec; COB] = [$zero(); COB];
+                    let mut acc: [[$vec; NV]; COB] = [[$zero(); NV]; COB];
                     for (t, &o) in off.iter().enumerate() {
                         // SAFETY (whole block): indices bounded by the caller's asserts.
-                        let xv = $load(xpp.add(o + q0));
+                        let mut xv: [$vec; NV] = [$zero(); NV];
+                        for (v, x) in xv.iter_mut().enumerate() {
+                            *x = $load(xpp.add(o + q0 + v * L));
+                        }
                         let wt = wb.add(t * COB);
                         for (c, a) in acc.iter_mut().enumerate() {
-                            *a = $fmadd($set1(*wt.add(c)), xv, *a);
+                            let wc = $set1(*wt.add(c));
+                            for v in 0..NV {
+                                a[v] = $fmadd(wc, xv[v], a[v]);
+                            }
                         }
                     }
                     let mut out = [[0.0f32; PXB]; COB];
                     for (o, a) in out.iter_mut().zip(acc.iter()) {
-                        $store(o.as_mut_ptr(), *a);
+                        for v in 0..NV {
+                            $store(o.as_mut_ptr().add(v * L), a[v]);
+                        }
                     }
                     store_block::<PXB>(d, &out, q0, b * COB, nco, y);
                     q0 += PXB;
@@ -324,12 +335,19 @@ macro_rules! direct_kernel {
     };
 }
 
+/// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::blocks`].
+const AVX512_COB: usize = 16;
+const AVX512_NV: usize = 1;
+const AVX2_COB: usize = 8;
+const AVX2_NV: usize = 1;
+
 direct_kernel!(
     run_avx512,
     "avx512f",
     __m512,
     16,
-    16,
+    AVX512_NV,
+    AVX512_COB,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_set1_ps,
@@ -341,7 +359,8 @@ direct_kernel!(
     "avx2,fma",
     __m256,
     8,
-    8,
+    AVX2_NV,
+    AVX2_COB,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_set1_ps,
