@@ -2,6 +2,14 @@
 //! file per differentiable op with its backward and gradient check, optimizers and learning-rate
 //! schedules with PyTorch semantics.
 //!
+//! - [`Tape`] records a forward pass; [`Tape::backward`] walks it in reverse and returns
+//!   [`Gradients`] for leaves and [`Param`]s. [`Tape::no_grad`] evaluates without recording.
+//! - [`ops`]: the differentiable ops, one file each; [`OpKind`] names them all (the checklist
+//!   that the test `every_op_has_a_gradcheck` walks). [`CustomOp`] plugs in user ops.
+//! - [`gradcheck`]: f64 central-difference checks with a random upstream gradient.
+//! - [`optim`]: SGD (momentum, Nesterov, weight decay, parameter groups);
+//!   [`schedule`]: constant, step, cosine, SGDR, linear warm-up.
+//!
 //! ```
 //! use hla_autograd::{ops, Tape};
 //! use ndarray::ArrayD;
@@ -23,7 +31,9 @@ pub mod gradcheck;
 mod linalg;
 mod op;
 pub mod ops;
+pub mod optim;
 mod param;
+pub mod schedule;
 mod tape;
 #[cfg(test)]
 mod testutil;
@@ -35,5 +45,3 @@ pub use op::OpKind;
 pub use ops::{BatchNormState, CustomOp};
 pub use param::{Param, ParamId};
 pub use tape::{Gradients, Tape, Var};
-pub mod optim;
-pub mod schedule;
