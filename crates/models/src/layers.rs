@@ -11,8 +11,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::init;
 use crate::model::{
-    BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, QuantLayerInfo,
-    StateMut, StateRef, Visit,
+    BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, Module,
+    QuantLayerInfo, StateMut, StateRef,
 };
 use crate::{ModelError, Result};
 
@@ -168,7 +168,7 @@ impl<F: Float> Conv2d<F> {
     }
 }
 
-impl<F: Float> Visit<F> for Conv2d<F> {
+impl<F: Float> Module<F> for Conv2d<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let weight = format!("{}.weight", self.name);
         if self.quantisable {
@@ -237,7 +237,7 @@ impl<F: Float> BatchNorm2d<F> {
     }
 }
 
-impl<F: Float> Visit<F> for BatchNorm2d<F> {
+impl<F: Float> Module<F> for BatchNorm2d<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let n = &self.name;
         c.state
@@ -349,7 +349,7 @@ impl<F: Float> Linear<F> {
     }
 }
 
-impl<F: Float> Visit<F> for Linear<F> {
+impl<F: Float> Module<F> for Linear<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         let weight = format!("{}.weight", self.name);
         if self.quantisable {
@@ -437,7 +437,7 @@ impl<F: Float> ConvBnAct<F> {
     }
 }
 
-impl<F: Float> Visit<F> for ConvBnAct<F> {
+impl<F: Float> Module<F> for ConvBnAct<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv.visit(c);
         self.bn.visit(c);

@@ -24,7 +24,8 @@ pub use io::{
 };
 pub use mobilenet_v2::MobileNetV2;
 pub use model::{
-    BufferMut, BufferRef, LayerHook, LayerKind, Mode, Model, QuantLayerInfo, StateMut, StateRef,
+    copy_state, BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, Model,
+    Module, QuantLayerInfo, StateMut, StateRef,
 };
 pub use resnet::{BlockKind, ResNet};
 pub use resnet_cifar::{CifarResNet, ShortcutKind};

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::layers::{
     Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook, Linear, LinearInit,
 };
-use crate::model::{impl_model, Collector, CollectorMut, Mode, Visit};
+use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
 
 /// `(t, c, n, s)`: expansion, output channels, repeats, first stride (torchvision's
@@ -106,7 +106,7 @@ impl<F: Float> InvertedResidual<F> {
     }
 }
 
-impl<F: Float> Visit<F> for InvertedResidual<F> {
+impl<F: Float> Module<F> for InvertedResidual<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         if let Some(e) = &self.expand {
             e.visit(c);
@@ -223,7 +223,7 @@ impl<F: Float> MobileNetV2<F> {
     }
 }
 
-impl<F: Float> Visit<F> for MobileNetV2<F> {
+impl<F: Float> Module<F> for MobileNetV2<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.stem.visit(c);
         for b in &self.blocks {

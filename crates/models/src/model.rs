@@ -177,9 +177,9 @@ pub trait Model: Send {
     }
 }
 
-/// Collects state entries and quantisable-layer descriptions while walking a model's layers in
-/// `state_dict` order.
-pub(crate) struct Collector<'a, F: Float> {
+/// Collects state entries and quantisable-layer descriptions while a [`Module`] walks its
+/// layers in `state_dict` order.
+pub struct Collector<'a, F: Float = f32> {
     pub(crate) state: Vec<(String, StateRef<'a, F>)>,
     pub(crate) quant: Vec<QuantLayerInfo>,
 }
@@ -193,8 +193,19 @@ impl<F: Float> Default for Collector<'_, F> {
     }
 }
 
+impl<'a, F: Float> Collector<'a, F> {
+    /// The named state entries collected so far, in `state_dict` order.
+    pub fn into_state(self) -> Vec<(String, StateRef<'a, F>)> {
+        self.state
+    }
+    /// The quantisable layers collected so far, in order.
+    pub fn quantisable(&self) -> &[QuantLayerInfo] {
+        &self.quant
+    }
+}
+
 /// Writable counterpart of [`Collector`].
-pub(crate) struct CollectorMut<'a, F: Float> {
+pub struct CollectorMut<'a, F: Float = f32> {
     pub(crate) state: Vec<(String, StateMut<'a, F>)>,
 }
 
@@ -204,9 +215,21 @@ impl<F: Float> Default for CollectorMut<'_, F> {
     }
 }
 
-/// Walk over a module's state in `state_dict` order.
-pub(crate) trait Visit<F: Float> {
+impl<'a, F: Float> CollectorMut<'a, F> {
+    /// The named writable state entries collected so far, in `state_dict` order.
+    pub fn into_state(self) -> Vec<(String, StateMut<'a, F>)> {
+        self.state
+    }
+}
+
+/// A network component with named state (the layers of [`crate::layers`] and the blocks built
+/// from them): it reports its parameters and buffers, each under its full torchvision name, in
+/// PyTorch's `state_dict` order (a module's own parameters, then its buffers, then its children
+/// in registration order), and its quantisable layers.
+pub trait Module<F: Float = f32> {
+    /// Pushes read access to every entry (and quantisable layer) onto `c`.
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>);
+    /// Pushes write access to every entry onto `c`, in the same order as [`Module::visit`].
     fn visit_mut<'a>(&'a mut self, c: &mut CollectorMut<'a, F>);
 }
 
@@ -264,7 +287,7 @@ pub fn copy_state<F: Float, G: Float>(
     Ok(())
 }
 
-/// Implements, for an architecture `$t<F>` with `Visit<F>`, `forward_impl`, `reseed`, `arch` and
+/// Implements, for an architecture `$t<F>` with `Module<F>`, `forward_impl`, `reseed`, `arch` and
 /// `num_classes`: generic inherent methods (`forward_t`, `named_state`, `named_state_mut`) and
 /// [`Model`] for `$t<f32>`.
 macro_rules! impl_model {
@@ -284,13 +307,13 @@ macro_rules! impl_model {
             /// [`Model::state`] in any float type.
             pub fn named_state(&self) -> Vec<(String, $crate::model::StateRef<'_, F>)> {
                 let mut c = $crate::model::Collector::default();
-                $crate::model::Visit::visit(self, &mut c);
+                $crate::model::Module::visit(self, &mut c);
                 c.state
             }
             /// [`Model::state_mut`] in any float type.
             pub fn named_state_mut(&mut self) -> Vec<(String, $crate::model::StateMut<'_, F>)> {
                 let mut c = $crate::model::CollectorMut::default();
-                $crate::model::Visit::visit_mut(self, &mut c);
+                $crate::model::Module::visit_mut(self, &mut c);
                 c.state
             }
         }
@@ -319,7 +342,7 @@ macro_rules! impl_model {
             }
             fn quantisable(&self) -> Vec<$crate::model::QuantLayerInfo> {
                 let mut c = $crate::model::Collector::<f32>::default();
-                $crate::model::Visit::visit(self, &mut c);
+                $crate::model::Module::visit(self, &mut c);
                 c.quant
             }
             fn set_dropout_seed(&mut self, seed: u64) {

@@ -323,8 +323,15 @@ fn pretrained_resnet20_reproduces_pytorch_on_cifar10_test() {
     // Eval logits do not depend on the batch split (PyTorch used 500); 100 keeps the no-grad
     // tape, which holds every activation of the batch, near 260 MB.
     const BATCH: usize = 100;
-    let mut pred = Vec::with_capacity(10_000);
-    for start in (0..10_000).step_by(BATCH) {
+    // Unoptimised builds (`cargo test` without --release) check the first 2,000 images only, to
+    // stay quick; the release suite (CI) checks all 10,000.
+    let n = if cfg!(debug_assertions) {
+        2_000
+    } else {
+        10_000
+    };
+    let mut pred = Vec::with_capacity(n);
+    for start in (0..n).step_by(BATCH) {
         let xb = x
             .slice_axis(ndarray::Axis(0), (start..start + BATCH).into())
             .to_owned();
@@ -359,10 +366,10 @@ fn pretrained_resnet20_reproduces_pytorch_on_cifar10_test() {
             pred.push(best as i64);
         }
     }
-    let differ: Vec<usize> = (0..10_000).filter(|&i| pred[i] != want_pred[i]).collect();
+    let differ: Vec<usize> = (0..n).filter(|&i| pred[i] != want_pred[i]).collect();
     assert!(
         differ.is_empty(),
-        "{} predictions differ from PyTorch, first: {:?}",
+        "{} of {n} predictions differ from PyTorch, first: {:?}",
         differ.len(),
         &differ[..differ.len().min(10)]
     );
@@ -371,6 +378,12 @@ fn pretrained_resnet20_reproduces_pytorch_on_cifar10_test() {
         .zip(&labels)
         .filter(|(&p, &l)| p == l as i64)
         .count();
-    println!("pretrained ResNet-20 on the CIFAR-10 test batch: {correct} / 10000 correct");
-    assert_eq!(correct, 8103);
+    let torch_correct = (0..n).filter(|&i| want_pred[i] == labels[i] as i64).count();
+    println!("pretrained ResNet-20 on the CIFAR-10 test batch: {correct} / {n} correct (PyTorch: {torch_correct})");
+    assert_eq!(correct, torch_correct);
+    if n == 10_000 {
+        assert_eq!(correct, 8103); // the golden README's figure
+    } else {
+        println!("(unoptimised build: first {n} images only; run with --release for all 10,000)");
+    }
 }

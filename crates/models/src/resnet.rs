@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
-use crate::model::{impl_model, Collector, CollectorMut, Mode, Visit};
+use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
 
 /// Residual block type.
@@ -117,7 +117,7 @@ impl<F: Float> Block<F> {
     }
 }
 
-impl<F: Float> Visit<F> for Block<F> {
+impl<F: Float> Module<F> for Block<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         for (conv, bn) in &self.convs {
             conv.visit(c);
@@ -226,7 +226,7 @@ impl<F: Float> ResNet<F> {
     fn reseed(&mut self, _seed: u64) {}
 }
 
-impl<F: Float> Visit<F> for ResNet<F> {
+impl<F: Float> Module<F> for ResNet<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);

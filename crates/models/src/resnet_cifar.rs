@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
-use crate::model::{impl_model, Collector, CollectorMut, Mode, Visit};
+use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::shortcut_a::shortcut_a;
 use crate::{ModelError, Result};
 
@@ -125,7 +125,7 @@ impl<F: Float> CifarBlock<F> {
     }
 }
 
-impl<F: Float> Visit<F> for CifarBlock<F> {
+impl<F: Float> Module<F> for CifarBlock<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);
@@ -232,7 +232,7 @@ impl<F: Float> CifarResNet<F> {
     fn reseed(&mut self, _seed: u64) {}
 }
 
-impl<F: Float> Visit<F> for CifarResNet<F> {
+impl<F: Float> Module<F> for CifarResNet<F> {
     fn visit<'a>(&'a self, c: &mut Collector<'a, F>) {
         self.conv1.visit(c);
         self.bn1.visit(c);
