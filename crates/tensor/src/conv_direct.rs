@@ -241,27 +241,19 @@ pub(crate) fn conv_sample<F: Float>(
         "hla-tensor internal error: direct output"
     );
     let (xp, wpk, y) = (as_f32(scratch), as_f32(wpk), as_f32_mut(y));
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `isa` comes from `detect()`, so the target features are present; the loads stay
-    // within `xp` and `wpk` (bounds asserted above).
-    unsafe {
-        match isa {
-            Isa::Avx512 => run_avx512(d, xp, wpk, &off, y),
-            Isa::Avx2 => run_avx2(d, xp, wpk, &off, y),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (isa, xp, wpk, off, y);
-        unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
-    }
+    let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
+        store_block(d, out, pxb, q0, co0, nco, y)
+    };
+    // SAFETY: `isa` from `detect()`; bounds asserted above.
+    unsafe { run_kernel(isa, xp, wpk, &off, d.cout, d.qend(), &mut store) };
 }
 
-/// Writes the valid positions of one `[COB][PXB]` block (starting at flattened `q0`) to `y`.
-#[inline(always)]
-fn store_block<const PXB: usize>(
+/// Writes the valid positions of one block (`out [COB][pxb]`, starting at flattened `q0`) of
+/// the forward grid to `y [cout, ho, wo]`.
+fn store_block(
     d: &Direct,
-    acc: &[[f32; PXB]],
+    out: &[f32],
+    pxb: usize,
     q0: usize,
     co0: usize,
     nco: usize,
@@ -269,7 +261,7 @@ fn store_block<const PXB: usize>(
 ) {
     let wq = d.wq();
     let npix = d.ho * d.wo;
-    let qb = (q0 + PXB).min(d.qend());
+    let qb = (q0 + pxb).min(d.qend());
     let mut q = q0;
     while q < qb {
         let (oh, ow) = (q / wq, q % wq);
@@ -279,31 +271,43 @@ fn store_block<const PXB: usize>(
         }
         let len = (d.wo - ow).min(qb - q);
         let (lane, o) = (q - q0, oh * d.wo + ow);
-        for (c, row) in acc.iter().enumerate().take(nco) {
+        for c in 0..nco {
+            let row = &out[c * pxb..(c + 1) * pxb];
             y[(co0 + c) * npix + o..][..len].copy_from_slice(&row[lane..lane + len]);
         }
         q += len;
     }
 }
 
+/// Receives each finished block: `(out [COB·PXB] row-major, PXB, q0, first channel, channels)`.
+type Store<'a> = dyn FnMut(&[f32], usize, usize, usize, usize) + 'a;
+
 macro_rules! direct_kernel {
     ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $nv:expr, $cob:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
-        /// Blocks of `COB` channels × `NV` vectors of flattened positions, channel blocks outer:
-        /// per tap `NV` input loads and `COB` weight broadcasts feed `COB·NV` FMAs.
+        /// Blocks of `COB` output channels × `NV` vectors of flattened positions (`0..qend`),
+        /// channel blocks outer: per tap `NV` input loads and `COB` weight broadcasts feed
+        /// `COB·NV` FMAs. Taps are `off` (offsets into `xp`) with weights packed
+        /// `[block][tap][COB]`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
-        unsafe fn $name(d: &Direct, xp: &[f32], wpk: &[f32], off: &[usize], y: &mut [f32]) {
+        unsafe fn $name(
+            xp: &[f32],
+            wpk: &[f32],
+            off: &[usize],
+            nout: usize,
+            qend: usize,
+            store: &mut Store<'_>,
+        ) {
             use std::arch::x86_64::*;
             const COB: usize = $cob;
             const L: usize = $lanes;
             const NV: usize = $nv;
             const PXB: usize = L * NV;
-            let taps = d.taps();
-            let qend = d.qend();
+            let taps = off.len();
             let xpp = xp.as_ptr();
-            for b in 0..d.cout.div_ceil(COB) {
+            for b in 0..nout.div_ceil(COB) {
                 let wb = wpk.as_ptr().add(b * taps * COB);
-                let nco = COB.min(d.cout - b * COB);
+                let nco = COB.min(nout - b * COB);
                 let mut q0 = 0;
                 while q0 < qend {
                     let mut acc: [[$vec; NV]; COB] = [[$zero(); NV]; COB];
@@ -321,18 +325,47 @@ macro_rules! direct_kernel {
                             }
                         }
                     }
-                    let mut out = [[0.0f32; PXB]; COB];
-                    for (o, a) in out.iter_mut().zip(acc.iter()) {
+                    let mut out = [0.0f32; COB * PXB];
+                    for (c, a) in acc.iter().enumerate() {
                         for v in 0..NV {
-                            $store(o.as_mut_ptr().add(v * L), a[v]);
+                            $store(out.as_mut_ptr().add(c * PXB + v * L), a[v]);
                         }
                     }
-                    store_block::<PXB>(d, &out, q0, b * COB, nco, y);
+                    store(&out, PXB, q0, b * COB, nco);
                     q0 += PXB;
                 }
             }
         }
     };
+}
+
+/// Runs the forward kernel for `isa` (bounds checked by the caller).
+///
+/// # Safety
+/// `isa` must come from `detect()`; every `off[t] + q` for `q < round_up(qend, PXB)` must be
+/// inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values.
+unsafe fn run_kernel(
+    isa: Isa,
+    xp: &[f32],
+    wpk: &[f32],
+    off: &[usize],
+    nout: usize,
+    qend: usize,
+    store: &mut Store<'_>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => run_avx512(xp, wpk, off, nout, qend, store),
+            Isa::Avx2 => run_avx2(xp, wpk, off, nout, qend, store),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, xp, wpk, off, nout, qend, store);
+        unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
+    }
 }
 
 /// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::blocks`].
