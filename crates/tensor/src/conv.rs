@@ -23,7 +23,7 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
 
 /// Number of samples whose weight-gradient terms are summed in one task (a constant so the
 /// summation order does not depend on the thread count).
-pub const DW_CHUNK: usize = 4;
+pub const DW_CHUNK: usize = 8;
 
 /// Hyper-parameters of a 2-D convolution: `(h, w)` pairs for stride, padding (each side) and
 /// dilation, and the number of groups (`groups == c_in` is depthwise).
