@@ -65,7 +65,8 @@ pub fn ld_grad_latent<F: Real>(
     out
 }
 
-/// w = v / r, r_j = sqrt(Σ_i v_ji² + eps_w) (spec 3.1). Returns (W `[n, m]`, r `[n]`).
+/// w = v / r, r_j = sqrt(Σ_i v_ji² + eps_w) (spec 3.1), computed as v·(1/r) in row order exactly
+/// like `hla_autograd::ops::normalize_rows`. Returns (W `[n, m]`, r `[n]`).
 pub fn normalize_rows<F: Real>(v: ArrayView2<'_, F>, eps_w: F) -> (Array2<F>, Array1<F>) {
     let mut w = v.to_owned();
     let mut r = Array1::zeros(v.nrows());
@@ -76,7 +77,10 @@ pub fn normalize_rows<F: Real>(v: ArrayView2<'_, F>, eps_w: F) -> (Array2<F>, Ar
         }
         let rj = (s + eps_w).sqrt();
         r[j] = rj;
-        row.mapv_inplace(|x| x / rj);
+        // multiply by 1/r (not divide by r): the same arithmetic as the tape's normalize_rows,
+        // so thresholds and exports computed here see bit-identical weights to the forward pass
+        let inv = F::one() / rj;
+        row.mapv_inplace(|x| x * inv);
     }
     (w, r)
 }
@@ -219,5 +223,27 @@ mod tests {
         let wh = ternarize_rows(a.view(), 4.0 / 11.0, EmptyRow::Zero).dequantize();
         let wh2 = ternarize_rows(wh.view(), 4.0 / 11.0, EmptyRow::Zero).dequantize();
         assert!(ld_layer(wh.view(), wh2.view()).0.abs() < 1e-15);
+    }
+}
+
+#[cfg(test)]
+mod consistency {
+    use hla_autograd::{ops, Tape};
+    use ndarray::{Array2, ArrayD};
+    use rand::{Rng, SeedableRng};
+
+    /// The plain normalisation used for thresholds, metrics and export is bit-identical to the
+    /// tape op used in the forward pass (otherwise a weight within one ulp of Δ could be zeroed
+    /// in one and kept in the other).
+    #[test]
+    fn plain_normalisation_matches_tape_bitwise() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let v = Array2::from_shape_fn((16, 37), |_| rng.random_range(-1.0f32..1.0));
+        let (w, _) = super::normalize_rows(v.view(), 1e-12);
+        let mut tape = Tape::<f32>::no_grad();
+        let vv = tape.constant(v.clone().into_dyn());
+        let wv = ops::normalize_rows(&mut tape, vv, 1e-12).unwrap();
+        let bits = |a: &ArrayD<f32>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&w.into_dyn()), bits(tape.value(wv)));
     }
 }
