@@ -87,13 +87,14 @@ pub fn matmul<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Result<Array2<F>>
     Ok(c)
 }
 
-/// Column-block width of [`gemm_par`]: a constant, so the split never depends on the thread
-/// count (and each element's sum over `k` runs in the same order in any split).
+/// Smallest column block of [`gemm_par`]: narrower outputs run as one [`gemm`].
 pub const GEMM_PAR_COLS: usize = 128;
 
-/// [`gemm`] split over blocks of [`GEMM_PAR_COLS`] columns of `C` (on the rayon pool with
-/// `Par::Rayon`). Every element is computed by the same single-threaded kernel whatever the
-/// split, so the result is bit-identical to [`gemm`] and across thread counts.
+/// [`gemm`] split over column blocks of `C` (on the rayon pool with `Par::Rayon`): four blocks of
+/// `⌈n / 4⌉` columns rounded up to a multiple of 16, at least [`GEMM_PAR_COLS`] wide. The split
+/// depends only on the shape (fewer blocks mean less re-packing of `A`), and every element is
+/// computed by the same single-threaded kernel in the same `k` order whatever the split, so the
+/// result is bit-identical to [`gemm`] and across thread counts.
 ///
 /// # Shapes
 /// As [`gemm`]: `a`: `[m, k]`, `b`: `[k, n]`, `c`: `[m, n]`.
@@ -114,8 +115,9 @@ pub fn gemm_par<F: Float>(
     {
         return gemm(alpha, a, b, beta, c);
     }
-    let cb: Vec<_> = c.axis_chunks_iter_mut(Axis(1), GEMM_PAR_COLS).collect();
-    let bb: Vec<_> = b.axis_chunks_iter(Axis(1), GEMM_PAR_COLS).collect();
+    let width = (b.ncols().div_ceil(4).div_ceil(16) * 16).max(GEMM_PAR_COLS);
+    let cb: Vec<_> = c.axis_chunks_iter_mut(Axis(1), width).collect();
+    let bb: Vec<_> = b.axis_chunks_iter(Axis(1), width).collect();
     cb.into_par_iter()
         .zip(bb)
         .try_for_each(|(cj, bj)| gemm(alpha, a, bj, beta, cj))
