@@ -239,4 +239,34 @@ mod tests {
             .unwrap();
         assert_eq!(got, want);
     }
+
+    /// Δ̄ update through the method's optimiser (spec 8.5 / A15): momentum 0.9, lr × delta_lr_mult,
+    /// no weight decay, clamp at 0. With ∂J/∂Δ̄ = 0.5, lr = 0.1, mult = 2, Δ̄₀ = 0.3:
+    /// buffers 0.5, 0.95, 1.355 → Δ̄ = 0.2, 0.01, max(0.01 − 0.271, 0) = 0.
+    #[test]
+    fn delta_bar_sgd_momentum_and_clamp() {
+        use crate::method::HookMode;
+        let m = TinyNet::new(4);
+        let cfg = HlaConfig {
+            delta_lr_mult: 2.0,
+            weight_decay: 0.5, // must not reach Δ̄
+            ..Default::default()
+        };
+        let mut st = MethodState::new(cfg, &m).unwrap();
+        st.hook.set_mode(HookMode::Ternary, 1.0);
+        *st.hook.layers[0].delta_bar.value_mut() = ArrayD::from_elem(vec![1], 0.3);
+        for want in [0.2f32, 0.01, 0.0] {
+            let mut tape = Tape::<f32>::new();
+            let d = tape.param(&st.hook.layers[0].delta_bar);
+            let l = ops::mul_scalar(&mut tape, d, 0.5).unwrap();
+            let l = ops::sum_all(&mut tape, l).unwrap();
+            let mut g = tape.backward(l).unwrap();
+            drop(tape);
+            st.step_extras(&mut g, 0.1).unwrap();
+            let got = st.hook.layers[0].delta_bar.value()[[0]];
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // layer 1's Δ̄ had no gradient and did not move
+        assert_eq!(st.hook.layers[1].delta_bar.value()[[0]], 0.0);
+    }
 }
