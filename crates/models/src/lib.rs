@@ -31,8 +31,12 @@ pub use resnet::{BlockKind, ResNet};
 pub use resnet_cifar::{CifarResNet, ShortcutKind};
 
 /// Architecture names accepted by [`build`]. CIFAR ResNets use the option-A shortcut; append
-/// `_b` (e.g. `resnet20_b`) for option B (1×1 conv + BN projection).
+/// `_b` (e.g. `resnet20_b`) for option B (1×1 conv + BN projection). Besides the depths listed,
+/// any CIFAR depth `6n + 2` (`resnet8`, `resnet14`, `resnet26`, …) that is not a torchvision
+/// name is accepted.
 pub const ARCHS: &[&str] = &[
+    "resnet8",
+    "resnet14",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -45,6 +49,15 @@ pub const ARCHS: &[&str] = &[
     "resnet152",
     "mobilenet_v2",
 ];
+
+/// `n` (blocks per stage) of a CIFAR ResNet name `resnet<6n + 2>`.
+fn cifar_depth(name: &str) -> Option<usize> {
+    if ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"].contains(&name) {
+        return None; // torchvision names
+    }
+    let d: usize = name.strip_prefix("resnet")?.parse().ok()?;
+    (d >= 8 && (d - 2) % 6 == 0).then_some((d - 2) / 6)
+}
 
 /// Builds an architecture by name with `num_classes` outputs, weights drawn from `seed`
 /// (`ChaCha8Rng`, torchvision / akamaster initialisation).
@@ -82,6 +95,7 @@ pub fn build(arch: &str, num_classes: usize, seed: u64) -> Result<Box<dyn Model>
         "resnet101" if !is_b => tv(BlockKind::Bottleneck, [3, 4, 23, 3]),
         "resnet152" if !is_b => tv(BlockKind::Bottleneck, [3, 8, 36, 3]),
         "mobilenet_v2" if !is_b => Ok(Box::new(MobileNetV2::new(arch, num_classes, seed)?)),
+        _ if cifar_depth(base).is_some() => cifar(cifar_depth(base).unwrap_or(1)),
         _ => Err(ModelError::UnknownArch {
             arch: arch.into(),
             known: ARCHS.join(", "),
@@ -109,6 +123,10 @@ mod tests {
     #[test]
     fn parameter_counts_equal_the_reference_implementations() {
         let cases: &[(&str, usize, usize)] = &[
+            // 269,722 − 2 × 97,216 / − 97,216: one 16-, 32- and 64-channel identity block
+            // (2·(c·c·9) + 4·c each) less per stage
+            ("resnet8", 10, 75_290),
+            ("resnet14", 10, 172_506),
             ("resnet20", 10, 269_722),
             ("resnet32", 10, 464_154),
             ("resnet44", 10, 658_586),
@@ -274,6 +292,10 @@ mod tests {
     fn unknown_arch_and_zero_classes_are_errors() {
         assert!(matches!(
             build("resnet19", 10, 0),
+            Err(ModelError::UnknownArch { .. })
+        ));
+        assert!(matches!(
+            build("resnet50_b", 10, 0),
             Err(ModelError::UnknownArch { .. })
         ));
         assert!(matches!(
