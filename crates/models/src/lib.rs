@@ -56,7 +56,7 @@ fn cifar_depth(name: &str) -> Option<usize> {
         return None; // torchvision names
     }
     let d: usize = name.strip_prefix("resnet")?.parse().ok()?;
-    (d >= 8 && (d - 2) % 6 == 0).then_some((d - 2) / 6)
+    (d >= 8 && d % 6 == 2).then_some((d - 2) / 6)
 }
 
 /// Builds an architecture by name with `num_classes` outputs, weights drawn from `seed`
