@@ -272,3 +272,14 @@ fn retained_intermediate_gradients_are_returned() {
         "non-retained intermediate gradients are freed"
     );
 }
+
+#[test]
+fn backward_of_a_constant_gives_no_gradients() {
+    let p = Param::new(ArrayD::from_elem(vec![2], 1.0f32));
+    let mut t = Tape::no_grad();
+    let v = t.param(&p);
+    let l = ops::sum_all(&mut t, v).unwrap();
+    assert!(!t.requires_grad(l));
+    let g = t.backward(l).unwrap();
+    assert!(g.of_param(&p).is_none());
+}

@@ -207,7 +207,9 @@ impl<F: Float> Tape<F> {
     }
 
     /// Gradients of the scalar `loss` (any shape with exactly one element) with respect to every
-    /// leaf and parameter.
+    /// leaf and parameter. If `loss` depends on none (a constant, or any value of a
+    /// [`Tape::no_grad`] tape), the result holds no gradient: check [`Tape::requires_grad`]
+    /// when that would be a mistake.
     ///
     /// # Errors
     /// [`AutogradError::NonScalarOutput`] if `loss` has more than one element;
