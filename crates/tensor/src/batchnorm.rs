@@ -1,9 +1,11 @@
 //! Batch-norm kernels over `[n, c, h, w]`, per channel: statistics, the normalisation, and the
 //! train-mode backward through the batch statistics. Every per-channel sum runs over samples in
-//! order, each `h × w` plane in scan order (a fixed order, whatever the thread count).
+//! order, each `h × w` plane in scan order (a fixed order, whatever the thread count). Channels
+//! are independent, so they are spread over the rayon pool without changing any result.
 
 use crate::Float;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4, Axis};
+use rayon::prelude::*;
 
 /// Sum of one plane in scan order.
 fn plane_sum<F: Float>(it: impl Iterator<Item = F>) -> F {
@@ -18,20 +20,22 @@ fn plane_sum<F: Float>(it: impl Iterator<Item = F>) -> F {
 pub fn channel_mean_var<F: Float>(x: ArrayView4<F>) -> (Array1<F>, Array1<F>) {
     let (n, c, h, w) = x.dim();
     let m = F::from_f64((n * h * w) as f64);
-    let mut mean = Array1::<F>::zeros(c);
-    let mut var = Array1::<F>::zeros(c);
-    for ch in 0..c {
-        let xc = x.index_axis(Axis(1), ch);
-        let s = xc
-            .axis_iter(Axis(0))
-            .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
-        let mu = s / m;
-        let q = xc.axis_iter(Axis(0)).fold(F::zero(), |a, p| {
-            a + plane_sum(p.iter().map(|&v| (v - mu) * (v - mu)))
-        });
-        mean[ch] = mu;
-        var[ch] = q / m;
-    }
+    let stats: Vec<(F, F)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let xc = x.index_axis(Axis(1), ch);
+            let s = xc
+                .axis_iter(Axis(0))
+                .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
+            let mu = s / m;
+            let q = xc.axis_iter(Axis(0)).fold(F::zero(), |a, p| {
+                a + plane_sum(p.iter().map(|&v| (v - mu) * (v - mu)))
+            });
+            (mu, q / m)
+        })
+        .collect();
+    let mean = stats.iter().map(|s| s.0).collect::<Array1<F>>();
+    let var = stats.iter().map(|s| s.1).collect::<Array1<F>>();
     (mean, var)
 }
 
@@ -60,15 +64,17 @@ pub fn batch_norm_forward<F: Float>(
     );
     let inv_std = var.mapv(|v| F::one() / (v + eps).sqrt());
     let mut x_hat = x.to_owned();
-    let mut y = x.to_owned();
-    for ch in 0..c {
-        let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-        x_hat
-            .index_axis_mut(Axis(1), ch)
-            .mapv_inplace(|v| (v - mu) * is);
-        y.index_axis_mut(Axis(1), ch)
-            .zip_mut_with(&x_hat.index_axis(Axis(1), ch), |yv, &xh| *yv = g * xh + b);
-    }
+    let mut y = Array4::<F>::zeros(x.dim());
+    x_hat
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .zip(y.axis_iter_mut(Axis(1)).into_par_iter())
+        .enumerate()
+        .for_each(|(ch, (mut xh, mut yc))| {
+            let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+            xh.mapv_inplace(|v| (v - mu) * is);
+            yc.zip_mut_with(&xh, |yv, &xv| *yv = g * xv + b);
+        });
     (y, x_hat, inv_std)
 }
 
@@ -100,34 +106,37 @@ pub fn batch_norm_backward<F: Float>(
         dy.shape()
     );
     let m = F::from_f64((n * h * w) as f64);
-    let mut dgamma = Array1::<F>::zeros(c);
-    let mut dbeta = Array1::<F>::zeros(c);
     let mut dx = dy.to_owned();
-    for ch in 0..c {
-        let d = dy.index_axis(Axis(1), ch);
-        let xh = x_hat.index_axis(Axis(1), ch);
-        let db = d
-            .axis_iter(Axis(0))
-            .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
-        let dg = d
-            .axis_iter(Axis(0))
-            .zip(xh.axis_iter(Axis(0)))
-            .fold(F::zero(), |a, (p, q)| {
-                a + plane_sum(p.iter().zip(q.iter()).map(|(&u, &v)| u * v))
-            });
-        dbeta[ch] = db;
-        dgamma[ch] = dg;
-        let k = gamma[ch] * inv_std[ch] / m;
-        dx.index_axis_mut(Axis(1), ch)
-            .zip_mut_with(&xh, |dv, &xv| *dv = k * (m * *dv - db - xv * dg));
-    }
+    let sums: Vec<(F, F)> = dx
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, mut dxc)| {
+            let d = dy.index_axis(Axis(1), ch);
+            let xh = x_hat.index_axis(Axis(1), ch);
+            let db = d
+                .axis_iter(Axis(0))
+                .fold(F::zero(), |a, p| a + plane_sum(p.iter().copied()));
+            let dg = d
+                .axis_iter(Axis(0))
+                .zip(xh.axis_iter(Axis(0)))
+                .fold(F::zero(), |a, (p, q)| {
+                    a + plane_sum(p.iter().zip(q.iter()).map(|(&u, &v)| u * v))
+                });
+            let k = gamma[ch] * inv_std[ch] / m;
+            dxc.zip_mut_with(&xh, |dv, &xv| *dv = k * (m * *dv - db - xv * dg));
+            (dg, db)
+        })
+        .collect();
+    let dgamma = sums.iter().map(|s| s.0).collect::<Array1<F>>();
+    let dbeta = sums.iter().map(|s| s.1).collect::<Array1<F>>();
     (dx, dgamma, dbeta)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{check_fd, inner, max_rel_err, rand_array};
+    use crate::testutil::{bits, check_fd, inner, max_rel_err, rand_array};
 
     #[test]
     fn mean_var_and_forward_match_direct_formulas() {
@@ -156,6 +165,41 @@ mod tests {
         assert!(max_rel_err(&y, &r) < 1e-13);
         assert!((inv_std[1] - 1.0 / (var[1] + 1e-5).sqrt()).abs() < 1e-14);
         assert!((x_hat[[2, 1, 3, 2]] - (x[[2, 1, 3, 2]] - mean[1]) * inv_std[1]).abs() < 1e-14);
+    }
+
+    #[test]
+    fn batch_norm_is_bit_identical_with_1_and_2_threads() {
+        let x = rand_array::<f32, _, _>((5, 6, 7, 3), 11);
+        let g = rand_array::<f32, _, _>((5, 6, 7, 3), 12);
+        let gamma = rand_array::<f32, _, _>(6, 13);
+        let beta = rand_array::<f32, _, _>(6, 14);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (m, v) = channel_mean_var(x.view());
+                let (y, xh, is) = batch_norm_forward(
+                    x.view(),
+                    m.view(),
+                    v.view(),
+                    gamma.view(),
+                    beta.view(),
+                    1e-5,
+                );
+                let (dx, dgm, dbt) =
+                    batch_norm_backward(g.view(), xh.view(), gamma.view(), is.view());
+                let mut b = bits(&m);
+                for a in [&v, &is, &dgm, &dbt] {
+                    b.extend(bits(a));
+                }
+                b.extend(bits(&y));
+                b.extend(bits(&dx));
+                b
+            })
+        };
+        assert_eq!(run(1), run(2));
     }
 
     /// Train mode: L = Σ g ⊙ BN(x) with batch statistics; dx, dγ, dβ vs central differences.
