@@ -240,22 +240,6 @@ impl Checkpoint {
         let bytes = self.to_bytes()?;
         atomic_write(path, &bytes)
     }
-
-    /// The tensor `name` as f32 data with its expected shape checked.
-    pub fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor `{name}`"))?;
-        if t.shape != shape {
-            bail!(
-                "checkpoint tensor `{name}` has shape {:?}, the model expects {:?}",
-                t.shape,
-                shape
-            );
-        }
-        t.as_f32(name)
-    }
 }
 
 /// `path` itself if it is a file, else `path/checkpoint.safetensors`.

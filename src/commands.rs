@@ -102,6 +102,40 @@ pub fn check_data(cfg: &Config) -> Result<()> {
 /// `hla train`: full-precision training (or hyperspherical, `train.mode`).
 pub fn train(ctx: &Ctx, run: &RunOpts) -> Result<()> {
     let p = prepare(ctx, run, "train", &|_| "train".into(), &|_| {})?;
+    let out = run_train(ctx, &p, run.stop_after_epochs)?;
+    ctx.ui.result(
+        format!(
+            "done: test top-1 {:.2}% top-5 {:.2}% after {} epochs; weights {} (sha256 {})",
+            out.top1,
+            out.top5,
+            p.cfg.train.epochs,
+            p.dir.join("model.safetensors").display(),
+            &out.hash[..16]
+        ),
+        serde_json::json!({
+            "event": "result", "command": "train", "test_top1": out.top1,
+            "test_top5": out.top5, "epochs": p.cfg.train.epochs, "weights_sha256": out.hash,
+            "dir": p.dir.display().to_string(),
+        }),
+    );
+    Ok(())
+}
+
+/// Final numbers of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Test top-1 (%).
+    pub top1: f64,
+    /// Test top-5 (%).
+    pub top5: f64,
+    /// SHA-256 of the final model state.
+    pub hash: String,
+    /// All epoch records.
+    pub records: Vec<crate::metrics::EpochRecord>,
+}
+
+/// Runs (or resumes) a training run in `p.dir`; used by `hla train` and `hla demo`.
+pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<TrainOutcome> {
     let cfg = &p.cfg;
     if cfg.train.mode == TrainMode::Hyperspherical {
         bail!("train.mode = \"hyperspherical\" is not available in this build; use \"fp\"");
@@ -192,7 +226,7 @@ pub fn train(ctx: &Ctx, run: &RunOpts) -> Result<()> {
             fp_snapshot(cfg, &pos, pos.epoch == epochs, metrics.records().len()),
         )?;
         ran += 1;
-        if run.stop_after_epochs == Some(ran) && pos.epoch < epochs {
+        if stop_after == Some(ran) && pos.epoch < epochs {
             return Err(interrupt::StoppedEarly {
                 epochs: ran,
                 dir: p.dir.display().to_string(),
@@ -205,21 +239,12 @@ pub fn train(ctx: &Ctx, run: &RunOpts) -> Result<()> {
     let last = metrics.records().last().cloned().unwrap_or_default();
     let hash = engine::model_hash(t.model.as_ref());
     report::write_run_report(&p.dir, cfg, "hla train", metrics.records(), &[])?;
-    ctx.ui.result(
-        format!(
-            "done: test top-1 {:.2}% top-5 {:.2}% after {epochs} epochs; weights {} (sha256 {})",
-            last.test_top1,
-            last.test_top5,
-            weights.display(),
-            &hash[..16]
-        ),
-        serde_json::json!({
-            "event": "result", "command": "train", "test_top1": last.test_top1,
-            "test_top5": last.test_top5, "epochs": epochs, "weights_sha256": hash,
-            "dir": p.dir.display().to_string(),
-        }),
-    );
-    Ok(())
+    Ok(TrainOutcome {
+        top1: last.test_top1,
+        top5: last.test_top5,
+        hash,
+        records: metrics.records().to_vec(),
+    })
 }
 
 fn fp_snapshot<'a>(
@@ -534,21 +559,198 @@ pub fn run_quantize(
     })
 }
 
-/// `hla eval`.
-pub fn eval(_ctx: &Ctx, a: &EvalArgs) -> Result<()> {
-    let _ck = load_model_file(&a.model)?;
-    bail!("`hla eval`: the model library is not built yet")
-}
-
-/// `hla export`.
-pub fn export(_ctx: &Ctx, a: &ExportArgs) -> Result<()> {
-    let _ck = Checkpoint::load(&a.run)?;
-    bail!("`hla export`: the export library is not built yet")
-}
-
-fn load_model_file(p: &Path) -> Result<Checkpoint> {
-    if !p.exists() {
-        bail!("{}: no such file or directory", p.display());
+/// Rebuilds the quantisation state of a quantize run from its checkpoint and config.
+pub fn restore_quant(
+    cfg: &Config,
+    ck: &Checkpoint,
+    steps_per_epoch: usize,
+) -> Result<engine::QuantTrainee> {
+    let mut model = hla_models::build(cfg.model.arch.name(), cfg.model.num_classes, cfg.seed)?;
+    engine::load_model_tensors(model.as_mut(), ck)?;
+    let (sgd, groups) = engine::optimizer(cfg, model.as_ref(), cfg.hla.lr);
+    let st = hla_core::method::MethodState::new(cfg.hla.clone(), model.as_ref())?;
+    let mut t = engine::QuantTrainee {
+        model,
+        st,
+        sgd,
+        groups,
+        steps_per_epoch: steps_per_epoch.max(1),
+        last_lr: cfg.hla.lr,
+    };
+    let mc: hla_core::method::MethodCheckpoint =
+        serde_json::from_value(ck.state.method_state.clone())
+            .map_err(|e| anyhow::anyhow!("checkpoint method state unreadable: {e}"))?;
+    t.st.restore(&mc)?;
+    if !t.st.algo.is_done() {
+        t.st.begin_epoch(t.model.as_ref())?;
     }
-    Checkpoint::load(p)
+    t.finalize_mode();
+    Ok(t)
+}
+
+/// Whether `path` is an exported ternary model (safetensors with format `hla-ternary-v1`).
+fn is_packed(path: &Path) -> bool {
+    path.is_file()
+        && std::fs::read(path)
+            .ok()
+            .and_then(|b| {
+                safetensors::SafeTensors::read_metadata(&b)
+                    .ok()
+                    .and_then(|(_, m)| {
+                        m.metadata()
+                            .as_ref()
+                            .and_then(|md| md.get("format").cloned())
+                    })
+            })
+            .is_some_and(|f| f == hla_core::export::FORMAT)
+}
+
+/// `hla eval`: top-1 / top-5 of a checkpoint, run directory or exported ternary model.
+pub fn eval(ctx: &Ctx, a: &EvalArgs) -> Result<()> {
+    if !a.model.exists() {
+        bail!("{}: no such file or directory", a.model.display());
+    }
+    let dir = rundir::dir_of(&a.model);
+    let packed = is_packed(&a.model);
+    let ck = if packed {
+        None
+    } else {
+        Some(Checkpoint::load(&a.model)?)
+    };
+    let mut cfg = match &a.config {
+        Some(c) => Config::load(c, &a.set)?,
+        None => {
+            let p = dir.join(rundir::RESOLVED);
+            if !p.exists() {
+                bail!(
+                    "{}: no {} beside the model; pass --config FILE",
+                    dir.display(),
+                    rundir::RESOLVED
+                );
+            }
+            Config::load(&p, &a.set)?
+        }
+    };
+    if let Some(s) = ctx.global.seed {
+        cfg.seed = s;
+    }
+    check_data(&cfg)?;
+    let data = engine::load_data(&cfg, ctx.threads())?;
+    let (what, mut t): (String, Box<dyn engine::Trainee>) = if packed {
+        let pm = hla_core::export::PackedModel::read(&a.model)?;
+        let arch = pm
+            .metadata
+            .get("arch")
+            .cloned()
+            .unwrap_or_else(|| cfg.model.arch.name().into());
+        let classes: usize = pm
+            .metadata
+            .get("num_classes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.model.num_classes);
+        let mut model = hla_models::build(&arch, classes, 0)?;
+        let hook = hla_core::packed::load_packed(model.as_mut(), &pm)?;
+        let m = pm.metadata.get("method").cloned().unwrap_or_default();
+        (
+            format!("exported {m} model (2-bit packed)"),
+            Box::new(engine::Inference {
+                model,
+                hook: Some(hook),
+            }),
+        )
+    } else {
+        let ck = ck.as_ref().expect("loaded above");
+        if ck.state.arch != cfg.model.arch.name() {
+            bail!(
+                "{}: checkpoint is a {} but the config says {}",
+                a.model.display(),
+                ck.state.arch,
+                cfg.model.arch
+            );
+        }
+        if ck.state.command == "train" {
+            let mut model =
+                hla_models::build(cfg.model.arch.name(), cfg.model.num_classes, cfg.seed)?;
+            engine::load_model_tensors(model.as_mut(), ck)?;
+            (
+                "full-precision checkpoint".into(),
+                Box::new(engine::Inference { model, hook: None }),
+            )
+        } else {
+            let t = restore_quant(&cfg, ck, data.train.batches_per_epoch())?;
+            (format!("{} checkpoint", ck.state.phase), Box::new(t))
+        }
+    };
+    let (top1, top5, loss) = engine::evaluate(t.as_mut(), &data.test)?;
+    ctx.ui.result(
+        format!(
+            "{}: {what}; {} test images: top-1 {top1:.2}%  top-5 {top5:.2}%  (loss {loss:.4})",
+            a.model.display(),
+            data.test.dataset().len()
+        ),
+        serde_json::json!({
+            "event": "result", "command": "eval", "model": a.model.display().to_string(),
+            "kind": what, "test_top1": top1, "test_top5": top5, "test_loss": loss,
+            "images": data.test.dataset().len(),
+        }),
+    );
+    Ok(())
+}
+
+/// Packs a finished quantize run (checkpoint + config) into the 2-bit format.
+pub fn export_packed(cfg: &Config, ck: &Checkpoint) -> Result<hla_core::export::PackedModel> {
+    let t = restore_quant(cfg, ck, 1)?;
+    let mut pm = hla_core::packed::export_model(t.model.as_ref(), &t.st)?;
+    pm.metadata.insert("config_sha256".into(), cfg.digest());
+    Ok(pm)
+}
+
+/// `hla export`: the packed ternary file of a quantised run, with its size report.
+pub fn export(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
+    let dir = rundir::dir_of(&a.run);
+    let ck = Checkpoint::load(&a.run)?;
+    if ck.state.command == "train" {
+        bail!(
+            "{}: a full-precision run has no ternary weights; export a `hla quantize` run",
+            a.run.display()
+        );
+    }
+    if !ck.state.finished {
+        bail!(
+            "{}: the run has not finished (continue it with `--resume`)",
+            dir.display()
+        );
+    }
+    let cfg = rundir::load_resolved(&dir)?;
+    let out = a
+        .output
+        .clone()
+        .unwrap_or_else(|| dir.join("model.ternary.safetensors"));
+    if out.exists() {
+        bail!(
+            "{}: already exists (never overwritten); pass another --output",
+            out.display()
+        );
+    }
+    let pm = export_packed(&cfg, &ck)?;
+    pm.write(&out)?;
+    let r = pm.size_report();
+    let file_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    ctx.ui.result(
+        format!(
+            "wrote {}: {} quantised layers, {:.1} KiB f32 -> {:.1} KiB packed ({:.1}x smaller); file {:.1} KiB",
+            out.display(),
+            pm.layers.len(),
+            r.f32_bytes as f64 / 1024.0,
+            r.packed_bytes as f64 / 1024.0,
+            r.ratio,
+            file_bytes as f64 / 1024.0
+        ),
+        serde_json::json!({
+            "event": "result", "command": "export", "file": out.display().to_string(),
+            "layers": pm.layers.len(), "f32_bytes": r.f32_bytes, "packed_bytes": r.packed_bytes,
+            "ratio": r.ratio, "file_bytes": file_bytes,
+        }),
+    );
+    Ok(())
 }

@@ -74,8 +74,6 @@ pub struct Data {
     pub test: Loader,
     /// Number of classes in the data.
     pub num_classes: usize,
-    /// Input shape `[c, h, w]`.
-    pub sample_shape: [usize; 3],
 }
 
 impl Data {
@@ -142,7 +140,6 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         }
     };
     let num_classes = train.num_classes();
-    let sample_shape = train.sample_shape();
     if num_classes > cfg.model.num_classes {
         bail!(
             "model.num_classes = {} but the data has {num_classes} classes",
@@ -182,7 +179,6 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         train,
         test,
         num_classes,
-        sample_shape,
     })
 }
 
@@ -326,6 +322,35 @@ impl Trainee for QuantTrainee {
                 weights: l.rows * l.fan_in,
             })
             .collect())
+    }
+}
+
+/// Evaluation only: a model and, for an exported ternary file, the hook computing the
+/// quantised layers from the packed codes.
+pub struct Inference {
+    /// The network.
+    pub model: Box<dyn Model>,
+    /// Packed-model hook (None = the model's own layers).
+    pub hook: Option<hla_core::packed::PackedHook>,
+}
+
+impl Trainee for Inference {
+    fn step(
+        &mut self,
+        _images: ndarray::Array4<f32>,
+        _labels: &[usize],
+        _step: u64,
+    ) -> Result<StepStats> {
+        bail!("internal: an inference model cannot be trained")
+    }
+    fn lr(&self, _step: u64) -> f64 {
+        0.0
+    }
+    fn parts(&mut self) -> (&mut dyn Model, Option<&mut dyn LayerHook>) {
+        (
+            self.model.as_mut(),
+            self.hook.as_mut().map(|h| h as &mut dyn LayerHook),
+        )
     }
 }
 

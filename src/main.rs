@@ -4,13 +4,12 @@
 //! Every error is printed as one line `error: …` on stderr with a non-zero exit status; nothing
 //! already written is modified before the inputs (config, data path, checkpoint) are validated.
 
-// Parts of the run machinery are wired to the training engine as the libraries grow.
-#![allow(dead_code)]
-
+mod bench;
 mod checkpoint;
 mod cli;
 mod commands;
 mod config;
+mod demo;
 mod engine;
 mod interrupt;
 mod metrics;
@@ -69,11 +68,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quantize(a) => commands::quantize(&ctx, &a),
         Command::Eval(a) => commands::eval(&ctx, &a),
         Command::Export(a) => commands::export(&ctx, &a),
-        Command::Bench(_) | Command::Demo(_) => {
-            anyhow::bail!(
-                "this subcommand needs the model and method libraries, which are not built yet"
-            )
-        }
+        Command::Demo(a) => demo::demo(&ctx, &a),
+        Command::Bench(a) => bench::bench(&ctx, &a),
     }
 }
 

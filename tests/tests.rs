@@ -8,3 +8,7 @@ mod util;
 mod cli;
 #[path = "errors.rs"]
 mod errors;
+#[path = "pipeline.rs"]
+mod pipeline;
+#[path = "resume.rs"]
+mod resume;

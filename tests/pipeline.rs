@@ -1,0 +1,133 @@
+//! A tiny train → quantize → export → eval chain on the shipped CIFAR-10 subset, for each
+//! quantisation method, checking the files written and the numbers reported.
+
+use crate::util::{run_in, scratch, shipped_cifar};
+use std::path::Path;
+
+/// A config small enough to train in seconds: 128 training images, 64 test images, one
+/// stage-1 sub-stage and one stage-2 epoch.
+pub fn tiny_config(root: &Path, extra: &str) -> String {
+    format!(
+        r#"
+name = "tiny"
+seed = 3
+[model]
+arch = "resnet20"
+num_classes = 10
+[data]
+format = "cifar10"
+root = "{}"
+train_limit = 128
+test_limit = 64
+batch_size = 32
+eval_batch_size = 64
+[train]
+epochs = 2
+lr = 0.05
+[hla]
+stage1_epochs_per_stage = 1
+t_start_pct = 30
+t_step_pct = 20
+t_end_pct = 70
+sgdr_t0_epochs = 1
+stage2_epochs = 1
+bn_recalibrate_batches = 2
+[quantize]
+baseline_epochs = 1
+{extra}
+"#,
+        root.display()
+    )
+}
+
+/// The JSON result line of a `--json` run.
+pub fn result_json(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "run failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result line in: {text}"))
+}
+
+#[test]
+fn train_quantize_export_eval_chain() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("chain");
+    std::fs::write(d.join("c.toml"), tiny_config(&root, "")).unwrap();
+    let out = run_in(
+        &d,
+        &["--json", "train", "--config", "c.toml", "--out", "fp"],
+    );
+    let r = result_json(&out);
+    let top1 = r["test_top1"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1), "{r}");
+    for f in [
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "metrics.jsonl",
+        "metrics.csv",
+        "config.resolved.toml",
+        "report.md",
+        "accuracy.png",
+    ] {
+        assert!(d.join("fp").join(f).is_file(), "fp/{f} missing");
+    }
+    let jl = std::fs::read_to_string(d.join("fp/metrics.jsonl")).unwrap();
+    assert_eq!(jl.lines().count(), 2, "{jl}");
+
+    for method in ["hla", "twn", "ttq"] {
+        let out = run_in(
+            &d,
+            &[
+                "--json", "quantize", "--config", "c.toml", "--method", method, "--from", "fp",
+                "--out", method,
+            ],
+        );
+        let r = result_json(&out);
+        let sp = r["sparsity"].as_f64().unwrap();
+        assert!(sp > 0.0 && sp < 1.0, "{method}: sparsity {sp}");
+        if method == "hla" {
+            // Stage 2 starts at Δ̄ = T(80): about 80 % zeros after one short epoch.
+            assert!(sp > 0.6, "hla sparsity {sp}");
+            let jl = std::fs::read_to_string(d.join("hla/metrics.jsonl")).unwrap();
+            let phases: Vec<String> = jl
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["phase"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(phases, ["hla_stage1", "hla_stage1", "hla_stage2"], "{jl}");
+        }
+        let out = run_in(&d, &["--json", "export", method]);
+        let e = result_json(&out);
+        assert!(e["ratio"].as_f64().unwrap() >= 14.0, "{method}: {e}");
+        let file = d.join(method).join("model.ternary.safetensors");
+        assert!(file.is_file());
+        // Exporting again never overwrites.
+        let again = run_in(&d, &["export", method]);
+        assert!(!again.status.success());
+        // The packed model evaluates to the accuracy the run reported (same forward).
+        let ev = run_in(&d, &["--json", "eval", &file.display().to_string()]);
+        let ev = result_json(&ev);
+        assert_eq!(
+            ev["test_top1"].as_f64().unwrap(),
+            r["test_top1"].as_f64().unwrap(),
+            "{method}: {ev} vs {r}"
+        );
+        let evc = result_json(&run_in(&d, &["--json", "eval", method]));
+        assert_eq!(
+            evc["test_top1"].as_f64().unwrap(),
+            r["test_top1"].as_f64().unwrap(),
+            "{method}: {evc}"
+        );
+    }
+}

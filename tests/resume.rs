@@ -1,0 +1,181 @@
+//! Resume: a run stopped after an epoch (or interrupted with Ctrl-C) and continued with
+//! `--resume` ends bit-identical to an uninterrupted run; the thread count changes nothing.
+
+use crate::pipeline::{result_json, tiny_config};
+use crate::util::{run_in, scratch, shipped_cifar};
+
+fn hash(out: &std::process::Output) -> String {
+    result_json(out)["weights_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn train_resumed_after_epoch_one_is_bit_identical() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("resume-train");
+    std::fs::write(d.join("c.toml"), tiny_config(&root, "")).unwrap();
+    let full = run_in(&d, &["--json", "train", "--config", "c.toml", "--out", "a"]);
+    let a = hash(&full);
+    let part = run_in(
+        &d,
+        &[
+            "train",
+            "--config",
+            "c.toml",
+            "--out",
+            "b",
+            "--stop-after-epochs",
+            "1",
+        ],
+    );
+    assert!(
+        part.status.success(),
+        "{}",
+        String::from_utf8_lossy(&part.stderr)
+    );
+    let jl = std::fs::read_to_string(d.join("b/metrics.jsonl")).unwrap();
+    assert_eq!(jl.lines().count(), 1);
+    let rest = run_in(&d, &["--json", "train", "--resume", "b"]);
+    assert_eq!(
+        hash(&rest),
+        a,
+        "resumed run differs from the uninterrupted one"
+    );
+    let m_a = std::fs::read_to_string(d.join("a/metrics.jsonl")).unwrap();
+    let m_b = std::fs::read_to_string(d.join("b/metrics.jsonl")).unwrap();
+    let acc = |s: &str| -> Vec<f64> {
+        s.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["test_top1"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(acc(&m_a), acc(&m_b));
+    // A finished run cannot be resumed again, and is left as it is.
+    let again = run_in(&d, &["train", "--resume", "b"]);
+    assert!(!again.status.success());
+}
+
+#[test]
+fn hla_quantize_resumed_across_the_stage_boundary_is_bit_identical() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("resume-hla");
+    // Start from scratch weights (no --from) to keep the test short.
+    std::fs::write(d.join("c.toml"), tiny_config(&root, "")).unwrap();
+    let full = run_in(
+        &d,
+        &["--json", "quantize", "--config", "c.toml", "--out", "a"],
+    );
+    let a = hash(&full);
+    // Stop after the two stage-1 sub-stages, right before Δ̄ is initialised.
+    let part = run_in(
+        &d,
+        &[
+            "quantize",
+            "--config",
+            "c.toml",
+            "--out",
+            "b",
+            "--stop-after-epochs",
+            "2",
+        ],
+    );
+    assert!(
+        part.status.success(),
+        "{}",
+        String::from_utf8_lossy(&part.stderr)
+    );
+    let rest = run_in(&d, &["--json", "quantize", "--resume", "b"]);
+    assert_eq!(
+        hash(&rest),
+        a,
+        "resumed HLA run differs from the uninterrupted one"
+    );
+    // Stop inside stage 1 as well (Δ and momentum carried over).
+    let part = run_in(
+        &d,
+        &[
+            "quantize",
+            "--config",
+            "c.toml",
+            "--out",
+            "c",
+            "--stop-after-epochs",
+            "1",
+        ],
+    );
+    assert!(part.status.success());
+    let rest = run_in(&d, &["--json", "quantize", "--resume", "c"]);
+    assert_eq!(hash(&rest), a);
+}
+
+#[test]
+fn thread_count_does_not_change_the_result() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("threads");
+    std::fs::write(
+        d.join("c.toml"),
+        tiny_config(&root, "").replace("epochs = 2", "epochs = 1"),
+    )
+    .unwrap();
+    let one = run_in(
+        &d,
+        &[
+            "--json",
+            "--threads",
+            "1",
+            "train",
+            "--config",
+            "c.toml",
+            "--out",
+            "t1",
+        ],
+    );
+    let two = run_in(
+        &d,
+        &[
+            "--json",
+            "--threads",
+            "2",
+            "train",
+            "--config",
+            "c.toml",
+            "--out",
+            "t2",
+        ],
+    );
+    assert_eq!(hash(&one), hash(&two));
+}
+
+#[test]
+fn resume_refuses_a_changed_config() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("resume-changed");
+    std::fs::write(d.join("c.toml"), tiny_config(&root, "")).unwrap();
+    let part = run_in(
+        &d,
+        &[
+            "train",
+            "--config",
+            "c.toml",
+            "--out",
+            "b",
+            "--stop-after-epochs",
+            "1",
+        ],
+    );
+    assert!(part.status.success());
+    let p = d.join("b/config.resolved.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("lr = 0.05", "lr = 0.07");
+    std::fs::write(&p, text).unwrap();
+    let before = crate::util::snapshot(&d.join("b"));
+    let out = run_in(&d, &["train", "--resume", "b"]);
+    crate::util::assert_one_error_line(&out, &["different config"]);
+    assert_eq!(crate::util::snapshot(&d.join("b")), before);
+}
