@@ -4,9 +4,36 @@
 use crate::Float;
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
+/// Arrays at least this long are processed on the rayon pool (element-wise, so the result is
+/// the same for any thread count).
+const PAR_MIN: usize = 1 << 15;
+
+/// `f` applied element-wise.
+fn map1<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F> {
+    if x.len() >= PAR_MIN {
+        Zip::from(&x).par_map_collect(|&v| f(v))
+    } else {
+        x.mapv(f)
+    }
+}
+
+/// `f` applied element-wise to two same-shaped arrays.
+fn map2<F: Float>(
+    x: ArrayViewD<F>,
+    y: ArrayViewD<F>,
+    f: impl Fn(F, F) -> F + Sync + Send,
+) -> ArrayD<F> {
+    let z = Zip::from(&x).and(&y);
+    if x.len() >= PAR_MIN {
+        z.par_map_collect(|&a, &b| f(a, b))
+    } else {
+        z.map_collect(|&a, &b| f(a, b))
+    }
+}
+
 /// `y = max(x, 0)` (NaN stays NaN). Shape: any → same.
 pub fn relu<F: Float>(x: ArrayViewD<F>) -> ArrayD<F> {
-    x.mapv(|v| if v < F::zero() { F::zero() } else { v })
+    map1(x, |v| if v < F::zero() { F::zero() } else { v })
 }
 
 /// `dx = dy ⊙ 1[x > 0]`. Shapes: `x`, `dy` the same (any) → same.
@@ -21,15 +48,13 @@ pub fn relu_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F>
         x.shape(),
         dy.shape()
     );
-    Zip::from(&x)
-        .and(&dy)
-        .map_collect(|&v, &d| if v > F::zero() { d } else { F::zero() })
+    map2(x, dy, |v, d| if v > F::zero() { d } else { F::zero() })
 }
 
 /// `y = min(max(x, 0), 6)` (NaN stays NaN). Shape: any → same.
 pub fn relu6<F: Float>(x: ArrayViewD<F>) -> ArrayD<F> {
     let six = F::from_f64(6.0);
-    x.mapv(|v| {
+    map1(x, |v| {
         if v < F::zero() {
             F::zero()
         } else if v > six {
@@ -90,6 +115,24 @@ mod tests {
             relu6_backward(x.view(), dy.view()).as_slice().unwrap(),
             &[0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0]
         );
+    }
+
+    /// Large arrays take the parallel path: same values as the element-wise definition.
+    #[test]
+    fn large_arrays_match_elementwise_definition() {
+        let x = rand_array::<f32, _, _>(IxDyn(&[3, 5, 61, 47]), 8).mapv(|v| 8.0 * v);
+        let dy = rand_array::<f32, _, _>(IxDyn(&[3, 5, 61, 47]), 9);
+        assert!(x.len() >= PAR_MIN);
+        assert_eq!(relu(x.view()), x.mapv(|v| v.max(0.0)));
+        assert_eq!(relu6(x.view()), x.mapv(|v| v.clamp(0.0, 6.0)));
+        let r = Zip::from(&x)
+            .and(&dy)
+            .map_collect(|&v, &d| if v > 0.0 { d } else { 0.0 });
+        assert_eq!(relu_backward(x.view(), dy.view()), r);
+        let r6 = Zip::from(&x)
+            .and(&dy)
+            .map_collect(|&v, &d| if v > 0.0 && v < 6.0 { d } else { 0.0 });
+        assert_eq!(relu6_backward(x.view(), dy.view()), r6);
     }
 
     #[test]
