@@ -1,11 +1,15 @@
-//! 2-D convolution (NCHW) by im2col + GEMM, with grouped and depthwise variants, and its
-//! backward w.r.t. input (col2im), weight and bias.
+//! 2-D convolution (NCHW) with grouped and depthwise variants, and its backward w.r.t. input,
+//! weight and bias.
 //!
-//! Paths, chosen per call:
+//! Paths, chosen per call from the shapes and the CPU (never from the thread count):
 //! - `c_in / groups == 1` (depthwise, possibly with a channel multiplier): a direct convolution
 //!   per channel, no im2col and no GEMM of size 1.
 //! - 1×1 kernel, stride 1, no padding: `x` itself is the column matrix (no im2col).
-//! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group).
+//! - `f32` on x86-64 with AVX-512 or AVX2+FMA: the direct SIMD kernels of `conv_direct.rs` for
+//!   the forward and weight gradient (any stride) and the input gradient (stride 1, at least
+//!   `COB / 2` input channels per group).
+//! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group); the
+//!   input gradient by GEMM `Wᵀ·dy` and col2im.
 //!
 //! Parallelism (`Par::Rayon`) is over the batch (and over channels for the depthwise weight
 //! gradient). Forward and input gradient are per sample, hence independent of the split. The
@@ -516,8 +520,9 @@ fn dw_plane_backward_weight<F: Float>(g: &Geom, x: &[F], dy: &[F], dwk: &mut [F]
     }
 }
 
-/// 2-D convolution by im2col + one GEMM per (sample, group); `groups == c_in` is depthwise
-/// (direct per-channel path); 1×1 stride-1 unpadded convolutions skip im2col.
+/// 2-D convolution: direct SIMD kernels (f32), or im2col + one GEMM per (sample, group);
+/// `groups == c_in` is depthwise (direct per-channel path); 1×1 stride-1 unpadded convolutions
+/// skip im2col. See the module documentation for the path choice.
 ///
 /// # Shapes
 /// - `x`: `[n, c_in, h, w]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `bias`: `[c_out]`
@@ -626,7 +631,8 @@ pub fn conv2d<F: Float>(
 }
 
 /// Input gradient of [`conv2d`]: `dx = convᵀ(dy)`, by GEMM `Wᵀ·dy` and col2im (or directly
-/// per channel for depthwise, and without col2im for 1×1 stride-1 unpadded kernels).
+/// per channel for depthwise, without col2im for 1×1 stride-1 unpadded kernels, and for f32
+/// stride-1 convolutions as a direct convolution of `dy` with the flipped, transposed kernel).
 ///
 /// # Shapes
 /// - `dy`: `[n, c_out, h_out, w_out]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `x_hw = (h, w)`
@@ -728,8 +734,9 @@ pub fn conv2d_backward_input<F: Float>(
 
 /// Weight gradient of [`conv2d`]: `dw = Σ_samples dy_s · im2col(x_s)ᵀ`, the per-sample terms
 /// summed in chunks of [`DW_CHUNK`] samples, each chunk in order, then the chunks in order
-/// (bit-identical for any thread count). Depthwise: a direct sum per channel, parallel over
-/// channels, samples in order.
+/// (bit-identical for any thread count); f32 uses the direct SIMD kernels, which accumulate a
+/// chunk's samples in order. Depthwise: a direct sum per channel, parallel over channels,
+/// samples in order.
 ///
 /// # Shapes
 /// - `x`: `[n, c_in, h, w]`, `dy`: `[n, c_out, h_out, w_out]`, `k_hw = (k_h, k_w)`
