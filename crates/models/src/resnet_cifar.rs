@@ -252,3 +252,40 @@ impl<F: Float> Module<F> for CifarResNet<F> {
 }
 
 impl_model!(CifarResNet);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hla_autograd::gradcheck;
+    use ndarray::{ArrayD, IxDyn};
+    use rand_distr::{Distribution, StandardNormal};
+    use std::cell::RefCell;
+
+    /// Whole-network gradient check in f64 (central differences on the input, autograd's fixed
+    /// tolerances): train mode, so BatchNorm differentiates through batch statistics, and both
+    /// shortcut kinds. ResNet-8 on 2 × 3 × 8 × 8 keeps it to a few hundred small forwards.
+    #[test]
+    fn resnet8_input_gradient_matches_central_differences() {
+        for kind in [ShortcutKind::A, ShortcutKind::B] {
+            let net = RefCell::new(CifarResNet::<f64>::new("resnet8", 1, 3, kind, 4).unwrap());
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let x = ArrayD::from_shape_simple_fn(IxDyn(&[2, 3, 8, 8]), || {
+                StandardNormal.sample(&mut rng)
+            });
+            let report = gradcheck::check(
+                |tape, v| {
+                    net.borrow_mut()
+                        .forward_t(tape, v[0], Mode::Train, None)
+                        .map_err(|e| match e {
+                            ModelError::Autograd(a) => a,
+                            other => panic!("{other}"),
+                        })
+                },
+                &[x],
+                17,
+            )
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(report.elements, 2 * 3 * 8 * 8);
+        }
+    }
+}
