@@ -228,13 +228,13 @@ pub fn bars(
 ) -> Result<()> {
     let text = text_renders();
     let e = err(path);
-    let width = (120 + 46 * labels.len() as u32).clamp(700, 2400);
-    let root = BitMapBackend::new(path, (width, 560)).into_drawing_area();
+    let width = (120 + 60 * labels.len() as u32).clamp(700, 2400);
+    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let n = labels.len().max(1);
     let mut b = ChartBuilder::on(&root);
     b.margin(12)
-        .x_label_area_size(if text { 130 } else { 0 })
+        .x_label_area_size(if text { 40 } else { 0 })
         .y_label_area_size(if text { 55 } else { 0 });
     if text {
         b.caption(title, (FONT, 24));
@@ -257,7 +257,7 @@ pub fn bars(
         mesh.y_desc(y_desc)
             .x_labels(2 * n + 1)
             .x_label_formatter(&fmt)
-            .x_label_style((FONT, 12).into_font().transform(FontTransform::Rotate90));
+            .x_label_style((FONT, 12));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -281,7 +281,7 @@ pub fn bars(
     if text && !groups.is_empty() {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FONT, 14))
