@@ -19,7 +19,8 @@
 //! `matrixmultiply` may pick a different kernel, so bit identity is not promised there.)
 
 use crate::conv_direct::{
-    backward_weight_samples, conv_sample, detect, flip_transpose, pack_weights, Direct, Isa,
+    backward_input_scatter, backward_weight_samples, conv_sample, detect, flip_transpose,
+    pack_weights, transpose_weights, Direct, Isa,
 };
 use crate::gemm::{gemm_slices, Mat};
 use crate::{for_each_chunk, Float, Par, Result, TensorError};
@@ -666,6 +667,31 @@ pub fn conv2d_backward_input<F: Float>(
     let mut dx = Array4::<F>::zeros((g.n, g.c_in, g.h, g.w));
     let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
     let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    // Fused product + col2im on the phase-split grid (AVX-512): strided convolutions and those
+    // with too few input channels per group for the flipped-kernel path below.
+    if let Some((d, isa)) = g.direct_forward::<F>() {
+        if Direct::scatter_supported(isa) && g.direct_backward_input::<F>().is_none() {
+            let wts: Vec<Vec<F>> = (0..g.groups)
+                .map(|gi| transpose_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd]))
+                .collect();
+            let sl = d.scatter_scratch_len();
+            for_each_chunk(
+                par,
+                dxs,
+                g.in_sample(),
+                || vec![F::zero(); sl],
+                |sc, s, dx_s| {
+                    let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+                    for (gi, wt) in wts.iter().enumerate() {
+                        let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                        let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                        backward_input_scatter(&d, isa, wt, dy_g, dx_g, sc);
+                    }
+                },
+            );
+            return Ok(dx);
+        }
+    }
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
     let direct = g.direct_backward_input::<F>();
     let packed: Vec<Vec<F>> = match direct {

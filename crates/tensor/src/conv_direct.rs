@@ -715,3 +715,149 @@ dw_kernel!(
     _mm256_fmadd_ps,
     _mm256_storeu_ps
 );
+
+impl Direct {
+    /// Scratch of [`backward_input_scatter`]: the phase-split padded `dx` accumulator followed
+    /// by `dy` on the grid pitch.
+    pub(crate) fn scatter_scratch_len(&self) -> usize {
+        self.scratch_len() + self.cout * self.qpad(16)
+    }
+    /// Whether the inverse of [`Direct::fill_input`] and [`backward_input_scatter`] apply.
+    pub(crate) fn scatter_supported(isa: Isa) -> bool {
+        isa == Isa::Avx512
+    }
+}
+
+/// `wt [taps rounded up to 16][cout]` = `wᵀ` of `w [cout, cin·kh·kw]` (zero rows past `taps`).
+pub(crate) fn transpose_weights<F: Float>(d: &Direct, w: &[F]) -> Vec<F> {
+    let taps = d.taps();
+    let mut wt = vec![F::zero(); taps.div_ceil(16) * 16 * d.cout];
+    for co in 0..d.cout {
+        for t in 0..taps {
+            wt[t * d.cout + co] = w[co * taps + t];
+        }
+    }
+    wt
+}
+
+/// Input gradient of one sample and group at any stride, col2im fused into the product: for
+/// each block of 16 taps and 16 grid positions, `acc[t] = Σ_co wᵀ[t, co] · dy_q[co, q]` (over
+/// `co` in order), then `dx_p[off_t + q] += acc[t]` in tap order; finally `dx` is read back out
+/// of the phase-split padded layout. The order of every sum depends only on the shapes.
+/// `wt` from [`transpose_weights`]; `scratch` of [`Direct::scatter_scratch_len`].
+pub(crate) fn backward_input_scatter<F: Float>(
+    d: &Direct,
+    isa: Isa,
+    wt: &[F],
+    dy: &[F],
+    dx: &mut [F],
+    scratch: &mut [F],
+) {
+    assert!(
+        Direct::scatter_supported(isa),
+        "hla-tensor internal error: scatter needs AVX-512"
+    );
+    let (wq, qpad) = (d.wq(), d.qpad(16));
+    let xl = d.scratch_len();
+    let (buf, dyq) = scratch.split_at_mut(xl);
+    assert!(
+        dyq.len() >= d.cout * qpad,
+        "hla-tensor internal error: scatter scratch"
+    );
+    buf.fill(F::zero());
+    dyq.fill(F::zero());
+    for co in 0..d.cout {
+        for oh in 0..d.ho {
+            let o = co * qpad + oh * wq;
+            dyq[o..o + d.wo].copy_from_slice(&dy[(co * d.ho + oh) * d.wo..][..d.wo]);
+        }
+    }
+    let off = d.tap_offsets(16);
+    let max_off = off.iter().copied().max().unwrap_or(0);
+    assert!(
+        max_off + qpad <= xl,
+        "hla-tensor internal error: scatter bounds"
+    );
+    assert_eq!(
+        wt.len(),
+        off.len() * d.cout,
+        "hla-tensor internal error: transposed weights"
+    );
+    {
+        let (bf, dq, w32) = (as_f32_mut(buf), as_f32(dyq), as_f32(wt));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 (asserted via `scatter_supported`); bounds asserted above.
+        unsafe {
+            scatter_avx512(bf, dq, w32, &off, d.cout, qpad)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (bf, dq, w32);
+            unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
+        }
+    }
+    // Read dx back out of the phase-split padded layout (the inverse of `fill_input`).
+    let (hq, wq) = (d.hq(), d.wq());
+    for ci in 0..d.cin {
+        for ih in 0..d.h {
+            let r = ih + d.ph;
+            let (a, i) = (r % d.sh, r / d.sh);
+            let dst = &mut dx[(ci * d.h + ih) * d.w..][..d.w];
+            if d.sw == 1 {
+                let o = ((ci * d.sh + a) * hq + i) * wq + d.pw;
+                dst.copy_from_slice(&buf[o..o + d.w]);
+            } else {
+                for b in 0..d.sw {
+                    let o = (((ci * d.sh + a) * d.sw + b) * hq + i) * wq;
+                    let row = &buf[o..o + wq];
+                    let j0 = d.pw.saturating_sub(b).div_ceil(d.sw);
+                    for (j, &v) in row.iter().enumerate().skip(j0) {
+                        let iw = j * d.sw + b - d.pw;
+                        if iw >= d.w {
+                            break;
+                        }
+                        dst[iw] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kernel of [`backward_input_scatter`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scatter_avx512(
+    buf: &mut [f32],
+    dyq: &[f32],
+    wt: &[f32],
+    off: &[usize],
+    cout: usize,
+    qpad: usize,
+) {
+    use std::arch::x86_64::*;
+    const TB: usize = 16;
+    let (bp, dp, wp) = (buf.as_mut_ptr(), dyq.as_ptr(), wt.as_ptr());
+    for tbk in 0..off.len() / TB {
+        let o: [usize; TB] = off[tbk * TB..(tbk + 1) * TB]
+            .try_into()
+            .expect("TB offsets");
+        let wb = wp.add(tbk * TB * cout);
+        let mut q0 = 0;
+        while q0 < qpad {
+            let mut acc = [_mm512_setzero_ps(); TB];
+            for co in 0..cout {
+                // SAFETY (whole block): bounded by the caller's asserts.
+                let dv = _mm512_loadu_ps(dp.add(co * qpad + q0));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wb.add(t * cout + co)), dv, *a);
+                }
+            }
+            for (t, a) in acc.iter().enumerate() {
+                let p = bp.add(o[t] + q0);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+            }
+            q0 += 16;
+        }
+    }
+}
