@@ -6,8 +6,9 @@
 //!   per channel, no im2col and no GEMM of size 1.
 //! - 1×1 kernel, stride 1, no padding: `x` itself is the column matrix (no im2col).
 //! - `f32` on x86-64 with AVX-512 or AVX2+FMA: the direct SIMD kernels of `conv_direct.rs` for
-//!   the forward and weight gradient (any stride) and the input gradient (stride 1, at least
-//!   `COB / 2` input channels per group).
+//!   the forward and weight gradient (any stride) and the input gradient (stride 1 with at least
+//!   `COB / 2` input channels per group: a convolution with the flipped kernel; otherwise, with
+//!   AVX-512, the product `Wᵀ·dy` with col2im fused into it).
 //! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group); the
 //!   input gradient by GEMM `Wᵀ·dy` and col2im.
 //!
