@@ -444,6 +444,70 @@ mod forward_tests {
         }
     }
 
+    /// In train mode gradients flow through the hook's computation back to the parameters:
+    /// a hook computing the layer plainly gives exactly the plain gradients, one computing it
+    /// with `w' = 2w` gives different ones.
+    #[test]
+    fn hooked_training_step_reaches_the_parameters() {
+        struct Doubler;
+        impl LayerHook for Doubler {
+            fn conv2d(
+                &mut self,
+                tape: &mut Tape<f32>,
+                _: &str,
+                x: Var,
+                w: Var,
+                p: &Conv2dParams,
+                _: Mode,
+            ) -> Result<Var> {
+                let w2 = ops::mul_scalar(tape, w, 2.0)?;
+                Ok(ops::conv2d(tape, x, w2, None, p)?)
+            }
+            fn linear(
+                &mut self,
+                tape: &mut Tape<f32>,
+                _: &str,
+                x: Var,
+                w: Var,
+                b: Option<Var>,
+                _: Mode,
+            ) -> Result<Var> {
+                Ok(ops::linear(tape, x, w, b)?)
+            }
+        }
+        let x = input(&[2, 3, 8, 8], 6);
+        let grads = |hook: Option<&mut dyn LayerHook>| -> Vec<(String, ArrayD<f32>)> {
+            let mut m = build("resnet8", 10, 1).unwrap();
+            let mut tape = Tape::new();
+            let xv = tape.constant(x.clone());
+            let y = m.forward(&mut tape, xv, Mode::Train, hook).unwrap();
+            let loss = ops::cross_entropy(&mut tape, y, &[1, 4], 0.0).unwrap();
+            let g = tape.backward(loss).unwrap();
+            m.params()
+                .into_iter()
+                .map(|(n, p)| {
+                    let gp = g.of_param(p).unwrap_or_else(|| panic!("{n}")).clone();
+                    (n, gp)
+                })
+                .collect()
+        };
+        let plain = grads(None);
+        let mut rec = Recorder::default();
+        assert_eq!(grads(Some(&mut rec)), plain);
+        let doubled = grads(Some(&mut Doubler));
+        assert_eq!(doubled.len(), plain.len());
+        let of = |v: &[(String, ArrayD<f32>)], name: &str| {
+            v.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        };
+        assert_ne!(
+            of(&doubled, "layer1.0.conv1.weight"),
+            of(&plain, "layer1.0.conv1.weight")
+        );
+        assert!(of(&doubled, "layer1.0.conv1.weight")
+            .iter()
+            .all(|v| v.is_finite()));
+    }
+
     #[test]
     fn mobilenet_dropout_follows_the_seed() {
         let x = input(&[2, 3, 32, 32], 4);
