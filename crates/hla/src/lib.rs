@@ -29,6 +29,7 @@ pub mod ops;
 pub mod packed;
 pub mod real;
 pub mod ternary;
+pub mod ternary_kernel;
 pub mod threshold;
 pub mod ttq;
 pub mod twn;
