@@ -562,6 +562,7 @@ pub fn conv2d<F: Float>(
     let (np, kd) = (g.npix(), g.kdim());
     // Direct stride-1 path: one packed weight set per group.
     let direct = g.direct_forward::<F>();
+    let tables = direct.map(|(d, _)| d.tables());
     let packed: Vec<Vec<F>> = match direct {
         Some((d, isa)) => (0..g.groups)
             .map(|gi| {
@@ -587,7 +588,15 @@ pub fn conv2d<F: Float>(
                 for (gi, wpk) in packed.iter().enumerate() {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let y_g = &mut y_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                    conv_sample(&d, isa, x_g, wpk, y_g, cols);
+                    conv_sample(
+                        &d,
+                        isa,
+                        x_g,
+                        wpk,
+                        y_g,
+                        cols,
+                        tables.as_ref().expect("tables built with the direct plan"),
+                    );
                 }
             } else if g.depthwise() {
                 for co in 0..g.c_out {
@@ -695,6 +704,7 @@ pub fn conv2d_backward_input<F: Float>(
     }
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
     let direct = g.direct_backward_input::<F>();
+    let tables = direct.map(|(d, _)| d.tables());
     let packed: Vec<Vec<F>> = match direct {
         Some((d, isa)) => (0..g.groups)
             .map(|gi| {
@@ -721,7 +731,15 @@ pub fn conv2d_backward_input<F: Float>(
                 for (gi, wpk) in packed.iter().enumerate() {
                     let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
                     let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
-                    conv_sample(&d, isa, dy_g, wpk, dx_g, dcols);
+                    conv_sample(
+                        &d,
+                        isa,
+                        dy_g,
+                        wpk,
+                        dx_g,
+                        dcols,
+                        tables.as_ref().expect("tables built with the direct plan"),
+                    );
                 }
                 return;
             }

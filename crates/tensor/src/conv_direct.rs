@@ -223,10 +223,11 @@ pub(crate) fn conv_sample<F: Float>(
     wpk: &[F],
     y: &mut [F],
     scratch: &mut [F],
+    tables: &Tables,
 ) {
     d.fill_input(x, scratch);
     let (cob, pxb) = Direct::blocks(isa);
-    let off = d.tap_offsets(1);
+    let (off, qs) = (&tables.off, &tables.qs);
     let max_read = off.iter().copied().max().unwrap_or(0) + d.qend().div_ceil(pxb) * pxb;
     assert!(
         max_read <= scratch.len(),
@@ -249,17 +250,36 @@ pub(crate) fn conv_sample<F: Float>(
     if isa == Isa::Avx512 && cob == 16 && d.cout >= 16 && npix * 100 < computed * 85 {
         // Small planes: the junk columns of the flattened grid would cost > 15 %; vectorise over
         // output channels instead, visiting only the valid positions.
-        let wq = d.wq();
-        let qs: Vec<usize> = (0..npix).map(|i| (i / d.wo) * wq + i % d.wo).collect();
         // SAFETY: AVX-512 detected; every q in `qs` is < qend, so reads stay below `max_read`.
-        unsafe { run_pix_avx512(xp, wpk, &off, &qs, d.cout, y) };
+        unsafe { run_pix_avx512(xp, wpk, off, qs, d.cout, y) };
         return;
     }
     let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
         store_block(d, out, pxb, q0, co0, nco, y)
     };
     // SAFETY: `isa` from `detect()`; bounds asserted above.
-    unsafe { run_kernel(isa, xp, wpk, &off, d.cout, d.qend(), &mut store) };
+    unsafe { run_kernel(isa, xp, wpk, off, d.cout, d.qend(), &mut store) };
+}
+
+/// Index tables of [`conv_sample`], built once per call (not per sample): tap offsets into the
+/// phase-split input and the flattened positions of the valid outputs.
+pub(crate) struct Tables {
+    off: Vec<usize>,
+    qs: Vec<usize>,
+}
+
+impl Direct {
+    /// The [`Tables`] of this geometry.
+    pub(crate) fn tables(&self) -> Tables {
+        let wq = self.wq();
+        let qs = (0..self.ho * self.wo)
+            .map(|i| (i / self.wo) * wq + i % self.wo)
+            .collect();
+        Tables {
+            off: self.tap_offsets(1),
+            qs,
+        }
+    }
 }
 
 /// Channel-vectorised variant for small planes: blocks of 16 output channels (one vector, the
