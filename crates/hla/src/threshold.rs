@@ -208,4 +208,22 @@ mod tests {
             Err(HlaError::NonFinite { index: 1, .. })
         ));
     }
+
+    /// T(t) over ResNet-50's 25.5 M quantised weights (select, not sort); prints the time.
+    /// Run: `cargo test -p hla-core --release -- --ignored --nocapture threshold_resnet50_scale`
+    /// (ignored: allocates ~200 MB and is a timing, not a check).
+    #[test]
+    #[ignore]
+    fn threshold_resnet50_scale() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let a = ArrayD::from_shape_fn(vec![25_500_000], |_| rng.random_range(-1.0f32..1.0));
+        let t0 = std::time::Instant::now();
+        let d = threshold_global(&[a.view()], 66, QuantileIndex::ZeroBased).unwrap();
+        println!(
+            "T(66) over 25.5 M weights = {d} in {:.0} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        assert!((d - 0.66).abs() < 0.01);
+    }
 }
