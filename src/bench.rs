@@ -53,6 +53,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
                 groups,
                 sched: engine::Sched::Constant(hla_autograd::schedule::Constant { lr: 0.01 }),
                 label_smoothing: 0.0,
+                hs: None,
             })
         }
         BenchPath::Hla => {

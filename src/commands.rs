@@ -137,9 +137,8 @@ pub struct TrainOutcome {
 /// Runs (or resumes) a training run in `p.dir`; used by `hla train` and `hla demo`.
 pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<TrainOutcome> {
     let cfg = &p.cfg;
-    if cfg.train.mode == TrainMode::Hyperspherical {
-        bail!("train.mode = \"hyperspherical\" is not available in this build; use \"fp\"");
-    }
+    let hs = cfg.train.mode == TrainMode::Hyperspherical;
+    let phase = if hs { "hyperspherical" } else { "fp" };
     let data = engine::load_data(cfg, ctx.threads())?;
     let mut model = engine::build_model(cfg)?;
     let lr = cfg.train.lr.unwrap_or(cfg.hla.lr);
@@ -182,7 +181,14 @@ pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<T
         groups,
         sched,
         label_smoothing: cfg.train.label_smoothing,
+        hs: None,
     };
+    if hs {
+        t.enable_hyperspherical(cfg)?;
+        if let Some(ck) = &p.resume {
+            restore_hs(&mut t, ck)?;
+        }
+    }
     ctx.ui.info(format!(
         "hla train: {} on {}; {epochs} epochs x {} steps of batch {}; lr {lr} ({:?}); threads {}; out {}",
         cfg.model.arch,
@@ -195,7 +201,7 @@ pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<T
     ));
     let mut ran = 0;
     while pos.epoch < epochs {
-        let label = format!("fp {}/{epochs}", pos.epoch + 1);
+        let label = format!("{phase} {}/{epochs}", pos.epoch + 1);
         let e = EpochCtx {
             ctx,
             cfg,
@@ -209,21 +215,21 @@ pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<T
                 &p.dir,
                 t.model.as_ref(),
                 &t.sgd,
-                fp_snapshot(cfg, &pos, false, metrics.records().len()),
+                fp_snapshot(cfg, &pos, false, metrics.records().len(), &t)?,
             )?;
             return Err(interrupt::Interrupted {
                 dir: p.dir.display().to_string(),
             }
             .into());
         }
-        let r = runner::epoch_record(&e, &mut t, "fp", &pos, None, 0)?;
+        let r = runner::epoch_record(&e, &mut t, phase, &pos, None, 0)?;
         runner::finish_epoch(ctx, &mut metrics, &label, r)?;
         pos.next_epoch();
         runner::save_checkpoint(
             &p.dir,
             t.model.as_ref(),
             &t.sgd,
-            fp_snapshot(cfg, &pos, pos.epoch == epochs, metrics.records().len()),
+            fp_snapshot(cfg, &pos, pos.epoch == epochs, metrics.records().len(), &t)?,
         )?;
         ran += 1;
         if stop_after == Some(ran) && pos.epoch < epochs {
@@ -252,17 +258,39 @@ fn fp_snapshot<'a>(
     pos: &'a Position,
     finished: bool,
     records: usize,
-) -> Snapshot<'a> {
-    Snapshot {
+    t: &engine::FpTrainee,
+) -> Result<Snapshot<'a>> {
+    let method_state = match &t.hs {
+        Some(st) => serde_json::to_value(st.checkpoint())?,
+        None => serde_json::Value::Null,
+    };
+    Ok(Snapshot {
         command: "train",
-        phase: "fp",
+        phase: if t.hs.is_some() {
+            "hyperspherical"
+        } else {
+            "fp"
+        },
         cfg,
         pos,
         finished,
         metrics_records: records,
-        method_state: serde_json::Value::Null,
+        method_state,
         method_tensors: Default::default(),
+    })
+}
+
+/// Restores the method state (A18 gains and their momentum) of a hyperspherical training run.
+fn restore_hs(t: &mut engine::FpTrainee, ck: &Checkpoint) -> Result<()> {
+    if let Some(st) = t.hs.as_mut() {
+        let mc: hla_core::method::MethodCheckpoint =
+            serde_json::from_value(ck.state.method_state.clone())
+                .map_err(|e| anyhow::anyhow!("checkpoint method state unreadable: {e}"))?;
+        st.restore(&mc)?;
+        st.hook
+            .set_mode(hla_core::method::HookMode::Hyperspherical, 0.0);
     }
+    Ok(())
 }
 
 /// `hla quantize`: Algorithm 1 (HLA), TWN or TTQ, from `--from` weights, `model.pretrained`,
@@ -672,10 +700,20 @@ pub fn eval(ctx: &Ctx, a: &EvalArgs) -> Result<()> {
             let mut model =
                 hla_models::build(cfg.model.arch.name(), cfg.model.num_classes, cfg.seed)?;
             engine::load_model_tensors(model.as_mut(), ck)?;
-            (
-                "full-precision checkpoint".into(),
-                Box::new(engine::Inference { model, hook: None }),
-            )
+            let (sgd, groups) = engine::optimizer(&cfg, model.as_ref(), cfg.hla.lr);
+            let mut t = engine::FpTrainee {
+                model,
+                sgd,
+                groups,
+                sched: Sched::Constant(hla_autograd::schedule::Constant { lr: cfg.hla.lr }),
+                label_smoothing: 0.0,
+                hs: None,
+            };
+            if ck.state.phase == "hyperspherical" {
+                t.enable_hyperspherical(&cfg)?;
+                restore_hs(&mut t, ck)?;
+            }
+            (format!("{} checkpoint", ck.state.phase), Box::new(t))
         } else {
             let t = restore_quant(&cfg, ck, data.train.batches_per_epoch())?;
             (format!("{} checkpoint", ck.state.phase), Box::new(t))

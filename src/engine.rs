@@ -214,6 +214,22 @@ pub struct FpTrainee {
     pub sched: Sched,
     /// Label smoothing.
     pub label_smoothing: f64,
+    /// `train.mode = hyperspherical`: the method state whose hook computes the quantisable
+    /// layers with normalised weights and inputs (λ = 0: no L_d; Table 4 "Hypersphere").
+    pub hs: Option<hla_core::method::MethodState>,
+}
+
+impl FpTrainee {
+    /// Sets up hyperspherical layers (hook in hyperspherical mode, λ = 0).
+    pub fn enable_hyperspherical(&mut self, cfg: &Config) -> Result<()> {
+        let mut h = cfg.hla.clone();
+        h.method = hla_core::Method::Hla;
+        let mut st = hla_core::method::MethodState::new(h, self.model.as_ref())?;
+        st.hook
+            .set_mode(hla_core::method::HookMode::Hyperspherical, 0.0);
+        self.hs = Some(st);
+        Ok(())
+    }
 }
 
 impl Trainee for FpTrainee {
@@ -224,6 +240,31 @@ impl Trainee for FpTrainee {
         step: u64,
     ) -> Result<StepStats> {
         let lr = self.sched.lr(step);
+        if let Some(st) = self.hs.as_mut() {
+            let s = hla_core::method::train_step(
+                self.model.as_mut(),
+                st,
+                &mut self.sgd,
+                &self.groups,
+                images.into_dyn(),
+                labels,
+                lr,
+            )?;
+            if !s.loss.is_finite() {
+                bail!(
+                    "training diverged: loss is {} (lower the learning rate)",
+                    s.loss
+                );
+            }
+            let n = s.n as f64;
+            return Ok(StepStats {
+                loss: s.loss * n,
+                ce: s.ce * n,
+                ld: s.ld * n,
+                correct: s.correct,
+                n: s.n,
+            });
+        }
         train_step(
             self.model.as_mut(),
             &mut self.sgd,
@@ -238,7 +279,13 @@ impl Trainee for FpTrainee {
         self.sched.lr(step)
     }
     fn parts(&mut self) -> (&mut dyn Model, Option<&mut dyn LayerHook>) {
-        (self.model.as_mut(), None)
+        match self.hs.as_mut() {
+            Some(st) => {
+                st.hook.clear_ld();
+                (self.model.as_mut(), st.hook_mut())
+            }
+            None => (self.model.as_mut(), None),
+        }
     }
 }
 

@@ -131,3 +131,20 @@ fn train_quantize_export_eval_chain() {
         );
     }
 }
+
+#[test]
+fn hyperspherical_training_and_eval_of_its_checkpoint() {
+    let Some(root) = shipped_cifar() else { return };
+    let d = scratch("hypersphere");
+    let cfg = tiny_config(&root, "").replace("epochs = 2", "epochs = 1\nmode = \"hyperspherical\"");
+    std::fs::write(d.join("c.toml"), cfg).unwrap();
+    let r = result_json(&run_in(
+        &d,
+        &["--json", "train", "--config", "c.toml", "--out", "hs"],
+    ));
+    let jl = std::fs::read_to_string(d.join("hs/metrics.jsonl")).unwrap();
+    assert!(jl.contains("\"phase\":\"hyperspherical\""), "{jl}");
+    // Evaluating the checkpoint uses the same hyperspherical forward.
+    let ev = result_json(&run_in(&d, &["--json", "eval", "hs"]));
+    assert_eq!(ev["test_top1"], r["test_top1"], "{ev} vs {r}");
+}
