@@ -31,8 +31,9 @@ pub struct GlobalOpts {
     /// on it.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
-    /// Output directory (default: `runs/<config name>-<command>`). An existing run there is
-    /// never overwritten: continue it with `--resume` or pick another directory.
+    /// Output directory (default: `runs/<name>-train` for train, `runs/<name>-<method>` for
+    /// quantize, `runs/<name>` for demo, with `<name>` the config's `name`). An existing run
+    /// there is never overwritten: continue it with `--resume` or pick another directory.
     #[arg(long, global = true, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print only final results (no progress bars or per-epoch lines).
