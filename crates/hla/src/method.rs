@@ -828,6 +828,35 @@ impl MethodState {
         Ok(summarize(layers, self.cfg.sim_average))
     }
 
+    /// Table 4's Sim (A22) of the current weights at `t_pct` (default knob `sim_t_pct` = 70):
+    /// rows normalised, Ŵ = Ternary(W, T(t_pct)) with the configured scope, mean cosine averaged
+    /// per `sim_average`. Independent of the run's phase (also for the FP baseline).
+    ///
+    /// # Errors
+    /// Threshold errors; `UnknownLayer` for a missing weight.
+    pub fn sim_at(&self, model: &dyn Model, t_pct: u32) -> Result<f64> {
+        let ws = self.normalized_weights(model)?;
+        let views: Vec<_> = ws.iter().map(|a| a.view().into_dyn()).collect();
+        // already normalised: eps 0 and a second normalisation would only add rounding
+        let mut ls = Vec::new();
+        let ts = thresholds(
+            &views,
+            t_pct,
+            self.cfg.threshold_scope,
+            self.cfg.quantile_index,
+        )?;
+        for ((l, w), t) in self.hook.layers.iter().zip(&ws).zip(ts) {
+            let q = ternarize_rows(w.view(), t, self.cfg.empty_row).dequantize();
+            ls.push(layer_metrics(
+                &l.info.layer,
+                w.view(),
+                q.view(),
+                Some(t as f64),
+            ));
+        }
+        Ok(summarize(ls, self.cfg.sim_average).sim)
+    }
+
     /// Serialisable snapshot (take it between epochs).
     pub fn checkpoint(&self) -> MethodCheckpoint {
         let bufs = |s: &Sgd<f32>| -> Vec<Option<Vec<f32>>> {
@@ -1159,6 +1188,13 @@ mod tests {
         let zeros: usize = m.layers.iter().map(|l| l.zeros).sum();
         assert!(zeros >= 1, "{zeros}");
         assert!(((zeros as f64 / n as f64) - 0.3).abs() < 0.01);
+        // Sim at t = 30 before the step equals the stage-1 metric's mean cosine at Δ = T(30)
+        let fresh = hla_models::build("resnet20", 10, 1).unwrap();
+        let mut st2 = MethodState::new(small_cfg(Method::Hla), fresh.as_ref()).unwrap();
+        st2.begin_epoch(fresh.as_ref()).unwrap();
+        let sim = st2.sim_at(fresh.as_ref(), 30).unwrap();
+        assert_eq!(sim, st2.metrics(fresh.as_ref()).unwrap().sim);
+        assert!(sim > 0.0 && sim < 1.0);
     }
 
     /// Copies every parameter and buffer of `src` into `dst` (same architecture).
