@@ -2,6 +2,7 @@
 //! default `count_include_pad = true`) and global average pooling, each with its backward.
 //! Floor mode output sizes: `h_out = (h + 2·p_h − k_h) / s_h + 1`.
 
+use crate::lanes::lane_sum;
 use crate::{Float, Par, Result, TensorError};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use rayon::prelude::*;
@@ -161,22 +162,25 @@ pub fn max_pool2d_backward<F: Float>(
         });
     }
     let mut dx = Array4::<F>::zeros((n, c, x_hw.0, x_hw.1));
-    for ((mut dxs, dys), ams) in dx
-        .axis_iter_mut(Axis(0))
-        .zip(dy.axis_iter(Axis(0)))
-        .zip(argmax.axis_iter(Axis(0)))
-    {
-        for ((mut dp, yp), ap) in dxs
-            .axis_iter_mut(Axis(0))
-            .zip(dys.axis_iter(Axis(0)))
-            .zip(ams.axis_iter(Axis(0)))
-        {
-            let dps = dp.as_slice_mut().expect("fresh array is contiguous");
-            for (&g, &a) in yp.iter().zip(ap.iter()) {
+    let np = dy.dim().2 * dy.dim().3;
+    if np == 0 {
+        return Ok(dx);
+    }
+    let dy = dy.as_standard_layout();
+    let argmax = argmax.as_standard_layout();
+    let ds = dy.as_slice().expect("standard layout is contiguous");
+    let am = argmax.as_slice().expect("standard layout is contiguous");
+    // Planes are independent and each is written by one task, in `dy`'s scan order.
+    dx.as_slice_mut()
+        .expect("fresh array is contiguous")
+        .par_chunks_mut(hw)
+        .zip(ds.par_chunks(np))
+        .zip(am.par_chunks(np))
+        .for_each(|((dps, yp), ap)| {
+            for (&g, &a) in yp.iter().zip(ap) {
                 dps[a as usize] = dps[a as usize] + g;
             }
-        }
-    }
+        });
     Ok(dx)
 }
 
@@ -268,32 +272,49 @@ pub fn avg_pool2d_backward<F: Float>(
     Ok(dx)
 }
 
-/// Global average pooling: `y[n, c] = Σ_{h, w} x[n, c, h, w] / (h·w)` (scan order).
+/// Global average pooling: `y[n, c] = Σ_{h, w} x[n, c, h, w] / (h·w)`, each plane into 16
+/// partial sums (element `j` to lane `j % 16`, combined in a fixed tree; vectorised), planes in
+/// parallel: the same bits for any thread count.
 ///
 /// # Shapes
 /// `x`: `[n, c, h, w]` → `[n, c]`. With `h·w == 0` the result is NaN.
 pub fn global_avg_pool<F: Float>(x: ArrayView4<F>) -> Array2<F> {
     let (n, c, h, w) = x.dim();
-    let div = F::from_f64((h * w) as f64);
-    let mut y = Array2::<F>::zeros((n, c));
-    for ((i, j), v) in y.indexed_iter_mut() {
-        let p = x.slice(ndarray::s![i, j, .., ..]);
-        *v = p.iter().fold(F::zero(), |a, &u| a + u) / div;
+    let hw = h * w;
+    let div = F::from_f64(hw as f64);
+    if hw == 0 {
+        return Array2::from_elem((n, c), F::nan());
     }
+    let mut y = Array2::<F>::zeros((n, c));
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    y.as_slice_mut()
+        .expect("fresh array is contiguous")
+        .par_iter_mut()
+        .zip(xs.par_chunks(hw))
+        .for_each(|(v, p)| *v = lane_sum(p) / div);
     y
 }
 
-/// Backward of [`global_avg_pool`]: `dx[n, c, h, w] = dy[n, c] / (h·w)`.
+/// Backward of [`global_avg_pool`]: `dx[n, c, h, w] = dy[n, c] / (h·w)` (planes in parallel).
 ///
 /// # Shapes
 /// `dy`: `[n, c]`, `x_hw = (h, w)` → `[n, c, h, w]`.
 pub fn global_avg_pool_backward<F: Float>(dy: ArrayView2<F>, x_hw: (usize, usize)) -> Array4<F> {
     let (n, c) = dy.dim();
-    let div = F::from_f64((x_hw.0 * x_hw.1) as f64);
+    let hw = x_hw.0 * x_hw.1;
+    let div = F::from_f64(hw as f64);
     let mut dx = Array4::<F>::zeros((n, c, x_hw.0, x_hw.1));
-    for ((i, j), &g) in dy.indexed_iter() {
-        dx.slice_mut(ndarray::s![i, j, .., ..]).fill(g / div);
+    if hw == 0 {
+        return dx;
     }
+    let dy = dy.as_standard_layout();
+    let ds = dy.as_slice().expect("standard layout is contiguous");
+    dx.as_slice_mut()
+        .expect("fresh array is contiguous")
+        .par_chunks_mut(hw)
+        .zip(ds.par_iter())
+        .for_each(|(p, &g)| p.fill(g / div));
     dx
 }
 
@@ -394,6 +415,63 @@ mod tests {
         let dy = Array4::from_shape_vec((1, 1, 1, 2), vec![1.0f32, 2.]).unwrap();
         let dx = max_pool2d_backward(dy.view(), am.view(), (2, 4)).unwrap();
         assert_eq!(dx.as_slice().unwrap(), &[1., 0., 0., 2., 0., 0., 0., 0.]);
+    }
+
+    /// Max-pool backward and global average pooling (+ backward) give the same bits on 1 and 2
+    /// threads, and match f64 references; a non-standard-layout input gives the same bits too.
+    #[test]
+    fn planewise_pool_kernels_match_reference_and_thread_counts() {
+        let x = rand_array::<f32, _, _>((6, 5, 7, 9), 21);
+        let p = Pool2dParams::new(3, 2, 1);
+        let (y, am) = max_pool2d(x.view(), &p, Par::Seq).unwrap();
+        let g = rand_array::<f32, _, _>(y.dim(), 22);
+        let g2 = rand_array::<f32, _, _>((6, 5), 23);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let dx = max_pool2d_backward(g.view(), am.view(), (7, 9)).unwrap();
+                let gp = global_avg_pool(x.view());
+                let gb = global_avg_pool_backward(g2.view(), (7, 9));
+                (dx, gp, gb)
+            })
+        };
+        let (dx1, gp1, gb1) = run(1);
+        let (dx2, gp2, gb2) = run(2);
+        assert_eq!(bits(&dx1), bits(&dx2));
+        assert_eq!(bits(&gp1), bits(&gp2));
+        assert_eq!(bits(&gb1), bits(&gb2));
+        // References in f64: scatter of dy at the argmax; plane means; broadcast.
+        let mut rdx = Array4::<f64>::zeros(x.dim());
+        for ((i, j, a, b), &v) in g.indexed_iter() {
+            let k = am[[i, j, a, b]] as usize;
+            rdx[[i, j, k / 9, k % 9]] += v as f64;
+        }
+        assert!(max_rel_err(&dx1.mapv(|v| v as f64), &rdx) < 1e-6);
+        for ((i, j), &v) in gp1.indexed_iter() {
+            let r = x
+                .slice(ndarray::s![i, j, .., ..])
+                .iter()
+                .map(|&u| u as f64)
+                .sum::<f64>()
+                / 63.0;
+            assert!((v as f64 - r).abs() < 1e-6, "gap [{i}, {j}]");
+            assert!(gb1
+                .slice(ndarray::s![i, j, .., ..])
+                .iter()
+                .all(|&d| d == g2[[i, j]] / 63.0));
+        }
+        // Same values through a permuted (non-standard layout) view.
+        let xt = x
+            .view()
+            .permuted_axes([0, 1, 3, 2])
+            .as_standard_layout()
+            .into_owned();
+        let xt = xt.view().permuted_axes([0, 1, 3, 2]);
+        assert!(!xt.is_standard_layout());
+        assert_eq!(bits(&global_avg_pool(xt)), bits(&gp1));
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! Fixed-lane float sums: `LANES` independent accumulators so the compiler vectorises long
+//! reductions (per-channel sums of batch-norm and the bias gradient, plane sums of pooling).
+//!
+//! Element `j` of every slice added goes to lane `j % LANES` (a slice's tail goes to lanes
+//! `0..tail`), and [`Lanes::total`] combines the lanes in a fixed pairwise tree. The order
+//! depends only on the slice lengths, never on the thread count.
+
+use crate::Float;
+
+/// Number of independent partial sums (16 `f32` = one 512-bit vector, or four 128-bit ones).
+pub(crate) const LANES: usize = 16;
+
+/// `LANES` partial sums, combined in a fixed order by [`Lanes::total`].
+#[derive(Clone, Copy)]
+pub(crate) struct Lanes<F: Float>([F; LANES]);
+
+impl<F: Float> Lanes<F> {
+    /// All lanes zero.
+    #[inline]
+    pub(crate) fn new() -> Self {
+        Lanes([F::zero(); LANES])
+    }
+
+    /// Adds `f(v)` for every `v` of `s`, element `j` to lane `j % LANES`.
+    #[inline(always)]
+    pub(crate) fn add_map(&mut self, s: &[F], f: impl Fn(F) -> F) {
+        let a = &mut self.0;
+        let mut it = s.chunks_exact(LANES);
+        for c in &mut it {
+            for l in 0..LANES {
+                a[l] = a[l] + f(c[l]);
+            }
+        }
+        for (l, &v) in it.remainder().iter().enumerate() {
+            a[l] = a[l] + f(v);
+        }
+    }
+
+    /// Adds every element of `s` (see [`Lanes::add_map`]).
+    #[inline(always)]
+    pub(crate) fn add(&mut self, s: &[F]) {
+        self.add_map(s, |v| v);
+    }
+
+    /// Adds `u[j]·v[j]` for every `j`, element `j` to lane `j % LANES`.
+    ///
+    /// # Panics
+    /// If the lengths differ (a caller bug).
+    #[inline(always)]
+    pub(crate) fn add_dot(&mut self, u: &[F], v: &[F]) {
+        assert_eq!(u.len(), v.len(), "Lanes::add_dot: length mismatch");
+        let a = &mut self.0;
+        let mut iu = u.chunks_exact(LANES);
+        let mut iv = v.chunks_exact(LANES);
+        for (cu, cv) in (&mut iu).zip(&mut iv) {
+            for l in 0..LANES {
+                a[l] = a[l] + cu[l] * cv[l];
+            }
+        }
+        for (l, (&x, &y)) in iu.remainder().iter().zip(iv.remainder()).enumerate() {
+            a[l] = a[l] + x * y;
+        }
+    }
+
+    /// The sum of all lanes: `LANES / 2` pairs `(l, l + LANES/2)` first, then halving again.
+    #[inline]
+    pub(crate) fn total(self) -> F {
+        let mut a = self.0;
+        let mut w = LANES / 2;
+        while w > 0 {
+            for l in 0..w {
+                a[l] = a[l] + a[l + w];
+            }
+            w /= 2;
+        }
+        a[0]
+    }
+}
+
+/// Sum of a slice with [`Lanes`].
+#[inline]
+pub(crate) fn lane_sum<F: Float>(s: &[F]) -> F {
+    let mut acc = Lanes::new();
+    acc.add(s);
+    acc.total()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rand_array;
+
+    #[test]
+    fn lane_sums_match_f64_reference_and_fixed_order() {
+        for len in [0, 1, 15, 16, 17, 49, 64, 1000] {
+            let x = rand_array::<f32, _, _>(len, 3 + len as u64);
+            let y = rand_array::<f32, _, _>(len, 4 + len as u64);
+            let xs = x.as_slice().unwrap();
+            let ys = y.as_slice().unwrap();
+            let r: f64 = xs.iter().map(|&v| v as f64).sum();
+            let rd: f64 = xs.iter().zip(ys).map(|(&u, &v)| u as f64 * v as f64).sum();
+            let bound = 1e-6 * (len as f64 + 1.0);
+            assert!((lane_sum(xs) as f64 - r).abs() < bound, "len {len}");
+            let mut d = Lanes::new();
+            d.add_dot(xs, ys);
+            assert!((d.total() as f64 - rd).abs() < bound, "len {len}");
+            // Lane assignment is positional: element j lands in lane j % LANES.
+            let mut by_lane = [0f32; LANES];
+            for (j, &v) in xs.iter().enumerate() {
+                by_lane[j % LANES] += v;
+            }
+            let mut acc = Lanes::new();
+            acc.add(xs);
+            assert_eq!(acc.0.map(f32::to_bits), by_lane.map(f32::to_bits));
+        }
+    }
+}
