@@ -7,9 +7,13 @@
 //! `../shared/bench/torch_conv_layers.py` times); its GFLOP/s count 3× the forward FLOPs.
 //! With `--torch FILE` (the `--json` output of that script, same thread count) a ratio column
 //! `torch ms / ours ms` is added (> 1 means faster than PyTorch).
+//! `-- --other-only` times only the non-convolution kernels (batch norm, bias gradient, pooling)
+//! on the activation shapes of a ResNet-20 step at batch 128.
 
 use hla_tensor::{
-    conv2d, conv2d_backward_input, conv2d_backward_weight, gemm_par, Conv2dParams, Par,
+    batch_norm_backward, batch_norm_forward, channel_mean_var, conv2d, conv2d_backward_bias,
+    conv2d_backward_input, conv2d_backward_weight, gemm_par, global_avg_pool,
+    global_avg_pool_backward, max_pool2d, max_pool2d_backward, Conv2dParams, Par, Pool2dParams,
 };
 use ndarray::{Array2, Array4};
 use rand::{Rng, SeedableRng};
@@ -124,6 +128,77 @@ fn load_torch(path: &str) -> Vec<(String, usize, f64, f64)> {
     rows
 }
 
+/// Batch-norm statistics + forward + backward, conv bias gradient, max-pool backward and global
+/// average pooling (+ backward) on the ResNet-20 activation shapes (batch 128), ms per call.
+fn other_kernels(threads: &[usize]) {
+    println!("## Non-convolution kernels (f32, batch 128), ms");
+    println!("| kernel | shape | threads | ms |");
+    println!("|---|---|---|---|");
+    for &t in threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for (c, hw) in [(16usize, 32usize), (32, 16), (64, 8)] {
+                let shape = (128, c, hw, hw);
+                let x = rand4(shape, 11);
+                let dy = rand4(shape, 12);
+                let gamma = ndarray::Array1::<f32>::from_elem(c, 1.1);
+                let beta = ndarray::Array1::<f32>::from_elem(c, 0.1);
+                let bn = median_time(|| {
+                    let (m, v) = channel_mean_var(x.view());
+                    let (y, xh, is) = batch_norm_forward(
+                        x.view(),
+                        m.view(),
+                        v.view(),
+                        gamma.view(),
+                        beta.view(),
+                        1e-5,
+                    );
+                    black_box(&y);
+                    black_box(batch_norm_backward(
+                        dy.view(),
+                        xh.view(),
+                        gamma.view(),
+                        is.view(),
+                    ));
+                });
+                let bias = median_time(|| {
+                    black_box(conv2d_backward_bias(dy.view()));
+                });
+                let name = format!("128×{c}×{hw}×{hw}");
+                println!(
+                    "| batch norm stats+fwd+bwd | {name} | {t} | {:.2} |",
+                    bn * 1e3
+                );
+                println!("| conv bias gradient | {name} | {t} | {:.2} |", bias * 1e3);
+            }
+            let x = rand4((128, 64, 8, 8), 13);
+            let gap = median_time(|| {
+                let y = global_avg_pool(x.view());
+                black_box(global_avg_pool_backward(y.view(), (8, 8)));
+            });
+            println!(
+                "| global avg pool + bwd | 128×64×8×8 | {t} | {:.2} |",
+                gap * 1e3
+            );
+            let x = rand4((128, 16, 32, 32), 14);
+            let p = Pool2dParams::new(2, 2, 0);
+            let (y, am) = max_pool2d(x.view(), &p, Par::Rayon).unwrap();
+            let g = y.mapv(|v| v * 0.5);
+            let mp = median_time(|| {
+                black_box(max_pool2d_backward(g.view(), am.view(), (32, 32)).unwrap());
+            });
+            println!(
+                "| max pool 2×2 backward | 128×16×32×32 | {t} | {:.2} |",
+                mp * 1e3
+            );
+        });
+    }
+    println!();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let torch = args
@@ -139,7 +214,12 @@ fn main() {
         vec![1, 2]
     };
 
+    if args.iter().any(|a| a == "--other-only") {
+        other_kernels(&threads);
+        return;
+    }
     if !only_conv {
+        other_kernels(&threads);
         println!("## SGEMM C = A·B (f32, row-major), GFLOP/s");
         println!("| n | threads | matrixmultiply (hla gemm_par) | gemm crate 0.19 | ratio |");
         println!("|---|---|---|---|---|");
