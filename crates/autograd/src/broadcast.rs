@@ -61,6 +61,28 @@ pub(crate) fn binary_map<F: Float>(
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
+/// `dy ← dy ⊙ 1[keep(x)]` in place (the backward of ReLU-like masks without allocating a new
+/// gradient); split across rayon threads from [`PAR_MIN_LEN`] elements when `par` allows.
+/// Shapes: `dy`, `x` the same (a caller bug otherwise: they come from one forward).
+pub(crate) fn mask_in_place<F: Float>(
+    dy: &mut ArrayD<F>,
+    x: &ArrayD<F>,
+    par: Par,
+    keep: impl Fn(F) -> bool + Sync + Send,
+) {
+    let zip = Zip::from(dy).and(x);
+    let f = |d: &mut F, &v: &F| {
+        if !keep(v) {
+            *d = F::zero();
+        }
+    };
+    if par == Par::Rayon && x.len() >= PAR_MIN_LEN {
+        zip.par_for_each(f);
+    } else {
+        zip.for_each(f);
+    }
+}
+
 /// Sums a gradient of the broadcast output shape down to an operand's `shape`: leading
 /// dimensions the operand lacks are summed away, dimensions where the operand has 1 are summed
 /// with the axis kept. Returns `g` itself (no copy) when the shapes already agree. Sums run

@@ -7,9 +7,13 @@
 //! Eval: normalise with the running statistics (nothing is updated).
 //! Both: `y = γ·(x − μ)/√(σ² + ε) + β`, ε = 1e-5.
 
-use ndarray::{Array1, Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewMut3, Axis, Zip};
+use std::mem::MaybeUninit;
+
+use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Zip};
+use rayon::prelude::*;
 
 use crate::broadcast::PAR_MIN_LEN;
+use crate::lanes::Lanes;
 
 use crate::op::Op;
 use crate::tape::Backprop;
@@ -99,8 +103,7 @@ pub fn batch_norm2d<F: Float>(
         let (mean, var) = hla_tensor::channel_mean_var(xv);
         // x̂ is not kept: backward recomputes it from x (on the tape), mean and inv_std, so a
         // training step holds one activation-sized tensor less per batch-norm layer.
-        let (y, _x_hat, inv_std) =
-            hla_tensor::batch_norm_forward(xv, mean.view(), var.view(), gv, bv, state.eps);
+        let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());
         let m = state.momentum;
         let bessel = F::from_f64(count as f64 / (count - 1) as f64);
         Zip::from(&mut state.running_mean)
@@ -120,14 +123,8 @@ pub fn batch_norm2d<F: Float>(
             }),
         )
     } else {
-        let (y, _x_hat, inv_std) = hla_tensor::batch_norm_forward(
-            xv,
-            state.running_mean.view(),
-            state.running_var.view(),
-            gv,
-            bv,
-            state.eps,
-        );
+        let stats = (&state.running_mean, &state.running_var);
+        let (y, inv_std) = forward(xv, stats, (gv, bv), state.eps, tape.par());
         let mean = state.running_mean.clone();
         Ok(tape.push_op(y.into_dyn(), &inputs, || Op::BatchNorm2dEval {
             x,
@@ -139,36 +136,61 @@ pub fn batch_norm2d<F: Float>(
     }
 }
 
-/// `x̂ = (x − mean)·inv_std` per channel, recomputed from the recorded input (element-wise,
-/// split over samples on rayon when `par` allows; the result does not depend on the split).
-fn normalized<F: Float>(
+/// `y = γ·(x − μ)·inv_std + β` per channel with `inv_std = 1/√(var + ε)`, the arithmetic of
+/// `hla_tensor::batch_norm_forward` (`t = (x − μ)·inv_std`, `y = γ·t + β`, so results agree bit
+/// for bit) without materialising `x̂` (backward recomputes it) and without zero-filling `y`
+/// first. Planes are independent: split over rayon when `par` allows, same result.
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` (standard layout or not), `stats` = (mean, var), `affine` = (γ, β): `[c]`
+/// → (`y [n, c, h, w]`, `inv_std [c]`).
+fn forward<F: Float>(
     x: ArrayView4<'_, F>,
-    mean: &Array1<F>,
-    inv_std: &Array1<F>,
+    (mean, var): (&Array1<F>, &Array1<F>),
+    (gamma, beta): (ArrayView1<'_, F>, ArrayView1<'_, F>),
+    eps: F,
     par: Par,
-) -> Array4<F> {
-    let mut x_hat = Array4::zeros(x.raw_dim());
-    let plane = |mut out: ArrayViewMut3<'_, F>, x: ArrayView3<'_, F>| {
-        for ((mut o, xc), (&m, &s)) in out
-            .outer_iter_mut()
-            .zip(x.outer_iter())
-            .zip(mean.iter().zip(inv_std))
-        {
-            o.zip_mut_with(&xc, |o, &v| *o = (v - m) * s);
+) -> (Array4<F>, Array1<F>) {
+    let (_, c, h, w) = x.dim();
+    let hw = h * w;
+    let inv_std = var.mapv(|v| F::one() / (v + eps).sqrt());
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let mut y = Array4::<F>::uninit(x.raw_dim());
+    if hw > 0 && c > 0 {
+        let ys = y.as_slice_mut().expect("fresh array is contiguous");
+        let plane = |(i, (yp, xp)): (usize, (&mut [MaybeUninit<F>], &[F]))| {
+            let ch = i % c;
+            let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                o.write(g * ((v - mu) * s) + b);
+            }
+        };
+        if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+            ys.par_chunks_mut(hw)
+                .zip(xs.par_chunks(hw))
+                .enumerate()
+                .for_each(plane);
+        } else {
+            ys.chunks_mut(hw)
+                .zip(xs.chunks(hw))
+                .enumerate()
+                .for_each(plane);
         }
-    };
-    let zip = Zip::from(x_hat.outer_iter_mut()).and(x.outer_iter());
-    if par == Par::Rayon && x.len() >= PAR_MIN_LEN {
-        zip.par_for_each(plane);
-    } else {
-        zip.for_each(plane);
     }
-    x_hat
+    // SAFETY: when `hw > 0 && c > 0` the loop above wrote every element (the chunks of `ys`
+    // cover it exactly); otherwise the array has no element.
+    let y = unsafe { y.assume_init() };
+    (y, inv_std)
 }
 
 /// Train mode, through the batch statistics (the kernel's formula):
-/// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`
-/// (means and sums per channel over n, h, w); `x̂` is recomputed from `x`.
+/// `dx = γ·inv_std/m·(m·dy − Σdy − x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`
+/// (sums per channel over n, h, w, `m = n·h·w`). `x̂ = (x − mean)·inv_std` is recomputed on the
+/// fly from the recorded `x`, never stored, and `dx` is written over `dy` (owned here), so the
+/// backward allocates nothing activation-sized. The sums use the kernel's fixed lane order
+/// (per channel, samples in order), so results match `hla_tensor::batch_norm_backward` bit for
+/// bit and do not depend on the thread count.
 pub(crate) fn batch_norm_train_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
@@ -176,13 +198,64 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     inv_std: Array1<F>,
     dy: ArrayD<F>,
 ) -> Result<()> {
-    let dy = grad4(dy);
-    let x_hat = normalized(as4(OP, bw.value(x))?, &mean, &inv_std, bw.par);
+    let mut dy = grad4(dy);
+    let xv = as4(OP, bw.value(x))?;
     let gv = as1(OP, bw.value(gamma))?;
-    let (dx, dgamma, dbeta) =
-        hla_tensor::batch_norm_backward(dy.view(), x_hat.view(), gv, inv_std.view());
-    drop((dy, x_hat));
-    bw.add(x, dx.into_dyn());
+    let (n, c, h, w) = xv.dim();
+    let hw = h * w;
+    if n * hw == 0 || c == 0 {
+        bw.add(x, dy.into_dyn());
+        bw.add(gamma, ArrayD::zeros(vec![c]));
+        bw.add(beta, ArrayD::zeros(vec![c]));
+        return Ok(());
+    }
+    let m = F::from_f64((n * hw) as f64);
+    let xs = xv.as_slice().expect("tape values are in standard layout");
+    let sums = {
+        let ds = dy.as_slice().expect("gradients are in standard layout");
+        let channel = |ch: usize| {
+            let (mu, s) = (mean[ch], inv_std[ch]);
+            let (mut db, mut dg) = (Lanes::new(), Lanes::new());
+            let d_planes = ds.chunks_exact(hw).skip(ch).step_by(c);
+            let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+            for (d, xp) in d_planes.zip(x_planes) {
+                db.add_map(d, |v| v);
+                dg.add_dot_map(d, xp, |v| (v - mu) * s);
+            }
+            (dg.total(), db.total())
+        };
+        if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+            (0..c).into_par_iter().map(channel).collect::<Vec<_>>()
+        } else {
+            (0..c).map(channel).collect::<Vec<_>>()
+        }
+    };
+    if bw.needs(x) {
+        let ds = dy.as_slice_mut().expect("gradients are in standard layout");
+        let plane = |(i, (dp, xp)): (usize, (&mut [F], &[F]))| {
+            let ch = i % c;
+            let (dg, db) = sums[ch];
+            let (mu, s) = (mean[ch], inv_std[ch]);
+            let k = gv[ch] * s / m;
+            for (o, &v) in dp.iter_mut().zip(xp) {
+                *o = k * (m * *o - db - ((v - mu) * s) * dg);
+            }
+        };
+        if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+            ds.par_chunks_mut(hw)
+                .zip(xs.par_chunks(hw))
+                .enumerate()
+                .for_each(plane);
+        } else {
+            ds.chunks_mut(hw)
+                .zip(xs.chunks(hw))
+                .enumerate()
+                .for_each(plane);
+        }
+        bw.add(x, dy.into_dyn());
+    }
+    let dgamma: Array1<F> = sums.iter().map(|s| s.0).collect();
+    let dbeta: Array1<F> = sums.iter().map(|s| s.1).collect();
     bw.add(gamma, dgamma.into_dyn());
     bw.add(beta, dbeta.into_dyn());
     Ok(())
@@ -292,6 +365,35 @@ mod tests {
         assert_eq!(s, before);
         let want = (6.0 - 0.3) / (s.running_var[0] + 1e-5).sqrt();
         assert!((t.value(ye)[[1, 0, 0, 1]] - want).abs() < 1e-12);
+    }
+
+    /// The fused forward/backward (no `x̂`, `dx` written over `dy`) must give exactly what the
+    /// `hla-tensor` kernels give from a materialised `x̂` (odd plane size: lane remainders).
+    #[test]
+    fn train_matches_the_tensor_kernels_bit_for_bit() {
+        let xv = uniform(&[3, 4, 5, 7], 8).mapv(|v| (2.0 * v + 0.3) as f32);
+        let gv = uniform(&[4], 9).mapv(|v| v as f32);
+        let bv = uniform(&[4], 10).mapv(|v| v as f32);
+        let seed = uniform(&[3, 4, 5, 7], 11).mapv(|v| v as f32);
+        let mut t = Tape::<f32>::new();
+        let (x, g, b) = (t.leaf(xv.clone()), t.leaf(gv.clone()), t.leaf(bv.clone()));
+        let y = batch_norm2d(&mut t, x, g, b, &mut BatchNormState::new(4), true).unwrap();
+        let yv = t.value(y).clone();
+        let grads = t.backward_with(y, seed.clone()).unwrap();
+
+        let x4 = xv.view().into_dimensionality::<ndarray::Ix4>().unwrap();
+        let (g1, b1) = (as1(OP, &gv).unwrap(), as1(OP, &bv).unwrap());
+        let (mean, var) = hla_tensor::channel_mean_var(x4);
+        let (want_y, x_hat, inv_std) =
+            hla_tensor::batch_norm_forward(x4, mean.view(), var.view(), g1, b1, 1e-5);
+        let d4 = seed.view().into_dimensionality::<ndarray::Ix4>().unwrap();
+        let (dx, dg, db) = hla_tensor::batch_norm_backward(d4, x_hat.view(), g1, inv_std.view());
+        let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let got = |a: &ArrayD<f32>| bits(a.as_slice().unwrap());
+        assert_eq!(got(&yv), bits(want_y.as_slice().unwrap()));
+        assert_eq!(got(grads.get(x).unwrap()), bits(dx.as_slice().unwrap()));
+        assert_eq!(got(grads.get(g).unwrap()), bits(dg.as_slice().unwrap()));
+        assert_eq!(got(grads.get(b).unwrap()), bits(db.as_slice().unwrap()));
     }
 
     /// Above the parallel threshold `x̂` is recomputed on rayon; gradients must equal the

@@ -2,6 +2,7 @@
 
 use ndarray::ArrayD;
 
+use crate::broadcast::mask_in_place;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -14,9 +15,10 @@ pub fn relu<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
     Ok(tape.push_op(y, &[x], || Op::Relu { x }))
 }
 
-/// `dx = dy ⊙ 1[x > 0]`; `x` is read from the tape (nothing saved).
+/// `dx = dy ⊙ 1[x > 0]`; `x` is read from the tape (nothing saved). Written over `dy` (owned), no new allocation.
 pub(crate) fn relu_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
-    let dx = hla_tensor::relu_backward(bw.value(x).view(), dy.view());
+    let mut dx = dy;
+    mask_in_place(&mut dx, bw.value(x), bw.par, |v| v > F::zero());
     bw.add(x, dx);
 }
 

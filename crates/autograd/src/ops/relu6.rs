@@ -3,6 +3,7 @@
 
 use ndarray::ArrayD;
 
+use crate::broadcast::mask_in_place;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -15,9 +16,11 @@ pub fn relu6<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
     Ok(tape.push_op(y, &[x], || Op::Relu6 { x }))
 }
 
-/// `dx = dy ⊙ 1[0 < x < 6]`.
+/// `dx = dy ⊙ 1[0 < x < 6]`. Written over `dy` (owned), no new allocation.
 pub(crate) fn relu6_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
-    let dx = hla_tensor::relu6_backward(bw.value(x).view(), dy.view());
+    let six = F::from_f64(6.0);
+    let mut dx = dy;
+    mask_in_place(&mut dx, bw.value(x), bw.par, |v| v > F::zero() && v < six);
     bw.add(x, dx);
 }
 
