@@ -2,6 +2,7 @@
 //! back to an operand's shape.
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use rayon::prelude::*;
 
 use crate::{AutogradError, Float, Par, Result};
 
@@ -36,6 +37,10 @@ pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Res
 /// split costs more than it saves). Element-wise results do not depend on the split.
 pub(crate) const PAR_MIN_LEN: usize = 1 << 16;
 
+/// Elements per rayon task in the slice-based element-wise loops (large enough to amortise
+/// scheduling, small enough to balance two threads).
+const PAR_CHUNK: usize = 1 << 14;
+
 /// `f(a, b)` element-wise over the broadcast shape, in standard layout; same-shape operands
 /// of at least [`PAR_MIN_LEN`] elements are processed in parallel when `par` allows it.
 pub(crate) fn binary_map<F: Float>(
@@ -46,12 +51,17 @@ pub(crate) fn binary_map<F: Float>(
     f: impl Fn(F, F) -> F + Sync + Send,
 ) -> Result<ArrayD<F>> {
     if a.shape() == b.shape() {
-        let zip = Zip::from(a).and(b);
-        return Ok(if par == Par::Rayon && a.len() >= PAR_MIN_LEN {
-            zip.par_map_collect(|&x, &y| f(x, y))
-        } else {
-            zip.map_collect(|&x, &y| f(x, y))
-        });
+        if let (Some(xs), Some(ys)) = (a.as_slice(), b.as_slice()) {
+            // contiguous operands: an indexed collect writes the output once, no zero fill
+            let v: Vec<F> = if par == Par::Rayon && a.len() >= PAR_MIN_LEN {
+                xs.par_iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+            } else {
+                xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+            };
+            return Ok(ArrayD::from_shape_vec(a.raw_dim(), v)
+                .expect("hla-autograd internal error: element count of a same-shape map"));
+        }
+        return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
     let shape = IxDyn(&broadcast_shape(op, a.shape(), b.shape())?);
     const BROKEN: &str =
@@ -70,16 +80,37 @@ pub(crate) fn mask_in_place<F: Float>(
     par: Par,
     keep: impl Fn(F) -> bool + Sync + Send,
 ) {
-    let zip = Zip::from(dy).and(x);
-    let f = |d: &mut F, &v: &F| {
-        if !keep(v) {
-            *d = F::zero();
+    // a select, not a branch, so the loop vectorises
+    let f = |d: &mut F, &v: &F| *d = if keep(v) { *d } else { F::zero() };
+    match (dy.as_slice_mut(), x.as_slice()) {
+        (Some(ds), Some(xs)) => {
+            if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+                ds.par_chunks_mut(PAR_CHUNK)
+                    .zip(xs.par_chunks(PAR_CHUNK))
+                    .for_each(|(dc, xc)| dc.iter_mut().zip(xc).for_each(|(d, v)| f(d, v)));
+            } else {
+                ds.iter_mut().zip(xs).for_each(|(d, v)| f(d, v));
+            }
         }
-    };
-    if par == Par::Rayon && x.len() >= PAR_MIN_LEN {
-        zip.par_for_each(f);
-    } else {
-        zip.for_each(f);
+        _ => Zip::from(dy).and(x).for_each(f),
+    }
+}
+
+/// `acc ← acc + g` element-wise in place (gradient accumulation), split across rayon threads
+/// from [`PAR_MIN_LEN`] elements when `par` allows (each element is one addition, so the
+/// result does not depend on the split). Shapes: the same.
+pub(crate) fn add_in_place<F: Float>(acc: &mut ArrayD<F>, g: &ArrayD<F>, par: Par) {
+    match (acc.as_slice_mut(), g.as_slice()) {
+        (Some(a), Some(b)) => {
+            if par == Par::Rayon && b.len() >= PAR_MIN_LEN {
+                a.par_chunks_mut(PAR_CHUNK)
+                    .zip(b.par_chunks(PAR_CHUNK))
+                    .for_each(|(ac, bc)| ac.iter_mut().zip(bc).for_each(|(a, &b)| *a = *a + b));
+            } else {
+                a.iter_mut().zip(b).for_each(|(a, &b)| *a = *a + b);
+            }
+        }
+        _ => acc.zip_mut_with(g, |a, &b| *a = *a + b),
     }
 }
 
@@ -121,6 +152,34 @@ mod tests {
             e.to_string().contains("[2, 3]") && e.to_string().contains("[2]"),
             "{e}"
         );
+    }
+
+    /// The slice paths (sequential, rayon) and the strided fallback agree with the definition.
+    #[test]
+    fn in_place_mask_and_add_match_definitions_on_every_path() {
+        let n = PAR_MIN_LEN + 37;
+        let x = crate::testutil::uniform(&[n], 1);
+        let g = crate::testutil::uniform(&[n], 2);
+        let want_mask: Vec<f64> = x
+            .iter()
+            .zip(&g)
+            .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
+            .collect();
+        let want_add: Vec<f64> = x.iter().zip(&g).map(|(&v, &d)| v + d).collect();
+        for par in [Par::Seq, Par::Rayon] {
+            let mut d = g.clone();
+            mask_in_place(&mut d, &x, par, |v| v > 0.0);
+            assert_eq!(d.as_slice().unwrap(), &want_mask[..]);
+            let mut a = x.clone();
+            add_in_place(&mut a, &g, par);
+            assert_eq!(a.as_slice().unwrap(), &want_add[..]);
+        }
+        // a transposed (non-contiguous) accumulator takes the strided path
+        let m = crate::testutil::uniform(&[3, 4], 3);
+        let mut t = m.clone().reversed_axes();
+        let h = crate::testutil::uniform(&[4, 3], 4);
+        add_in_place(&mut t, &h, Par::Rayon);
+        assert_eq!(t, &m.t() + &h);
     }
 
     #[test]

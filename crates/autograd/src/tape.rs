@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn};
 
-use crate::broadcast::PAR_MIN_LEN;
+use crate::broadcast::add_in_place;
 use crate::op::Op;
 use crate::{AutogradError, Float, Par, Param, ParamId, Result};
 
@@ -332,11 +332,8 @@ impl<F: Float> Backprop<'_, F> {
             "hla-autograd internal error: gradient shape differs from value shape"
         );
         match &mut self.grads[v.0] {
-            Some(acc) if self.par == Par::Rayon && g.len() >= PAR_MIN_LEN => {
-                Zip::from(acc).and(&g).par_for_each(|a, &b| *a = *a + b)
-            }
-            Some(acc) => acc.zip_mut_with(&g, |a, &b| *a = *a + b),
-            slot @ None => *slot = Some(g),
+            Some(acc) => add_in_place(acc, &g, self.par),
+            slot @ None => *slot = Some(g), // moved, not copied
         }
     }
 }
