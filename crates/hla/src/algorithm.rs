@@ -56,7 +56,7 @@ pub struct Algorithm1 {
     pub method: Method,
     /// Current phase.
     pub phase: Phase,
-    /// Stage-1 sub-stage index k (t_pct = t_pcts[k]).
+    /// Stage-1 sub-stage index k (`t_pct = t_pcts[k]`).
     pub stage_index: usize,
     /// Stage-1 sparsity schedule in percent (A3/A4).
     pub t_pcts: Vec<u32>,

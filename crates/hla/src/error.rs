@@ -95,7 +95,7 @@ pub enum HlaError {
     /// Occurs when safetensors (de)serialisation fails.
     #[error("{path}: safetensors: {source}")]
     Safetensors {
-        /// The file (or "<memory>").
+        /// The file (or `"<memory>"`).
         path: String,
         /// The safetensors error.
         #[source]

@@ -293,7 +293,7 @@ pub fn copy_state<F: Float, G: Float>(
 macro_rules! impl_model {
     ($t:ident) => {
         impl<F: hla_autograd::Float> $t<F> {
-            /// [`Model::forward`] in any float type (f64 for reference runs).
+            /// [`Model::forward`](crate::Model::forward) in any float type (f64 for reference runs).
             pub fn forward_t(
                 &mut self,
                 tape: &mut hla_autograd::Tape<F>,
@@ -304,13 +304,13 @@ macro_rules! impl_model {
                 $crate::layers::check_input(&self.arch, tape.shape(x))?;
                 self.forward_impl(tape, x, mode, &mut hook)
             }
-            /// [`Model::state`] in any float type.
+            /// [`Model::state`](crate::Model::state) in any float type.
             pub fn named_state(&self) -> Vec<(String, $crate::model::StateRef<'_, F>)> {
                 let mut c = $crate::model::Collector::default();
                 $crate::model::Module::visit(self, &mut c);
                 c.state
             }
-            /// [`Model::state_mut`] in any float type.
+            /// [`Model::state_mut`](crate::Model::state_mut) in any float type.
             pub fn named_state_mut(&mut self) -> Vec<(String, $crate::model::StateMut<'_, F>)> {
                 let mut c = $crate::model::CollectorMut::default();
                 $crate::model::Module::visit_mut(self, &mut c);
