@@ -28,7 +28,6 @@ mod broadcast;
 mod e2e_tests;
 mod error;
 pub mod gradcheck;
-mod lanes;
 mod linalg;
 mod op;
 pub mod ops;

@@ -8,22 +8,28 @@
 use crate::Float;
 
 /// Number of independent partial sums (16 `f32` = one 512-bit vector, or four 128-bit ones).
-pub(crate) const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 /// `LANES` partial sums, combined in a fixed order by [`Lanes::total`].
 #[derive(Clone, Copy)]
-pub(crate) struct Lanes<F: Float>([F; LANES]);
+pub struct Lanes<F: Float>([F; LANES]);
+
+impl<F: Float> Default for Lanes<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl<F: Float> Lanes<F> {
     /// All lanes zero.
     #[inline]
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Lanes([F::zero(); LANES])
     }
 
     /// Adds `f(v)` for every `v` of `s`, element `j` to lane `j % LANES`.
     #[inline(always)]
-    pub(crate) fn add_map(&mut self, s: &[F], f: impl Fn(F) -> F) {
+    pub fn add_map(&mut self, s: &[F], f: impl Fn(F) -> F) {
         let a = &mut self.0;
         let mut it = s.chunks_exact(LANES);
         for c in &mut it {
@@ -38,8 +44,29 @@ impl<F: Float> Lanes<F> {
 
     /// Adds every element of `s` (see [`Lanes::add_map`]).
     #[inline(always)]
-    pub(crate) fn add(&mut self, s: &[F]) {
+    pub fn add(&mut self, s: &[F]) {
         self.add_map(s, |v| v);
+    }
+
+    /// Adds `u[j]·f(v[j])` for every `j`, element `j` to lane `j % LANES` (e.g. `dy · x̂` with
+    /// `x̂` computed on the fly from `x`).
+    ///
+    /// # Panics
+    /// If the lengths differ (a caller bug).
+    #[inline(always)]
+    pub fn add_dot_map(&mut self, u: &[F], v: &[F], f: impl Fn(F) -> F) {
+        assert_eq!(u.len(), v.len(), "Lanes::add_dot_map: length mismatch");
+        let a = &mut self.0;
+        let mut iu = u.chunks_exact(LANES);
+        let mut iv = v.chunks_exact(LANES);
+        for (cu, cv) in (&mut iu).zip(&mut iv) {
+            for l in 0..LANES {
+                a[l] = a[l] + cu[l] * f(cv[l]);
+            }
+        }
+        for (l, (&x, &y)) in iu.remainder().iter().zip(iv.remainder()).enumerate() {
+            a[l] = a[l] + x * f(y);
+        }
     }
 
     /// Adds `u[j]·v[j]` for every `j`, element `j` to lane `j % LANES`.
@@ -47,7 +74,7 @@ impl<F: Float> Lanes<F> {
     /// # Panics
     /// If the lengths differ (a caller bug).
     #[inline(always)]
-    pub(crate) fn add_dot(&mut self, u: &[F], v: &[F]) {
+    pub fn add_dot(&mut self, u: &[F], v: &[F]) {
         assert_eq!(u.len(), v.len(), "Lanes::add_dot: length mismatch");
         let a = &mut self.0;
         let mut iu = u.chunks_exact(LANES);
@@ -64,7 +91,7 @@ impl<F: Float> Lanes<F> {
 
     /// The sum of all lanes: `LANES / 2` pairs `(l, l + LANES/2)` first, then halving again.
     #[inline]
-    pub(crate) fn total(self) -> F {
+    pub fn total(self) -> F {
         let mut a = self.0;
         let mut w = LANES / 2;
         while w > 0 {

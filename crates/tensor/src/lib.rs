@@ -16,7 +16,7 @@ mod conv_direct;
 mod error;
 mod float;
 mod gemm;
-mod lanes;
+pub mod lanes;
 mod pool;
 mod softmax;
 #[cfg(test)]

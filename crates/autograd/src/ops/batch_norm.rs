@@ -13,7 +13,7 @@ use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::broadcast::PAR_MIN_LEN;
-use crate::lanes::Lanes;
+use hla_tensor::lanes::Lanes;
 
 use crate::op::Op;
 use crate::tape::Backprop;
