@@ -2,12 +2,9 @@
 //! in full precision or through the HLA stage-2 layers, with the thread count in use.
 
 use crate::cli::{BenchArgs, BenchPath, BenchWhat};
-use crate::engine::{self, StepStats, Trainee};
 use crate::Ctx;
 use anyhow::{bail, Result};
-use hla_autograd::optim::{Sgd, SgdConfig};
-use hla_autograd::Tape;
-use hla_models::Mode;
+use hla_train::{eval, Learner};
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -37,44 +34,25 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let x = Array4::from_shape_fn((a.batch, 3, size, size), |_| rng.random_range(-1.0f32..1.0));
     let labels: Vec<usize> = (0..a.batch).map(|i| i % classes).collect();
-    let mut cfg = hla_core::HlaConfig::default();
-    let mut t: Box<dyn Trainee> = match a.path {
-        BenchPath::Fp => {
-            let sgd = Sgd::new(SgdConfig {
-                lr: 0.01,
-                momentum: 0.9,
-                weight_decay: 1e-4,
-                nesterov: false,
-            });
-            let groups = vec![sgd.group(); model.params().len()];
-            Box::new(engine::FpTrainee {
-                model,
-                sgd,
-                groups,
-                sched: engine::Sched::Constant(hla_autograd::schedule::Constant { lr: 0.01 }),
-                label_smoothing: 0.0,
-                hs: None,
-            })
-        }
+    let mut cfg = hla_core::HlaConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        nesterov: false,
+        ..Default::default()
+    };
+    let mut l = match a.path {
+        BenchPath::Fp => Learner::new(model, None, &cfg),
         BenchPath::Hla => {
             cfg.method = hla_core::Method::Hla;
             cfg.stage1_epochs_per_stage = 1;
             cfg.t_step_pct = 40; // one stage-1 sub-stage, then stage 2
-            let st = hla_core::method::MethodState::new(cfg.clone(), model.as_ref())?;
-            let (sgd, groups) = hla_core::method::model_optimizer(&cfg, model.as_ref());
-            let mut q = engine::QuantTrainee {
-                model,
-                st,
-                sgd,
-                groups,
-                steps_per_epoch: 1,
-                last_lr: cfg.lr,
-            };
+            let mut st = hla_core::method::MethodState::new(cfg.clone(), model.as_ref())?;
             // Walk to stage 2 (Δ̄ initialised at T(80)).
-            q.st.begin_epoch(q.model.as_ref())?;
-            q.st.end_epoch();
-            q.st.begin_epoch(q.model.as_ref())?;
-            Box::new(q)
+            st.begin_epoch(model.as_ref())?;
+            st.end_epoch();
+            st.begin_epoch(model.as_ref())?;
+            Learner::new(model, Some(st), &cfg)
         }
     };
     let threads = ctx.threads();
@@ -85,13 +63,8 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     let mut res = serde_json::Map::new();
     let mut lines = Vec::new();
     if matches!(a.what, BenchWhat::Train | BenchWhat::Both) {
-        let mut step = 0u64;
         let s = timed(a.iters, || {
-            let st: StepStats = t.step(x.clone(), &labels, step)?;
-            step += 1;
-            if !st.mean_loss().is_finite() {
-                bail!("bench: loss became non-finite");
-            }
+            l.train_step(x.clone().into_dyn(), &labels, cfg.lr)?;
             Ok(())
         })?;
         let ips = a.batch as f64 / s;
@@ -103,10 +76,8 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     }
     if matches!(a.what, BenchWhat::Infer | BenchWhat::Both) {
         let s = timed(a.iters, || {
-            let (m, hook) = t.parts();
-            let mut tape = Tape::<f32>::no_grad();
-            let xv = tape.constant(x.clone().into_dyn());
-            m.forward(&mut tape, xv, Mode::Eval, hook)?;
+            let (m, hook) = l.parts();
+            eval::logits(m, hook, x.clone().into_dyn())?;
             Ok(())
         })?;
         let ips = a.batch as f64 / s;

@@ -1,6 +1,6 @@
 //! Command-line surface (clap derive): global options and one struct per subcommand.
 
-use crate::config::Method;
+use hla_core::Method;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -97,7 +97,7 @@ pub struct QuantizeArgs {
     #[command(flatten)]
     pub run: RunOpts,
     /// Quantisation method (default: the config's `hla.method`).
-    #[arg(long, short, value_enum)]
+    #[arg(long, short, value_parser = parse_method, value_name = "fp|hla|twn|ttq")]
     pub method: Option<Method>,
     /// Start from the weights of this checkpoint file or run directory (e.g. an `hla train`
     /// output) instead of `model.pretrained` or random initialisation.
@@ -185,4 +185,8 @@ pub struct DemoArgs {
     /// Override one config key (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    s.parse().map_err(|e: hla_core::HlaError| e.to_string())
 }

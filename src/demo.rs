@@ -5,8 +5,9 @@
 
 use crate::cli::DemoArgs;
 use crate::commands::{self, Prepared};
-use crate::config::{Config, Method};
-use crate::metrics::EpochRecord;
+use crate::config::{self, Config};
+use hla_core::Method;
+use hla_train::metrics::EpochRecord;
 use crate::plots;
 use crate::report::{self, Figure};
 use crate::rundir;
@@ -50,9 +51,9 @@ fn load_hist(dir: &Path, name: &str) -> Option<(String, Vec<f32>)> {
 pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     let started = Instant::now();
     let (mut cfg, source) = match &a.config {
-        Some(p) => (Config::load(p, &a.set)?, p.display().to_string()),
+        Some(p) => (config::load(p, &a.set)?, p.display().to_string()),
         None => (
-            Config::from_toml_str(DEMO_TOML, Path::new("configs/demo.toml (built in)"), &a.set)?,
+            config::from_toml_str(DEMO_TOML, Path::new("configs/demo.toml (built in)"), &a.set)?,
             "configs/demo.toml (built in)".to_string(),
         ),
     };
@@ -69,7 +70,7 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     for sub in ["fp", "hla", "twn", "ttq"] {
         rundir::check_fresh(&out.join(sub))?;
     }
-    let data = crate::engine::load_data(&cfg, ctx.threads())?;
+    let data = hla_train::data::load_data(&cfg, ctx.threads())?;
     let n_train = data.train.dataset().len();
     let n_test = data.test.dataset().len();
     drop(data);
@@ -105,7 +106,7 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     ctx.ui
         .event(serde_json::json!({"event": "budget", "text": budget, "epochs": total_epochs}));
     std::fs::create_dir_all(&out)?;
-    crate::checkpoint::atomic_write(&out.join(rundir::RESOLVED), cfg.to_toml().as_bytes())?;
+    hla_train::checkpoint::atomic_write(&out.join(rundir::RESOLVED), cfg.to_toml().as_bytes())?;
 
     // 1. Full precision.
     let mut fp_cfg = cfg.clone();
@@ -149,7 +150,7 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     let mut per_layer: Vec<(String, Vec<String>, Vec<f64>)> = Vec::new();
     for m in [Method::Hla, Method::Twn, Method::Ttq] {
         let mut c = cfg.clone();
-        c.hla.method = m.core();
+        c.hla.method = m;
         c.quantize.from = Some(out.join("fp"));
         if m != Method::Hla {
             c.hla.stage2_epochs = base_epochs;
@@ -159,9 +160,9 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
             dir: out.join(m.name()),
             resume: None,
         };
-        let q = commands::run_quantize(ctx, &p, None, "quantize")?;
-        let ck = crate::checkpoint::Checkpoint::load(&p.dir)?;
-        let pm = commands::export_packed(&p.cfg, &ck)?;
+        let q = commands::run_quantize(ctx, &p, None)?;
+        let ck = hla_train::checkpoint::Checkpoint::load(&p.dir)?;
+        let pm = hla_train::run::export_packed(&p.cfg, &ck, &p.dir)?;
         let file = p.dir.join("model.ternary.safetensors");
         pm.write(&file)?;
         let r = pm.size_report();
@@ -193,8 +194,8 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
             },
             top1: q.top1,
             top5: q.top5,
-            sparsity: Some(q.sparsity),
-            cos_sim: Some(q.cos_sim),
+            sparsity: q.sparsity,
+            cos_sim: q.cos_sim,
             bytes: r.packed_bytes,
             ratio: r.ratio,
             records: q.records,

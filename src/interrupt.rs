@@ -2,41 +2,44 @@
 //! checkpoint; a second press exits at once (an atomic checkpoint write in progress leaves the
 //! previous checkpoint intact).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use hla_train::StopFlag;
+use std::sync::OnceLock;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+static STOP: OnceLock<StopFlag> = OnceLock::new();
 
-/// Installs the handler (once; later calls are ignored).
-pub fn install() {
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            eprintln!("\nerror: interrupted twice; exiting without a checkpoint");
-            std::process::exit(130);
+/// The process-wide stop flag, with the Ctrl-C handler that sets it installed on first use.
+pub fn flag() -> StopFlag {
+    STOP.get_or_init(|| {
+        let flag = StopFlag::default();
+        let f = flag.clone();
+        let installed = ctrlc::set_handler(move || {
+            if f.request() {
+                eprintln!("\nerror: interrupted twice; exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: Ctrl-C will stop at once, without a checkpoint ({e})");
         }
-        eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
-    });
+        flag
+    })
+    .clone()
 }
 
-/// Whether a stop was requested.
-pub fn requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-/// Error returned by a loop that stopped on request (after checkpointing); `main` maps it to
-/// exit code 130.
+/// A run stopped by Ctrl-C (exit status 130).
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted: checkpoint written to {dir}; continue with `--resume {dir}`")]
 pub struct Interrupted {
-    /// The run directory holding the checkpoint.
+    /// The run directory.
     pub dir: String,
 }
 
-/// Error returned when `--stop-after-epochs` ends a run early (after checkpointing): exit code 0,
-/// used by the resume tests and by schedulers that run jobs in slices.
+/// A run stopped by `--stop-after-epochs` (exit status 0).
 #[derive(Debug, thiserror::Error)]
 #[error("stopped after {epochs} epoch(s) as requested; checkpoint in {dir}; continue with `--resume {dir}`")]
 pub struct StoppedEarly {
-    /// Epochs run in this invocation.
+    /// Epochs run.
     pub epochs: usize,
     /// The run directory.
     pub dir: String,

@@ -5,19 +5,15 @@
 //! already written is modified before the inputs (config, data path, checkpoint) are validated.
 
 mod bench;
-mod checkpoint;
 mod cli;
 mod commands;
 mod config;
 mod demo;
-mod engine;
 mod interrupt;
-mod metrics;
 mod plots;
 mod progress;
 mod report;
 mod rundir;
-mod runner;
 
 use clap::Parser;
 use cli::{Cli, Command};

@@ -2,7 +2,9 @@
 //! ETA) plus one summary line per epoch; `--quiet` prints only results; `--json` prints one JSON
 //! object per event on stdout for scripts.
 
-use crate::metrics::EpochRecord;
+use hla_train::metrics::EpochRecord;
+use hla_train::run::Observer;
+use hla_train::step::EpochStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
@@ -137,6 +139,52 @@ impl EpochBar {
     pub fn finish(self) {
         if let Some(b) = self.bar {
             b.finish_and_clear();
+        }
+    }
+}
+
+/// The run observer of the CLI: a progress bar per epoch and a summary line per epoch (human
+/// mode), JSON lines (`--json`), or nothing (`--quiet`).
+pub struct UiObserver {
+    ui: Ui,
+    bar: Option<EpochBar>,
+}
+
+impl UiObserver {
+    /// An observer printing through `ui`.
+    pub fn new(ui: Ui) -> Self {
+        UiObserver { ui, bar: None }
+    }
+}
+
+impl Observer for UiObserver {
+    fn info(&mut self, msg: &str) {
+        self.ui.info(msg);
+    }
+    fn epoch_start(&mut self, label: &str, batches: usize, batch_size: usize, done: usize) {
+        let mut bar = self.ui.epoch_bar(label, batches, batch_size);
+        for _ in 0..done {
+            bar.step(0.0, 0.0);
+        }
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, so_far: &EpochStats) {
+        if let Some(b) = self.bar.as_mut() {
+            b.step(so_far.mean_loss(), so_far.acc());
+        }
+    }
+    fn epoch_end(&mut self, label: &str, record: &EpochRecord) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+        self.ui.epoch_done(label, record);
+    }
+}
+
+impl Drop for UiObserver {
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
         }
     }
 }

@@ -2,7 +2,7 @@
 //! and the PNG figures embedded with captions.
 
 use crate::config::Config;
-use crate::metrics::EpochRecord;
+use hla_train::metrics::EpochRecord;
 use crate::plots::{self, Series};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;

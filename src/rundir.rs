@@ -1,18 +1,16 @@
 //! Run directories: where a run writes its resolved config, metrics, checkpoints, plots and
 //! report, and the rule that an existing run is never overwritten.
 
-use crate::checkpoint;
-use crate::config::Config;
+use crate::config::{self, Config};
 use anyhow::{bail, Context, Result};
+use hla_train::checkpoint::{atomic_write, LATEST};
+pub use hla_train::run::RESOLVED;
 use std::path::{Path, PathBuf};
 
-/// File name of the resolved config inside a run directory.
-pub const RESOLVED: &str = "config.resolved.toml";
+/// Files whose presence means a directory holds a run.
+const MARKERS: [&str; 3] = [LATEST, "metrics.jsonl", RESOLVED];
 
-/// Files whose presence marks a directory as holding a run.
-const MARKERS: [&str; 3] = [checkpoint::LATEST, "metrics.jsonl", RESOLVED];
-
-/// The output directory: `--out`, or `runs/<name>-<suffix>`.
+/// `--out` or `runs/<name>-<suffix>`.
 pub fn out_dir(out: Option<&Path>, cfg: &Config, suffix: &str) -> PathBuf {
     match out {
         Some(p) => p.to_path_buf(),
@@ -20,7 +18,7 @@ pub fn out_dir(out: Option<&Path>, cfg: &Config, suffix: &str) -> PathBuf {
     }
 }
 
-/// Checks that `dir` does not already hold a run (without creating anything).
+/// Refuses a directory that already holds a run (or is a file).
 pub fn check_fresh(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("--out {}: exists and is not a directory", dir.display());
@@ -37,13 +35,13 @@ pub fn check_fresh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` (after [`check_fresh`]) and writes the resolved config into it.
+/// Creates the directory and writes the resolved config into it.
 pub fn create(dir: &Path, cfg: &Config) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    checkpoint::atomic_write(&dir.join(RESOLVED), cfg.to_toml().as_bytes())
+    Ok(atomic_write(&dir.join(RESOLVED), cfg.to_toml().as_bytes())?)
 }
 
-/// The resolved config of an existing run directory.
+/// The resolved config of a run directory.
 pub fn load_resolved(dir: &Path) -> Result<Config> {
     let p = dir.join(RESOLVED);
     if !p.exists() {
@@ -52,10 +50,10 @@ pub fn load_resolved(dir: &Path) -> Result<Config> {
             dir.display()
         );
     }
-    Ok(Config::load(&p, &[])?)
+    Ok(config::load(&p, &[])?)
 }
 
-/// The run directory holding `path` (a run directory itself or a file inside one).
+/// The directory of a run given as a directory or as a file inside it.
 pub fn dir_of(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.to_path_buf()

@@ -22,6 +22,38 @@ pub enum Method {
     Hla,
 }
 
+impl Method {
+    /// Every method, in the order tables list them.
+    pub const ALL: [Method; 4] = [Method::Fp, Method::Hla, Method::Twn, Method::Ttq];
+
+    /// Lower-case name, as in configs (`method = "twn"`) and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Fp => "fp",
+            Method::Twn => "twn",
+            Method::Ttq => "ttq",
+            Method::Hla => "hla",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = HlaError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| bad("method", s, "must be one of fp, hla, twn, ttq"))
+    }
+}
+
 /// A1: over which weights the quantile T(t) is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -433,36 +465,39 @@ impl HlaConfig {
         if self.t_include_end && self.t_end_pct >= 100 {
             return Err(bad("t_end_pct", self.t_end_pct, "t = 1 cannot be a stage"));
         }
-        let nonneg = |knob: &'static str, v: f64| {
-            if !(v.is_finite() && v >= 0.0) {
-                Err(bad(knob, v, "must be finite and >= 0"))
-            } else {
+        if self.t_step_pct > 98 {
+            return Err(bad("t_step_pct", self.t_step_pct, "must be in 1..=98"));
+        }
+        let within = |knob: &'static str, v: f64, lo: f64, hi: f64, allowed: &str| {
+            if v.is_finite() && v >= lo && v <= hi {
                 Ok(())
+            } else {
+                Err(bad(knob, v, allowed))
             }
         };
-        nonneg("lambda_d", self.lambda_d)?;
-        nonneg("delta_lr_mult", self.delta_lr_mult)?;
-        nonneg("delta_momentum", self.delta_momentum)?;
-        nonneg("delta_wd", self.delta_wd)?;
-        nonneg("eps_x", self.eps_x)?;
-        nonneg("eps_w", self.eps_w)?;
-        nonneg("sgdr_eta_min", self.sgdr_eta_min)?;
-        nonneg("ttq_threshold", self.ttq_threshold)?;
-        nonneg("twn_threshold", self.twn_threshold)?;
-        nonneg("lr", self.lr)?;
-        nonneg("momentum", self.momentum)?;
-        nonneg("weight_decay", self.weight_decay)?;
-        if self.ttq_threshold >= 1.0 {
-            return Err(bad("ttq_threshold", self.ttq_threshold, "must be < 1"));
-        }
+        within("lr", self.lr, f64::MIN_POSITIVE, 10.0, "must be in 0 < lr <= 10")?;
+        within("momentum", self.momentum, 0.0, 0.999_999, "must be in 0 <= momentum < 1")?;
+        within("weight_decay", self.weight_decay, 0.0, 1.0, "must be in 0..=1")?;
+        within("sgdr_eta_min", self.sgdr_eta_min, 0.0, self.lr, "must be in 0 <= eta_min <= lr")?;
+        within("lambda_d", self.lambda_d, 0.0, 1e6, "must be in 0..=1e6")?;
+        within("delta_lr_mult", self.delta_lr_mult, 0.0, 1e6, "must be in 0..=1e6")?;
+        within("delta_momentum", self.delta_momentum, 0.0, 0.999_999, "must be in 0 <= x < 1")?;
+        within("delta_wd", self.delta_wd, 0.0, 1.0, "must be in 0..=1")?;
+        within("eps_x", self.eps_x, 0.0, 1.0, "must be in 0..=1")?;
+        within("eps_w", self.eps_w, 0.0, 1.0, "must be in 0..=1")?;
+        within("twn_threshold", self.twn_threshold, 0.0, 10.0, "must be in 0..=10")?;
+        within("ttq_threshold", self.ttq_threshold, 0.0, 0.999, "must be in 0 <= t < 1")?;
         if self.sgdr_t0_epochs == 0 {
             return Err(bad("sgdr_t0_epochs", 0, "must be > 0"));
         }
-        if self.sgdr_t_mult == 0 {
-            return Err(bad("sgdr_t_mult", 0, "must be >= 1"));
+        if !(1..=10).contains(&self.sgdr_t_mult) {
+            return Err(bad("sgdr_t_mult", self.sgdr_t_mult, "must be in 1..=10"));
         }
         if self.stage1_epochs_per_stage == 0 {
             return Err(bad("stage1_epochs_per_stage", 0, "must be > 0"));
+        }
+        if self.stage2_epochs == 0 {
+            return Err(bad("stage2_epochs", 0, "must be > 0"));
         }
         if self.hyperspherical_layers == HypersphericalLayers::All {
             return Err(bad(

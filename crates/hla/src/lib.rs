@@ -29,15 +29,13 @@ pub mod ops;
 pub mod packed;
 pub mod real;
 pub mod ternary;
-pub mod ternary_kernel;
 pub mod threshold;
 pub mod ttq;
 pub mod twn;
 
 #[cfg(test)]
 pub(crate) mod testutil;
-#[cfg(test)]
-pub(crate) mod tinynet;
+pub mod tinynet;
 
 pub use config::{HlaConfig, Method};
 pub use error::{HlaError, Result};

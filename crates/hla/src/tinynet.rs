@@ -14,7 +14,8 @@ use hla_models::{
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 
-pub(crate) struct TinyNet {
+/// The tiny network (see the module docs).
+pub struct TinyNet {
     c0: Param<f32>,
     bn0: (Param<f32>, Param<f32>, BatchNormState<f32>),
     c1: Param<f32>,
@@ -32,7 +33,8 @@ fn bn(c: usize) -> (Param<f32>, Param<f32>, BatchNormState<f32>) {
 }
 
 impl TinyNet {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// Draws the weights from `seed`.
+    pub fn new(seed: u64) -> Self {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut r = |shape: &[usize], a: f32| {
             ArrayD::from_shape_fn(shape.to_vec(), |_| rng.random_range(-a..a))
@@ -96,6 +98,12 @@ fn bn_state_mut<'a>(
 impl Model for TinyNet {
     fn arch(&self) -> &str {
         "tinynet"
+    }
+    fn batch_norm_momenta(&self) -> Vec<(String, f32)> {
+        vec![
+            ("bn0".into(), self.bn0.2.momentum),
+            ("bn1".into(), self.bn1.2.momentum),
+        ]
     }
     fn num_classes(&self) -> usize {
         3
@@ -170,75 +178,7 @@ impl Model for TinyNet {
 mod tests {
     use super::*;
     use crate::config::{HlaConfig, Method};
-    use crate::method::{eval_logits, model_optimizer, train_step, MethodState};
-    use crate::packed::{export_model, load_packed};
-
-    fn x(seed: u64) -> ArrayD<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        ArrayD::from_shape_fn(vec![4, 3, 6, 5], |_| rng.random_range(-1.0f32..1.0))
-    }
-
-    /// A18: with only the BN-less fc quantised, the converted model (w = v/‖v‖ times the gain
-    /// ‖v‖, no input normalisation, bias kept) computes the pretrained function at the start of
-    /// stage 1, up to f32 rounding.
-    #[test]
-    fn a18_gain_reproduces_pretrained_function() {
-        let mut m = TinyNet::new(1);
-        let cfg = HlaConfig {
-            skip_layers: Some(vec!["c1".into()]),
-            ..Default::default()
-        };
-        let mut st = MethodState::new(cfg, &m).unwrap();
-        assert_eq!(st.hook.layers.len(), 1);
-        assert!(st.hook.layers[0].gain.is_some());
-        st.begin_epoch(&m).unwrap();
-        let mut tape = Tape::<f32>::no_grad();
-        let xv = tape.constant(x(2));
-        let plain = m.forward(&mut tape, xv, Mode::Eval, None).unwrap();
-        let plain = tape.value(plain).clone();
-        let hooked = eval_logits(&mut m, &mut st, x(2)).unwrap();
-        for (a, b) in plain.iter().zip(hooked.iter()) {
-            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
-        }
-    }
-
-    /// Full miniature HLA on the tiny net: the gain is trained, and the packed model (conv with
-    /// input normalisation, linear with gain and bias) reproduces the fake-quantised logits bit
-    /// for bit.
-    #[test]
-    fn tinynet_hla_gain_trained_and_packed_inference_matches() {
-        let mut m = TinyNet::new(3);
-        let cfg = HlaConfig {
-            stage1_epochs_per_stage: 1,
-            stage2_epochs: 1,
-            sgdr_t0_epochs: 1,
-            method: Method::Hla,
-            ..Default::default()
-        };
-        let mut st = MethodState::new(cfg, &m).unwrap();
-        let g0 = st.hook.layers[1].gain.as_ref().unwrap().value().clone();
-        let (mut sgd, groups) = model_optimizer(&st.cfg, &m);
-        let mut k = 0;
-        while !st.algo.is_done() {
-            st.begin_epoch(&m).unwrap();
-            let lr = st.lr(1).unwrap();
-            let y = vec![0, 1, 2, (k % 3) as usize];
-            train_step(&mut m, &mut st, &mut sgd, &groups, x(10 + k), &y, lr).unwrap();
-            k += 1;
-            st.end_epoch();
-        }
-        assert_ne!(st.hook.layers[1].gain.as_ref().unwrap().value(), &g0);
-        let pm = export_model(&m, &st).unwrap();
-        assert!(pm.dense.contains_key("fc.hla_gain"));
-        assert!(!pm.dense.contains_key("fc.weight") && pm.dense.contains_key("fc.bias"));
-        let want = eval_logits(&mut m, &mut st, x(5)).unwrap();
-        let mut fresh = TinyNet::new(8);
-        let got = load_packed(&mut fresh, &pm)
-            .unwrap()
-            .eval_logits(&mut fresh, x(5))
-            .unwrap();
-        assert_eq!(got, want);
-    }
+    use crate::method::MethodState;
 
     /// Δ̄ update through the method's optimiser (spec 8.5 / A15): momentum 0.9, lr × delta_lr_mult,
     /// no weight decay, clamp at 0. With ∂J/∂Δ̄ = 0.5, lr = 0.1, mult = 2, Δ̄₀ = 0.3:

@@ -245,6 +245,7 @@ impl<F: Float> Module<F> for BatchNorm2d<F> {
         c.state
             .push((format!("{n}.bias"), StateRef::Param(&self.bias)));
         let s = &self.state;
+        c.bn_momenta.push((n.clone(), s.momentum));
         c.state.push((
             format!("{n}.running_mean"),
             StateRef::Buffer(BufferRef::F32(&s.running_mean)),

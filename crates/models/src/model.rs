@@ -127,6 +127,10 @@ pub trait Model: Send {
     /// The quantisable layers in forward order (ResNets: every conv/linear except the first conv
     /// and the last fc; MobileNetV2: every conv/linear except the first conv).
     fn quantisable(&self) -> Vec<QuantLayerInfo>;
+    /// Every BatchNorm layer's module name (`layer1.0.bn1`, whose buffers are
+    /// `layer1.0.bn1.running_mean` / `.running_var`) with its running-average momentum, in
+    /// `state_dict` order: BN re-estimation undoes one running-average update with it.
+    fn batch_norm_momenta(&self) -> Vec<(String, f32)>;
     /// Reseeds the dropout stream (models without dropout ignore it). Trainers derive the seed
     /// from (run seed, epoch, step) so a resumed run draws the same masks.
     fn set_dropout_seed(&mut self, _seed: u64) {}
@@ -182,6 +186,7 @@ pub trait Model: Send {
 pub struct Collector<'a, F: Float = f32> {
     pub(crate) state: Vec<(String, StateRef<'a, F>)>,
     pub(crate) quant: Vec<QuantLayerInfo>,
+    pub(crate) bn_momenta: Vec<(String, F)>,
 }
 
 impl<F: Float> Default for Collector<'_, F> {
@@ -189,6 +194,7 @@ impl<F: Float> Default for Collector<'_, F> {
         Collector {
             state: Vec::new(),
             quant: Vec::new(),
+            bn_momenta: Vec::new(),
         }
     }
 }
@@ -201,6 +207,10 @@ impl<'a, F: Float> Collector<'a, F> {
     /// The quantisable layers collected so far, in order.
     pub fn quantisable(&self) -> &[QuantLayerInfo] {
         &self.quant
+    }
+    /// The BatchNorm layers collected so far (module name, running-average momentum).
+    pub fn batch_norm_momenta(&self) -> &[(String, F)] {
+        &self.bn_momenta
     }
 }
 
@@ -344,6 +354,11 @@ macro_rules! impl_model {
                 let mut c = $crate::model::Collector::<f32>::default();
                 $crate::model::Module::visit(self, &mut c);
                 c.quant
+            }
+            fn batch_norm_momenta(&self) -> Vec<(String, f32)> {
+                let mut c = $crate::model::Collector::<f32>::default();
+                $crate::model::Module::visit(self, &mut c);
+                c.bn_momenta
             }
             fn set_dropout_seed(&mut self, seed: u64) {
                 self.reseed(seed)

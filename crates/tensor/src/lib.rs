@@ -23,7 +23,7 @@ mod softmax;
 mod testutil;
 
 pub use activation::{relu, relu6, relu6_backward, relu_backward};
-pub use batchnorm::{batch_norm_backward, batch_norm_forward, channel_mean_var};
+pub use batchnorm::channel_mean_var;
 pub use conv::{
     conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, Conv2dParams,
     DW_CHUNK,

@@ -1,7 +1,7 @@
 //! Per-epoch metric records, appended to `metrics.jsonl` (one JSON object per line, every field)
 //! and `metrics.csv` (fixed columns, for spreadsheets and plotting scripts).
 
-use anyhow::{Context, Result};
+use crate::error::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,7 +100,15 @@ impl EpochRecord {
     }
 }
 
-/// Appends records to `metrics.jsonl` and `metrics.csv` in a run directory.
+fn to_json(r: &EpochRecord) -> Result<String> {
+    serde_json::to_string(r).map_err(|source| TrainError::Json {
+        what: "metrics record",
+        source,
+    })
+}
+
+/// Appends records to `metrics.jsonl` and `metrics.csv` in a run directory, keeping both files
+/// in step with the records a checkpoint knows about (a resume drops any written after it).
 pub struct MetricsWriter {
     jsonl: PathBuf,
     csv: PathBuf,
@@ -129,17 +137,18 @@ impl MetricsWriter {
             if i >= keep {
                 break;
             }
-            records.push(
-                serde_json::from_str(line)
-                    .with_context(|| format!("{}: line {}", jsonl.display(), i + 1))?,
-            );
+            records.push(serde_json::from_str(line).map_err(|e| {
+                TrainError::checkpoint(&jsonl, format!("line {}: {e}", i + 1))
+            })?);
         }
         if records.len() < keep {
-            anyhow::bail!(
-                "{}: holds {} records but the checkpoint expects {keep}",
-                jsonl.display(),
-                records.len()
-            );
+            return Err(TrainError::checkpoint(
+                &jsonl,
+                format!(
+                    "holds {} records but the checkpoint expects {keep}",
+                    records.len()
+                ),
+            ));
         }
         let w = MetricsWriter {
             jsonl,
@@ -155,15 +164,13 @@ impl MetricsWriter {
         let mut c = String::from(CSV_HEADER);
         c.push('\n');
         for r in &self.records {
-            j.push_str(&serde_json::to_string(r)?);
+            j.push_str(&to_json(r)?);
             j.push('\n');
             c.push_str(&r.csv_row());
             c.push('\n');
         }
-        std::fs::write(&self.jsonl, j)
-            .with_context(|| format!("{}: cannot write", self.jsonl.display()))?;
-        std::fs::write(&self.csv, c)
-            .with_context(|| format!("{}: cannot write", self.csv.display()))?;
+        std::fs::write(&self.jsonl, j).map_err(|e| TrainError::io(&self.jsonl, "cannot write", e))?;
+        std::fs::write(&self.csv, c).map_err(|e| TrainError::io(&self.csv, "cannot write", e))?;
         Ok(())
     }
 
@@ -174,10 +181,10 @@ impl MetricsWriter {
                 .append(true)
                 .create(true)
                 .open(p)
-                .with_context(|| format!("{}: cannot open", p.display()))?;
-            writeln!(f, "{line}").with_context(|| format!("{}: cannot write", p.display()))
+                .map_err(|e| TrainError::io(p, "cannot open", e))?;
+            writeln!(f, "{line}").map_err(|e| TrainError::io(p, "cannot write", e))
         };
-        append(&self.jsonl, serde_json::to_string(&r)?)?;
+        append(&self.jsonl, to_json(&r)?)?;
         append(&self.csv, r.csv_row())?;
         self.records.push(r);
         Ok(())

@@ -6,7 +6,10 @@
 //! Ctrl-C during a write leaves the previous checkpoint intact. A file whose checksum does not
 //! match is reported as corrupt and never loaded.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Result, TrainError};
+use hla_autograd::optim::Sgd;
+use hla_models::{BufferMut, BufferRef, Model, StateMut, StateRef};
+use ndarray::ArrayD;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,7 +55,9 @@ impl Tensor {
     pub fn as_f32(&self, name: &str) -> Result<&[f32]> {
         match &self.data {
             TensorData::F32(v) => Ok(v),
-            TensorData::I64(_) => bail!("checkpoint tensor `{name}` is i64, expected f32"),
+            TensorData::I64(_) => Err(TrainError::Mismatch(format!(
+                "checkpoint tensor `{name}` is i64, expected f32"
+            ))),
         }
     }
 
@@ -141,13 +146,16 @@ impl Checkpoint {
                 TensorData::I64(v) => v.len(),
             };
             if n != len {
-                bail!(
+                return Err(TrainError::Mismatch(format!(
                     "checkpoint tensor `{name}`: shape {:?} holds {n} values, data has {len}",
                     t.shape
-                );
+                )));
             }
         }
-        let state_json = serde_json::to_string(&self.state)?;
+        let state_json = serde_json::to_string(&self.state).map_err(|source| TrainError::Json {
+            what: "checkpoint run state",
+            source,
+        })?;
         let sum = digest(&state_json, &self.tensors);
         let bytes: Vec<(String, Vec<u8>)> = self
             .tensors
@@ -156,8 +164,9 @@ impl Checkpoint {
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
         for ((name, t), (_, b)) in self.tensors.iter().zip(&bytes) {
-            let v = TensorView::new(t.dtype(), t.shape.clone(), b)
-                .with_context(|| format!("checkpoint tensor `{name}`"))?;
+            let v = TensorView::new(t.dtype(), t.shape.clone(), b).map_err(|e| {
+                TrainError::Mismatch(format!("checkpoint tensor `{name}`: {e}"))
+            })?;
             views.push((name.clone(), v));
         }
         let mut meta = HashMap::new();
@@ -165,36 +174,41 @@ impl Checkpoint {
         meta.insert("version".to_string(), VERSION.to_string());
         meta.insert("state".to_string(), state_json);
         meta.insert("sha256".to_string(), sum);
-        Ok(safetensors::serialize(views, &Some(meta))?)
+        safetensors::serialize(views, &Some(meta))
+            .map_err(|e| TrainError::Mismatch(format!("checkpoint serialisation: {e}")))
     }
 
     /// Parses and verifies bytes read from `path` (named in errors).
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let p = path.display();
+        let err = |reason: String| TrainError::checkpoint(path, reason);
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
-            anyhow::anyhow!("{p}: not a valid checkpoint (corrupt or truncated header: {e})")
+            err(format!(
+                "not a valid checkpoint (corrupt or truncated header: {e})"
+            ))
         })?;
         let md = meta
             .metadata()
             .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("{p}: not an hla checkpoint (no metadata)"))?;
+            .ok_or_else(|| err("not an hla checkpoint (no metadata)".into()))?;
         if md.get("format").map(String::as_str) != Some(FORMAT) {
-            bail!("{p}: not an hla checkpoint (format is not `{FORMAT}`)");
+            return Err(err(format!(
+                "not an hla checkpoint (format is not `{FORMAT}`)"
+            )));
         }
         let version = md.get("version").cloned().unwrap_or_default();
         if version != VERSION.to_string() {
-            bail!(
-                "{p}: checkpoint version {version} is not supported (this build reads {VERSION})"
-            );
+            return Err(err(format!(
+                "checkpoint version {version} is not supported (this build reads {VERSION})"
+            )));
         }
         let state_json = md
             .get("state")
-            .ok_or_else(|| anyhow::anyhow!("{p}: checkpoint has no run state"))?;
+            .ok_or_else(|| err("checkpoint has no run state".into()))?;
         let stored = md
             .get("sha256")
-            .ok_or_else(|| anyhow::anyhow!("{p}: checkpoint has no checksum"))?;
+            .ok_or_else(|| err("checkpoint has no checksum".into()))?;
         let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow::anyhow!("{p}: corrupt checkpoint: {e}"))?;
+            .map_err(|e| err(format!("corrupt checkpoint: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let data = view.data();
@@ -209,7 +223,11 @@ impl Checkpoint {
                         .map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunk")))
                         .collect(),
                 ),
-                other => bail!("{p}: checkpoint tensor `{name}` has unsupported dtype {other:?}"),
+                other => {
+                    return Err(err(format!(
+                        "checkpoint tensor `{name}` has unsupported dtype {other:?}"
+                    )))
+                }
             };
             tensors.insert(
                 name,
@@ -220,10 +238,12 @@ impl Checkpoint {
             );
         }
         if &digest(state_json, &tensors) != stored {
-            bail!("{p}: checkpoint is corrupt (SHA-256 checksum mismatch); it was not loaded");
+            return Err(err(
+                "checkpoint is corrupt (SHA-256 checksum mismatch); it was not loaded".into(),
+            ));
         }
         let state: RunState = serde_json::from_str(state_json)
-            .map_err(|e| anyhow::anyhow!("{p}: checkpoint run state unreadable: {e}"))?;
+            .map_err(|e| err(format!("checkpoint run state unreadable: {e}")))?;
         Ok(Checkpoint { state, tensors })
     }
 
@@ -231,7 +251,7 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let file = checkpoint_file(path);
         let bytes = std::fs::read(&file)
-            .with_context(|| format!("{}: cannot read checkpoint", file.display()))?;
+            .map_err(|e| TrainError::io(&file, "cannot read checkpoint", e))?;
         Self::from_bytes(&bytes, &file)
     }
 
@@ -259,21 +279,22 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file path", path.display()))?
+        .ok_or_else(|| TrainError::checkpoint(path, "not a file path"))?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, "cannot create", e))?;
         f.write_all(bytes)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+            .map_err(|e| TrainError::io(&tmp, "cannot write", e))?;
         f.sync_all()
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+            .map_err(|e| TrainError::io(&tmp, "cannot sync", e))?;
         std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename into place", path.display()))?;
+            .map_err(|e| TrainError::io(path, "cannot rename into place", e))?;
         Ok(())
     })();
     if result.is_err() {
+        // Best effort: the write error is what the caller needs to see.
         let _ = std::fs::remove_file(&tmp);
     }
     result
@@ -291,6 +312,160 @@ pub fn weights_hash(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> String 
         h.update(t.bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The model's parameters and buffers as checkpoint tensors (`param/…`, `buffer/…`).
+pub fn model_tensors(model: &dyn Model, out: &mut BTreeMap<String, Tensor>) {
+    for (name, s) in model.state() {
+        let t = match s {
+            StateRef::Param(p) => {
+                Tensor::f32(p.shape().to_vec(), p.value().iter().copied().collect())
+            }
+            StateRef::Buffer(BufferRef::F32(a)) => {
+                Tensor::f32(a.shape().to_vec(), a.iter().copied().collect())
+            }
+            StateRef::Buffer(BufferRef::Count(c)) => Tensor {
+                shape: vec![],
+                data: TensorData::I64(vec![c as i64]),
+            },
+        };
+        let prefix = if matches!(s, StateRef::Param(_)) {
+            "param/"
+        } else {
+            "buffer/"
+        };
+        out.insert(format!("{prefix}{name}"), t);
+    }
+}
+
+/// Loads `param/…` and `buffer/…` tensors into the model; every entry must be present with the
+/// model's shape (a checkpoint of another architecture is refused before anything changes).
+///
+/// # Errors
+/// `Mismatch` naming the missing or mis-shaped tensor.
+pub fn load_model_tensors(model: &mut dyn Model, ck: &Checkpoint) -> Result<()> {
+    // Validate first.
+    for (name, s) in model.state() {
+        let (key, shape) = match s {
+            StateRef::Param(p) => (format!("param/{name}"), p.shape().to_vec()),
+            StateRef::Buffer(BufferRef::F32(a)) => (format!("buffer/{name}"), a.shape().to_vec()),
+            StateRef::Buffer(BufferRef::Count(_)) => (format!("buffer/{name}"), vec![]),
+        };
+        let t = ck.tensors.get(&key).ok_or_else(|| {
+            TrainError::Mismatch(format!("checkpoint has no tensor `{key}` (another model?)"))
+        })?;
+        if t.shape != shape {
+            return Err(TrainError::Mismatch(format!(
+                "checkpoint tensor `{key}` has shape {:?}, the model expects {:?}",
+                t.shape, shape
+            )));
+        }
+        if let StateRef::Param(_) | StateRef::Buffer(BufferRef::F32(_)) = s {
+            t.as_f32(&key)?;
+        }
+    }
+    for (name, s) in model.state_mut() {
+        match s {
+            StateMut::Param(p) => {
+                let key = format!("param/{name}");
+                let d = ck.tensors[&key].as_f32(&key)?;
+                for (v, &x) in p.value_mut().iter_mut().zip(d) {
+                    *v = x;
+                }
+            }
+            StateMut::Buffer(BufferMut::F32(a)) => {
+                let key = format!("buffer/{name}");
+                let d = ck.tensors[&key].as_f32(&key)?;
+                for (v, &x) in a.iter_mut().zip(d) {
+                    *v = x;
+                }
+            }
+            StateMut::Buffer(BufferMut::Count(c)) => {
+                let key = format!("buffer/{name}");
+                if let TensorData::I64(v) = &ck.tensors[&key].data {
+                    *c = v.first().copied().unwrap_or(0).max(0) as u64;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Momentum buffers as `optim/<position>` tensors (absent = no buffer yet).
+pub fn optim_tensors(sgd: &Sgd<f32>, out: &mut BTreeMap<String, Tensor>) {
+    for (i, b) in sgd.state().iter().enumerate() {
+        if let Some(b) = b {
+            out.insert(
+                format!("optim/{i:05}"),
+                Tensor::f32(b.shape().to_vec(), b.iter().copied().collect()),
+            );
+        }
+    }
+}
+
+/// Restores momentum buffers saved by [`optim_tensors`] for `len` parameter positions.
+///
+/// # Errors
+/// `Mismatch` for a malformed buffer; optimizer errors for a count that does not fit.
+pub fn load_optim_tensors(sgd: &mut Sgd<f32>, ck: &Checkpoint, len: usize) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mut bufs = Vec::with_capacity(len);
+    for i in 0..len {
+        let key = format!("optim/{i:05}");
+        bufs.push(match ck.tensors.get(&key) {
+            Some(t) => Some(
+                ArrayD::from_shape_vec(t.shape.clone(), t.as_f32(&key)?.to_vec())
+                    .map_err(|e| TrainError::Mismatch(format!("checkpoint tensor `{key}`: {e}")))?,
+            ),
+            None => None,
+        });
+    }
+    sgd.load_state(bufs)?;
+    Ok(())
+}
+
+/// SHA-256 of the model's parameters and buffers, in state-dict order (printed at the end of a
+/// run so two runs can be compared for bit-identity).
+pub fn model_hash(model: &dyn Model) -> String {
+    let mut t = BTreeMap::new();
+    model_tensors(model, &mut t);
+    weights_hash(&t, "")
+}
+
+/// Loads starting weights from `path`: an hla checkpoint file or run directory, or a plain
+/// safetensors state dict (torchvision names).
+///
+/// # Errors
+/// `Io` if the file cannot be read; checkpoint or model errors for a bad file.
+pub fn load_weights(model: &mut dyn Model, path: &Path) -> Result<()> {
+    let file = checkpoint_file(path);
+    if !file.exists() {
+        return Err(TrainError::checkpoint(
+            path,
+            "no such checkpoint or weights file",
+        ));
+    }
+    let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, "cannot read", e))?;
+    if is_checkpoint(&bytes) {
+        let ck = Checkpoint::from_bytes(&bytes, &file)?;
+        load_model_tensors(model, &ck)
+    } else {
+        Ok(hla_models::load_safetensors(model, &file, true)?)
+    }
+}
+
+/// Whether `bytes` is a safetensors file whose metadata says it is an hla checkpoint.
+pub fn is_checkpoint(bytes: &[u8]) -> bool {
+    safetensors::SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| {
+            m.metadata()
+                .as_ref()
+                .and_then(|md| md.get("format").cloned())
+        })
+        .is_some_and(|f| f == FORMAT)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 use hla_core::algorithm::Phase;
 use hla_core::config::{HlaConfig, Method};
 use hla_core::export::PackedModel;
-use hla_core::method::{eval_logits, model_optimizer, train_step, MethodState};
+use hla_core::method::MethodState;
+use hla_train::{eval, Learner};
 use hla_core::packed::{alpha_sqrt_nnz, export_model, load_packed};
 use hla_models::Model;
 use ndarray::ArrayD;
@@ -39,32 +40,38 @@ fn run(method: Method) -> Outcome {
         sgdr_t0_epochs: 1,
         ..Default::default()
     };
-    let mut model = hla_models::build("resnet20", 10, 5).unwrap();
-    let mut st = MethodState::new(cfg, model.as_ref()).unwrap();
-    let (mut sgd, groups) = model_optimizer(&st.cfg, model.as_ref());
+    let model = hla_models::build("resnet20", 10, 5).unwrap();
+    let st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    let mut l = Learner::new(model, Some(st), &cfg);
     let mut k = 0;
     let mut stage1_sparsity = Vec::new();
-    while !st.algo.is_done() {
-        let plan = st.begin_epoch(model.as_ref()).unwrap();
+    loop {
+        let model = l.model.as_ref();
+        let st = l.method.as_mut().unwrap();
+        if st.algo.is_done() {
+            break;
+        }
+        let plan = st.begin_epoch(model).unwrap();
         if plan.phase == Phase::Stage1 {
-            let m = st.metrics(model.as_ref()).unwrap();
+            let m = st.metrics(model).unwrap();
             stage1_sparsity.push((plan.t_pct.unwrap(), m.sparsity));
         }
         for _ in 0..STEPS {
             let (x, y) = batch(k);
             k += 1;
-            let lr = st.lr(STEPS).unwrap();
-            let s = train_step(model.as_mut(), &mut st, &mut sgd, &groups, x, &y, lr).unwrap();
+            let lr = l.method.as_ref().unwrap().lr(STEPS).unwrap();
+            let s = l.train_step(x, &y, lr).unwrap();
             assert!(s.loss.is_finite() && s.ce.is_finite(), "{method:?}: {s:?}");
             if method != Method::Hla {
                 assert_eq!(s.ld, 0.0);
             }
         }
-        st.end_epoch();
+        l.method.as_mut().unwrap().end_epoch();
     }
+    let Learner { model, method, .. } = l;
     Outcome {
         model,
-        st,
+        st: method.unwrap(),
         stage1_sparsity,
     }
 }
@@ -74,7 +81,7 @@ fn packed_matches(o: &mut Outcome) -> PackedModel {
     let pm = export_model(o.model.as_ref(), &o.st).unwrap();
     let back = PackedModel::from_bytes(&pm.to_bytes().unwrap(), "mem").unwrap();
     let (x, _) = batch(1000);
-    let want = eval_logits(o.model.as_mut(), &mut o.st, x.clone()).unwrap();
+    let want = eval::logits(o.model.as_mut(), o.st.hook_mut(), x.clone()).unwrap();
     let mut fresh = hla_models::build("resnet20", 10, 123).unwrap();
     let got = load_packed(fresh.as_mut(), &back)
         .unwrap()

@@ -1,0 +1,270 @@
+//! The method driven through the engine's training step on synthetic data: L_d on the tape,
+//! resume inside stage 2, a whole miniature HLA run with export, and the A18 gain on a tiny net
+//! whose quantised fc has no BatchNorm after it.
+
+use hla_core::algorithm::Phase;
+use hla_core::config::{HlaConfig, Method};
+use hla_core::method::MethodState;
+use hla_core::packed::{alpha_sqrt_nnz, export_model, load_packed};
+use hla_core::ternary::ternarize_rows;
+use hla_core::tinynet::TinyNet;
+use hla_models::Model;
+use hla_train::{eval, Learner, StepStats};
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+
+fn batch(seed: u64, n: usize) -> (ArrayD<f32>, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x = ArrayD::from_shape_fn(vec![n, 3, 8, 8], |_| rng.random_range(-1.0f32..1.0));
+    let y = (0..n).map(|_| rng.random_range(0..10)).collect();
+    (x, y)
+}
+
+fn small_cfg(method: Method) -> HlaConfig {
+    HlaConfig {
+        method,
+        stage1_epochs_per_stage: 1,
+        stage2_epochs: 2,
+        sgdr_t0_epochs: 1,
+        ..Default::default()
+    }
+}
+
+fn learner(model: Box<dyn Model>, cfg: &HlaConfig) -> Learner {
+    let st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    Learner::new(model, Some(st), cfg)
+}
+
+fn st(l: &Learner) -> &MethodState {
+    l.method.as_ref().unwrap()
+}
+
+/// `begin_epoch` on the learner's own model.
+fn begin(l: &mut Learner) -> hla_core::algorithm::EpochPlan {
+    let m = l.model.as_ref();
+    l.method.as_mut().unwrap().begin_epoch(m).unwrap()
+}
+
+/// One epoch of `steps` batches (seeds from `seed`), then `end_epoch`.
+fn epoch(l: &mut Learner, steps: usize, seed: u64) -> Vec<StepStats> {
+    begin(l);
+    let mut out = Vec::new();
+    for i in 0..steps {
+        let (x, y) = batch(seed + i as u64, 4);
+        let lr = st(l).lr(steps).unwrap();
+        out.push(l.train_step(x, &y, lr).unwrap());
+    }
+    l.method.as_mut().unwrap().end_epoch();
+    out
+}
+
+/// Stage 1's L_d from the tape equals the plain Σ_l L_d^l of the normalised weights with
+/// Ternary(W, Δ) at the global threshold T(30).
+#[test]
+fn stage1_ld_on_tape_matches_plain_sum() {
+    let mut l = learner(
+        hla_models::build("resnet20", 10, 1).unwrap(),
+        &small_cfg(Method::Hla),
+    );
+    let plan = begin(&mut l);
+    assert_eq!(plan.t_pct, Some(30));
+    let s0 = st(&l);
+    let ws = s0.normalized_weights(l.model.as_ref()).unwrap();
+    let d = s0.algo.delta.clone().unwrap();
+    assert!(d.windows(2).all(|p| p[0] == p[1]), "global scope: one Δ");
+    let mut want = 0.0f64;
+    for (w, &dl) in ws.iter().zip(&d) {
+        let q = ternarize_rows(w.view(), dl as f32, s0.cfg.empty_row).dequantize();
+        want +=
+            hla_core::ld::ld_layer(w.mapv(|v| v as f64).view(), q.mapv(|v| v as f64).view()).0;
+    }
+    let (x, y) = batch(0, 4);
+    let s = l.train_step(x, &y, 0.01).unwrap();
+    assert!(
+        (s.ld - want).abs() < 1e-5 * want.max(1.0),
+        "{} vs {want}",
+        s.ld
+    );
+    assert!((s.loss - s.ce - s.ld).abs() < 1e-5);
+    // the global zero_based threshold zeroes ⌊0.3N⌋ + 1 of N weights (no ties in random init)
+    let m = st(&l).metrics(l.model.as_ref()).unwrap();
+    let n: usize = m.layers.iter().map(|l| l.rows * l.fan_in).sum();
+    let zeros: usize = m.layers.iter().map(|l| l.zeros).sum();
+    assert!(zeros >= 1, "{zeros}");
+    assert!(((zeros as f64 / n as f64) - 0.3).abs() < 0.01);
+    // Sim at t = 30 before the step equals the stage-1 metric's mean cosine at Δ = T(30)
+    let fresh = hla_models::build("resnet20", 10, 1).unwrap();
+    let mut st2 = MethodState::new(small_cfg(Method::Hla), fresh.as_ref()).unwrap();
+    st2.begin_epoch(fresh.as_ref()).unwrap();
+    let sim = st2.sim_at(fresh.as_ref(), 30).unwrap();
+    assert_eq!(sim, st2.metrics(fresh.as_ref()).unwrap().sim);
+    assert!(sim > 0.0 && sim < 1.0);
+}
+
+/// Copies every parameter and buffer of `src` into `dst` (same architecture).
+fn copy_state(src: &dyn Model, dst: &mut dyn Model) {
+    use hla_models::{BufferMut, BufferRef, StateMut, StateRef};
+    let vals: Vec<_> = src
+        .state()
+        .into_iter()
+        .map(|(_, s)| match s {
+            StateRef::Param(p) => (Some(p.value().clone()), None, None),
+            StateRef::Buffer(BufferRef::F32(a)) => (None, Some(a.clone()), None),
+            StateRef::Buffer(BufferRef::Count(c)) => (None, None, Some(c)),
+        })
+        .collect();
+    for ((_, d), v) in dst.state_mut().into_iter().zip(vals) {
+        match (d, v) {
+            (StateMut::Param(p), (Some(a), _, _)) => *p.value_mut() = a,
+            (StateMut::Buffer(BufferMut::F32(b)), (_, Some(a), _)) => b.assign(&a),
+            (StateMut::Buffer(BufferMut::Count(c)), (_, _, Some(n))) => *c = n,
+            _ => panic!("state layouts differ"),
+        }
+    }
+}
+
+/// Checkpoint after 11 epochs (inside stage 2, Δ̄ trained), resume in a fresh process-like
+/// setup (JSON round trip of the method state, copied model state and SGD buffers): the
+/// resumed run ends bit-identical to the uninterrupted one.
+#[test]
+fn resume_mid_stage2_is_bit_identical() {
+    let cfg = HlaConfig {
+        stage2_epochs: 3,
+        ..small_cfg(Method::Hla)
+    };
+    let mut a = learner(hla_models::build("resnet20", 10, 3).unwrap(), &cfg);
+    for _ in 0..11 {
+        let e = st(&a).algo.epochs_done;
+        epoch(&mut a, 2, e * 10);
+    }
+    assert_eq!(st(&a).algo.phase, Phase::Stage2);
+    let ck = serde_json::to_string(&st(&a).checkpoint()).unwrap();
+    let mut b = learner(hla_models::build("resnet20", 10, 99).unwrap(), &cfg);
+    copy_state(a.model.as_ref(), b.model.as_mut());
+    b.method
+        .as_mut()
+        .unwrap()
+        .restore(&serde_json::from_str(&ck).unwrap())
+        .unwrap();
+    b.sgd.load_state(a.sgd.state().to_vec()).unwrap();
+    while !st(&a).algo.is_done() {
+        let e = st(&a).algo.epochs_done;
+        epoch(&mut a, 2, e * 10);
+        epoch(&mut b, 2, e * 10);
+    }
+    assert!(st(&b).algo.is_done());
+    assert_eq!(st(&a).checkpoint(), st(&b).checkpoint());
+    for ((n, p), (_, q)) in a.model.params().into_iter().zip(b.model.params()) {
+        let bits = |x: &ArrayD<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(p.value()), bits(q.value()), "{n}");
+    }
+}
+
+/// A full miniature HLA run; after stage 2 every non-empty row has α·√nnz = 1, the packed
+/// file is ≥ 14× smaller than f32 for the quantised layers, and inference from the packed
+/// form reproduces the fake-quantised model's logits bit for bit.
+#[test]
+fn hla_run_export_and_packed_inference_match() {
+    let mut l = learner(
+        hla_models::build("resnet20", 10, 2).unwrap(),
+        &small_cfg(Method::Hla),
+    );
+    let mut stats = Vec::new();
+    let mut k = 0;
+    while !st(&l).algo.is_done() {
+        stats.extend(epoch(&mut l, 1, k));
+        k += 1;
+    }
+    assert_eq!(stats.len(), 12);
+    assert!(stats.iter().all(|s| s.loss.is_finite()));
+    assert!(st(&l).delta_bars().iter().all(|&d| d >= 0.0));
+    let m = st(&l).metrics(l.model.as_ref()).unwrap();
+    assert!((m.sparsity - 0.8).abs() < 0.05, "sparsity {}", m.sparsity);
+    let pm = export_model(l.model.as_ref(), st(&l)).unwrap();
+    for layer in &pm.layers {
+        for (j, v) in alpha_sqrt_nnz(layer).unwrap().into_iter().enumerate() {
+            assert!(
+                v == 0.0 || (v - 1.0).abs() < 1e-6,
+                "{} row {j}: α√nnz = {v}",
+                layer.name
+            );
+        }
+    }
+    assert!(pm.size_report().ratio >= 14.0, "{:?}", pm.size_report());
+    let bytes = pm.to_bytes().unwrap();
+    let back = hla_core::export::PackedModel::from_bytes(&bytes, "mem").unwrap();
+    let (x, _) = batch(99, 3);
+    let (m, h) = l.parts();
+    let want = eval::logits(m, h, x.clone()).unwrap();
+    let mut fresh = hla_models::build("resnet20", 10, 77).unwrap();
+    let mut hook = load_packed(fresh.as_mut(), &back).unwrap();
+    let got = hook.eval_logits(fresh.as_mut(), x).unwrap();
+    let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want));
+}
+
+fn tiny_x(seed: u64) -> ArrayD<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    ArrayD::from_shape_fn(vec![4, 3, 6, 5], |_| rng.random_range(-1.0f32..1.0))
+}
+
+/// A18: with only the BN-less fc quantised, the converted model (w = v/‖v‖ times the gain
+/// ‖v‖, no input normalisation, bias kept) computes the pretrained function at the start of
+/// stage 1, up to f32 rounding.
+#[test]
+fn a18_gain_reproduces_pretrained_function() {
+    let mut m = TinyNet::new(1);
+    let cfg = HlaConfig {
+        skip_layers: Some(vec!["c1".into()]),
+        ..Default::default()
+    };
+    let mut st = MethodState::new(cfg, &m).unwrap();
+    assert_eq!(st.hook.layers.len(), 1);
+    assert!(st.hook.layers[0].gain.is_some());
+    st.begin_epoch(&m).unwrap();
+    let plain = eval::logits(&mut m, None, tiny_x(2)).unwrap();
+    let hooked = eval::logits(&mut m, st.hook_mut(), tiny_x(2)).unwrap();
+    for (a, b) in plain.iter().zip(hooked.iter()) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}
+
+/// Full miniature HLA on the tiny net: the gain is trained, and the packed model (conv with
+/// input normalisation, linear with gain and bias) reproduces the fake-quantised logits bit
+/// for bit.
+#[test]
+fn tinynet_hla_gain_trained_and_packed_inference_matches() {
+    let cfg = HlaConfig {
+        stage1_epochs_per_stage: 1,
+        stage2_epochs: 1,
+        sgdr_t0_epochs: 1,
+        method: Method::Hla,
+        ..Default::default()
+    };
+    let mut l = learner(Box::new(TinyNet::new(3)), &cfg);
+    let g0 = st(&l).hook.layers[1].gain.as_ref().unwrap().value().clone();
+    let mut k = 0;
+    while !st(&l).algo.is_done() {
+        begin(&mut l);
+        let lr = st(&l).lr(1).unwrap();
+        let y = vec![0, 1, 2, (k % 3) as usize];
+        l.train_step(tiny_x(10 + k), &y, lr).unwrap();
+        k += 1;
+        l.method.as_mut().unwrap().end_epoch();
+    }
+    assert_ne!(st(&l).hook.layers[1].gain.as_ref().unwrap().value(), &g0);
+    let pm = export_model(l.model.as_ref(), st(&l)).unwrap();
+    assert!(pm.dense.contains_key("fc.hla_gain"));
+    assert!(!pm.dense.contains_key("fc.weight") && pm.dense.contains_key("fc.bias"));
+    let (m, h) = l.parts();
+    let want = eval::logits(m, h, tiny_x(5)).unwrap();
+    let mut fresh = TinyNet::new(8);
+    let got = load_packed(&mut fresh, &pm)
+        .unwrap()
+        .eval_logits(&mut fresh, tiny_x(5))
+        .unwrap();
+    assert_eq!(got, want);
+    // the plain forward of the fresh net differs (the packed hook is what computes it)
+    let plain = eval::logits(&mut fresh, None, tiny_x(5)).unwrap();
+    assert_ne!(plain, want);
+}
