@@ -45,13 +45,15 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         BenchPath::Fp => Learner::new(model, None, &cfg),
         BenchPath::Hla => {
             cfg.method = hla_core::Method::Hla;
-            cfg.stage1_epochs_per_stage = 1;
+            cfg.stage1_epochs_per_stage = 1.0;
             cfg.t_step_pct = 40; // one stage-1 sub-stage, then stage 2
             let mut st = hla_core::method::MethodState::new(cfg.clone(), model.as_ref())?;
-            // Walk to stage 2 (Δ̄ initialised at T(80)).
-            st.begin_epoch(model.as_ref())?;
-            st.end_epoch();
-            st.begin_epoch(model.as_ref())?;
+            // Walk to stage 2 (Δ̄ initialised at T(80)): a one-step epoch.
+            st.algo.set_steps_per_epoch(1)?;
+            st.begin_segment(model.as_ref())?;
+            st.algo.record_step();
+            st.end_segment();
+            st.begin_segment(model.as_ref())?;
             Learner::new(model, Some(st), &cfg)
         }
     };

@@ -1,7 +1,7 @@
 //! Command-line surface (clap derive): global options and one struct per subcommand.
 
-use hla_core::Method;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hla_core::Method;
 use std::path::PathBuf;
 
 /// Hyperspherical Loss-Aware Ternary Quantization (arXiv 2212.12649): train, quantise, export,

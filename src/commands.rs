@@ -40,7 +40,11 @@ pub fn prepare(
         }
         let ck = Checkpoint::load(dir)?;
         let cfg = rundir::load_resolved(dir)?;
-        if ck.state.config_digest != cfg.digest() {
+        // The digest is of the resolved config as written; a run written before a knob was
+        // added re-serialises differently but its file is unchanged.
+        let written = std::fs::read(dir.join(rundir::RESOLVED))?;
+        if ck.state.config_digest != cfg.digest() && ck.state.config_digest != sha256_hex(&written)
+        {
             bail!(
                 "{}: checkpoint was written with a different config than {} (refusing to resume)",
                 dir.display(),
@@ -81,6 +85,14 @@ pub fn prepare(
         dir,
         resume: None,
     })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Checks that the dataset and pretrained weights named by the config exist.

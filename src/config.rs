@@ -126,7 +126,11 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if let Some(h) = line.strip_prefix('[') {
-            table = h.trim_start_matches('[').trim_end_matches(']').trim().to_string();
+            table = h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string();
             if table == key {
                 return Some(i + 1);
             }
@@ -218,13 +222,13 @@ root = "data/cifar10"
         assert_eq!(c.hla.stage2_init_pct, 80);
         assert_eq!(c.hla.lambda_d, 1.0);
         assert_eq!(c.hla.lr, 0.01);
-        assert_eq!(c.hla.sgdr_t0_epochs, 10);
+        assert_eq!(c.hla.sgdr_t0_epochs, 10.0);
         assert_eq!(c.train.schedule, Schedule::Cosine);
         assert_eq!(
             c.stage1_schedule(),
             vec![30, 34, 38, 42, 46, 50, 54, 58, 62, 66]
         );
-        assert_eq!(c.baseline_epochs(), 200);
+        assert_eq!(c.baseline_epochs(), 200.0);
     }
 
     #[test]
@@ -282,7 +286,10 @@ root = "data/cifar10"
         let e = load("[model]\narch = \"resnet20\"\nnum_classes = 1\n[data]\nformat = \"cifar10\"\nroot = \"d\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 3") && e.contains("model.num_classes"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("model.num_classes"),
+            "{e}"
+        );
     }
 
     /// A bad value given on the command line is reported as that `--set`, not as a line of the
@@ -294,16 +301,24 @@ root = "data/cifar10"
             .to_string();
         assert!(e.starts_with("--set data.batch_size=abc: "), "{e}");
         assert!(e.contains("data.batch_size") && !e.contains("line"), "{e}");
-        let e = parse(MINIMAL, &["hla.lambda_d=-1"]).unwrap_err().to_string();
+        let e = parse(MINIMAL, &["hla.lambda_d=-1"])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("--set hla.lambda_d=-1: ") && e.contains("out of range"),
             "{e}"
         );
         let e = parse(MINIMAL, &["hla.lamda_d=1"]).unwrap_err().to_string();
-        assert!(e.starts_with("--set hla.lamda_d=1: ") && e.contains("unknown field"), "{e}");
+        assert!(
+            e.starts_with("--set hla.lamda_d=1: ") && e.contains("unknown field"),
+            "{e}"
+        );
         // the same key bad in the file but fixed on the command line is fine
-        let c = parse(&format!("{MINIMAL}\n[hla]\nlambda_d = -1.0\n"), &["hla.lambda_d=0.5"])
-            .unwrap();
+        let c = parse(
+            &format!("{MINIMAL}\n[hla]\nlambda_d = -1.0\n"),
+            &["hla.lambda_d=0.5"],
+        )
+        .unwrap();
         assert_eq!(c.hla.lambda_d, 0.5);
     }
 

@@ -6,13 +6,13 @@
 use crate::cli::DemoArgs;
 use crate::commands::{self, Prepared};
 use crate::config::{self, Config};
-use hla_core::Method;
-use hla_train::metrics::EpochRecord;
 use crate::plots;
 use crate::report::{self, Figure};
 use crate::rundir;
 use crate::Ctx;
 use anyhow::{bail, Result};
+use hla_core::Method;
+use hla_train::metrics::EpochRecord;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -75,9 +75,9 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     let n_test = data.test.dataset().len();
     drop(data);
     let stage1 = cfg.stage1_schedule();
-    let hla_epochs = stage1.len() * cfg.hla.stage1_epochs_per_stage + cfg.hla.stage2_epochs;
+    let hla_epochs = stage1.len() as f64 * cfg.hla.stage1_epochs_per_stage + cfg.hla.stage2_epochs;
     let base_epochs = cfg.baseline_epochs();
-    let total_epochs = cfg.train.epochs + hla_epochs + 2 * base_epochs;
+    let total_epochs = cfg.train.epochs as f64 + hla_epochs + 2.0 * base_epochs;
     let budget = format!(
         "budget: {} on {n_train} train / {n_test} test CIFAR-10 images (batch {}), {} threads; \
          FP {} epochs (lr {}), then from the same FP weights: HLA {} stage-1 sub-stages t = {} x {} epoch(s) + {} stage-2 epoch(s) = {hla_epochs} epochs, \
@@ -93,7 +93,7 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
         cfg.hla.stage2_epochs,
         cfg.hla.lr,
         cfg.hla.sgdr_t0_epochs,
-        total_epochs * n_train
+        (total_epochs * n_train as f64).round()
     );
     if hla_epochs != base_epochs {
         ctx.ui.info(format!(

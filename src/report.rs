@@ -2,9 +2,9 @@
 //! and the PNG figures embedded with captions.
 
 use crate::config::Config;
-use hla_train::metrics::EpochRecord;
 use crate::plots::{self, Series};
 use anyhow::{Context, Result};
+use hla_train::metrics::EpochRecord;
 use std::fmt::Write as _;
 use std::path::Path;
 

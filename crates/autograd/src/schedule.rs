@@ -177,6 +177,90 @@ impl LrSchedule for CosineWarmRestarts {
     }
 }
 
+/// SGDR whose periods are given in (possibly fractional) epochs: the `k`-th restart is at step
+/// `round(S · T₀ · (1 + m + … + m^(k−1)))` for `S` steps per epoch, period `T₀` epochs and
+/// multiplier `m`, so restarts stay on the same steps however the fractions round (a period of
+/// 0.5 epoch restarts at every epoch boundary and half-way, alternating 195 / 196 steps for
+/// `S` = 391). Within a period the rate is the same cosine as [`CosineWarmRestarts`], which it
+/// equals step for step when `S · T₀` is a whole number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochSgdr {
+    /// Rate at the start of every period.
+    pub base_lr: f64,
+    /// First period in steps, `S · T₀` (> 0; may be fractional).
+    pub period_steps: f64,
+    /// Growth factor of the period length (≥ 1).
+    pub t_mult: u64,
+    /// Rate approached at the end of every period.
+    pub eta_min: f64,
+}
+
+impl EpochSgdr {
+    /// A validated schedule: periods of `t0_epochs` epochs of `steps_per_epoch` steps.
+    ///
+    /// # Errors
+    /// `BadArgument` if the first period is shorter than one step, not finite, or `t_mult == 0`.
+    pub fn new(
+        base_lr: f64,
+        t0_epochs: f64,
+        steps_per_epoch: u64,
+        t_mult: u64,
+        eta_min: f64,
+    ) -> Result<Self> {
+        let period_steps = t0_epochs * steps_per_epoch as f64;
+        if !(period_steps.is_finite() && period_steps >= 1.0) {
+            return Err(AutogradError::BadArgument {
+                op: "EpochSgdr",
+                reason: format!(
+                    "a period of {t0_epochs} epochs x {steps_per_epoch} steps is shorter than one step"
+                ),
+            });
+        }
+        positive("EpochSgdr", "t_mult", t_mult)?;
+        Ok(EpochSgdr {
+            base_lr,
+            period_steps,
+            t_mult,
+            eta_min,
+        })
+    }
+
+    /// Step of the `k`-th restart (`k = 0` is step 0).
+    fn restart(&self, k: u64) -> u64 {
+        let periods = if self.t_mult == 1 {
+            k as f64
+        } else {
+            let m = self.t_mult as f64;
+            (m.powf(k as f64) - 1.0) / (m - 1.0)
+        };
+        (self.period_steps * periods).round() as u64
+    }
+
+    /// `(T_cur, T_i)`: offset in the current period and its length, for step `t`.
+    pub fn position(&self, t: u64) -> (u64, u64) {
+        let mut k = if self.t_mult == 1 {
+            (t as f64 / self.period_steps).floor() as u64
+        } else {
+            0
+        };
+        while k > 0 && self.restart(k) > t {
+            k -= 1;
+        }
+        while self.restart(k + 1) <= t {
+            k += 1;
+        }
+        let start = self.restart(k);
+        (t - start, (self.restart(k + 1) - start).max(1))
+    }
+}
+
+impl LrSchedule for EpochSgdr {
+    fn lr(&self, t: u64) -> f64 {
+        let (t_cur, t_i) = self.position(t);
+        cosine(self.base_lr, self.eta_min, t_cur as f64, t_i as f64)
+    }
+}
+
 /// Linear warm-up, then `inner` (PyTorch's `SequentialLR([LinearLR(start_factor,
 /// total_iters = W), inner], milestones = [W])`):
 /// for `t < W`, `lr(t) = inner.lr(0)·(f₀ + (1 − f₀)·t / W)`; for `t ≥ W`, `lr(t) = inner.lr(t − W)`.
@@ -274,5 +358,27 @@ mod tests {
         let got: Vec<f64> = (0..8).map(|t| w.lr(t)).collect();
         let want = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.5, 0.5];
         assert!(got.iter().zip(want).all(|(&a, b)| close(a, b)), "{got:?}");
+    }
+
+    /// Whole-step periods give exactly CosineWarmRestarts; a half-epoch period of an odd epoch
+    /// restarts on the epoch boundaries and half-way (196 / 195 steps).
+    #[test]
+    fn epoch_sgdr_matches_integer_sgdr_and_rounds_fractional_periods() {
+        for mult in [1, 2] {
+            let a = CosineWarmRestarts::new(0.1, 30, mult, 1e-4).unwrap();
+            let b = EpochSgdr::new(0.1, 3.0, 10, mult, 1e-4).unwrap();
+            for t in 0..400 {
+                assert_eq!(a.position(t), b.position(t), "t = {t}, mult {mult}");
+                assert_eq!(a.lr(t).to_bits(), b.lr(t).to_bits());
+            }
+        }
+        let h = EpochSgdr::new(0.1, 0.5, 391, 1, 0.0).unwrap();
+        let restarts: Vec<u64> = (0..2000).filter(|&t| h.position(t).0 == 0).collect();
+        assert_eq!(&restarts[..5], &[0, 196, 391, 587, 782]);
+        assert_eq!(h.position(195), (195, 196));
+        assert_eq!(h.position(196), (0, 195));
+        assert!(close(h.lr(0), 0.1) && h.lr(195) < 1e-4);
+        assert!(EpochSgdr::new(0.1, 0.001, 100, 1, 0.0).is_err());
+        assert!(EpochSgdr::new(0.1, 1.0, 100, 0, 0.0).is_err());
     }
 }

@@ -1,17 +1,26 @@
-//! Algorithm 1 (spec section 9) as an explicit, resumable state machine.
+//! Algorithm 1 (spec section 9) as an explicit, resumable state machine, counted in optimizer
+//! steps.
 //!
-//! The machine knows *where* a run is (phase, stage index k with t_pct = 30 + 4k, epoch within
-//! the phase, global epoch and step counters) and *which thresholds* are in force (the stage-1 Δ
-//! per layer, the stage-2 Δ̄ snapshot). It computes nothing from weights itself: the driver asks
-//! [`Algorithm1::plan`] what the coming epoch needs (e.g. "compute Δ = T(42) now"), supplies the
-//! values, runs the epoch's steps, and calls [`Algorithm1::end_epoch`]. The whole state is serde,
-//! so a checkpoint taken between epochs resumes exactly (Δ is stored, not recomputed from weights
-//! that moved).
+//! A run is a sequence of *segments*: the hyperspherical warm-up, each stage-1 sub-stage
+//! (t_pct = 30 + 4k), stage 2, or a baseline's single segment. Lengths are given in epochs and
+//! may be fractional (`stage1_epochs_per_stage = 0.5`); with `S` steps per epoch they become step
+//! boundaries measured from the start of their phase and rounded once, cumulatively: sub-stage
+//! `k` of stage 1 ends at step `round((k + 1) · E₁ · S)` of stage 1, so half-epoch sub-stages end
+//! on every epoch boundary and half-way through (rounding half away from zero), whatever `S`.
+//! Warm-up, stage 1 and stage 2 follow each other; a zero-length segment is skipped.
+//!
+//! The machine knows *where* a run is (phase, stage index, steps done) and *which thresholds*
+//! are in force (the stage-1 Δ per layer, the stage-2 Δ̄ snapshot). It computes nothing from
+//! weights itself: the driver asks [`Algorithm1::plan`] what the current segment needs (e.g.
+//! "compute Δ = T(42) now"), supplies the values, runs steps ([`record_step`](Algorithm1::record_step)),
+//! and when [`segment_complete`](Algorithm1::segment_complete) evaluates and calls
+//! [`end_segment`](Algorithm1::end_segment). The whole state is serde, so a checkpoint taken at
+//! any step resumes exactly (Δ is stored, not recomputed from weights that moved).
 //!
 //! Phases by method:
 //! - HLA: `Warmup` (hs_warmup_epochs, λ = 0; A21) → `Stage1` × K sub-stages
 //!   (stage1_epochs_per_stage each) → `Stage2` (stage2_epochs) → `Done`.
-//! - FP / TWN / TTQ: `Baseline` (stage2_epochs) → `Done`.
+//! - FP / TWN / TTQ: `Baseline` (stage2_epochs, or `baseline_epochs` of the run config) → `Done`.
 
 use crate::config::{HlaConfig, Method};
 use crate::error::{HlaError, Result};
@@ -33,20 +42,22 @@ pub enum Phase {
     Done,
 }
 
-/// What the driver must do before/while running the coming epoch.
+/// What the driver must do before/while running the current segment.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EpochPlan {
-    /// Phase of the epoch.
+pub struct SegmentPlan {
+    /// Phase of the segment.
     pub phase: Phase,
     /// Stage-1 sparsity in percent (Stage1 only).
     pub t_pct: Option<u32>,
-    /// Stage 1: Δ must be computed now (first epoch of a sub-stage, or every step with
-    /// `per_step` refresh) from T(t_pct) and handed to [`Algorithm1::set_delta`].
+    /// Stage 1: Δ must be computed now (start of a sub-stage, or every step with `per_step`
+    /// refresh) from T(t_pct) and handed to [`Algorithm1::set_delta`].
     pub needs_delta: bool,
     /// Stage 2: Δ̄ must be initialised now to T(pct) and handed to [`Algorithm1::set_delta_bar`].
     pub init_delta_bar_pct: Option<u32>,
-    /// Weight λ of L_d in this epoch (0 in warm-up and for baselines).
+    /// Weight λ of L_d in this segment (0 in warm-up and for baselines).
     pub lambda: f64,
+    /// Step (of the run) at which the segment ends.
+    pub end_step: u64,
 }
 
 /// Algorithm 1's resumable state.
@@ -60,69 +71,167 @@ pub struct Algorithm1 {
     pub stage_index: usize,
     /// Stage-1 sparsity schedule in percent (A3/A4).
     pub t_pcts: Vec<u32>,
-    /// Epochs completed within the current phase / sub-stage.
-    pub epoch_in_phase: usize,
-    /// Epochs completed in total.
-    pub epochs_done: u64,
     /// Optimiser steps completed in total (drives the per-iteration SGDR schedule).
     pub steps_done: u64,
+    /// Steps per data epoch of the run, which turns every length into steps (0 until the driver
+    /// sets it with [`set_steps_per_epoch`](Self::set_steps_per_epoch)).
+    #[serde(default)]
+    pub steps_per_epoch: u64,
     /// Stage-1 Δ per quantised layer for the current sub-stage (`None` until computed).
     pub delta: Option<Vec<f64>>,
     /// Stage-2 Δ̄ per quantised layer (last value synchronised from the trainable parameters).
     pub delta_bar: Option<Vec<f64>>,
-    /// Length settings copied from the config at creation (a resumed run keeps them).
-    pub warmup_epochs: usize,
+    /// Stage-2 Δ̄ per quantised layer as initialised (T(stage2_init_pct)).
+    #[serde(default)]
+    pub delta_bar_init: Option<Vec<f64>>,
+    /// Length settings copied from the config at creation (a resumed run keeps them), epochs.
+    pub warmup_epochs: f64,
     /// Epochs per stage-1 sub-stage.
-    pub stage1_epochs_per_stage: usize,
+    pub stage1_epochs_per_stage: f64,
     /// Stage-2 (or baseline) epochs.
-    pub stage2_epochs: usize,
+    pub stage2_epochs: f64,
     /// Stage-2 initial quantile in percent.
     pub stage2_init_pct: u32,
     /// λ of stage 1 / 2.
     pub lambda_d: f64,
 }
 
+/// `round(epochs · S)` steps.
+pub fn epochs_to_steps(epochs: f64, steps_per_epoch: u64) -> u64 {
+    (epochs * steps_per_epoch as f64).round().max(0.0) as u64
+}
+
 impl Algorithm1 {
-    /// Fresh state at the start of a run of `cfg.method`.
+    /// Fresh state at the start of a run of `cfg.method` (lengths from `cfg`; a baseline runs
+    /// `stage2_epochs`).
     ///
     /// # Errors
     /// `Config` if the configuration is invalid.
     pub fn new(cfg: &HlaConfig) -> Result<Self> {
         cfg.validate()?;
-        let mut s = Self {
+        Ok(Self {
             method: cfg.method,
-            phase: Phase::Done,
+            phase: match cfg.method {
+                Method::Hla if cfg.hs_warmup_epochs > 0.0 => Phase::Warmup,
+                Method::Hla => Phase::Stage1,
+                _ => Phase::Baseline,
+            },
             stage_index: 0,
             t_pcts: cfg.stage1_t_pcts(),
-            epoch_in_phase: 0,
-            epochs_done: 0,
             steps_done: 0,
+            steps_per_epoch: 0,
             delta: None,
             delta_bar: None,
+            delta_bar_init: None,
             warmup_epochs: cfg.hs_warmup_epochs,
             stage1_epochs_per_stage: cfg.stage1_epochs_per_stage,
             stage2_epochs: cfg.stage2_epochs,
             stage2_init_pct: cfg.stage2_init_pct,
             lambda_d: cfg.lambda_d,
-        };
-        s.phase = match cfg.method {
-            Method::Hla if s.warmup_epochs > 0 => Phase::Warmup,
-            Method::Hla => Phase::Stage1,
-            _ => Phase::Baseline,
-        };
-        s.skip_empty_phases();
-        Ok(s)
+        })
     }
 
-    /// Total number of epochs of the whole run.
-    pub fn total_epochs(&self) -> u64 {
+    /// The state at the start of stage 2 of a run of `cfg` (HLA) after `steps_done` steps, for a
+    /// run that continues a finished stage-1 run: the steps must be exactly those of the
+    /// warm-up and stage 1 under `cfg`, and stage 2 must have steps.
+    ///
+    /// # Errors
+    /// `Config` for an invalid configuration; `State` if the steps do not end stage 1.
+    pub fn at_stage2(cfg: &HlaConfig, steps_per_epoch: u64, steps_done: u64) -> Result<Self> {
+        let mut a = Self::new(cfg)?;
+        if a.method != Method::Hla {
+            return Err(HlaError::State {
+                op: "at_stage2",
+                reason: format!("method {} has no stage 2", a.method),
+            });
+        }
+        a.set_steps_per_epoch(steps_per_epoch)?;
+        a.phase = Phase::Stage2;
+        a.stage_index = a.t_pcts.len();
+        a.steps_done = steps_done;
+        if a.phase_start() != steps_done || a.segment_end() <= steps_done {
+            return Err(HlaError::State {
+                op: "at_stage2",
+                reason: format!(
+                    "{steps_done} steps done, but stage 1 ends at step {} and stage 2 at {}",
+                    a.phase_start(),
+                    a.segment_end()
+                ),
+            });
+        }
+        Ok(a)
+    }
+
+    /// Fixes the number of steps per epoch (once; a resumed run must keep its data) and moves
+    /// past zero-length segments.
+    ///
+    /// # Errors
+    /// `State` if it is 0 or differs from the value already set.
+    pub fn set_steps_per_epoch(&mut self, steps: u64) -> Result<()> {
+        if steps == 0 || (self.steps_per_epoch != 0 && self.steps_per_epoch != steps) {
+            return Err(HlaError::State {
+                op: "set_steps_per_epoch",
+                reason: format!(
+                    "the run has {} steps per epoch, the data gives {steps} (another data set or batch size?)",
+                    self.steps_per_epoch
+                ),
+            });
+        }
+        self.steps_per_epoch = steps;
+        self.skip_complete_segments();
+        Ok(())
+    }
+
+    fn steps(&self, epochs: f64) -> u64 {
+        epochs_to_steps(epochs, self.steps_per_epoch)
+    }
+
+    /// First step of the current phase (warm-up, stage 1 — all sub-stages —, stage 2 or the
+    /// baseline); the SGDR schedule of a phase counts from here.
+    pub fn phase_start(&self) -> u64 {
+        let w = self.steps(self.warmup_epochs);
+        let s1 = self.steps(self.t_pcts.len() as f64 * self.stage1_epochs_per_stage);
+        match self.phase {
+            Phase::Warmup | Phase::Baseline => 0,
+            Phase::Stage1 => w,
+            Phase::Stage2 | Phase::Done => w + s1,
+        }
+    }
+
+    /// Step at which the current segment ends.
+    pub fn segment_end(&self) -> u64 {
+        let start = self.phase_start();
+        match self.phase {
+            Phase::Warmup => self.steps(self.warmup_epochs),
+            Phase::Stage1 => {
+                start + self.steps((self.stage_index + 1) as f64 * self.stage1_epochs_per_stage)
+            }
+            Phase::Stage2 | Phase::Baseline => start + self.steps(self.stage2_epochs),
+            Phase::Done => self.steps_done,
+        }
+    }
+
+    /// Steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
         match self.method {
             Method::Hla => {
-                (self.warmup_epochs
-                    + self.t_pcts.len() * self.stage1_epochs_per_stage
-                    + self.stage2_epochs) as u64
+                self.steps(self.warmup_epochs)
+                    + self.steps(self.t_pcts.len() as f64 * self.stage1_epochs_per_stage)
+                    + self.steps(self.stage2_epochs)
             }
-            _ => self.stage2_epochs as u64,
+            _ => self.steps(self.stage2_epochs),
+        }
+    }
+
+    /// Epochs of the whole run.
+    pub fn total_epochs(&self) -> f64 {
+        match self.method {
+            Method::Hla => {
+                self.warmup_epochs
+                    + self.t_pcts.len() as f64 * self.stage1_epochs_per_stage
+                    + self.stage2_epochs
+            }
+            _ => self.stage2_epochs,
         }
     }
 
@@ -136,19 +245,26 @@ impl Algorithm1 {
         (self.phase == Phase::Stage1).then(|| self.t_pcts[self.stage_index])
     }
 
-    /// What the coming epoch needs; `refresh_per_step` = `stage1_delta_refresh == per_step`.
-    pub fn plan(&self, refresh_per_step: bool) -> EpochPlan {
+    /// Whether the current segment's steps are all done (the driver evaluates, then calls
+    /// [`end_segment`](Self::end_segment)).
+    pub fn segment_complete(&self) -> bool {
+        self.phase != Phase::Done && self.steps_done >= self.segment_end()
+    }
+
+    /// What the current segment needs; `refresh_per_step` = `stage1_delta_refresh == per_step`.
+    pub fn plan(&self, refresh_per_step: bool) -> SegmentPlan {
         let lambda = match self.phase {
             Phase::Stage1 | Phase::Stage2 => self.lambda_d,
             _ => 0.0,
         };
-        EpochPlan {
+        SegmentPlan {
             phase: self.phase,
             t_pct: self.t_pct(),
             needs_delta: self.phase == Phase::Stage1 && (self.delta.is_none() || refresh_per_step),
             init_delta_bar_pct: (self.phase == Phase::Stage2 && self.delta_bar.is_none())
                 .then_some(self.stage2_init_pct),
             lambda,
+            end_step: self.segment_end(),
         }
     }
 
@@ -178,6 +294,9 @@ impl Algorithm1 {
                 reason: format!("Δ̄ exists in stage 2, phase is {:?}", self.phase),
             });
         }
+        if self.delta_bar_init.is_none() {
+            self.delta_bar_init = Some(delta_bar.clone());
+        }
         self.delta_bar = Some(delta_bar);
         Ok(())
     }
@@ -187,43 +306,56 @@ impl Algorithm1 {
         self.steps_done += 1;
     }
 
-    /// Ends the current epoch and advances the phase / sub-stage when its epochs are used up.
-    /// At a sub-stage boundary Δ is cleared (the next [`plan`](Self::plan) asks for T(t_next)).
-    pub fn end_epoch(&mut self) {
-        if self.phase == Phase::Done {
-            return;
+    /// Ends the current segment if its steps are done and moves to the next non-empty one. At
+    /// a sub-stage boundary Δ is cleared (the next [`plan`](Self::plan) asks for T(t_next)).
+    /// Returns whether a segment ended.
+    pub fn end_segment(&mut self) -> bool {
+        if !self.segment_complete() {
+            return false;
         }
-        self.epochs_done += 1;
-        self.epoch_in_phase += 1;
-        self.skip_empty_phases();
+        self.advance();
+        self.skip_complete_segments();
+        true
     }
 
-    /// Moves past phases whose epochs are used up (including zero-length ones).
-    fn skip_empty_phases(&mut self) {
-        loop {
-            let len = match self.phase {
-                Phase::Warmup => self.warmup_epochs,
-                Phase::Stage1 => self.stage1_epochs_per_stage,
-                Phase::Stage2 | Phase::Baseline => self.stage2_epochs,
-                Phase::Done => return,
-            };
-            if self.epoch_in_phase < len {
+    fn advance(&mut self) {
+        self.phase = match self.phase {
+            Phase::Warmup => Phase::Stage1,
+            Phase::Stage1 => {
+                self.delta = None;
+                self.stage_index += 1;
+                if self.stage_index < self.t_pcts.len() {
+                    Phase::Stage1
+                } else {
+                    Phase::Stage2
+                }
+            }
+            Phase::Stage2 | Phase::Baseline | Phase::Done => Phase::Done,
+        };
+    }
+
+    /// Moves past segments of zero steps (e.g. no warm-up) that are complete before any step.
+    fn skip_complete_segments(&mut self) {
+        if self.steps_per_epoch == 0 {
+            return;
+        }
+        while self.phase != Phase::Done {
+            let empty = self.segment_end() <= self.segment_start();
+            if !(empty && self.steps_done >= self.segment_end()) {
                 return;
             }
-            self.epoch_in_phase = 0;
-            self.phase = match self.phase {
-                Phase::Warmup => Phase::Stage1,
-                Phase::Stage1 => {
-                    self.delta = None;
-                    self.stage_index += 1;
-                    if self.stage_index < self.t_pcts.len() {
-                        Phase::Stage1
-                    } else {
-                        Phase::Stage2
-                    }
-                }
-                Phase::Stage2 | Phase::Baseline | Phase::Done => Phase::Done,
-            };
+            self.advance();
+        }
+    }
+
+    /// Step at which the current segment starts.
+    fn segment_start(&self) -> u64 {
+        let start = self.phase_start();
+        match self.phase {
+            Phase::Stage1 => {
+                start + self.steps(self.stage_index as f64 * self.stage1_epochs_per_stage)
+            }
+            _ => start,
         }
     }
 
@@ -254,46 +386,93 @@ impl Algorithm1 {
 mod tests {
     use super::*;
 
+    /// Runs every step of `a`, answering the plans; returns (phase, t, steps of the segment).
+    fn walk(a: &mut Algorithm1) -> Vec<(Phase, Option<u32>, u64)> {
+        let mut out = Vec::new();
+        let mut seg_steps = 0;
+        while !a.is_done() {
+            let p = a.plan(false);
+            if p.needs_delta {
+                a.set_delta(vec![0.1]).unwrap();
+            }
+            if p.init_delta_bar_pct.is_some() {
+                a.set_delta_bar(vec![0.2]).unwrap();
+            }
+            a.record_step();
+            seg_steps += 1;
+            if a.segment_complete() {
+                out.push((p.phase, p.t_pct, seg_steps));
+                seg_steps = 0;
+                assert!(a.end_segment());
+            }
+        }
+        out
+    }
+
     /// Default HLA run: 10 sub-stages of 10 epochs with t = 30..66, Δ asked once per sub-stage,
     /// then 200 stage-2 epochs with Δ̄ initialised at T(80) once.
     #[test]
     fn default_schedule_walk() {
         let cfg = HlaConfig::default();
         let mut a = Algorithm1::new(&cfg).unwrap();
-        assert_eq!(a.total_epochs(), 300);
-        let mut seen = Vec::new();
-        let mut delta_requests = 0;
-        let mut s2 = 0;
+        a.set_steps_per_epoch(3).unwrap();
+        assert_eq!(a.total_epochs(), 300.0);
+        assert_eq!(a.total_steps(), 900);
+        assert_eq!(a.phase, Phase::Stage1, "no warm-up");
+        let mut delta_requests = Vec::new();
+        let mut inits = 0;
+        let mut steps = 0;
         while !a.is_done() {
             let p = a.plan(false);
             if p.needs_delta {
-                delta_requests += 1;
-                seen.push(p.t_pct.unwrap());
+                delta_requests.push(p.t_pct.unwrap());
                 a.set_delta(vec![0.1]).unwrap();
             }
             if let Some(pct) = p.init_delta_bar_pct {
                 assert_eq!(pct, 80);
+                inits += 1;
                 a.set_delta_bar(vec![0.2]).unwrap();
             }
             if p.phase == Phase::Stage2 {
-                s2 += 1;
                 assert_eq!(p.lambda, 1.0);
             }
-            a.end_epoch();
+            a.record_step();
+            steps += 1;
+            a.end_segment();
         }
-        assert_eq!(seen, vec![30, 34, 38, 42, 46, 50, 54, 58, 62, 66]);
-        assert_eq!(delta_requests, 10);
-        assert_eq!(s2, 200);
-        assert_eq!(a.epochs_done, 300);
+        assert_eq!(delta_requests, vec![30, 34, 38, 42, 46, 50, 54, 58, 62, 66]);
+        assert_eq!((inits, steps, a.steps_done), (1, 900, 900));
     }
 
-    /// A state serialised mid-run resumes to the identical sequence of plans.
+    /// Half-epoch sub-stages end on every epoch boundary and half-way, with lengths alternating
+    /// when the epoch has an odd number of steps; stage 2 then runs whole epochs.
+    #[test]
+    fn fractional_substages_are_rounded_cumulatively() {
+        let cfg = HlaConfig {
+            stage1_epochs_per_stage: 0.5,
+            stage2_epochs: 3.0,
+            ..Default::default()
+        };
+        let mut a = Algorithm1::new(&cfg).unwrap();
+        a.set_steps_per_epoch(391).unwrap();
+        let segs = walk(&mut a);
+        assert_eq!(segs.len(), 11);
+        let s1: Vec<u64> = segs[..10].iter().map(|s| s.2).collect();
+        assert_eq!(s1, vec![196, 195, 196, 195, 196, 195, 196, 195, 196, 195]);
+        assert_eq!(s1.iter().sum::<u64>(), 5 * 391);
+        assert_eq!(segs[10], (Phase::Stage2, None, 3 * 391));
+        let mut b = Algorithm1::new(&cfg).unwrap();
+        b.set_steps_per_epoch(390).unwrap();
+        assert!(walk(&mut b)[..10].iter().all(|s| s.2 == 195));
+    }
+
+    /// A state serialised at any step resumes to the identical sequence of plans.
     #[test]
     fn resume_from_json_is_exact() {
         let cfg = HlaConfig {
-            stage1_epochs_per_stage: 2,
-            stage2_epochs: 3,
-            hs_warmup_epochs: 1,
+            stage1_epochs_per_stage: 0.7,
+            stage2_epochs: 1.5,
+            hs_warmup_epochs: 0.3,
             ..Default::default()
         };
         let run = |a: &mut Algorithm1, n: usize| {
@@ -307,23 +486,28 @@ mod tests {
                     a.set_delta_bar(vec![0.5]).unwrap();
                 }
                 a.record_step();
-                log.push((p.phase, p.t_pct, p.lambda, a.delta.clone()));
-                a.end_epoch();
+                let ended = a.end_segment();
+                log.push((p.phase, p.t_pct, p.lambda, a.delta.clone(), ended));
             }
             log
         };
         let mut a = Algorithm1::new(&cfg).unwrap();
-        let first = run(&mut a, 7);
+        a.set_steps_per_epoch(7).unwrap();
+        let first = run(&mut a, 9);
         assert_eq!(first[0].0, Phase::Warmup);
         assert_eq!(first[0].2, 0.0);
         let snap = a.to_json().unwrap();
-        let rest_a = run(&mut a, 17);
+        let total = a.total_steps() as usize;
+        let rest_a = run(&mut a, total - 9);
         let mut b = Algorithm1::from_json(&snap).unwrap();
-        let rest_b = run(&mut b, 17);
+        b.set_steps_per_epoch(7).unwrap();
+        assert!(b.set_steps_per_epoch(8).is_err());
+        let rest_b = run(&mut b, total - 9);
         assert_eq!(rest_a, rest_b);
         assert!(a.is_done() && b.is_done());
         assert_eq!(a, b);
-        assert_eq!(a.epochs_done, 1 + 20 + 3);
+        // 0.3·7 = 2.1 → 2 warm-up steps, 10 × 0.7 · 7 = 49, 1.5 · 7 = 10.5 → 11
+        assert_eq!(a.steps_done, 2 + 49 + 11);
     }
 
     #[test]
@@ -331,20 +515,35 @@ mod tests {
         for m in [Method::Fp, Method::Twn, Method::Ttq] {
             let cfg = HlaConfig {
                 method: m,
-                stage2_epochs: 2,
+                stage2_epochs: 2.0,
                 ..Default::default()
             };
             let mut a = Algorithm1::new(&cfg).unwrap();
+            a.set_steps_per_epoch(1).unwrap();
             assert_eq!(a.plan(false).phase, Phase::Baseline);
             assert_eq!(a.plan(false).lambda, 0.0);
-            a.end_epoch();
-            a.end_epoch();
+            a.record_step();
+            assert!(!a.end_segment());
+            a.record_step();
+            assert!(a.end_segment());
             assert!(a.is_done());
         }
         let mut a = Algorithm1::new(&HlaConfig::default()).unwrap();
+        a.set_steps_per_epoch(10).unwrap();
         a.set_delta(vec![0.1]).unwrap();
         assert!(!a.plan(false).needs_delta);
         assert!(a.plan(true).needs_delta);
         assert!(a.set_delta_bar(vec![0.1]).is_err());
+    }
+
+    /// A checkpoint of the epoch-counting layout (before fractional lengths) still loads.
+    #[test]
+    fn old_layout_loads() {
+        let old = r#"{"method":"twn","phase":"baseline","stage_index":0,"t_pcts":[30],"epoch_in_phase":1,"epochs_done":1,"steps_done":40,"delta":null,"delta_bar":null,"warmup_epochs":0,"stage1_epochs_per_stage":10,"stage2_epochs":10,"stage2_init_pct":80,"lambda_d":1.0}"#;
+        let mut a = Algorithm1::from_json(old).unwrap();
+        a.set_steps_per_epoch(40).unwrap();
+        assert_eq!((a.stage2_epochs, a.steps_done), (10.0, 40));
+        assert!(!a.segment_complete());
+        assert_eq!(a.total_steps(), 400);
     }
 }

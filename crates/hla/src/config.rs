@@ -261,8 +261,9 @@ pub struct HlaConfig {
     pub t_include_end: bool,
     /// A5 (default per_stage).
     pub stage1_delta_refresh: DeltaRefresh,
-    /// A6: epochs per stage-1 sub-stage (default 10).
-    pub stage1_epochs_per_stage: usize,
+    /// A6: epochs per stage-1 sub-stage (default 10); may be fractional (0.5), counted in
+    /// optimizer steps (see `algorithm`).
+    pub stage1_epochs_per_stage: f64,
     /// A7: weight λ of L_d (default 1).
     pub lambda_d: f64,
     /// A8 (default sum).
@@ -303,16 +304,22 @@ pub struct HlaConfig {
     pub no_bn_input_norm: bool,
     /// A18 (default learnable).
     pub no_bn_gain: NoBnGain,
-    /// A19: SGDR period in epochs (default 10).
-    pub sgdr_t0_epochs: usize,
+    /// A19: SGDR period in epochs (default 10; may be fractional), of stage 1 and the warm-up,
+    /// and of stage 2 and the baselines unless `sgdr_t0_epochs_stage2` is set. Each phase starts
+    /// a fresh cycle.
+    pub sgdr_t0_epochs: f64,
+    /// A19: SGDR period of stage 2 and the baselines in epochs (default: `sgdr_t0_epochs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sgdr_t0_epochs_stage2: Option<f64>,
     /// A19: SGDR period multiplier (default 1).
     pub sgdr_t_mult: usize,
     /// A19: SGDR minimum learning rate (default 0).
     pub sgdr_eta_min: f64,
-    /// A20: stage-2 epochs (default 200); also the training length of FP/TWN/TTQ runs.
-    pub stage2_epochs: usize,
+    /// A20: stage-2 epochs (default 200; may be fractional; 0 ends an HLA run after stage 1);
+    /// also the training length of FP/TWN/TTQ runs.
+    pub stage2_epochs: f64,
     /// A21: hyperspherical warm-up epochs with λ = 0 before stage 1 (default 0).
-    pub hs_warmup_epochs: usize,
+    pub hs_warmup_epochs: f64,
     /// A22 (default rows).
     pub sim_average: SimAverage,
     /// A22: t (percent) of the Sim metric (default 70).
@@ -329,6 +336,11 @@ pub struct HlaConfig {
     pub ttq_scale_init: TtqScaleInit,
     /// A27: multiply TTQ's latent-weight gradient by 1/max|W| (default false).
     pub ttq_grad_div_max: bool,
+    /// A27: before TTQ training, divide each quantised layer's latent weights once by their
+    /// max|W| so they lie in [−1, 1], as the TTQ paper describes (default false: the
+    /// assignment Δ = t·max|W| is scale-free, so the spec's rule keeps the pretrained scale and
+    /// with it the meaning of lr and weight decay shared with the other methods).
+    pub ttq_normalize_init: bool,
     /// TTQ threshold factor t in Δ = t·max|W| (default 0.05).
     pub ttq_threshold: f64,
     /// TWN threshold factor in Δ = f·mean|W| (default 0.7).
@@ -356,7 +368,7 @@ impl Default for HlaConfig {
             t_end_pct: 70,
             t_include_end: false,
             stage1_delta_refresh: DeltaRefresh::PerStage,
-            stage1_epochs_per_stage: 10,
+            stage1_epochs_per_stage: 10.0,
             lambda_d: 1.0,
             ld_reduce: LdReduce::Sum,
             ld_ste: false,
@@ -377,11 +389,12 @@ impl Default for HlaConfig {
             hyperspherical_layers: HypersphericalLayers::Quantised,
             no_bn_input_norm: false,
             no_bn_gain: NoBnGain::Learnable,
-            sgdr_t0_epochs: 10,
+            sgdr_t0_epochs: 10.0,
+            sgdr_t0_epochs_stage2: None,
             sgdr_t_mult: 1,
             sgdr_eta_min: 0.0,
-            stage2_epochs: 200,
-            hs_warmup_epochs: 0,
+            stage2_epochs: 200.0,
+            hs_warmup_epochs: 0.0,
             sim_average: SimAverage::Rows,
             sim_t_pct: 70,
             skip_layers: None,
@@ -390,6 +403,7 @@ impl Default for HlaConfig {
             ttq_wn_grad: TtqWnGrad::ChainRule,
             ttq_scale_init: TtqScaleInit::One,
             ttq_grad_div_max: false,
+            ttq_normalize_init: false,
             ttq_threshold: 0.05,
             twn_threshold: 0.7,
             bn_recalibrate_batches: 0,
@@ -475,30 +489,106 @@ impl HlaConfig {
                 Err(bad(knob, v, allowed))
             }
         };
-        within("lr", self.lr, f64::MIN_POSITIVE, 10.0, "must be in 0 < lr <= 10")?;
-        within("momentum", self.momentum, 0.0, 0.999_999, "must be in 0 <= momentum < 1")?;
-        within("weight_decay", self.weight_decay, 0.0, 1.0, "must be in 0..=1")?;
-        within("sgdr_eta_min", self.sgdr_eta_min, 0.0, self.lr, "must be in 0 <= eta_min <= lr")?;
+        within(
+            "lr",
+            self.lr,
+            f64::MIN_POSITIVE,
+            10.0,
+            "must be in 0 < lr <= 10",
+        )?;
+        within(
+            "momentum",
+            self.momentum,
+            0.0,
+            0.999_999,
+            "must be in 0 <= momentum < 1",
+        )?;
+        within(
+            "weight_decay",
+            self.weight_decay,
+            0.0,
+            1.0,
+            "must be in 0..=1",
+        )?;
+        within(
+            "sgdr_eta_min",
+            self.sgdr_eta_min,
+            0.0,
+            self.lr,
+            "must be in 0 <= eta_min <= lr",
+        )?;
         within("lambda_d", self.lambda_d, 0.0, 1e6, "must be in 0..=1e6")?;
-        within("delta_lr_mult", self.delta_lr_mult, 0.0, 1e6, "must be in 0..=1e6")?;
-        within("delta_momentum", self.delta_momentum, 0.0, 0.999_999, "must be in 0 <= x < 1")?;
+        within(
+            "delta_lr_mult",
+            self.delta_lr_mult,
+            0.0,
+            1e6,
+            "must be in 0..=1e6",
+        )?;
+        within(
+            "delta_momentum",
+            self.delta_momentum,
+            0.0,
+            0.999_999,
+            "must be in 0 <= x < 1",
+        )?;
         within("delta_wd", self.delta_wd, 0.0, 1.0, "must be in 0..=1")?;
         within("eps_x", self.eps_x, 0.0, 1.0, "must be in 0..=1")?;
         within("eps_w", self.eps_w, 0.0, 1.0, "must be in 0..=1")?;
-        within("twn_threshold", self.twn_threshold, 0.0, 10.0, "must be in 0..=10")?;
-        within("ttq_threshold", self.ttq_threshold, 0.0, 0.999, "must be in 0 <= t < 1")?;
-        if self.sgdr_t0_epochs == 0 {
-            return Err(bad("sgdr_t0_epochs", 0, "must be > 0"));
+        within(
+            "twn_threshold",
+            self.twn_threshold,
+            0.0,
+            10.0,
+            "must be in 0..=10",
+        )?;
+        within(
+            "ttq_threshold",
+            self.ttq_threshold,
+            0.0,
+            0.999,
+            "must be in 0 <= t < 1",
+        )?;
+        within(
+            "sgdr_t0_epochs",
+            self.sgdr_t0_epochs,
+            1e-6,
+            1e6,
+            "must be in 0 < epochs <= 1e6",
+        )?;
+        if let Some(t) = self.sgdr_t0_epochs_stage2 {
+            within(
+                "sgdr_t0_epochs_stage2",
+                t,
+                1e-6,
+                1e6,
+                "must be in 0 < epochs <= 1e6",
+            )?;
         }
         if !(1..=10).contains(&self.sgdr_t_mult) {
             return Err(bad("sgdr_t_mult", self.sgdr_t_mult, "must be in 1..=10"));
         }
-        if self.stage1_epochs_per_stage == 0 {
-            return Err(bad("stage1_epochs_per_stage", 0, "must be > 0"));
-        }
-        if self.stage2_epochs == 0 {
-            return Err(bad("stage2_epochs", 0, "must be > 0"));
-        }
+        within(
+            "stage1_epochs_per_stage",
+            self.stage1_epochs_per_stage,
+            1e-6,
+            1e6,
+            "must be in 0 < epochs <= 1e6",
+        )?;
+        within(
+            "stage2_epochs",
+            self.stage2_epochs,
+            0.0,
+            1e6,
+            "must be in 0..=1e6 epochs",
+        )?;
+        within(
+            "hs_warmup_epochs",
+            self.hs_warmup_epochs,
+            0.0,
+            1e6,
+            "must be in 0..=1e6 epochs",
+        )?;
         if self.hyperspherical_layers == HypersphericalLayers::All {
             return Err(bad(
                 "hyperspherical_layers",
@@ -541,13 +631,13 @@ mod tests {
         assert_eq!(c.quantile_index, QuantileIndex::ZeroBased);
         assert_eq!((c.t_start_pct, c.t_step_pct, c.t_end_pct), (30, 4, 70));
         assert!(!c.t_include_end);
-        assert_eq!(c.stage1_epochs_per_stage, 10);
+        assert_eq!(c.stage1_epochs_per_stage, 10.0);
         assert_eq!(c.lambda_d, 1.0);
         assert_eq!(c.stage2_init_pct, 80);
         assert_eq!(c.ste_scale, SteScale::OneMinusW2);
         assert_eq!(c.eps_x, 1e-4);
         assert_eq!(c.eps_w, 1e-12);
-        assert_eq!(c.stage2_epochs, 200);
+        assert_eq!(c.stage2_epochs, 200.0);
         assert_eq!(c.sim_t_pct, 70);
         assert_eq!((c.lr, c.momentum, c.weight_decay), (0.01, 0.9, 1e-4));
         c.validate().unwrap();

@@ -177,7 +177,7 @@ impl Model for TinyNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{HlaConfig, Method};
+    use crate::config::HlaConfig;
     use crate::method::MethodState;
 
     /// Δ̄ update through the method's optimiser (spec 8.5 / A15): momentum 0.9, lr × delta_lr_mult,

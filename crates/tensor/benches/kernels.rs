@@ -11,9 +11,9 @@
 //! on the activation shapes of a ResNet-20 step at batch 128.
 
 use hla_tensor::{
-    channel_mean_var, conv2d, conv2d_backward_bias,
-    conv2d_backward_input, conv2d_backward_weight, gemm_par, global_avg_pool,
-    global_avg_pool_backward, max_pool2d, max_pool2d_backward, Conv2dParams, Par, Pool2dParams,
+    channel_mean_var, conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
+    gemm_par, global_avg_pool, global_avg_pool_backward, max_pool2d, max_pool2d_backward,
+    Conv2dParams, Par, Pool2dParams,
 };
 use ndarray::{Array2, Array4};
 use rand::{Rng, SeedableRng};
@@ -151,10 +151,7 @@ fn other_kernels(threads: &[usize]) {
                     black_box(conv2d_backward_bias(dy.view()));
                 });
                 let name = format!("128×{c}×{hw}×{hw}");
-                println!(
-                    "| batch norm statistics | {name} | {t} | {:.2} |",
-                    bn * 1e3
-                );
+                println!("| batch norm statistics | {name} | {t} | {:.2} |", bn * 1e3);
                 println!("| conv bias gradient | {name} | {t} | {:.2} |", bias * 1e3);
             }
             let x = rand4((128, 64, 8, 8), 13);

@@ -70,7 +70,12 @@ pub fn recalibrate_bn(
         let before = snapshot(model);
         let mut tape = Tape::<f32>::no_grad();
         let x = tape.constant(batch.images.into_dyn());
-        model.forward(&mut tape, x, Mode::Train, hook.as_deref_mut().map(|h| h as &mut dyn LayerHook))?;
+        model.forward(
+            &mut tape,
+            x,
+            Mode::Train,
+            hook.as_deref_mut().map(|h| h as &mut dyn LayerHook),
+        )?;
         let after = snapshot(model);
         for (((slot, b), a), &m) in sums.iter_mut().zip(&before).zip(&after).zip(&per_buffer) {
             let batch_stat = ((a - &(b * (1.0 - m))) / m).mapv(|v| v as f64);

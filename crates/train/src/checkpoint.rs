@@ -164,9 +164,8 @@ impl Checkpoint {
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
         for ((name, t), (_, b)) in self.tensors.iter().zip(&bytes) {
-            let v = TensorView::new(t.dtype(), t.shape.clone(), b).map_err(|e| {
-                TrainError::Mismatch(format!("checkpoint tensor `{name}`: {e}"))
-            })?;
+            let v = TensorView::new(t.dtype(), t.shape.clone(), b)
+                .map_err(|e| TrainError::Mismatch(format!("checkpoint tensor `{name}`: {e}")))?;
             views.push((name.clone(), v));
         }
         let mut meta = HashMap::new();
@@ -250,8 +249,8 @@ impl Checkpoint {
     /// Reads and verifies a checkpoint file (or `DIR/checkpoint.safetensors` for a run directory).
     pub fn load(path: &Path) -> Result<Self> {
         let file = checkpoint_file(path);
-        let bytes = std::fs::read(&file)
-            .map_err(|e| TrainError::io(&file, "cannot read checkpoint", e))?;
+        let bytes =
+            std::fs::read(&file).map_err(|e| TrainError::io(&file, "cannot read checkpoint", e))?;
         Self::from_bytes(&bytes, &file)
     }
 

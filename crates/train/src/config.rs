@@ -188,9 +188,15 @@ pub struct QuantizeConfig {
     /// `model.pretrained`, or from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
-    /// Epochs of TWN / TTQ training (default: `hla.stage2_epochs`, the same budget as stage 2).
+    /// Epochs of FP / TWN / TTQ training (default: `hla.stage2_epochs`, the same budget as
+    /// stage 2); may be fractional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline_epochs: Option<usize>,
+    pub baseline_epochs: Option<f64>,
+    /// Run only stage 2 of HLA, continuing the finished stage-1 run in this directory (a run
+    /// with `hla.stage2_epochs = 0` and the same stage-1 settings): several stage-2 variants
+    /// share one stage 1, each bit-identical to an uninterrupted run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1_from: Option<PathBuf>,
 }
 
 /// `[hla]`: every knob of the method (spec section 15, ambiguities A1–A27) with its
@@ -281,8 +287,6 @@ macro_rules! default_from_serde {
 }
 default_from_serde!(TrainConfig, QuantizeConfig, ReportConfig);
 
-
-
 fn range(key: &str, value: impl fmt::Display, allowed: &str) -> RangeError {
     RangeError {
         key: key.to_string(),
@@ -371,7 +375,13 @@ impl QuantizeConfig {
     /// The first out-of-range key.
     pub fn validate(&self) -> Result<(), RangeError> {
         if let Some(n) = self.baseline_epochs {
-            at_least_one("quantize.baseline_epochs", n)?;
+            finite_in(
+                "quantize.baseline_epochs",
+                n,
+                1e-6,
+                1e6,
+                "0 < epochs <= 1e6",
+            )?;
         }
         Ok(())
     }
@@ -419,7 +429,7 @@ impl Config {
     }
 
     /// Epochs of the TWN / TTQ baselines.
-    pub fn baseline_epochs(&self) -> usize {
+    pub fn baseline_epochs(&self) -> f64 {
         self.quantize
             .baseline_epochs
             .unwrap_or(self.hla.stage2_epochs)

@@ -170,4 +170,3 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         num_classes,
     })
 }
-

@@ -72,7 +72,12 @@ pub fn evaluate(
         let batch = batch?;
         let mut tape = Tape::<f32>::no_grad();
         let x = tape.constant(batch.images.into_dyn());
-        let logits = model.forward(&mut tape, x, Mode::Eval, hook.as_deref_mut().map(|h| h as &mut dyn LayerHook))?;
+        let logits = model.forward(
+            &mut tape,
+            x,
+            Mode::Eval,
+            hook.as_deref_mut().map(|h| h as &mut dyn LayerHook),
+        )?;
         let ce = ops::cross_entropy(&mut tape, logits, &batch.labels, 0.0)?;
         let (a, b) = topk_hits(tape.value(logits), &batch.labels, 5);
         t1 += a;

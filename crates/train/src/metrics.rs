@@ -30,12 +30,21 @@ pub struct LayerRecord {
 pub struct EpochRecord {
     /// Phase: `fp`, `hyperspherical`, `hla_stage1`, `hla_stage2`, `twn`, `ttq`.
     pub phase: String,
-    /// Epoch within the phase, from 1.
+    /// Data epoch of the run in which the record was taken, from 1.
     pub epoch: usize,
+    /// Optimizer steps of the run done at this record.
+    #[serde(default)]
+    pub step: u64,
+    /// Progress in epochs (`step` / steps per epoch; fractional at a mid-epoch sub-stage end).
+    #[serde(default)]
+    pub epochs: f64,
     /// Stage-1 sparsity target t in percent (stage 1 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t_pct: Option<u32>,
-    /// Learning rate at the last step of the epoch.
+    /// Mean over layers of Δ̄ as initialised at the start of stage 2 (HLA stage 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_bar_start: Option<f64>,
+    /// Learning rate at the last step before the record.
     pub lr: f64,
     /// Mean training objective J over the epoch.
     pub train_loss: f64,
@@ -70,7 +79,7 @@ pub struct EpochRecord {
     pub layers: Vec<LayerRecord>,
 }
 
-const CSV_HEADER: &str = "phase,epoch,t_pct,lr,train_loss,train_ce,train_ld,train_top1,test_top1,test_top5,sparsity,cos_sim,threshold,empty_rows,images_per_s,seconds";
+const CSV_HEADER: &str = "phase,epoch,step,epochs,t_pct,lr,train_loss,train_ce,train_ld,train_top1,test_top1,test_top5,sparsity,cos_sim,threshold,empty_rows,images_per_s,seconds";
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(ToString::to_string).unwrap_or_default()
@@ -79,9 +88,11 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 impl EpochRecord {
     fn csv_row(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3}",
             self.phase,
             self.epoch,
+            self.step,
+            self.epochs,
             opt(&self.t_pct),
             self.lr,
             self.train_loss,
@@ -130,6 +141,20 @@ impl MetricsWriter {
     /// Re-opens the files of an interrupted run, keeping only its first `keep` records (those
     /// covered by the checkpoint being resumed).
     pub fn resume(dir: &Path, keep: usize) -> Result<Self> {
+        let w = MetricsWriter {
+            jsonl: dir.join("metrics.jsonl"),
+            csv: dir.join("metrics.csv"),
+            records: Self::resume_read(dir, keep)?,
+        };
+        w.rewrite()?;
+        Ok(w)
+    }
+
+    /// The first `keep` records of `dir/metrics.jsonl` (those a checkpoint knows about).
+    ///
+    /// # Errors
+    /// `Checkpoint` if the file holds fewer or malformed records.
+    pub fn resume_read(dir: &Path, keep: usize) -> Result<Vec<EpochRecord>> {
         let jsonl = dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&jsonl).unwrap_or_default();
         let mut records = Vec::new();
@@ -137,9 +162,10 @@ impl MetricsWriter {
             if i >= keep {
                 break;
             }
-            records.push(serde_json::from_str(line).map_err(|e| {
-                TrainError::checkpoint(&jsonl, format!("line {}: {e}", i + 1))
-            })?);
+            records.push(
+                serde_json::from_str(line)
+                    .map_err(|e| TrainError::checkpoint(&jsonl, format!("line {}: {e}", i + 1)))?,
+            );
         }
         if records.len() < keep {
             return Err(TrainError::checkpoint(
@@ -150,13 +176,7 @@ impl MetricsWriter {
                 ),
             ));
         }
-        let w = MetricsWriter {
-            jsonl,
-            csv: dir.join("metrics.csv"),
-            records,
-        };
-        w.rewrite()?;
-        Ok(w)
+        Ok(records)
     }
 
     fn rewrite(&self) -> Result<()> {
@@ -169,7 +189,8 @@ impl MetricsWriter {
             c.push_str(&r.csv_row());
             c.push('\n');
         }
-        std::fs::write(&self.jsonl, j).map_err(|e| TrainError::io(&self.jsonl, "cannot write", e))?;
+        std::fs::write(&self.jsonl, j)
+            .map_err(|e| TrainError::io(&self.jsonl, "cannot write", e))?;
         std::fs::write(&self.csv, c).map_err(|e| TrainError::io(&self.csv, "cannot write", e))?;
         Ok(())
     }

@@ -107,8 +107,8 @@ pub enum RunEnd {
     },
 }
 
-/// Where a run is: epochs done, optimizer steps done, position inside the current epoch and the
-/// running sums of the current (partial) epoch. Stored in checkpoints (`extra.position`).
+/// Where a run is: data epochs done, optimizer steps done, position inside the current epoch and
+/// the running sums since the last record. Stored in checkpoints (`extra.position`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Position {
     /// Epochs completed in the phase.
@@ -117,7 +117,7 @@ pub struct Position {
     pub step: u64,
     /// Batches of epoch `epoch` already consumed.
     pub batch: usize,
-    /// Σ loss·n of the partial epoch (restored on a mid-epoch resume).
+    /// Σ loss·n since the last record (restored on a mid-epoch resume).
     pub loss: f64,
     /// Σ CE·n.
     pub ce: f64,
@@ -127,12 +127,12 @@ pub struct Position {
     pub correct: usize,
     /// Samples so far.
     pub n: usize,
-    /// Training seconds of the partial epoch.
+    /// Training seconds since the last record.
     pub seconds: f64,
 }
 
 impl Position {
-    /// The running sums of the partial epoch.
+    /// The running sums since the last record.
     pub fn stats(&self) -> EpochStats {
         EpochStats {
             loss: self.loss,
@@ -141,6 +141,11 @@ impl Position {
             correct: self.correct,
             n: self.n,
         }
+    }
+    /// Clears the running sums (after a record): the next record covers the steps after it.
+    pub fn reset_stats(&mut self) {
+        self.set_stats(EpochStats::default());
+        self.seconds = 0.0;
     }
     fn set_stats(&mut self, s: EpochStats) {
         self.loss = s.loss;
@@ -176,16 +181,16 @@ pub fn build_model(cfg: &Config) -> Result<Box<dyn Model>> {
 enum Lr {
     /// A schedule over the phase (`hla train`).
     Sched(Sched),
-    /// The method's per-iteration SGDR (Algorithm 1 and the baselines), `steps_per_epoch`.
-    Method(usize),
+    /// The method's per-iteration SGDR of the current phase (Algorithm 1 and the baselines).
+    Method,
 }
 
 impl Lr {
     fn at(&self, l: &Learner, t: u64) -> Result<f64> {
         match (self, l.method.as_ref()) {
             (Lr::Sched(s), _) => Ok(s.lr(t)),
-            (Lr::Method(spe), Some(st)) => Ok(st.lr_at(*spe, t)?),
-            (Lr::Method(_), None) => Err(TrainError::Mismatch(
+            (Lr::Method, Some(st)) => Ok(st.lr_at(t)?),
+            (Lr::Method, None) => Err(TrainError::Mismatch(
                 "internal: a method schedule needs a method state".into(),
             )),
         }
@@ -201,26 +206,37 @@ struct Loop<'a> {
     lr: Lr,
     /// Command recorded in the checkpoint (`train`, `quantize`); a resume must match it.
     command: &'static str,
-    /// Whether epoch records carry per-layer ternary statistics (quantize runs).
-    layer_stats: bool,
+    /// Quantize runs: segments of Algorithm 1 (evaluation at each segment end, the method's
+    /// thresholds prepared before every step) and per-layer ternary statistics in the records.
+    segments: bool,
 }
 
 enum EpochEnd {
+    /// The data epoch is done.
     Completed,
+    /// Stopped by the stop flag before a step.
     Interrupted,
+    /// A segment of Algorithm 1 is complete (possibly on the epoch's last step too).
+    Segment,
 }
 
 impl Loop<'_> {
-    /// Runs the rest of one epoch from `pos.batch`, updating `pos`.
+    /// Runs the rest of one data epoch from `pos.batch`, updating `pos`; a quantize run stops
+    /// early when a segment of Algorithm 1 is complete.
     fn run_epoch(
         &self,
         l: &mut Learner,
         pos: &mut Position,
         label: &str,
-        data_epoch: u64,
         obs: &mut dyn Observer,
     ) -> Result<EpochEnd> {
+        let segment_done =
+            |l: &Learner| self.segments && l.state().is_some_and(|st| st.algo.segment_complete());
+        if segment_done(l) {
+            return Ok(EpochEnd::Segment);
+        }
         let loader = &self.data.train;
+        let data_epoch = pos.epoch as u64;
         obs.epoch_start(
             label,
             loader.batches_per_epoch(),
@@ -243,6 +259,9 @@ impl Loop<'_> {
                 data_epoch,
                 1 << 40 | pos.batch as u64,
             ));
+            if self.segments {
+                l.begin_segment()?;
+            }
             let lr = self.lr.at(l, pos.step)?;
             let s = l.train_step(batch.images.into_dyn(), &batch.labels, lr)?;
             stats.add(&s);
@@ -250,6 +269,10 @@ impl Loop<'_> {
             pos.step += 1;
             pos.batch += 1;
             obs.step(&stats);
+            if segment_done(l) {
+                end = EpochEnd::Segment;
+                break;
+            }
         }
         pos.seconds = base_seconds + start.elapsed().as_secs_f64();
         Ok(end)
@@ -263,24 +286,18 @@ impl Loop<'_> {
         pos: &Position,
         t_pct: Option<u32>,
         recalibrate: usize,
-        data_epoch: u64,
     ) -> Result<EpochRecord> {
+        let data_epoch = pos.epoch as u64;
         let t0 = Instant::now();
         if recalibrate > 0 {
             let (m, h) = l.parts();
-            crate::bn::recalibrate_bn(
-                m,
-                h,
-                &self.data.train,
-                recalibrate,
-                1_000_000 + data_epoch,
-            )?;
+            crate::bn::recalibrate_bn(m, h, &self.data.train, recalibrate, 1_000_000 + data_epoch)?;
         }
         let ev = {
             let (m, h) = l.parts();
             evaluate(m, h, &self.data.test)?
         };
-        let layers = if self.layer_stats {
+        let layers = if self.segments {
             layer_records(l)?
         } else {
             Vec::new()
@@ -306,10 +323,19 @@ impl Loop<'_> {
                 Some(layers.iter().map(|l| l.empty_rows).sum()),
             )
         };
+        let spe = self.data.train.batches_per_epoch().max(1) as f64;
+        let delta_bar_start = l
+            .state()
+            .and_then(|st| st.algo.delta_bar_init.as_ref())
+            .filter(|d| !d.is_empty())
+            .map(|d| d.iter().sum::<f64>() / d.len() as f64);
         Ok(EpochRecord {
             phase: phase.to_string(),
             epoch: pos.epoch + 1,
+            step: pos.step,
+            epochs: pos.step as f64 / spe,
             t_pct,
+            delta_bar_start,
             lr: self.lr.at(l, pos.step.saturating_sub(1))?,
             train_loss: s.loss / n,
             train_ce: s.ce / n,
@@ -467,7 +493,13 @@ pub fn hyperspherical_state(cfg: &Config, model: &dyn Model) -> Result<MethodSta
 
 /// Restores the learner of a `train` checkpoint: model, momentum and, for a hyperspherical run
 /// (`hs`), the method state set up on the restored weights (A18 gains and their momentum).
-fn restore_train(l: &mut Learner, cfg: &Config, ck: &Checkpoint, dir: &Path, hs: bool) -> Result<()> {
+fn restore_train(
+    l: &mut Learner,
+    cfg: &Config,
+    ck: &Checkpoint,
+    dir: &Path,
+    hs: bool,
+) -> Result<()> {
     checkpoint::load_model_tensors(l.model.as_mut(), ck)?;
     checkpoint::load_optim_tensors(&mut l.sgd, ck, optim_len_of(ck))?;
     if hs {
@@ -544,20 +576,25 @@ pub fn train(
         opts,
         lr: Lr::Sched(sched),
         command: "train",
-        layer_stats: false,
+        segments: false,
     };
     let mut ran = 0;
     while pos.epoch < epochs {
         let label = format!("{phase} {}/{epochs}", pos.epoch + 1);
-        let data_epoch = pos.epoch as u64;
-        if let EpochEnd::Interrupted = lp.run_epoch(&mut l, &mut pos, &label, data_epoch, obs)? {
+        if let EpochEnd::Interrupted = lp.run_epoch(&mut l, &mut pos, &label, obs)? {
             lp.save(&l, phase, &pos, false, metrics.records().len())?;
             return Ok(RunEnd::Interrupted);
         }
-        let r = lp.epoch_record(&mut l, phase, &pos, None, 0, data_epoch)?;
+        let r = lp.epoch_record(&mut l, phase, &pos, None, 0)?;
         lp.finish_epoch(obs, &mut metrics, &label, r)?;
         pos.next_epoch();
-        lp.save(&l, phase, &pos, pos.epoch == epochs, metrics.records().len())?;
+        lp.save(
+            &l,
+            phase,
+            &pos,
+            pos.epoch == epochs,
+            metrics.records().len(),
+        )?;
         ran += 1;
         if opts.stop_after_epochs == Some(ran) && pos.epoch < epochs {
             return Ok(RunEnd::StoppedEarly { epochs: ran });
@@ -635,8 +672,20 @@ pub fn quantize_learner(cfg: &Config, load_start: bool) -> Result<Learner> {
             checkpoint::load_weights(model.as_mut(), f)?;
         }
     }
-    let st = MethodState::new(cfg.hla.clone(), model.as_ref())?;
+    let st = MethodState::new(method_config(cfg), model.as_ref())?;
     Ok(Learner::new(model, Some(st), &cfg.hla))
+}
+
+/// The method's knobs of a quantize run: `[hla]`, with `quantize.baseline_epochs` (when set) as
+/// the length of an FP / TWN / TTQ baseline.
+pub fn method_config(cfg: &Config) -> hla_core::HlaConfig {
+    let mut h = cfg.hla.clone();
+    if h.method != Method::Hla {
+        if let Some(e) = cfg.quantize.baseline_epochs {
+            h.stage2_epochs = e;
+        }
+    }
+    h
 }
 
 /// Puts the hook of a finished run in its final mode (HLA: ternary forward), so that
@@ -650,8 +699,114 @@ pub fn finalize_mode(l: &mut Learner) {
     }
 }
 
+/// Name of a phase in records and labels.
+fn phase_name(phase: Phase, method: Method) -> &'static str {
+    match phase {
+        Phase::Warmup => "hla_warmup",
+        Phase::Stage1 => "hla_stage1",
+        Phase::Stage2 => "hla_stage2",
+        _ => method.name(),
+    }
+}
+
+/// The config with everything that cannot change stage 1 reset, for comparing the stage-1
+/// part of two runs: the name, `[quantize]`, `[report]`, and the stage-2 knobs (Δ̄ start, length,
+/// SGDR period, optimiser and gradient variants; the STE scaling too unless L_d uses the STE).
+fn stage1_part(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    let d = hla_core::HlaConfig::default();
+    c.name = String::new();
+    c.quantize = Default::default();
+    c.report = Default::default();
+    let h = &mut c.hla;
+    h.stage2_init_pct = d.stage2_init_pct;
+    h.stage2_epochs = d.stage2_epochs;
+    h.sgdr_t0_epochs_stage2 = None;
+    h.delta_grad_source = d.delta_grad_source;
+    h.delta_grad_mask = d.delta_grad_mask;
+    h.delta_grad_norm = d.delta_grad_norm;
+    h.delta_grad_sign = d.delta_grad_sign;
+    h.delta_lr_mult = d.delta_lr_mult;
+    h.delta_momentum = d.delta_momentum;
+    h.delta_wd = d.delta_wd;
+    if !h.ld_ste {
+        h.ste_scale = d.ste_scale;
+    }
+    c
+}
+
+/// Checks that `cfg` (a stage-2 run) shares its stage 1 with `src` (the stage-1 run's config).
+fn check_same_stage1(cfg: &Config, src: &Config, src_dir: &Path) -> Result<()> {
+    let (a, b) = (stage1_part(cfg).to_toml(), stage1_part(src).to_toml());
+    if let Some((x, y)) = a.lines().zip(b.lines()).find(|(x, y)| x != y) {
+        return Err(TrainError::checkpoint(
+            src_dir,
+            format!("stage 1 ran with another config (`{y}`; this run has `{x}`)"),
+        ));
+    }
+    if a != b {
+        return Err(TrainError::checkpoint(
+            src_dir,
+            "stage 1 ran with another config",
+        ));
+    }
+    Ok(())
+}
+
+/// A stage-2 run that continues the finished stage-1 run in `src` (`quantize.stage1_from`):
+/// weights, momentum, BN statistics, method state, data position and the stage-1 records, so
+/// the result is bit-identical to one uninterrupted run of `cfg`.
+fn fork_stage1(
+    cfg: &Config,
+    dir: &Path,
+    src: &Path,
+    spe: usize,
+) -> Result<(Learner, Position, MetricsWriter)> {
+    let ck = Checkpoint::load(src)?;
+    let src_cfg_path = src.join(RESOLVED);
+    let text = std::fs::read_to_string(&src_cfg_path)
+        .map_err(|e| TrainError::io(&src_cfg_path, "cannot read", e))?;
+    let src_cfg: Config =
+        toml::from_str(&text).map_err(|e| TrainError::checkpoint(&src_cfg_path, e.to_string()))?;
+    check_same_stage1(cfg, &src_cfg, src)?;
+    if ck.state.command != "quantize" || !ck.state.finished {
+        return Err(TrainError::checkpoint(
+            src,
+            "not a finished `hla quantize` stage-1 run (hla.stage2_epochs = 0)",
+        ));
+    }
+    let mut l = quantize_learner(cfg, false)?;
+    checkpoint::load_model_tensors(l.model.as_mut(), &ck)?;
+    checkpoint::load_optim_tensors(&mut l.sgd, &ck, optim_len_of(&ck))?;
+    let mc = method_checkpoint_of(&ck, src)?;
+    let st = l
+        .method
+        .as_mut()
+        .expect("a quantize learner has a method state");
+    st.restore(&mc)?;
+    let algo = hla_core::algorithm::Algorithm1::at_stage2(&cfg.hla, spe as u64, mc.algo.steps_done)
+        .map_err(|e| TrainError::checkpoint(src, e.to_string()))?;
+    st.set_algo(algo);
+    let pos = position_of(&ck)?;
+    let mut metrics = MetricsWriter::create(dir)?;
+    for r in MetricsWriter::resume_read(src, ck.state.metrics_records)? {
+        metrics.push(r)?;
+    }
+    for h in ["start", "stage1"] {
+        let f = src.join(format!("hist-{h}.json"));
+        if f.exists() {
+            let b = std::fs::read(&f).map_err(|e| TrainError::io(&f, "cannot read", e))?;
+            checkpoint::atomic_write(&dir.join(format!("hist-{h}.json")), &b)?;
+        }
+    }
+    Ok((l, pos, metrics))
+}
+
 /// Runs (or resumes) `hla quantize`: Algorithm 1 (HLA) or the FP / TWN / TTQ baseline of
-/// `hla.method`, from `quantize.from`, `model.pretrained` or scratch.
+/// `hla.method`, from `quantize.from`, `model.pretrained`, scratch, or — for stage 2 only — the
+/// finished stage-1 run `quantize.stage1_from`. A record is written at the end of every segment
+/// (stage-1 sub-stage, stage 2, a baseline) and of every data epoch, each followed by a
+/// checkpoint.
 ///
 /// # Errors
 /// Data, model, method, checkpoint and I/O errors; `Diverged`.
@@ -664,41 +819,55 @@ pub fn quantize(
 ) -> Result<RunEnd> {
     let method = cfg.hla.method;
     let data = load_data(cfg, opts.threads)?;
-    let mut l = quantize_learner(cfg, resume.is_none())?;
-    let (mut pos, mut metrics) = match resume {
-        Some(ck) => {
+    let spe = data.train.batches_per_epoch();
+    let (mut l, mut pos, mut metrics) = match (resume, &cfg.quantize.stage1_from) {
+        (Some(ck), _) => {
             refuse_finished(ck, dir)?;
+            let mut l = quantize_learner(cfg, false)?;
             checkpoint::load_model_tensors(l.model.as_mut(), ck)?;
             checkpoint::load_optim_tensors(&mut l.sgd, ck, optim_len_of(ck))?;
             let mc = method_checkpoint_of(ck, dir)?;
-            if let Some(st) = l.method.as_mut() {
-                st.restore(&mc)?;
-            }
+            method_state_mut(&mut l)?.restore(&mc)?;
             let pos = position_of(ck)?;
             obs.info(&format!(
-                "resuming {} at epoch {} batch {}",
+                "resuming {} at epoch {} batch {} (step {})",
                 dir.display(),
                 pos.epoch + 1,
-                pos.batch
+                pos.batch,
+                pos.step
             ));
-            (pos, MetricsWriter::resume(dir, ck.state.metrics_records)?)
+            let m = MetricsWriter::resume(dir, ck.state.metrics_records)?;
+            (l, pos, m)
         }
-        None => {
+        (None, Some(src)) => {
+            obs.info(&format!("stage 2 from the stage-1 run {}", src.display()));
+            fork_stage1(cfg, dir, src, spe)?
+        }
+        (None, None) => {
+            let mut l = quantize_learner(cfg, true)?;
+            let st = l
+                .method
+                .as_ref()
+                .expect("a quantize learner has a method state");
+            st.prepare_weights(l.model.as_mut())?;
             if cfg.report.plots {
                 save_hist(dir, cfg, &l, "start", false)?;
             }
-            (Position::default(), MetricsWriter::create(dir)?)
+            (l, Position::default(), MetricsWriter::create(dir)?)
         }
     };
-    let spe = data.train.batches_per_epoch();
+    method_state_mut(&mut l)?
+        .algo
+        .set_steps_per_epoch(spe as u64)?;
     let total = method_state(&l)?.algo.total_epochs();
     obs.info(&format!(
-        "hla quantize ({method}): {} on {}; {total} epochs x {spe} steps of batch {}; lr {} (SGDR T_0 = {} epochs); threads {}; out {}",
+        "hla quantize ({method}): {} on {}; {total} epochs x {spe} steps of batch {}; lr {} (SGDR T_0 = {} / {} epochs); threads {}; out {}",
         cfg.model.arch,
         data.describe(cfg),
         cfg.data.batch_size,
         cfg.hla.lr,
         cfg.hla.sgdr_t0_epochs,
+        cfg.hla.sgdr_t0_epochs_stage2.unwrap_or(cfg.hla.sgdr_t0_epochs),
         opts.threads,
         dir.display()
     ));
@@ -707,49 +876,38 @@ pub fn quantize(
         dir,
         data,
         opts,
-        lr: Lr::Method(spe),
+        lr: Lr::Method,
         command: "quantize",
-        layer_stats: true,
+        segments: true,
     };
-    let phase_name = method.name();
+    let recal = cfg.hla.bn_recalibrate_batches;
     let mut ran = 0;
     while !method_state(&l)?.algo.is_done() {
-        let model = l.model.as_ref();
-        let st = l
-            .method
-            .as_mut()
-            .expect("a quantize learner has a method state");
-        let plan = st.begin_epoch(model)?;
-        let epochs_done = st.algo.epochs_done;
-        let phase = match plan.phase {
-            Phase::Warmup => "hla_warmup".to_string(),
-            Phase::Stage1 => "hla_stage1".to_string(),
-            Phase::Stage2 => "hla_stage2".to_string(),
-            _ => phase_name.to_string(),
-        };
+        let plan = method_state(&l)?.algo.plan(false);
+        let phase = phase_name(plan.phase, method);
         let label = match plan.t_pct {
-            Some(tp) => format!("{phase} t=0.{tp:02} {}/{total}", epochs_done + 1),
-            None => format!("{phase} {}/{total}", epochs_done + 1),
+            Some(tp) => format!("{phase} t=0.{tp:02} {}/{}", pos.epoch + 1, total.ceil()),
+            None => format!("{phase} {}/{}", pos.epoch + 1, total.ceil()),
         };
-        if let EpochEnd::Interrupted = lp.run_epoch(&mut l, &mut pos, &label, epochs_done, obs)? {
-            lp.save(&l, phase_name, &pos, false, metrics.records().len())?;
+        let end = lp.run_epoch(&mut l, &mut pos, &label, obs)?;
+        if let EpochEnd::Interrupted = end {
+            lp.save(&l, method.name(), &pos, false, metrics.records().len())?;
             return Ok(RunEnd::Interrupted);
         }
-        let was_stage1 = plan.phase == Phase::Stage1;
-        let r = lp.epoch_record(
-            &mut l,
-            &phase,
-            &pos,
-            plan.t_pct,
-            cfg.hla.bn_recalibrate_batches,
-            epochs_done,
-        )?;
-        let st = l.method.as_mut().expect("checked above");
-        st.end_epoch();
+        // the record belongs to the segment that ran (its end is not applied yet)
+        let plan = method_state(&l)?.algo.plan(false);
+        let phase = phase_name(plan.phase, method);
+        let r = lp.epoch_record(&mut l, phase, &pos, plan.t_pct, recal)?;
+        let st = method_state_mut(&mut l)?;
+        let ended = st.end_segment();
         let (left_stage1, done) = (st.algo.phase != Phase::Stage1, st.algo.is_done());
         lp.finish_epoch(obs, &mut metrics, &label, r)?;
-        pos.next_epoch();
-        if cfg.report.plots && was_stage1 && left_stage1 {
+        pos.reset_stats();
+        let epoch_over = pos.batch >= spe;
+        if epoch_over {
+            pos.next_epoch();
+        }
+        if cfg.report.plots && ended && plan.phase == Phase::Stage1 && left_stage1 {
             save_hist(dir, cfg, &l, "stage1", false)?;
         }
         if done {
@@ -758,10 +916,12 @@ pub fn quantize(
                 save_hist(dir, cfg, &l, "ternary", true)?;
             }
         }
-        lp.save(&l, phase_name, &pos, done, metrics.records().len())?;
-        ran += 1;
-        if opts.stop_after_epochs == Some(ran) && !done {
-            return Ok(RunEnd::StoppedEarly { epochs: ran });
+        lp.save(&l, method.name(), &pos, done, metrics.records().len())?;
+        if epoch_over {
+            ran += 1;
+            if opts.stop_after_epochs == Some(ran) && !done {
+                return Ok(RunEnd::StoppedEarly { epochs: ran });
+            }
         }
     }
     finalize_mode(&mut l);
@@ -776,6 +936,12 @@ pub fn quantize(
         hash: checkpoint::model_hash(l.model.as_ref()),
         records,
     }))
+}
+
+fn method_state_mut(l: &mut Learner) -> Result<&mut MethodState> {
+    l.method
+        .as_mut()
+        .ok_or_else(|| TrainError::Mismatch("internal: no method state".into()))
 }
 
 fn method_state(l: &Learner) -> Result<&MethodState> {
@@ -806,12 +972,12 @@ pub fn restore_learner(cfg: &Config, ck: &Checkpoint, dir: &Path) -> Result<Lear
         return Ok(l);
     }
     checkpoint::load_model_tensors(model.as_mut(), ck)?;
-    let mut st = MethodState::new(cfg.hla.clone(), model.as_ref())?;
+    let mut st = MethodState::new(method_config(cfg), model.as_ref())?;
     st.restore(&method_checkpoint_of(ck, dir)?)?;
-    if !st.algo.is_done() {
-        st.begin_epoch(model.as_ref())?;
-    }
     let mut l = Learner::new(model, Some(st), &cfg.hla);
+    if !l.is_done() && l.state().is_some_and(|st| st.algo.steps_per_epoch > 0) {
+        l.begin_segment()?;
+    }
     finalize_mode(&mut l);
     Ok(l)
 }

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, Schedule};
 use crate::error::Result;
-use hla_autograd::schedule::{Constant, Cosine, CosineWarmRestarts, LrSchedule};
+use hla_autograd::schedule::{Constant, Cosine, EpochSgdr, LrSchedule};
 
 /// The schedule of a phase (`train.schedule`).
 pub enum Sched {
@@ -11,7 +11,7 @@ pub enum Sched {
     /// One cosine over the phase.
     Cosine(Cosine),
     /// SGDR with period `hla.sgdr_t0_epochs` epochs.
-    Sgdr(CosineWarmRestarts),
+    Sgdr(EpochSgdr),
 }
 
 impl Sched {
@@ -44,9 +44,10 @@ impl Sched {
                 (epochs.max(1) as u64) * spe,
                 cfg.hla.sgdr_eta_min,
             )?),
-            Schedule::Sgdr => Sched::Sgdr(CosineWarmRestarts::new(
+            Schedule::Sgdr => Sched::Sgdr(EpochSgdr::new(
                 lr,
-                cfg.hla.sgdr_t0_epochs as u64 * spe,
+                cfg.hla.sgdr_t0_epochs,
+                spe,
                 cfg.hla.sgdr_t_mult as u64,
                 cfg.hla.sgdr_eta_min,
             )?),

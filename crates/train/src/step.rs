@@ -6,7 +6,7 @@ use crate::error::{Result, TrainError};
 use crate::eval::topk_hits;
 use hla_autograd::optim::{ParamGroup, Sgd, SgdConfig, SgdEntry};
 use hla_autograd::{ops, Tape, Var};
-use hla_core::algorithm::EpochPlan;
+use hla_core::algorithm::SegmentPlan;
 use hla_core::method::MethodState;
 use hla_core::HlaConfig;
 use hla_models::{LayerHook, Mode, Model};
@@ -127,24 +127,23 @@ impl Learner {
         self.method.as_ref().is_some_and(|st| st.algo.is_done())
     }
 
-    /// Prepares the coming epoch of the method (Δ = T(t) at a sub-stage start, Δ̄ = T(80) at
-    /// the start of stage 2, see [`MethodState::begin_epoch`]); `None` without a method.
+    /// Prepares the method's current segment (Δ = T(t) at a sub-stage start, Δ̄ = T(80) at
+    /// the start of stage 2, see [`MethodState::begin_segment`]); `None` without a method.
     ///
     /// # Errors
     /// Method errors (threshold of empty weights, a finished run).
-    pub fn begin_epoch(&mut self) -> Result<Option<EpochPlan>> {
+    pub fn begin_segment(&mut self) -> Result<Option<SegmentPlan>> {
         let model = self.model.as_ref();
         match self.method.as_mut() {
-            Some(st) => Ok(Some(st.begin_epoch(model)?)),
+            Some(st) => Ok(Some(st.begin_segment(model)?)),
             None => Ok(None),
         }
     }
 
-    /// Ends the method's epoch (Algorithm 1 advances; no-op without a method).
-    pub fn end_epoch(&mut self) {
-        if let Some(st) = self.method.as_mut() {
-            st.end_epoch();
-        }
+    /// Ends the method's segment if its steps are done (Algorithm 1 advances); returns whether
+    /// it did (always false without a method).
+    pub fn end_segment(&mut self) -> bool {
+        self.method.as_mut().is_some_and(|st| st.end_segment())
     }
 
     /// The model and the hook its forward uses (`None` = plain full precision).
@@ -187,7 +186,8 @@ impl Learner {
             Some(l) => ops::add(&mut tape, ce, l)?,
             None => ce,
         };
-        let val = |t: &Tape<f32>, v: Var| t.value(v).iter().next().copied().unwrap_or(f32::NAN) as f64;
+        let val =
+            |t: &Tape<f32>, v: Var| t.value(v).iter().next().copied().unwrap_or(f32::NAN) as f64;
         let (lv, cv, dv) = (
             val(&tape, loss),
             val(&tape, ce),

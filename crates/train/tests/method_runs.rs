@@ -23,15 +23,17 @@ fn batch(seed: u64, n: usize) -> (ArrayD<f32>, Vec<usize>) {
 fn small_cfg(method: Method) -> HlaConfig {
     HlaConfig {
         method,
-        stage1_epochs_per_stage: 1,
-        stage2_epochs: 2,
-        sgdr_t0_epochs: 1,
+        stage1_epochs_per_stage: 1.0,
+        stage2_epochs: 2.0,
+        sgdr_t0_epochs: 1.0,
         ..Default::default()
     }
 }
 
-fn learner(model: Box<dyn Model>, cfg: &HlaConfig) -> Learner {
-    let st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+/// A learner for `cfg` whose epochs have `steps` steps.
+fn learner(model: Box<dyn Model>, cfg: &HlaConfig, steps: u64) -> Learner {
+    let mut st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    st.algo.set_steps_per_epoch(steps).unwrap();
     Learner::new(model, Some(st), cfg)
 }
 
@@ -39,22 +41,21 @@ fn st(l: &Learner) -> &MethodState {
     l.method.as_ref().unwrap()
 }
 
-/// `begin_epoch` on the learner's own model.
-fn begin(l: &mut Learner) -> hla_core::algorithm::EpochPlan {
-    let m = l.model.as_ref();
-    l.method.as_mut().unwrap().begin_epoch(m).unwrap()
+fn begin(l: &mut Learner) -> hla_core::algorithm::SegmentPlan {
+    l.begin_segment().unwrap().unwrap()
 }
 
-/// One epoch of `steps` batches (seeds from `seed`), then `end_epoch`.
+/// One epoch of `steps` batches (seeds from `seed`), each step preceded by `begin_segment` and
+/// followed by `end_segment` (a no-op until the segment's steps are done).
 fn epoch(l: &mut Learner, steps: usize, seed: u64) -> Vec<StepStats> {
-    begin(l);
     let mut out = Vec::new();
     for i in 0..steps {
+        begin(l);
         let (x, y) = batch(seed + i as u64, 4);
-        let lr = st(l).lr(steps).unwrap();
+        let lr = st(l).lr().unwrap();
         out.push(l.train_step(x, &y, lr).unwrap());
+        l.end_segment();
     }
-    l.method.as_mut().unwrap().end_epoch();
     out
 }
 
@@ -65,6 +66,7 @@ fn stage1_ld_on_tape_matches_plain_sum() {
     let mut l = learner(
         hla_models::build("resnet20", 10, 1).unwrap(),
         &small_cfg(Method::Hla),
+        1,
     );
     let plan = begin(&mut l);
     assert_eq!(plan.t_pct, Some(30));
@@ -75,8 +77,7 @@ fn stage1_ld_on_tape_matches_plain_sum() {
     let mut want = 0.0f64;
     for (w, &dl) in ws.iter().zip(&d) {
         let q = ternarize_rows(w.view(), dl as f32, s0.cfg.empty_row).dequantize();
-        want +=
-            hla_core::ld::ld_layer(w.mapv(|v| v as f64).view(), q.mapv(|v| v as f64).view()).0;
+        want += hla_core::ld::ld_layer(w.mapv(|v| v as f64).view(), q.mapv(|v| v as f64).view()).0;
     }
     let (x, y) = batch(0, 4);
     let s = l.train_step(x, &y, 0.01).unwrap();
@@ -95,7 +96,8 @@ fn stage1_ld_on_tape_matches_plain_sum() {
     // Sim at t = 30 before the step equals the stage-1 metric's mean cosine at Δ = T(30)
     let fresh = hla_models::build("resnet20", 10, 1).unwrap();
     let mut st2 = MethodState::new(small_cfg(Method::Hla), fresh.as_ref()).unwrap();
-    st2.begin_epoch(fresh.as_ref()).unwrap();
+    st2.algo.set_steps_per_epoch(1).unwrap();
+    st2.begin_segment(fresh.as_ref()).unwrap();
     let sim = st2.sim_at(fresh.as_ref(), 30).unwrap();
     assert_eq!(sim, st2.metrics(fresh.as_ref()).unwrap().sim);
     assert!(sim > 0.0 && sim < 1.0);
@@ -129,17 +131,16 @@ fn copy_state(src: &dyn Model, dst: &mut dyn Model) {
 #[test]
 fn resume_mid_stage2_is_bit_identical() {
     let cfg = HlaConfig {
-        stage2_epochs: 3,
+        stage2_epochs: 3.0,
         ..small_cfg(Method::Hla)
     };
-    let mut a = learner(hla_models::build("resnet20", 10, 3).unwrap(), &cfg);
-    for _ in 0..11 {
-        let e = st(&a).algo.epochs_done;
+    let mut a = learner(hla_models::build("resnet20", 10, 3).unwrap(), &cfg, 2);
+    for e in 0..11 {
         epoch(&mut a, 2, e * 10);
     }
     assert_eq!(st(&a).algo.phase, Phase::Stage2);
     let ck = serde_json::to_string(&st(&a).checkpoint()).unwrap();
-    let mut b = learner(hla_models::build("resnet20", 10, 99).unwrap(), &cfg);
+    let mut b = learner(hla_models::build("resnet20", 10, 99).unwrap(), &cfg, 2);
     copy_state(a.model.as_ref(), b.model.as_mut());
     b.method
         .as_mut()
@@ -147,10 +148,11 @@ fn resume_mid_stage2_is_bit_identical() {
         .restore(&serde_json::from_str(&ck).unwrap())
         .unwrap();
     b.sgd.load_state(a.sgd.state().to_vec()).unwrap();
+    let mut e = 11;
     while !st(&a).algo.is_done() {
-        let e = st(&a).algo.epochs_done;
         epoch(&mut a, 2, e * 10);
         epoch(&mut b, 2, e * 10);
+        e += 1;
     }
     assert!(st(&b).algo.is_done());
     assert_eq!(st(&a).checkpoint(), st(&b).checkpoint());
@@ -168,6 +170,7 @@ fn hla_run_export_and_packed_inference_match() {
     let mut l = learner(
         hla_models::build("resnet20", 10, 2).unwrap(),
         &small_cfg(Method::Hla),
+        1,
     );
     let mut stats = Vec::new();
     let mut k = 0;
@@ -221,7 +224,8 @@ fn a18_gain_reproduces_pretrained_function() {
     let mut st = MethodState::new(cfg, &m).unwrap();
     assert_eq!(st.hook.layers.len(), 1);
     assert!(st.hook.layers[0].gain.is_some());
-    st.begin_epoch(&m).unwrap();
+    st.algo.set_steps_per_epoch(1).unwrap();
+    st.begin_segment(&m).unwrap();
     let plain = eval::logits(&mut m, None, tiny_x(2)).unwrap();
     let hooked = eval::logits(&mut m, st.hook_mut(), tiny_x(2)).unwrap();
     for (a, b) in plain.iter().zip(hooked.iter()) {
@@ -235,22 +239,22 @@ fn a18_gain_reproduces_pretrained_function() {
 #[test]
 fn tinynet_hla_gain_trained_and_packed_inference_matches() {
     let cfg = HlaConfig {
-        stage1_epochs_per_stage: 1,
-        stage2_epochs: 1,
-        sgdr_t0_epochs: 1,
+        stage1_epochs_per_stage: 1.0,
+        stage2_epochs: 1.0,
+        sgdr_t0_epochs: 1.0,
         method: Method::Hla,
         ..Default::default()
     };
-    let mut l = learner(Box::new(TinyNet::new(3)), &cfg);
+    let mut l = learner(Box::new(TinyNet::new(3)), &cfg, 1);
     let g0 = st(&l).hook.layers[1].gain.as_ref().unwrap().value().clone();
     let mut k = 0;
     while !st(&l).algo.is_done() {
         begin(&mut l);
-        let lr = st(&l).lr(1).unwrap();
+        let lr = st(&l).lr().unwrap();
         let y = vec![0, 1, 2, (k % 3) as usize];
         l.train_step(tiny_x(10 + k), &y, lr).unwrap();
         k += 1;
-        l.method.as_mut().unwrap().end_epoch();
+        l.end_segment();
     }
     assert_ne!(st(&l).hook.layers[1].gain.as_ref().unwrap().value(), &g0);
     let pm = export_model(l.model.as_ref(), st(&l)).unwrap();

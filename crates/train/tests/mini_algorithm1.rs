@@ -7,9 +7,9 @@ use hla_core::algorithm::Phase;
 use hla_core::config::{HlaConfig, Method};
 use hla_core::export::PackedModel;
 use hla_core::method::MethodState;
-use hla_train::{eval, Learner};
 use hla_core::packed::{alpha_sqrt_nnz, export_model, load_packed};
 use hla_models::Model;
+use hla_train::{eval, Learner};
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 
@@ -35,38 +35,34 @@ struct Outcome {
 fn run(method: Method) -> Outcome {
     let cfg = HlaConfig {
         method,
-        stage1_epochs_per_stage: 1,
-        stage2_epochs: 2,
-        sgdr_t0_epochs: 1,
+        stage1_epochs_per_stage: 1.0,
+        stage2_epochs: 2.0,
+        sgdr_t0_epochs: 1.0,
         ..Default::default()
     };
     let model = hla_models::build("resnet20", 10, 5).unwrap();
-    let st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    let mut st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    st.algo.set_steps_per_epoch(STEPS as u64).unwrap();
     let mut l = Learner::new(model, Some(st), &cfg);
     let mut k = 0;
     let mut stage1_sparsity = Vec::new();
-    loop {
-        let model = l.model.as_ref();
-        let st = l.method.as_mut().unwrap();
-        if st.algo.is_done() {
-            break;
-        }
-        let plan = st.begin_epoch(model).unwrap();
-        if plan.phase == Phase::Stage1 {
-            let m = st.metrics(model).unwrap();
+    while !l.is_done() {
+        // at the first step of a sub-stage, Δ = T(t) has just been computed
+        let plan = l.begin_segment().unwrap().unwrap();
+        let st = l.state().unwrap();
+        if plan.phase == Phase::Stage1 && plan.needs_delta {
+            let m = st.metrics(l.model.as_ref()).unwrap();
             stage1_sparsity.push((plan.t_pct.unwrap(), m.sparsity));
         }
-        for _ in 0..STEPS {
-            let (x, y) = batch(k);
-            k += 1;
-            let lr = l.method.as_ref().unwrap().lr(STEPS).unwrap();
-            let s = l.train_step(x, &y, lr).unwrap();
-            assert!(s.loss.is_finite() && s.ce.is_finite(), "{method:?}: {s:?}");
-            if method != Method::Hla {
-                assert_eq!(s.ld, 0.0);
-            }
+        let (x, y) = batch(k);
+        k += 1;
+        let lr = st.lr().unwrap();
+        let s = l.train_step(x, &y, lr).unwrap();
+        assert!(s.loss.is_finite() && s.ce.is_finite(), "{method:?}: {s:?}");
+        if method != Method::Hla {
+            assert_eq!(s.ld, 0.0);
         }
-        l.method.as_mut().unwrap().end_epoch();
+        l.end_segment();
     }
     let Learner { model, method, .. } = l;
     Outcome {

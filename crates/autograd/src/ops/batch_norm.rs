@@ -387,7 +387,10 @@ mod tests {
         let g64 = u.backward_with(y6, seed.clone()).unwrap();
         let close = |a: &ArrayD<f32>, b: &ArrayD<f64>, tol: f64, what: &str| {
             for (i, (&p, &q)) in a.iter().zip(b.iter()).enumerate() {
-                assert!((p as f64 - q).abs() < tol * (1.0 + q.abs()), "{what} #{i}: {p} vs {q}");
+                assert!(
+                    (p as f64 - q).abs() < tol * (1.0 + q.abs()),
+                    "{what} #{i}: {p} vs {q}"
+                );
             }
         };
         close(&y32, &y64, 1e-5, "y");

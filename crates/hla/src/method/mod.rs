@@ -7,11 +7,14 @@
 //! [`MethodState::step_extras`]) is the training engine's (`hla_train::step`). Driving a run:
 //! ```text
 //! let mut st = MethodState::new(cfg, model)?;
-//! while !st.algo.is_done() {
-//!     st.begin_epoch(model)?;                       // Δ = T(t) / Δ̄ = T(80) when due
-//!     for (x, y) in batches { let lr = st.lr(steps_per_epoch)?;  /* one training step */ }
-//!     st.end_epoch();                               // checkpoint st.checkpoint() here
-//! }
+//! st.algo.set_steps_per_epoch(batches_per_epoch)?;
+//! for each batch, until st.algo.is_done():
+//!     st.begin_segment(model)?;            // Δ = T(t) / Δ̄ = T(80) when a segment starts
+//!     let lr = st.lr()?;                   // per-iteration SGDR of the phase
+//!     /* one training step */              // ... then st.step_extras and st.after_step
+//!     if st.algo.segment_complete() {      // a sub-stage / stage 2 / the baseline ends
+//!         /* evaluate */ st.end_segment(); // checkpoint st.checkpoint() at any step
+//!     }
 //! ```
 
 pub mod checkpoint;

@@ -4,7 +4,7 @@
 //! clamp, row re-projection), plus metrics of the current quantisation.
 
 use super::hook::{first, scalar_param, HlaHook, HookMode, LayerState, QuantizedLayer};
-use crate::algorithm::{Algorithm1, EpochPlan, Phase};
+use crate::algorithm::{Algorithm1, Phase, SegmentPlan};
 use crate::config::{HlaConfig, Method, NoBnGain, NormMode};
 use crate::error::{HlaError, Result};
 use crate::ld::normalize_rows;
@@ -15,7 +15,7 @@ use crate::threshold::thresholds;
 use crate::ttq::{ttq_forward, ttq_init_scales};
 use crate::twn::twn_quantize;
 use hla_autograd::optim::{ParamGroup, Sgd, SgdConfig};
-use hla_autograd::schedule::{CosineWarmRestarts, LrSchedule};
+use hla_autograd::schedule::{EpochSgdr, LrSchedule};
 use hla_autograd::{Gradients, Param, Tape, Var};
 use hla_models::{LayerHook, Model};
 use ndarray::{Array2, ArrayD};
@@ -171,16 +171,17 @@ impl MethodState {
         Ok(ts.into_iter().map(|t| t as f64).collect())
     }
 
-    /// Prepares the coming epoch: sets the hook mode and λ, computes Δ = T(t) at the start of a
+    /// Prepares the current segment (call it before every step; it is cheap once the
+    /// segment's thresholds exist): sets the hook mode and λ, computes Δ = T(t) at the start of a
     /// stage-1 sub-stage and Δ̄ = T(stage2_init_pct) at the start of stage 2 (global scope by
     /// default: one value for every layer), and re-applies stored thresholds after a resume.
     ///
     /// # Errors
     /// Threshold errors; `State` if the run is done.
-    pub fn begin_epoch(&mut self, model: &dyn Model) -> Result<EpochPlan> {
+    pub fn begin_segment(&mut self, model: &dyn Model) -> Result<SegmentPlan> {
         if self.algo.is_done() {
             return Err(HlaError::State {
-                op: "begin_epoch",
+                op: "begin_segment",
                 reason: "the run is finished".into(),
             });
         }
@@ -205,6 +206,50 @@ impl MethodState {
             }
         }
         Ok(plan)
+    }
+
+    /// Replaces Algorithm 1's state (e.g. by [`Algorithm1::at_stage2`]) and sets the hook's
+    /// mode for it.
+    pub fn set_algo(&mut self, algo: Algorithm1) {
+        self.algo = algo;
+        if !self.algo.is_done() {
+            self.sync_mode();
+        }
+    }
+
+    /// One-time changes of the starting weights a method asks for, applied by the driver at the
+    /// start of a fresh run (not on resume): with `ttq_normalize_init`, TTQ's division of each
+    /// quantised layer's latent weights by its max|W| (A27). A layer of zeros is left as is.
+    ///
+    /// # Errors
+    /// `UnknownLayer` for a missing weight.
+    pub fn prepare_weights(&self, model: &mut dyn Model) -> Result<()> {
+        if !(self.cfg.method == Method::Ttq && self.cfg.ttq_normalize_init) {
+            return Ok(());
+        }
+        let names: BTreeSet<&str> = self
+            .hook
+            .layers
+            .iter()
+            .map(|l| l.info.weight.as_str())
+            .collect();
+        let mut found = 0;
+        for (n, p) in model.params_mut() {
+            if names.contains(n.as_str()) {
+                let m = p.value().iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+                if m > 0.0 {
+                    p.value_mut().mapv_inplace(|v| v / m);
+                }
+                found += 1;
+            }
+        }
+        if found != names.len() {
+            return Err(HlaError::UnknownLayer {
+                op: "prepare_weights",
+                layer: format!("{} of {} quantised weights found", found, names.len()),
+            });
+        }
+        Ok(())
     }
 
     /// Per-step work before the forward: with `stage1_delta_refresh = per_step`, Δ = T(t) from
@@ -243,34 +288,45 @@ impl MethodState {
         Ok(self.hook.take_ld(tape)?)
     }
 
-    /// Learning rate of step `algo.steps_done`: per-iteration SGDR with T_0 = sgdr_t0_epochs ·
-    /// `steps_per_epoch` (A19).
+    /// Learning rate of the coming step (`algo.steps_done`): per-iteration SGDR (A19) within the
+    /// current phase, restarting every `sgdr_t0_epochs` epochs (stage 1 and the warm-up) or
+    /// `sgdr_t0_epochs_stage2` epochs (stage 2 and the baselines; default: the same period),
+    /// counted from the phase's first step, with restarts on whole steps (see
+    /// [`EpochSgdr`](hla_autograd::schedule::EpochSgdr)).
     ///
     /// # Errors
-    /// `Config` for `steps_per_epoch == 0`.
-    pub fn lr(&self, steps_per_epoch: usize) -> Result<f64> {
-        self.lr_at(steps_per_epoch, self.algo.steps_done)
+    /// `State` before the steps per epoch are known.
+    pub fn lr(&self) -> Result<f64> {
+        self.lr_at(self.algo.steps_done)
     }
 
-    /// Learning rate of step `step` of the run (see [`lr`](Self::lr)).
+    /// Learning rate of step `step` of the run under the current phase's schedule.
     ///
     /// # Errors
-    /// `Config` for `steps_per_epoch == 0`.
-    pub fn lr_at(&self, steps_per_epoch: usize, step: u64) -> Result<f64> {
-        if steps_per_epoch == 0 {
-            return Err(HlaError::Config {
-                knob: "steps_per_epoch",
-                value: "0".into(),
-                reason: "an epoch needs at least one step".into(),
+    /// `State` before the steps per epoch are known.
+    pub fn lr_at(&self, step: u64) -> Result<f64> {
+        let spe = self.algo.steps_per_epoch;
+        if spe == 0 {
+            return Err(HlaError::State {
+                op: "lr",
+                reason: "steps per epoch not set (Algorithm1::set_steps_per_epoch)".into(),
             });
         }
-        let s = CosineWarmRestarts::new(
+        let t0 = match self.algo.phase {
+            Phase::Warmup | Phase::Stage1 => self.cfg.sgdr_t0_epochs,
+            _ => self
+                .cfg
+                .sgdr_t0_epochs_stage2
+                .unwrap_or(self.cfg.sgdr_t0_epochs),
+        };
+        let s = EpochSgdr::new(
             self.cfg.lr,
-            (self.cfg.sgdr_t0_epochs * steps_per_epoch) as u64,
+            t0,
+            spe,
             self.cfg.sgdr_t_mult as u64,
             self.cfg.sgdr_eta_min,
         )?;
-        Ok(s.lr(step))
+        Ok(s.lr(step.saturating_sub(self.algo.phase_start())))
     }
 
     /// Updates the method-owned parameters from `grads` (Δ̄ in stage 2 with its own momentum,
@@ -402,16 +458,21 @@ impl MethodState {
         Ok(())
     }
 
-    /// Ends the epoch: stores the current Δ̄ in Algorithm 1's state and advances it.
-    pub fn end_epoch(&mut self) {
-        if self.algo.phase == Phase::Stage2 {
-            let d = self.delta_bars();
-            let _ = self.algo.set_delta_bar(d);
+    /// Ends the current segment once its steps are done: stores the current Δ̄ in Algorithm 1's
+    /// state and moves it to the next segment (see [`Algorithm1::end_segment`]). Returns
+    /// whether a segment ended.
+    pub fn end_segment(&mut self) -> bool {
+        if !self.algo.segment_complete() {
+            return false;
         }
-        self.algo.end_epoch();
+        if self.algo.phase == Phase::Stage2 {
+            self.algo.delta_bar = Some(self.delta_bars());
+        }
+        self.algo.end_segment();
         if !self.algo.is_done() {
             self.sync_mode();
         }
+        true
     }
 
     /// Current Δ̄ per layer.
