@@ -356,7 +356,10 @@ root = "data/cifar10"
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let p = entry.unwrap().path();
-                if p.extension().and_then(|e| e.to_str()) == Some("toml") {
+                let plan = p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("study-"));
+                if p.extension().and_then(|e| e.to_str()) == Some("toml") && !plan {
                     load_file(&p).unwrap_or_else(|e| panic!("{e}"));
                     n += 1;
                 }

@@ -1,4 +1,4 @@
-//! Every knob of the method, with the defaults of the spec's section 15 (docs/hla-algorithm.md).
+//! Every knob of the method, with the defaults of the spec's section 15 (docs/method.md).
 //!
 //! Each ambiguity A1–A27 of the spec is one field here; the doc comment names the ambiguity. The
 //! struct deserialises from TOML/JSON with `deny_unknown_fields` (a misspelt knob is an error, not
@@ -337,9 +337,11 @@ pub struct HlaConfig {
     /// A27: multiply TTQ's latent-weight gradient by 1/max|W| (default false).
     pub ttq_grad_div_max: bool,
     /// A27: before TTQ training, divide each quantised layer's latent weights once by their
-    /// max|W| so they lie in [−1, 1], as the TTQ paper describes (default false: the
-    /// assignment Δ = t·max|W| is scale-free, so the spec's rule keeps the pretrained scale and
-    /// with it the meaning of lr and weight decay shared with the other methods).
+    /// max|W| so they lie in [−1, 1], as the TTQ paper describes (default true). The ternary
+    /// assignment (Δ = t·max|W|) does not depend on it, but the initial scales W^p = W^n = 1
+    /// (`ttq_scale_init = one`) are the scale of normalised weights, and the step size relative
+    /// to the latent weights (which decides how fast assignments flip) differs by max|W|
+    /// (≈ 0.1–0.5 for pretrained convolutions). `false` keeps the pretrained scale.
     pub ttq_normalize_init: bool,
     /// TTQ threshold factor t in Δ = t·max|W| (default 0.05).
     pub ttq_threshold: f64,
@@ -403,7 +405,7 @@ impl Default for HlaConfig {
             ttq_wn_grad: TtqWnGrad::ChainRule,
             ttq_scale_init: TtqScaleInit::One,
             ttq_grad_div_max: false,
-            ttq_normalize_init: false,
+            ttq_normalize_init: true,
             ttq_threshold: 0.05,
             twn_threshold: 0.7,
             bn_recalibrate_batches: 0,

@@ -2,7 +2,7 @@
 //! ops: hyperspherical layers, the threshold T(t), the ternary straight-through estimator with
 //! re-scaling S, the regulariser L_d, Algorithm 1, and the TWN / TTQ baselines.
 //!
-//! The source of truth is `docs/hla-algorithm.md`; every ambiguity it lists (A1–A27) is a field
+//! The source of truth is `docs/method.md`; every ambiguity it lists (A1–A27) is a field
 //! of [`config::HlaConfig`] with the documented default, and the hand-worked numbers of its
 //! section 14 (T1–T12) are tests next to the code they pin.
 //!

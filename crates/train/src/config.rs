@@ -3,7 +3,7 @@
 //!
 //! Parsing files and `--set` overrides, and naming the line a bad value came from, is the
 //! caller's business (the `hla` CLI): a [`RangeError`] names the dotted key, which is enough to
-//! find the source. Every method knob of `docs/hla-algorithm.md` section 15 is a field of
+//! find the source. Every method knob of `docs/method.md` section 15 is a field of
 //! [`hla_core::HlaConfig`] with the documented default, so an auditor switches one ambiguity by
 //! editing one line.
 

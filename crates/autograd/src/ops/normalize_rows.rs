@@ -2,7 +2,7 @@
 //!
 //! A weight `[c_out, c_in, k_h, k_w]` (or `[out, in]`) is viewed as `[rows = c_out, fan-in]`;
 //! each row (one output unit's weights) is projected onto the unit sphere. This is the
-//! hyperspherical layer's weight map (docs/hla-algorithm.md: Jacobian `(I − w_j w_jᵀ)/r_j`).
+//! hyperspherical layer's weight map (docs/method.md: Jacobian `(I − w_j w_jᵀ)/r_j`).
 
 use ndarray::{Array1, ArrayD, Axis};
 
