@@ -25,7 +25,20 @@ pub struct LayerRecord {
     pub weights: usize,
 }
 
-/// One epoch of one phase.
+/// Table 4's Sim of the current weights at one t: mean cosine between each row and its ternary
+/// projection Ternary(W, T(t)).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SimRecord {
+    /// t in percent.
+    pub t_pct: u32,
+    /// Rows normalised to unit length before thresholding (the hyperspherical view).
+    pub normalized: f64,
+    /// Rows as they are.
+    pub raw: f64,
+}
+
+/// One evaluation point of a run: the end of an epoch or of a segment of Algorithm 1 (a
+/// stage-1 sub-stage, stage 2, a baseline), or the start of a quantize run (`epoch` 0).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
     /// Phase: `fp`, `hyperspherical`, `hla_stage1`, `hla_stage2`, `twn`, `ttq`.
@@ -74,6 +87,9 @@ pub struct EpochRecord {
     pub images_per_s: f64,
     /// Wall time of the epoch (s), evaluation included.
     pub seconds: f64,
+    /// Table 4's Sim at t = 0.5, 0.7, 0.9, 0.95 and `hla.sim_t_pct`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sims: Vec<SimRecord>,
     /// Per-layer statistics (JSONL only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerRecord>,

@@ -14,7 +14,7 @@ use crate::config::{Config, TrainMode};
 use crate::data::{load_data, Data};
 use crate::error::{Result, TrainError};
 use crate::eval::evaluate;
-use crate::metrics::{EpochRecord, LayerRecord, MetricsWriter};
+use crate::metrics::{EpochRecord, LayerRecord, MetricsWriter, SimRecord};
 use crate::schedule::Sched;
 use crate::step::{EpochStats, Learner};
 use hla_core::algorithm::Phase;
@@ -297,11 +297,12 @@ impl Loop<'_> {
             let (m, h) = l.parts();
             evaluate(m, h, &self.data.test)?
         };
-        let layers = if self.segments {
+        let (layers, sim) = if self.segments {
             layer_records(l)?
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
+        let sims = sim_records(self.cfg, l)?;
         let s = pos.stats();
         let n = s.n.max(1) as f64;
         let (sparsity, cos_sim, threshold, empty_rows) = if layers.is_empty() {
@@ -313,12 +314,10 @@ impl Loop<'_> {
                 .sum::<f64>()
                 .max(1.0);
             let zeros: f64 = layers.iter().map(|l| l.sparsity * l.weights as f64).sum();
-            let rows: f64 = layers.iter().map(|l| l.rows as f64).sum::<f64>().max(1.0);
-            let cos: f64 = layers.iter().map(|l| l.cos_sim * l.rows as f64).sum();
             let thr = layers.iter().map(|l| l.threshold).sum::<f64>() / layers.len() as f64;
             (
                 Some(zeros / total),
-                Some(cos / rows),
+                sim,
                 Some(thr),
                 Some(layers.iter().map(|l| l.empty_rows).sum()),
             )
@@ -349,6 +348,7 @@ impl Loop<'_> {
             empty_rows,
             images_per_s: s.n as f64 / pos.seconds.max(1e-9),
             seconds: pos.seconds + t0.elapsed().as_secs_f64(),
+            sims,
             layers,
         })
     }
@@ -423,13 +423,16 @@ impl Loop<'_> {
     }
 }
 
-/// Per-layer ternary statistics of the learner's quantised layers (empty without a method).
-fn layer_records(l: &Learner) -> Result<Vec<LayerRecord>> {
+/// Per-layer ternary statistics of the learner's quantised layers and their Sim under
+/// `sim_average` (empty / `None` without a method).
+fn layer_records(l: &Learner) -> Result<(Vec<LayerRecord>, Option<f64>)> {
     let Some(st) = l.method.as_ref() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let m = st.metrics(l.model.as_ref())?;
-    Ok(m.layers
+    let sim = (!m.layers.is_empty()).then_some(m.sim);
+    let layers = m
+        .layers
         .into_iter()
         .map(|x| LayerRecord {
             layer: x.layer,
@@ -440,7 +443,44 @@ fn layer_records(l: &Learner) -> Result<Vec<LayerRecord>> {
             rows: x.rows,
             weights: x.rows * x.fan_in,
         })
-        .collect())
+        .collect();
+    Ok((layers, sim))
+}
+
+/// t (percent) of the Table-4 Sims in every record: 50, 70, 90, 95 and `sim_t_pct`.
+fn sim_points(cfg: &Config) -> Vec<u32> {
+    let mut t = vec![50, 70, 90, 95, cfg.hla.sim_t_pct];
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+/// Table 4's Sims of the learner's weights (the quantisable layers of `cfg.hla`'s method state,
+/// or of a throw-away one for full-precision training).
+fn sim_records(cfg: &Config, l: &Learner) -> Result<Vec<SimRecord>> {
+    let owned;
+    let st = match l.method.as_ref() {
+        Some(st) => st,
+        None => {
+            let mut h = cfg.hla.clone();
+            h.method = Method::Hla;
+            owned = MethodState::new(h, l.model.as_ref())?;
+            &owned
+        }
+    };
+    if st.hook.layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    sim_points(cfg)
+        .into_iter()
+        .map(|t| {
+            Ok(SimRecord {
+                t_pct: t,
+                normalized: st.sim_of(l.model.as_ref(), t, true)?,
+                raw: st.sim_of(l.model.as_ref(), t, false)?,
+            })
+        })
+        .collect()
 }
 
 /// Position saved by the run loop in a checkpoint.
@@ -859,6 +899,7 @@ pub fn quantize(
     method_state_mut(&mut l)?
         .algo
         .set_steps_per_epoch(spe as u64)?;
+    let fresh = resume.is_none() && cfg.quantize.stage1_from.is_none();
     let total = method_state(&l)?.algo.total_epochs();
     obs.info(&format!(
         "hla quantize ({method}): {} on {}; {total} epochs x {spe} steps of batch {}; lr {} (SGDR T_0 = {} / {} epochs); threads {}; out {}",
@@ -881,6 +922,14 @@ pub fn quantize(
         segments: true,
     };
     let recal = cfg.hla.bn_recalibrate_batches;
+    if fresh {
+        // the starting point: the pretrained (or converted, or ternarised) network at step 0
+        l.begin_segment()?;
+        let r = lp.epoch_record(&mut l, "start", &pos, None, recal)?;
+        let r = EpochRecord { epoch: 0, ..r };
+        lp.finish_epoch(obs, &mut metrics, "start", r)?;
+        lp.save(&l, method.name(), &pos, false, metrics.records().len())?;
+    }
     let mut ran = 0;
     while !method_state(&l)?.algo.is_done() {
         let plan = method_state(&l)?.algo.plan(false);

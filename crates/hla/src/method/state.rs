@@ -565,7 +565,31 @@ impl MethodState {
     /// # Errors
     /// Threshold errors; `UnknownLayer` for a missing weight.
     pub fn sim_at(&self, model: &dyn Model, t_pct: u32) -> Result<f64> {
-        let ws = self.normalized_weights(model)?;
+        self.sim_of(model, t_pct, true)
+    }
+
+    /// Table 4's Sim at `t_pct` of the quantised layers' rows as they are (`normalized =
+    /// false`: the threshold T(t) ranks raw |w|, so rows of large norm keep more entries) or
+    /// normalised to unit length first (`true`, the hyperspherical view, as [`sim_at`](Self::sim_at)).
+    ///
+    /// # Errors
+    /// Threshold errors; `UnknownLayer` for a missing weight.
+    pub fn sim_of(&self, model: &dyn Model, t_pct: u32, normalized: bool) -> Result<f64> {
+        let ws: Vec<Array2<f32>> = if normalized {
+            self.normalized_weights(model)?
+        } else {
+            self.hook
+                .layers
+                .iter()
+                .map(|l| {
+                    let v = param_by_name(model, &l.info.weight)?.value();
+                    with_rows("sim_of", v.view(), |r| r.to_owned())
+                })
+                .collect::<Result<_>>()?
+        };
+        if ws.is_empty() {
+            return Ok(f64::NAN);
+        }
         let views: Vec<_> = ws.iter().map(|a| a.view().into_dyn()).collect();
         // already normalised: eps 0 and a second normalisation would only add rounding
         let mut ls = Vec::new();
