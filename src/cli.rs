@@ -61,6 +61,9 @@ pub enum Command {
     /// The default showcase: FP training, then HLA stage 1 + 2, TWN and TTQ from the same start
     /// under the same budget on the shipped CIFAR-10 subset; prints a table and writes a report.
     Demo(DemoArgs),
+    /// Run a study plan (every missing or unfinished run, resumable, sharing stage 1 between
+    /// HLA points), then write its tables and plots (`RESULTS.md`).
+    Study(crate::study::StudyArgs),
 }
 
 /// Options shared by the training subcommands.

@@ -14,6 +14,7 @@ mod plots;
 mod progress;
 mod report;
 mod rundir;
+mod study;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -66,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => commands::export(&ctx, &a),
         Command::Demo(a) => demo::demo(&ctx, &a),
         Command::Bench(a) => bench::bench(&ctx, &a),
+        Command::Study(a) => study::study(&ctx, &a),
     }
 }
 

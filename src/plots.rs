@@ -217,6 +217,93 @@ pub fn curves(
     Ok(())
 }
 
+/// Test top-1 against sparsity, one line per method (points in the order given), and an
+/// optional horizontal reference line (the full-precision model).
+pub fn accuracy_vs_sparsity(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    reference: Option<(&str, f64)>,
+) -> Result<()> {
+    let text = text_renders();
+    let e = err(path);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .chain(reference.map(|r| r.1))
+        .collect();
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        ((lo - 2.0).floor(), (hi + 2.0).ceil())
+    } else {
+        (0.0, 100.0)
+    };
+    let mut b = ChartBuilder::on(&root);
+    b.margin(12)
+        .x_label_area_size(if text { 40 } else { 0 })
+        .y_label_area_size(if text { 55 } else { 0 });
+    if text {
+        b.caption(title, (FONT, 22));
+    }
+    let mut chart = b.build_cartesian_2d(0.0..100.0, lo..hi).map_err(&e)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("sparsity of the ternary weights (% zeros)")
+            .y_desc("test top-1 accuracy (%)");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(&e)?;
+    if let Some((label, y)) = reference {
+        let series = chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, y), (100.0, y)],
+                8,
+                5,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(&e)?;
+        if text {
+            let label = label.to_string();
+            series.label(label).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1))
+            });
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let c = palette(i);
+        let line = chart
+            .draw_series(LineSeries::new(s.points.clone(), c.stroke_width(2)))
+            .map_err(&e)?;
+        if text {
+            line.label(s.label.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
+        }
+        chart
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(&e)?;
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .draw()
+            .map_err(&e)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
 /// Grouped bars: one group per label (e.g. layer), one bar per `(series, values)`.
 pub fn bars(
     path: &Path,

@@ -12,3 +12,5 @@ mod errors;
 mod pipeline;
 #[path = "resume.rs"]
 mod resume;
+#[path = "study.rs"]
+mod study;
