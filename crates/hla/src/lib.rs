@@ -2,9 +2,9 @@
 //! ops: hyperspherical layers, the threshold T(t), the ternary straight-through estimator with
 //! re-scaling S, the regulariser L_d, Algorithm 1, and the TWN / TTQ baselines.
 //!
-//! The source of truth is `docs/method.md`; every ambiguity it lists (A1–A27) is a field
-//! of [`config::HlaConfig`] with the documented default, and the hand-worked numbers of its
-//! section 14 (T1–T12) are tests next to the code they pin.
+//! `docs/method.md` maps the paper to this code equation by equation; every ambiguity of the
+//! specification (A1–A27) is a field of [`config::HlaConfig`] with the documented default, and
+//! its hand-worked numbers (T1–T12) are tests next to the code they pin.
 //!
 //! Layout: weights are viewed as rows `[n, m]` (n = output units, m = fan-in; see [`real`]).
 //! - [`threshold`]: T(t) (Eq. 8), global / per layer, integer percent arithmetic.
@@ -15,6 +15,11 @@
 //! - [`metrics`]: sparsity, Sim, mean S, histograms.
 //! - [`export`]: the 2-bit packed safetensors format.
 //! - [`ops`]: the same pieces as autograd ops (ternary STE with Δ̄, TWN, TTQ, L_d on the tape).
+//! - [`algorithm`]: Algorithm 1 as a resumable state machine counted in optimizer steps.
+//! - [`method`]: the layer hook, the method state driving Algorithm 1, its checkpoint form.
+//! - [`packed`]: inference from the packed file; [`tinynet`]: a tiny network for tests.
+//!
+//! The training step, evaluation and whole runs that drive these are `hla-train`'s.
 #![warn(missing_docs)]
 
 pub mod algorithm;
