@@ -77,22 +77,34 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     let stage1 = cfg.stage1_schedule();
     let hla_epochs = stage1.len() as f64 * cfg.hla.stage1_epochs_per_stage + cfg.hla.stage2_epochs;
     let base_epochs = cfg.baseline_epochs();
-    let total_epochs = cfg.train.epochs as f64 + hla_epochs + 2.0 * base_epochs;
+    let fp_epochs = if cfg.model.pretrained.is_some() {
+        0.0
+    } else {
+        cfg.train.epochs as f64
+    };
+    let total_epochs = fp_epochs + hla_epochs + 2.0 * base_epochs;
+    let start = match &cfg.model.pretrained {
+        Some(p) => format!("from the pretrained weights {}", p.display()),
+        None => format!(
+            "FP {} epochs from scratch (lr {}), then from the same FP weights",
+            cfg.train.epochs,
+            cfg.train.lr.unwrap_or(cfg.hla.lr)
+        ),
+    };
     let budget = format!(
         "budget: {} on {n_train} train / {n_test} test CIFAR-10 images (batch {}), {} threads; \
-         FP {} epochs (lr {}), then from the same FP weights: HLA {} stage-1 sub-stages t = {} x {} epoch(s) + {} stage-2 epoch(s) = {hla_epochs} epochs, \
-         TWN {base_epochs} epochs, TTQ {base_epochs} epochs (lr {}, SGDR T_0 = {} epoch(s)); {total_epochs} epochs = {} training images in all",
+         {start}: HLA {} stage-1 sub-stages t = {} x {} epoch(s) + {} stage-2 epoch(s) = {hla_epochs} epochs, \
+         TWN {base_epochs} epochs, TTQ {base_epochs} epochs (lr {}, SGDR T_0 = {} / {} epoch(s)); {total_epochs} epochs = {} training images in all",
         cfg.model.arch,
         cfg.data.batch_size,
         ctx.threads(),
-        cfg.train.epochs,
-        cfg.train.lr.unwrap_or(cfg.hla.lr),
         stage1.len(),
         stage1.iter().map(|t| format!("0.{t:02}")).collect::<Vec<_>>().join("/"),
         cfg.hla.stage1_epochs_per_stage,
         cfg.hla.stage2_epochs,
         cfg.hla.lr,
         cfg.hla.sgdr_t0_epochs,
+        cfg.hla.sgdr_t0_epochs_stage2.unwrap_or(cfg.hla.sgdr_t0_epochs),
         (total_epochs * n_train as f64).round()
     );
     if hla_epochs != base_epochs {
@@ -108,15 +120,37 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     hla_train::checkpoint::atomic_write(&out.join(rundir::RESOLVED), cfg.to_toml().as_bytes())?;
 
-    // 1. Full precision.
-    let mut fp_cfg = cfg.clone();
-    fp_cfg.hla.method = hla_core::Method::Fp;
-    let fp = Prepared {
-        cfg: fp_cfg,
-        dir: out.join("fp"),
-        resume: None,
+    // 1. Full precision: the pretrained model evaluated, or trained from scratch without one.
+    let pretrained = cfg.model.pretrained.is_some();
+    let fp_out = if pretrained {
+        let data = hla_train::data::load_data(&cfg, ctx.threads())?;
+        let mut model = hla_train::run::build_model(&cfg)?;
+        let ev = hla_train::eval::evaluate(model.as_mut(), None, &data.test)?;
+        ctx.ui.info(format!(
+            "pretrained {}: test top-1 {:.2} % on {} images",
+            cfg.model.pretrained.as_ref().expect("checked").display(),
+            ev.top1,
+            ev.images
+        ));
+        hla_train::run::RunSummary {
+            method: Method::Fp,
+            top1: ev.top1,
+            top5: ev.top5,
+            sparsity: None,
+            cos_sim: None,
+            hash: String::new(),
+            records: Vec::new(),
+        }
+    } else {
+        let mut fp_cfg = cfg.clone();
+        fp_cfg.hla.method = hla_core::Method::Fp;
+        let fp = Prepared {
+            cfg: fp_cfg,
+            dir: out.join("fp"),
+            resume: None,
+        };
+        commands::run_train(ctx, &fp, None)?
     };
-    let fp_out = commands::run_train(ctx, &fp, None)?;
     let fp_model = hla_models::build(cfg.model.arch.name(), cfg.model.num_classes, 0)?;
     let qset: Vec<String> = fp_model
         .quantisable()
@@ -136,7 +170,11 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
         .map(|(_, p)| 4 * p.len())
         .sum();
     let mut rows = vec![Row {
-        name: "FP (start point)".into(),
+        name: if pretrained {
+            "FP (pretrained)".into()
+        } else {
+            "FP (start point)".into()
+        },
         top1: fp_out.top1,
         top5: fp_out.top5,
         sparsity: None,
@@ -151,7 +189,9 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
     for m in [Method::Hla, Method::Twn, Method::Ttq] {
         let mut c = cfg.clone();
         c.hla.method = m;
-        c.quantize.from = Some(out.join("fp"));
+        if !pretrained {
+            c.quantize.from = Some(out.join("fp"));
+        }
         if m != Method::Hla {
             c.hla.stage2_epochs = base_epochs;
         }
@@ -228,11 +268,15 @@ pub fn demo(ctx: &Ctx, a: &DemoArgs) -> Result<()> {
         _ => {
             println!("\n{table}");
             println!(
-                "{} in {:.0} s ({:.1} min). Report: {}",
+                "{} in {:.0} s ({:.1} min) on {}. Report: {}",
                 budget,
                 elapsed,
                 elapsed / 60.0,
+                cpu_model(),
                 out.join("report.md").display()
+            );
+            println!(
+                "The full study (50,000 CIFAR-10 images, several CPU hours, resumable): hla study configs/study-cifar10-resnet20.toml"
             );
         }
     }
@@ -288,13 +332,15 @@ fn figures(
         &groups,
     )?;
     figs.push(f);
-    let f = report::curves_figure(
-        out,
-        "fp_accuracy.png",
-        "Full-precision training: test top-1 per epoch",
-        &[("FP".to_string(), rows[0].records.clone())],
-    )?;
-    figs.push(f);
+    if !rows[0].records.is_empty() {
+        let f = report::curves_figure(
+            out,
+            "fp_accuracy.png",
+            "Full-precision training: test top-1 per epoch",
+            &[("FP".to_string(), rows[0].records.clone())],
+        )?;
+        figs.push(f);
+    }
     // Weight histograms of one layer (Figure 1 idea).
     let hdir = out.join("hla");
     let mut panels = Vec::new();
@@ -401,4 +447,17 @@ fn write_report(
     }
     std::fs::write(out.join("report.md"), md)?;
     Ok(())
+}
+
+/// The CPU model (`/proc/cpuinfo`), for the timing line.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }

@@ -126,7 +126,9 @@ fn missing_config_and_missing_data_name_the_path() {
 fn an_existing_run_is_never_overwritten() {
     let d = scratch("no-overwrite");
     existing_run(&d);
-    std::fs::write(d.join("c.toml"), GOOD).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10");
+    let good = GOOD.replace("data/cifar10", &data.display().to_string());
+    std::fs::write(d.join("c.toml"), good).unwrap();
     let before = snapshot(&d);
     let out = run_in(&d, &["train", "--config", "c.toml", "--out", "out"]);
     assert_one_error_line(&out, &["already holds a run", "--resume"]);

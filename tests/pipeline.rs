@@ -105,7 +105,11 @@ fn train_quantize_export_eval_chain() {
                         .to_string()
                 })
                 .collect();
-            assert_eq!(phases, ["hla_stage1", "hla_stage1", "hla_stage2"], "{jl}");
+            assert_eq!(
+                phases,
+                ["start", "hla_stage1", "hla_stage1", "hla_stage2"],
+                "{jl}"
+            );
         }
         let out = run_in(&d, &["--json", "export", method]);
         let e = result_json(&out);
