@@ -154,11 +154,23 @@ pub fn train(ctx: &Ctx, run: &RunOpts) -> Result<()> {
 /// Runs (or resumes) a training run in `p.dir` and writes its report; used by `hla train` and
 /// `hla demo`.
 pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<RunSummary> {
+    in_run_dir(ctx, p, stop_after, run::train, |_| "hla train".into())
+}
+
+/// Creates the run directory of a fresh run, runs `f` in it with the CLI's observer and stop
+/// flag, and writes the report of a finished run.
+fn in_run_dir(
+    ctx: &Ctx,
+    p: &Prepared,
+    stop_after: Option<usize>,
+    f: RunFn,
+    title: impl Fn(&RunSummary) -> String,
+) -> Result<RunSummary> {
     if p.resume.is_none() {
         rundir::create(&p.dir, &p.cfg)?;
     }
     let mut obs = UiObserver::new(ctx.ui);
-    let end = run::train(
+    let end = f(
         &p.cfg,
         &p.dir,
         p.resume.as_ref(),
@@ -166,9 +178,18 @@ pub fn run_train(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<R
         &mut obs,
     )?;
     let out = finished(end, &p.dir)?;
-    report::write_run_report(&p.dir, &p.cfg, "hla train", &out.records, &[])?;
+    report::write_run_report(&p.dir, &p.cfg, &title(&out), &out.records, &[])?;
     Ok(out)
 }
+
+/// `run::train` or `run::quantize`.
+type RunFn = fn(
+    &Config,
+    &Path,
+    Option<&Checkpoint>,
+    &RunOptions,
+    &mut dyn hla_train::Observer,
+) -> hla_train::Result<RunEnd>;
 
 /// `hla quantize`: Algorithm 1 (HLA), TWN or TTQ, from `--from` weights, `model.pretrained`,
 /// or scratch.
@@ -225,28 +246,11 @@ pub fn quantize(ctx: &Ctx, a: &QuantizeArgs) -> Result<()> {
 }
 
 /// Runs (or resumes) a quantisation run in `p.dir` and writes its report; used by
-/// `hla quantize` and `hla demo`.
+/// `hla quantize`, `hla demo` and `hla study`.
 pub fn run_quantize(ctx: &Ctx, p: &Prepared, stop_after: Option<usize>) -> Result<RunSummary> {
-    if p.resume.is_none() {
-        rundir::create(&p.dir, &p.cfg)?;
-    }
-    let mut obs = UiObserver::new(ctx.ui);
-    let end = run::quantize(
-        &p.cfg,
-        &p.dir,
-        p.resume.as_ref(),
-        &options(ctx, stop_after),
-        &mut obs,
-    )?;
-    let out = finished(end, &p.dir)?;
-    report::write_run_report(
-        &p.dir,
-        &p.cfg,
-        &format!("hla quantize --method {}", out.method),
-        &out.records,
-        &[],
-    )?;
-    Ok(out)
+    in_run_dir(ctx, p, stop_after, run::quantize, |out| {
+        format!("hla quantize --method {}", out.method)
+    })
 }
 
 /// Whether `path` is an exported ternary model (safetensors with format `hla-ternary-v1`).

@@ -383,7 +383,7 @@ fn records(plan: &Plan, id: &str) -> Result<Option<Vec<EpochRecord>>> {
 }
 
 /// The record of `row` (at `at` epochs, or the last).
-fn pick<'a>(recs: &'a [EpochRecord], at: Option<f64>) -> Option<&'a EpochRecord> {
+fn pick(recs: &[EpochRecord], at: Option<f64>) -> Option<&EpochRecord> {
     match at {
         None => recs.last(),
         Some(e) => recs.iter().rev().find(|r| (r.epochs - e).abs() < 1e-9),

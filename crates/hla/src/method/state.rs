@@ -292,7 +292,7 @@ impl MethodState {
     /// current phase, restarting every `sgdr_t0_epochs` epochs (stage 1 and the warm-up) or
     /// `sgdr_t0_epochs_stage2` epochs (stage 2 and the baselines; default: the same period),
     /// counted from the phase's first step, with restarts on whole steps (see
-    /// [`EpochSgdr`](hla_autograd::schedule::EpochSgdr)).
+    /// [`EpochSgdr`]).
     ///
     /// # Errors
     /// `State` before the steps per epoch are known.
