@@ -272,3 +272,52 @@ fn tinynet_hla_gain_trained_and_packed_inference_matches() {
     let plain = eval::logits(&mut fresh, None, tiny_x(5)).unwrap();
     assert_ne!(plain, want);
 }
+
+/// A27 `ttq_normalize_init` (default on): each quantised layer's latent weights are divided once
+/// by their max|W| (so max|W| = 1 exactly); the ternary assignment does not change. Off: the
+/// weights are left as they are.
+#[test]
+fn ttq_normalize_init_scales_latent_weights_and_keeps_the_assignment() {
+    let cfg = HlaConfig {
+        method: Method::Ttq,
+        ..Default::default()
+    };
+    assert!(cfg.ttq_normalize_init);
+    let mut model = hla_models::build("resnet20", 10, 4).unwrap();
+    let st = MethodState::new(cfg.clone(), model.as_ref()).unwrap();
+    let pattern = |st: &MethodState, m: &dyn Model| -> Vec<Vec<i8>> {
+        st.quantized(m)
+            .unwrap()
+            .iter()
+            .map(|q| q.what.iter().map(|&v| v.signum() as i8).collect())
+            .collect()
+    };
+    let before = pattern(&st, model.as_ref());
+    let names: Vec<String> = st
+        .hook
+        .layers
+        .iter()
+        .map(|l| l.info.weight.clone())
+        .collect();
+    let first_fp = model.params()[0].1.value().clone(); // conv1: not quantised
+    st.prepare_weights(model.as_mut()).unwrap();
+    for (n, p) in model.params() {
+        if names.contains(&n) {
+            let m = p.value().iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+            assert_eq!(m, 1.0, "{n}");
+        }
+    }
+    assert_eq!(model.params()[0].1.value(), &first_fp);
+    assert_eq!(pattern(&st, model.as_ref()), before);
+    let off = HlaConfig {
+        ttq_normalize_init: false,
+        ..cfg
+    };
+    let mut m2 = hla_models::build("resnet20", 10, 4).unwrap();
+    let w0 = m2.params()[3].1.value().clone();
+    MethodState::new(off, m2.as_ref())
+        .unwrap()
+        .prepare_weights(m2.as_mut())
+        .unwrap();
+    assert_eq!(m2.params()[3].1.value(), &w0);
+}
