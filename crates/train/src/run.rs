@@ -592,7 +592,9 @@ pub fn train(
         }
         None => {
             if hs {
-                l.method = Some(hyperspherical_state(cfg, l.model.as_ref())?);
+                let st = hyperspherical_state(cfg, l.model.as_ref())?;
+                st.prepare_weights(l.model.as_mut())?;
+                l.method = Some(st);
             }
             (Position::default(), MetricsWriter::create(dir)?)
         }
@@ -625,7 +627,7 @@ pub fn train(
             lp.save(&l, phase, &pos, false, metrics.records().len())?;
             return Ok(RunEnd::Interrupted);
         }
-        let r = lp.epoch_record(&mut l, phase, &pos, None, 0)?;
+        let r = lp.epoch_record(&mut l, phase, &pos, None, cfg.hla.bn_recalibrate_batches)?;
         lp.finish_epoch(obs, &mut metrics, &label, r)?;
         pos.next_epoch();
         lp.save(

@@ -321,3 +321,35 @@ fn ttq_normalize_init_scales_latent_weights_and_keeps_the_assignment() {
         .unwrap();
     assert_eq!(m2.params()[3].1.value(), &w0);
 }
+
+/// A23: a `skip_layers` name that is no quantisable layer is an error naming it; A17
+/// `norm_mode = project`: the rows are on the unit sphere from the start, not only after the
+/// first step.
+#[test]
+fn unknown_skip_layer_is_an_error_and_project_starts_on_the_sphere() {
+    let model = hla_models::build("resnet20", 10, 4).unwrap();
+    let bad = HlaConfig {
+        skip_layers: Some(vec!["layer1.0.conv1".into(), "layer9.conv".into()]),
+        ..Default::default()
+    };
+    let e = MethodState::new(bad, model.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("skip_layers") && e.contains("layer9.conv"),
+        "{e}"
+    );
+    let cfg = HlaConfig {
+        norm_mode: hla_core::config::NormMode::Project,
+        ..Default::default()
+    };
+    let mut model = model;
+    let st = MethodState::new(cfg, model.as_ref()).unwrap();
+    st.prepare_weights(model.as_mut()).unwrap();
+    for w in st.normalized_weights(model.as_ref()).unwrap() {
+        for row in w.outer_iter() {
+            let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-5, "row norm {n}");
+        }
+    }
+}

@@ -55,10 +55,29 @@ impl MethodState {
     pub fn new(cfg: HlaConfig, model: &dyn Model) -> Result<Self> {
         let algo = Algorithm1::new(&cfg)?;
         let skip = cfg.skip_layers.clone().unwrap_or_default();
+        let quantisable = model.quantisable();
+        if let Some(bad) = skip
+            .iter()
+            .find(|n| !quantisable.iter().any(|q| &q.layer == *n))
+        {
+            return Err(HlaError::Config {
+                knob: "skip_layers",
+                value: bad.clone(),
+                reason: format!(
+                    "not a quantisable layer of {} (quantisable: {})",
+                    model.arch(),
+                    quantisable
+                        .iter()
+                        .map(|q| q.layer.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let mut layers = Vec::new();
         let mut index = BTreeMap::new();
         let mut skipped = BTreeSet::new();
-        for info in model.quantisable() {
+        for info in quantisable {
             if skip.contains(&info.layer) {
                 skipped.insert(info.layer.clone());
                 continue;
@@ -219,11 +238,17 @@ impl MethodState {
 
     /// One-time changes of the starting weights a method asks for, applied by the driver at the
     /// start of a fresh run (not on resume): with `ttq_normalize_init`, TTQ's division of each
-    /// quantised layer's latent weights by its max|W| (A27). A layer of zeros is left as is.
+    /// quantised layer's latent weights by its max|W| (A27; a layer of zeros is left as is);
+    /// with HLA's `norm_mode = project`, the projection of every quantised row onto the unit
+    /// sphere (A17).
     ///
     /// # Errors
     /// `UnknownLayer` for a missing weight.
     pub fn prepare_weights(&self, model: &mut dyn Model) -> Result<()> {
+        if self.cfg.method == Method::Hla && self.cfg.norm_mode == NormMode::Project {
+            // A17 `project`: the rows start on the sphere, not only after the first step
+            return self.project_rows(model);
+        }
         if !(self.cfg.method == Method::Ttq && self.cfg.ttq_normalize_init) {
             return Ok(());
         }
@@ -438,23 +463,29 @@ impl MethodState {
     /// `UnknownLayer` for a missing weight.
     pub fn after_step(&mut self, model: &mut dyn Model) -> Result<()> {
         if self.cfg.method == Method::Hla && self.cfg.norm_mode == NormMode::Project {
-            let names: Vec<String> = self
-                .hook
-                .layers
-                .iter()
-                .map(|l| l.info.weight.clone())
-                .collect();
-            for (n, p) in model.params_mut() {
-                if names.contains(&n) {
-                    let shape = p.shape().to_vec();
-                    let w = with_rows("project", p.value().view(), |r| {
-                        normalize_rows(r, self.cfg.eps_w as f32).0
-                    })?;
-                    *p.value_mut() = from_rows(w, &shape);
-                }
-            }
+            self.project_rows(model)?;
         }
         self.algo.record_step();
+        Ok(())
+    }
+
+    /// Projects every quantised layer's rows onto the unit sphere (`norm_mode = project`).
+    fn project_rows(&self, model: &mut dyn Model) -> Result<()> {
+        let names: Vec<String> = self
+            .hook
+            .layers
+            .iter()
+            .map(|l| l.info.weight.clone())
+            .collect();
+        for (n, p) in model.params_mut() {
+            if names.contains(&n) {
+                let shape = p.shape().to_vec();
+                let w = with_rows("project", p.value().view(), |r| {
+                    normalize_rows(r, self.cfg.eps_w as f32).0
+                })?;
+                *p.value_mut() = from_rows(w, &shape);
+            }
+        }
         Ok(())
     }
 
