@@ -263,14 +263,21 @@ pub fn study(ctx: &Ctx, a: &StudyArgs) -> Result<()> {
         }
     }
     let md = write_results(&plan)?;
+    let finished = plan
+        .run
+        .iter()
+        .filter(|r| is_finished(&plan.study.out.join(&r.id)))
+        .count();
     ctx.ui.result(
         format!(
-            "study {}: {ran} run(s) trained, {skipped} already finished; wrote {}",
+            "study {}: {ran} run(s) trained now, {skipped} finished before; {finished} of {} finished; wrote {}",
             a.plan.display(),
+            plan.run.len(),
             md.display()
         ),
         serde_json::json!({"event": "result", "command": "study", "trained": ran,
-            "finished_before": skipped, "results": md.display().to_string()}),
+            "finished_before": skipped, "finished": finished, "planned": plan.run.len(),
+            "results": md.display().to_string()}),
     );
     Ok(())
 }
