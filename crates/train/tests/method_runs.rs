@@ -353,3 +353,36 @@ fn unknown_skip_layer_is_an_error_and_project_starts_on_the_sphere() {
         }
     }
 }
+
+/// Table 4's Sim on a hand-checkable layer: only the 3 × 6 fc of the tiny net is quantised, its
+/// rows are 18..13, 12..7 and 6..1, so the global T(t) = a[⌊18t⌋] of the sorted |w| is 10 at
+/// t = 0.5 and 17 at t = 0.9. At t = 0.5 row 0 keeps all six entries (cos = Σw / (‖w‖√6)), row 1
+/// keeps 12 and 11 (cos = 23 / (‖w‖√2)) and row 2 none (cos 0); Sim is their mean.
+#[test]
+fn table4_sim_at_several_t_by_hand() {
+    let mut m = TinyNet::new(1);
+    for (n, p) in m.params_mut() {
+        if n == "fc.weight" {
+            *p.value_mut() =
+                ArrayD::from_shape_vec(vec![3, 6], (1..=18).rev().map(|v| v as f32).collect())
+                    .unwrap();
+        }
+    }
+    let cfg = HlaConfig {
+        skip_layers: Some(vec!["c1".into()]),
+        ..Default::default()
+    };
+    let st = MethodState::new(cfg, &m).unwrap();
+    let norm = |r: &[f64]| r.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let r0: Vec<f64> = (13..=18).map(|v| v as f64).collect();
+    let r1: Vec<f64> = (7..=12).map(|v| v as f64).collect();
+    let want50 = (93.0 / (norm(&r0) * 6f64.sqrt()) + 23.0 / (norm(&r1) * 2f64.sqrt())) / 3.0;
+    let want90 = (18.0 / norm(&r0)) / 3.0;
+    let got50 = st.sim_of(&m, 50, false).unwrap();
+    let got90 = st.sim_of(&m, 90, false).unwrap();
+    assert!((got50 - want50).abs() < 1e-6, "{got50} vs {want50}");
+    assert!((got90 - want90).abs() < 1e-6, "{got90} vs {want90}");
+    // unit rows rank entries within their row's scale: every row keeps some entries at t = 0.5
+    let n50 = st.sim_of(&m, 50, true).unwrap();
+    assert!(n50 > got50 && n50 < 1.0, "{n50}");
+}
