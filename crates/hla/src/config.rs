@@ -5,17 +5,18 @@
 //! a silently ignored default) and every missing field takes its documented default.
 
 use crate::error::{HlaError, Result};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which training method runs (FP, the two baselines, or HLA); "one config field" selects it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Full precision: plain layers, no quantisation (the reference model).
     Fp,
-    /// Ternary Weight Networks (spec 11.1): Δ = 0.7·mean|W|, α = mean of |w| above Δ, identity STE.
+    /// Ternary Weight Networks (docs/method.md, TWN): Δ = 0.7·mean|W|, α = mean of |w| above Δ, identity STE.
     Twn,
-    /// Trained Ternary Quantization (spec 11.2): Δ = 0.05·max|W|, learned W^p / W^n.
+    /// Trained Ternary Quantization (docs/method.md, TTQ): Δ = 0.05·max|W|, learned W^p / W^n.
     Ttq,
     /// Hyperspherical Loss-Aware ternary quantisation (Algorithm 1).
     #[default]
@@ -55,7 +56,7 @@ impl std::str::FromStr for Method {
 }
 
 /// A1: over which weights the quantile T(t) is taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdScope {
     /// One value over all quantised layers ("Δ is a global magnitude threshold").
@@ -66,7 +67,7 @@ pub enum ThresholdScope {
 }
 
 /// A2: which order statistic T(t) returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantileIndex {
     /// T = a[min(⌊tN⌋, N−1)] (0-based, ascending): ⌊tN⌋ + 1 zeros without ties.
@@ -77,10 +78,10 @@ pub enum QuantileIndex {
 }
 
 /// A5: when the stage-1 threshold Δ is recomputed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaRefresh {
-    /// Once at the start of each sub-stage (Alg. 1 line 6 is outside the inner loop).
+    /// Once at the start of each sub-stage (Alg. 1 line 3 is outside the inner loop).
     #[default]
     PerStage,
     /// At every step from the current weights.
@@ -88,7 +89,7 @@ pub enum DeltaRefresh {
 }
 
 /// A8: how per-layer L_d terms are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LdReduce {
     /// Σ_l L_d^l.
@@ -99,7 +100,7 @@ pub enum LdReduce {
 }
 
 /// A10: what an empty row (no |w| > Δ) becomes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EmptyRow {
     /// ŵ_j = 0, α_j = 0.
@@ -110,7 +111,7 @@ pub enum EmptyRow {
 }
 
 /// A13: scaling of the straight-through gradient (Eqs. 11–12).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SteScale {
     /// dW = G ⊙ (1 − W ⊙ W) on the normalised W.
@@ -121,7 +122,7 @@ pub enum SteScale {
 }
 
 /// A14(a): whether Δ̄'s gradient averages the gradient before or after the STE scaling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradSource {
     /// g = G ⊙ S (the gradient at the full-precision w; with `ste_scale = identity`, S = 1).
@@ -132,7 +133,7 @@ pub enum DeltaGradSource {
 }
 
 /// A14(b): which entries enter Δ̄'s gradient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradMask {
     /// Only entries with ŵ_ij ≠ 0.
@@ -143,7 +144,7 @@ pub enum DeltaGradMask {
 }
 
 /// A14(c): the divisor of Δ̄'s gradient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradNorm {
     /// m·n (all elements of the layer, as Eq. 13 is written).
@@ -154,7 +155,7 @@ pub enum DeltaGradNorm {
 }
 
 /// A14(e): sign convention of Δ̄'s gradient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradSign {
     /// The signed sum as written.
@@ -165,7 +166,7 @@ pub enum DeltaGradSign {
 }
 
 /// A16: input normalisation of hyperspherical layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputNorm {
     /// Divide by the receptive-field patch norm sqrt(conv(x², ONES) + eps_x).
@@ -176,7 +177,7 @@ pub enum InputNorm {
 }
 
 /// A17: how unit-norm rows are maintained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NormMode {
     /// w = v / sqrt(‖v‖² + eps_w) in every forward (gradient through the normalisation).
@@ -187,7 +188,7 @@ pub enum NormMode {
 }
 
 /// A17: which layers are hyperspherical.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HypersphericalLayers {
     /// Exactly the quantised layers.
@@ -198,7 +199,7 @@ pub enum HypersphericalLayers {
 }
 
 /// A18: per-row gain for quantised layers with no BatchNorm after them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoBnGain {
     /// Learnable g_j initialised to the pretrained row norm ‖v_j‖.
@@ -209,7 +210,7 @@ pub enum NoBnGain {
 }
 
 /// A22: how the Table-4 similarity Sim is averaged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SimAverage {
     /// Unweighted mean of c_j over all rows of all quantised layers.
@@ -220,7 +221,7 @@ pub enum SimAverage {
 }
 
 /// A27: the gradient of TTQ's negative scale W^n.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TtqWnGrad {
     /// ∂L/∂W^n = −Σ_{I^n} G (chain rule, since Ŵ = −W^n there).
@@ -231,7 +232,7 @@ pub enum TtqWnGrad {
 }
 
 /// A27: initial TTQ scales.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TtqScaleInit {
     /// W^p = W^n = 1.
@@ -242,120 +243,125 @@ pub enum TtqScaleInit {
 }
 
 /// All knobs of the method and of its training loop. Defaults = spec section 15.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HlaConfig {
-    /// FP / TWN / TTQ / HLA.
+    /// Which method trains: `hla` (Algorithm 1), the baselines `twn` (TWN) and `ttq` (TTQ), or `fp`
+    /// fine-tuning.
     pub method: Method,
-    /// A1 (default global).
+    /// A1, Eq. 8: whether T(t) is one quantile over all quantised layers or one per layer.
     pub threshold_scope: ThresholdScope,
-    /// A2 (default zero_based).
+    /// A2, Eq. 8: which order statistic of the sorted |W| T(t) returns.
     pub quantile_index: QuantileIndex,
-    /// A3: first stage-1 sparsity in percent (default 30).
+    /// A3, Alg. 1 line 2: the first stage-1 sparsity t, in percent.
     pub t_start_pct: u32,
-    /// A4: stage-1 step in percent (default 4).
+    /// A4, Alg. 1 line 10: the step of t between stage-1 sub-stages, in percent.
     pub t_step_pct: u32,
-    /// A4: stage-1 loop bound in percent, `while t < t_end` (default 70).
+    /// A4, Alg. 1 line 2: stage 1 runs while t < t_end (percent).
     pub t_end_pct: u32,
-    /// A4: also run a sub-stage at exactly t_end (default false).
+    /// A4, Alg. 1 line 2: also run a sub-stage at exactly t = t_end.
     pub t_include_end: bool,
-    /// A5 (default per_stage).
+    /// A5, Alg. 1 line 3: when the stage-1 threshold Δ = T(t) is recomputed.
     pub stage1_delta_refresh: DeltaRefresh,
-    /// A6: epochs per stage-1 sub-stage (default 10); may be fractional (0.5), counted in
+    /// A6, Alg. 1 line 4: epochs of each stage-1 sub-stage; may be fractional (0.5), counted in
     /// optimizer steps (see `algorithm`).
     pub stage1_epochs_per_stage: f64,
-    /// A7: weight λ of L_d (default 1).
+    /// A7, Eq. 6: the weight λ of L_d in the objective (0 = no L_d, Table 4 "Hypersphere").
     pub lambda_d: f64,
-    /// A8 (default sum).
+    /// A8, Eq. 6: how the per-layer L_d terms are combined.
     pub ld_reduce: LdReduce,
-    /// A9: pass L_d's gradient through Ŵ by the STE as well (default false = Ŵ detached).
+    /// A9, Eq. 7: pass L_d's gradient through Ŵ by the STE as well (false = Ŵ detached).
     pub ld_ste: bool,
-    /// A10 (default zero).
+    /// A10, Eqs. 4–5: what a row with no |w| > Δ becomes (its ‖w_j‖₀ would be 0).
     pub empty_row: EmptyRow,
-    /// A11: stage-2 initial Δ̄ = T(stage2_init_pct) (default 80).
+    /// A11, Alg. 1 line 12: stage 2 starts with Δ̄ = T(stage2_init_pct) over the unit rows.
     pub stage2_init_pct: u32,
-    /// A13 (default one_minus_w2).
+    /// A13, Eqs. 11–12: the scaling S of the straight-through gradient.
     pub ste_scale: SteScale,
-    /// A14 (default post_s).
+    /// A14(a), Eq. 13: which gradient Δ̄'s gradient averages.
     pub delta_grad_source: DeltaGradSource,
-    /// A14 (default nonzero).
+    /// A14(b), Eq. 13: which entries enter Δ̄'s gradient.
     pub delta_grad_mask: DeltaGradMask,
-    /// A14 (default numel).
+    /// A14(c), Eq. 13: the divisor of Δ̄'s gradient.
     pub delta_grad_norm: DeltaGradNorm,
-    /// A14 (default signed).
+    /// A14(e), Eq. 13: the sign convention of Δ̄'s gradient.
     pub delta_grad_sign: DeltaGradSign,
-    /// A15: Δ̄ learning-rate multiplier (default 1).
+    /// A15, Alg. 1 line 20: Δ̄'s learning rate as a multiple of `lr`.
     pub delta_lr_mult: f64,
-    /// A15: Δ̄ momentum (default 0.9).
+    /// A15, Alg. 1 line 20: Δ̄'s SGD momentum.
     pub delta_momentum: f64,
-    /// A15: Δ̄ weight decay (default 0; the spec excludes Δ̄ from decay).
+    /// A15, Alg. 1 line 20: Δ̄'s weight decay (the spec excludes Δ̄ from decay).
     pub delta_wd: f64,
-    /// A16 (default patch).
+    /// A16, Eq. 3: whether hyperspherical layers also normalise their input patches.
     pub input_norm: InputNorm,
-    /// A16: epsilon inside the patch norm (default 1e-4).
+    /// A16, Eq. 3: epsilon inside the input patch norm.
     pub eps_x: f64,
-    /// A16: epsilon inside the row norm (default 1e-12).
+    /// A16, Eq. 3: epsilon inside the weight row norm.
     pub eps_w: f64,
-    /// A17 (default reparam).
+    /// A17, Eq. 3: how the weight rows are kept on the unit sphere.
     pub norm_mode: NormMode,
-    /// A17 (default quantised).
+    /// A17, Eq. 3: which layers are hyperspherical.
     pub hyperspherical_layers: HypersphericalLayers,
-    /// A18: apply input normalisation to quantised layers with no BN after them (default false).
+    /// A18, Eq. 3: also normalise the input of quantised layers with no BatchNorm after them.
     pub no_bn_input_norm: bool,
-    /// A18 (default learnable).
+    /// A18, Eq. 3: the per-row gain of quantised layers with no BatchNorm after them.
     pub no_bn_gain: NoBnGain,
-    /// A19: SGDR period in epochs (default 10; may be fractional), of stage 1 and the warm-up,
+    /// A19, Alg. 1 line 0: SGDR period in epochs (may be fractional), of stage 1 and the warm-up,
     /// and of stage 2 and the baselines unless `sgdr_t0_epochs_stage2` is set. Each phase starts
     /// a fresh cycle.
     pub sgdr_t0_epochs: f64,
-    /// A19: SGDR period of stage 2 and the baselines in epochs (default: `sgdr_t0_epochs`).
+    /// A19, Alg. 1 line 0: SGDR period of stage 2 and the baselines in epochs (unset:
+    /// `sgdr_t0_epochs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sgdr_t0_epochs_stage2: Option<f64>,
-    /// A19: SGDR period multiplier (default 1).
+    /// A19, Alg. 1 line 0: SGDR period multiplier.
     pub sgdr_t_mult: usize,
-    /// A19: SGDR minimum learning rate (default 0).
+    /// A19, Alg. 1 line 0: SGDR minimum learning rate (at most `lr`).
     pub sgdr_eta_min: f64,
-    /// A20: stage-2 epochs (default 200; may be fractional; 0 ends an HLA run after stage 1);
+    /// A20, Alg. 1 line 13: stage-2 epochs (may be fractional; 0 ends an HLA run after stage 1);
     /// also the training length of FP/TWN/TTQ runs.
     pub stage2_epochs: f64,
-    /// A21: hyperspherical warm-up epochs with λ = 0 before stage 1 (default 0).
+    /// A21, Alg. 1 line 1: hyperspherical warm-up epochs with λ = 0 before stage 1.
     pub hs_warmup_epochs: f64,
-    /// A22 (default rows).
+    /// A22, Table 4: how the similarity Sim is averaged.
     pub sim_average: SimAverage,
-    /// A22: t (percent) of the Sim metric (default 70).
+    /// A22, Table 4: the sparsity t (percent) at which Sim is measured.
     pub sim_t_pct: u32,
-    /// A23: layer names not quantised; `None` = the model's own quantisable flags.
+    /// A23: names of layers kept in full precision; unset = the model's own quantisable flags
+    /// (first conv and classifier full precision).
     pub skip_layers: Option<Vec<String>>,
-    /// A24: fp16 activations (not supported: activations are f32; must stay false).
+    /// A24, Alg. 1 line 0: fp16 activations (not supported: activations are f32; must stay false).
     pub amp: bool,
-    /// A26: weight decay on BatchNorm affine parameters (default true).
+    /// A26, Alg. 1 line 0: weight decay on BatchNorm affine parameters.
     pub wd_on_bn: bool,
-    /// A27 (default chain_rule).
+    /// A27, TTQ: the gradient of TTQ's negative scale W^n.
     pub ttq_wn_grad: TtqWnGrad,
-    /// A27 (default one).
+    /// A27, TTQ: the initial scales W^p, W^n.
     pub ttq_scale_init: TtqScaleInit,
-    /// A27: multiply TTQ's latent-weight gradient by 1/max|W| (default false).
+    /// A27, TTQ: multiply the latent-weight gradient by 1/max|W|.
     pub ttq_grad_div_max: bool,
-    /// A27: before TTQ training, divide each quantised layer's latent weights once by their
+    /// A27, TTQ: before TTQ training, divide each quantised layer's latent weights once by their
     /// max|W| so they lie in [−1, 1], as the TTQ paper describes (default true). The ternary
     /// assignment (Δ = t·max|W|) does not depend on it, but the initial scales W^p = W^n = 1
     /// (`ttq_scale_init = one`) are the scale of normalised weights, and the step size relative
     /// to the latent weights (which decides how fast assignments flip) differs by max|W|
     /// (≈ 0.1–0.5 for pretrained convolutions). `false` keeps the pretrained scale.
     pub ttq_normalize_init: bool,
-    /// TTQ threshold factor t in Δ = t·max|W| (default 0.05).
+    /// TTQ: the threshold factor t in Δ = t·max|W|.
     pub ttq_threshold: f64,
-    /// TWN threshold factor in Δ = f·mean|W| (default 0.7).
+    /// TWN: the threshold factor f in Δ = f·mean|W|.
     pub twn_threshold: f64,
-    /// Section 3.3 note: train-mode forwards (no update) to re-estimate BN stats after conversion (default 0).
+    /// Training-mode forwards (no update) that re-estimate the BatchNorm statistics after the
+    /// conversion and before every evaluation (0 = off; stale statistics after the conversion of
+    /// Eq. 3).
     pub bn_recalibrate_batches: usize,
-    /// Peak learning rate (default 0.01).
+    /// Alg. 1 line 0: the peak learning rate of the quantisation phases.
     pub lr: f64,
-    /// SGD momentum (default 0.9).
+    /// Alg. 1 line 0: SGD momentum.
     pub momentum: f64,
-    /// Weight decay on trainable weights except Δ̄ and the TTQ scales (default 1e-4).
+    /// Alg. 1 line 0: weight decay of the trainable weights (not Δ̄, not the TTQ scales).
     pub weight_decay: f64,
-    /// Nesterov momentum (default false).
+    /// Alg. 1 line 0: Nesterov momentum.
     pub nesterov: bool,
 }
 
@@ -425,7 +431,142 @@ fn bad(knob: &'static str, value: impl std::fmt::Display, reason: &str) -> HlaEr
     }
 }
 
+/// The allowed values of a numeric knob: an interval `lo ≤ x ≤ hi` whose ends may be open,
+/// and always finite. One table ([`HlaConfig::NUMERIC`]) both enforces the domains and prints
+/// them in `docs/knobs.md`, so the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Domain {
+    /// Lower bound.
+    pub lo: f64,
+    /// `lo` itself is excluded.
+    pub lo_open: bool,
+    /// Upper bound.
+    pub hi: f64,
+    /// `hi` itself is excluded.
+    pub hi_open: bool,
+}
+
+impl Domain {
+    /// `lo ≤ x ≤ hi`.
+    pub const fn closed(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            lo_open: false,
+            hi,
+            hi_open: false,
+        }
+    }
+
+    /// `lo < x ≤ hi`.
+    pub const fn above(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            lo_open: true,
+            hi,
+            hi_open: false,
+        }
+    }
+
+    /// `lo ≤ x < hi`.
+    pub const fn below(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            lo_open: false,
+            hi,
+            hi_open: true,
+        }
+    }
+
+    /// Whether `v` is finite and inside the interval.
+    pub fn contains(&self, v: f64) -> bool {
+        let lo_ok = if self.lo_open {
+            v > self.lo
+        } else {
+            v >= self.lo
+        };
+        let hi_ok = if self.hi_open {
+            v < self.hi
+        } else {
+            v <= self.hi
+        };
+        v.is_finite() && lo_ok && hi_ok
+    }
+}
+
+impl std::fmt::Display for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lo = if self.lo_open { "<" } else { "<=" };
+        let hi = if self.hi_open { "<" } else { "<=" };
+        write!(f, "{} {lo} x {hi} {}", self.lo, self.hi)
+    }
+}
+
+/// A numeric knob of a config section `C`: its name, its [`Domain`], and how to read it
+/// (`None` when an optional knob is unset).
+#[derive(Clone, Copy)]
+pub struct NumericKnob<C> {
+    /// Field name, as in the TOML section.
+    pub name: &'static str,
+    /// Allowed values.
+    pub domain: Domain,
+    /// Reads the value as f64 (exact for every integer knob: all are below 2^53).
+    pub get: fn(&C) -> Option<f64>,
+}
+
+impl<C> NumericKnob<C> {
+    /// The first knob of `table` whose value in `c` lies outside its domain, with that value.
+    pub fn first_violation(table: &[Self], c: &C) -> Option<(&'static str, f64, Domain)> {
+        table.iter().find_map(|k| {
+            (k.get)(c)
+                .filter(|v| !k.domain.contains(*v))
+                .map(|v| (k.name, v, k.domain))
+        })
+    }
+}
+
+impl<C> std::fmt::Debug for NumericKnob<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.domain)
+    }
+}
+
+/// One epoch count's domain (fractional epochs are counted in steps; see `algorithm`).
+const EPOCHS: Domain = Domain::above(0.0, 1e6);
+/// A sparsity in percent, 0 < t < 1.
+const PCT: Domain = Domain::closed(1.0, 99.0);
+
 impl HlaConfig {
+    /// Every numeric knob of `[hla]` with its allowed values. `validate` checks these first,
+    /// then the constraints between knobs: `t_start_pct < t_end_pct` (or `=` with
+    /// `t_include_end`), `t_end_pct < 100` with `t_include_end`, `sgdr_eta_min <= lr`.
+    #[rustfmt::skip]
+    pub const NUMERIC: &'static [NumericKnob<HlaConfig>] = &[
+        NumericKnob { name: "t_start_pct", domain: PCT, get: |c| Some(c.t_start_pct.into()) },
+        NumericKnob { name: "t_step_pct", domain: Domain::closed(1.0, 98.0), get: |c| Some(c.t_step_pct.into()) },
+        NumericKnob { name: "t_end_pct", domain: Domain::closed(0.0, 100.0), get: |c| Some(c.t_end_pct.into()) },
+        NumericKnob { name: "stage1_epochs_per_stage", domain: EPOCHS, get: |c| Some(c.stage1_epochs_per_stage) },
+        NumericKnob { name: "lambda_d", domain: Domain::closed(0.0, 1e6), get: |c| Some(c.lambda_d) },
+        NumericKnob { name: "stage2_init_pct", domain: PCT, get: |c| Some(c.stage2_init_pct.into()) },
+        NumericKnob { name: "delta_lr_mult", domain: Domain::closed(0.0, 1e6), get: |c| Some(c.delta_lr_mult) },
+        NumericKnob { name: "delta_momentum", domain: Domain::below(0.0, 1.0), get: |c| Some(c.delta_momentum) },
+        NumericKnob { name: "delta_wd", domain: Domain::closed(0.0, 1.0), get: |c| Some(c.delta_wd) },
+        NumericKnob { name: "eps_x", domain: Domain::closed(0.0, 1.0), get: |c| Some(c.eps_x) },
+        NumericKnob { name: "eps_w", domain: Domain::closed(0.0, 1.0), get: |c| Some(c.eps_w) },
+        NumericKnob { name: "sgdr_t0_epochs", domain: EPOCHS, get: |c| Some(c.sgdr_t0_epochs) },
+        NumericKnob { name: "sgdr_t0_epochs_stage2", domain: EPOCHS, get: |c| c.sgdr_t0_epochs_stage2 },
+        NumericKnob { name: "sgdr_t_mult", domain: Domain::closed(1.0, 10.0), get: |c| Some(c.sgdr_t_mult as f64) },
+        NumericKnob { name: "sgdr_eta_min", domain: Domain::closed(0.0, 10.0), get: |c| Some(c.sgdr_eta_min) },
+        NumericKnob { name: "stage2_epochs", domain: Domain::closed(0.0, 1e6), get: |c| Some(c.stage2_epochs) },
+        NumericKnob { name: "hs_warmup_epochs", domain: Domain::closed(0.0, 1e6), get: |c| Some(c.hs_warmup_epochs) },
+        NumericKnob { name: "sim_t_pct", domain: PCT, get: |c| Some(c.sim_t_pct.into()) },
+        NumericKnob { name: "ttq_threshold", domain: Domain::below(0.0, 1.0), get: |c| Some(c.ttq_threshold) },
+        NumericKnob { name: "twn_threshold", domain: Domain::closed(0.0, 10.0), get: |c| Some(c.twn_threshold) },
+        NumericKnob { name: "bn_recalibrate_batches", domain: Domain::closed(0.0, 1e6), get: |c| Some(c.bn_recalibrate_batches as f64) },
+        NumericKnob { name: "lr", domain: Domain::above(0.0, 10.0), get: |c| Some(c.lr) },
+        NumericKnob { name: "momentum", domain: Domain::below(0.0, 1.0), get: |c| Some(c.momentum) },
+        NumericKnob { name: "weight_decay", domain: Domain::closed(0.0, 1.0), get: |c| Some(c.weight_decay) },
+    ];
+
     /// Parses a TOML document (unknown fields are errors), then validates it.
     ///
     /// # Errors
@@ -453,21 +594,8 @@ impl HlaConfig {
     /// # Errors
     /// `Config` naming the first offending knob.
     pub fn validate(&self) -> Result<()> {
-        let pct = |knob: &'static str, v: u32| {
-            if v == 0 || v >= 100 {
-                Err(bad(knob, v, "must be in 1..=99 (percent, 0 < t < 1)"))
-            } else {
-                Ok(())
-            }
-        };
-        pct("t_start_pct", self.t_start_pct)?;
-        pct("stage2_init_pct", self.stage2_init_pct)?;
-        pct("sim_t_pct", self.sim_t_pct)?;
-        if self.t_end_pct > 100 {
-            return Err(bad("t_end_pct", self.t_end_pct, "must be <= 100"));
-        }
-        if self.t_step_pct == 0 {
-            return Err(bad("t_step_pct", 0, "must be > 0"));
+        if let Some((knob, v, domain)) = NumericKnob::first_violation(Self::NUMERIC, self) {
+            return Err(bad(knob, v, &format!("must be in {domain}")));
         }
         if self.t_start_pct > self.t_end_pct
             || (self.t_start_pct == self.t_end_pct && !self.t_include_end)
@@ -481,116 +609,9 @@ impl HlaConfig {
         if self.t_include_end && self.t_end_pct >= 100 {
             return Err(bad("t_end_pct", self.t_end_pct, "t = 1 cannot be a stage"));
         }
-        if self.t_step_pct > 98 {
-            return Err(bad("t_step_pct", self.t_step_pct, "must be in 1..=98"));
+        if self.sgdr_eta_min > self.lr {
+            return Err(bad("sgdr_eta_min", self.sgdr_eta_min, "must be <= lr"));
         }
-        let within = |knob: &'static str, v: f64, lo: f64, hi: f64, allowed: &str| {
-            if v.is_finite() && v >= lo && v <= hi {
-                Ok(())
-            } else {
-                Err(bad(knob, v, allowed))
-            }
-        };
-        within(
-            "lr",
-            self.lr,
-            f64::MIN_POSITIVE,
-            10.0,
-            "must be in 0 < lr <= 10",
-        )?;
-        within(
-            "momentum",
-            self.momentum,
-            0.0,
-            0.999_999,
-            "must be in 0 <= momentum < 1",
-        )?;
-        within(
-            "weight_decay",
-            self.weight_decay,
-            0.0,
-            1.0,
-            "must be in 0..=1",
-        )?;
-        within(
-            "sgdr_eta_min",
-            self.sgdr_eta_min,
-            0.0,
-            self.lr,
-            "must be in 0 <= eta_min <= lr",
-        )?;
-        within("lambda_d", self.lambda_d, 0.0, 1e6, "must be in 0..=1e6")?;
-        within(
-            "delta_lr_mult",
-            self.delta_lr_mult,
-            0.0,
-            1e6,
-            "must be in 0..=1e6",
-        )?;
-        within(
-            "delta_momentum",
-            self.delta_momentum,
-            0.0,
-            0.999_999,
-            "must be in 0 <= x < 1",
-        )?;
-        within("delta_wd", self.delta_wd, 0.0, 1.0, "must be in 0..=1")?;
-        within("eps_x", self.eps_x, 0.0, 1.0, "must be in 0..=1")?;
-        within("eps_w", self.eps_w, 0.0, 1.0, "must be in 0..=1")?;
-        within(
-            "twn_threshold",
-            self.twn_threshold,
-            0.0,
-            10.0,
-            "must be in 0..=10",
-        )?;
-        within(
-            "ttq_threshold",
-            self.ttq_threshold,
-            0.0,
-            0.999,
-            "must be in 0 <= t < 1",
-        )?;
-        within(
-            "sgdr_t0_epochs",
-            self.sgdr_t0_epochs,
-            1e-6,
-            1e6,
-            "must be in 0 < epochs <= 1e6",
-        )?;
-        if let Some(t) = self.sgdr_t0_epochs_stage2 {
-            within(
-                "sgdr_t0_epochs_stage2",
-                t,
-                1e-6,
-                1e6,
-                "must be in 0 < epochs <= 1e6",
-            )?;
-        }
-        if !(1..=10).contains(&self.sgdr_t_mult) {
-            return Err(bad("sgdr_t_mult", self.sgdr_t_mult, "must be in 1..=10"));
-        }
-        within(
-            "stage1_epochs_per_stage",
-            self.stage1_epochs_per_stage,
-            1e-6,
-            1e6,
-            "must be in 0 < epochs <= 1e6",
-        )?;
-        within(
-            "stage2_epochs",
-            self.stage2_epochs,
-            0.0,
-            1e6,
-            "must be in 0..=1e6 epochs",
-        )?;
-        within(
-            "hs_warmup_epochs",
-            self.hs_warmup_epochs,
-            0.0,
-            1e6,
-            "must be in 0..=1e6 epochs",
-        )?;
         if self.hyperspherical_layers == HypersphericalLayers::All {
             return Err(bad(
                 "hyperspherical_layers",

@@ -8,12 +8,14 @@
 //! editing one line.
 
 use crate::error::RangeError;
+use hla_core::config::{Domain, NumericKnob};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 
 /// Network architecture (names as `hla_models::build` takes them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// CIFAR ResNet-8 (He et al. 2016 family, 1 block per stage): for demos and tests.
@@ -63,7 +65,7 @@ impl fmt::Display for Arch {
 }
 
 /// `[model]`: which network and where its starting weights come from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Architecture.
@@ -76,7 +78,7 @@ pub struct ModelConfig {
 }
 
 /// Dataset format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
     /// CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`) in `root`.
@@ -86,7 +88,7 @@ pub enum DataFormat {
 }
 
 /// What to do with an undecodable image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BadImagePolicy {
     /// Stop with an error naming the file.
@@ -96,7 +98,7 @@ pub enum BadImagePolicy {
 }
 
 /// `[data]`: where the images are and how they are batched.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Dataset format.
@@ -136,7 +138,7 @@ pub struct DataConfig {
 }
 
 /// Learning-rate schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// Constant learning rate.
@@ -148,7 +150,7 @@ pub enum Schedule {
 }
 
 /// What `hla train` trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainMode {
     /// Plain full-precision network.
@@ -158,7 +160,7 @@ pub enum TrainMode {
 }
 
 /// `[train]`: the full-precision (or hyperspherical) training phase.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// `fp` or `hyperspherical`.
@@ -181,7 +183,7 @@ pub struct TrainConfig {
 }
 
 /// `[quantize]`: which method `hla quantize` runs and from where.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizeConfig {
     /// Start from this checkpoint file or run directory (its weights only); absent = from
@@ -205,7 +207,7 @@ pub struct QuantizeConfig {
 pub type HlaKnobs = hla_core::HlaConfig;
 
 /// `[report]`: what the report and plots show.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
     /// Layer whose weight histogram is plotted (Figure 1); empty = a middle quantised layer.
@@ -217,7 +219,7 @@ pub struct ReportConfig {
 }
 
 /// A whole experiment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Run name (used for the default output directory `runs/<name>`).
@@ -295,52 +297,54 @@ fn range(key: &str, value: impl fmt::Display, allowed: &str) -> RangeError {
     }
 }
 
-fn at_least_one(key: &str, v: usize) -> Result<(), RangeError> {
-    if v == 0 {
-        Err(range(key, v, ">= 1"))
-    } else {
-        Ok(())
+/// Checks `c` against a section's table of numeric knobs; keys are reported as
+/// `section.knob`.
+fn check_numeric<C>(section: &str, table: &[NumericKnob<C>], c: &C) -> Result<(), RangeError> {
+    match NumericKnob::first_violation(table, c) {
+        Some((name, v, domain)) => Err(range(&format!("{section}.{name}"), v, &domain.to_string())),
+        None => Ok(()),
     }
 }
 
-fn finite_in(key: &str, v: f64, lo: f64, hi: f64, allowed: &str) -> Result<(), RangeError> {
-    if v.is_finite() && v >= lo && v <= hi {
-        Ok(())
-    } else {
-        Err(range(key, v, allowed))
-    }
-}
+/// At least one (a count: batches, samples, epochs).
+const COUNT: Domain = Domain::closed(1.0, 1e12);
 
 impl ModelConfig {
+    /// The numeric knobs of `[model]` and their allowed values.
+    #[rustfmt::skip]
+    pub const NUMERIC: &'static [NumericKnob<Self>] = &[NumericKnob {
+        name: "num_classes",
+        domain: Domain::closed(2.0, 100_000.0),
+        get: |c| Some(c.num_classes as f64),
+    }];
+
     /// Checks `[model]`.
     ///
     /// # Errors
     /// The first out-of-range key.
     pub fn validate(&self) -> Result<(), RangeError> {
-        if !(2..=100_000).contains(&self.num_classes) {
-            return Err(range("model.num_classes", self.num_classes, "2..=100000"));
-        }
-        Ok(())
+        check_numeric("model", Self::NUMERIC, self)
     }
 }
 
 impl DataConfig {
+    /// The numeric knobs of `[data]` and their allowed values (and `resize >= image_size`).
+    #[rustfmt::skip]
+    pub const NUMERIC: &'static [NumericKnob<Self>] = &[
+        NumericKnob { name: "batch_size", domain: COUNT, get: |c| Some(c.batch_size as f64) },
+        NumericKnob { name: "eval_batch_size", domain: COUNT, get: |c| Some(c.eval_batch_size as f64) },
+        NumericKnob { name: "train_limit", domain: COUNT, get: |c| c.train_limit.map(|n| n as f64) },
+        NumericKnob { name: "test_limit", domain: COUNT, get: |c| c.test_limit.map(|n| n as f64) },
+        NumericKnob { name: "image_size", domain: Domain::closed(8.0, 1024.0), get: |c| Some(c.image_size as f64) },
+        NumericKnob { name: "resize", domain: Domain::closed(8.0, 4096.0), get: |c| Some(c.resize as f64) },
+    ];
+
     /// Checks `[data]`.
     ///
     /// # Errors
     /// The first out-of-range key.
     pub fn validate(&self) -> Result<(), RangeError> {
-        at_least_one("data.batch_size", self.batch_size)?;
-        at_least_one("data.eval_batch_size", self.eval_batch_size)?;
-        if let Some(n) = self.train_limit {
-            at_least_one("data.train_limit", n)?;
-        }
-        if let Some(n) = self.test_limit {
-            at_least_one("data.test_limit", n)?;
-        }
-        if !(8..=1024).contains(&self.image_size) {
-            return Err(range("data.image_size", self.image_size, "8..=1024"));
-        }
+        check_numeric("data", Self::NUMERIC, self)?;
         if self.resize < self.image_size {
             return Err(range("data.resize", self.resize, ">= data.image_size"));
         }
@@ -349,41 +353,38 @@ impl DataConfig {
 }
 
 impl TrainConfig {
+    /// The numeric knobs of `[train]` and their allowed values.
+    #[rustfmt::skip]
+    pub const NUMERIC: &'static [NumericKnob<Self>] = &[
+        NumericKnob { name: "epochs", domain: COUNT, get: |c| Some(c.epochs as f64) },
+        NumericKnob { name: "lr", domain: Domain::above(0.0, 10.0), get: |c| c.lr },
+        NumericKnob { name: "label_smoothing", domain: Domain::below(0.0, 1.0), get: |c| Some(c.label_smoothing) },
+    ];
+
     /// Checks `[train]`.
     ///
     /// # Errors
     /// The first out-of-range key.
     pub fn validate(&self) -> Result<(), RangeError> {
-        if let Some(lr) = self.lr {
-            finite_in("train.lr", lr, f64::MIN_POSITIVE, 10.0, "0 < lr <= 10")?;
-        }
-        at_least_one("train.epochs", self.epochs)?;
-        finite_in(
-            "train.label_smoothing",
-            self.label_smoothing,
-            0.0,
-            0.999,
-            "0 <= x < 1",
-        )
+        check_numeric("train", Self::NUMERIC, self)
     }
 }
 
 impl QuantizeConfig {
+    /// The numeric knobs of `[quantize]` and their allowed values.
+    #[rustfmt::skip]
+    pub const NUMERIC: &'static [NumericKnob<Self>] = &[NumericKnob {
+        name: "baseline_epochs",
+        domain: Domain::above(0.0, 1e6),
+        get: |c| c.baseline_epochs,
+    }];
+
     /// Checks `[quantize]`.
     ///
     /// # Errors
     /// The first out-of-range key.
     pub fn validate(&self) -> Result<(), RangeError> {
-        if let Some(n) = self.baseline_epochs {
-            finite_in(
-                "quantize.baseline_epochs",
-                n,
-                1e-6,
-                1e6,
-                "0 < epochs <= 1e6",
-            )?;
-        }
-        Ok(())
+        check_numeric("quantize", Self::NUMERIC, self)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod knobs;
 pub mod metrics;
 pub mod run;
 pub mod schedule;
