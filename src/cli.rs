@@ -64,6 +64,9 @@ pub enum Command {
     /// Run a study plan (every missing or unfinished run, resumable, sharing stage 1 between
     /// HLA points), then write its tables and plots (`RESULTS.md`).
     Study(crate::study::StudyArgs),
+    /// The method on one layer, step by step: normalised rows, T(t), Ŵ and α, L_d and its
+    /// gradient, the STE gradient with and without S, the Δ̄ update; Figure 1 histograms.
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// Options shared by the training subcommands.

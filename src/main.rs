@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod demo;
+mod explain;
 mod interrupt;
 mod plots;
 mod progress;
@@ -68,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::demo(&ctx, &a),
         Command::Bench(a) => bench::bench(&ctx, &a),
         Command::Study(a) => study::study(&ctx, &a),
+        Command::Explain(a) => explain::explain(&ctx, &a),
     }
 }
 

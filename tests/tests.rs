@@ -8,6 +8,8 @@ mod util;
 mod cli;
 #[path = "errors.rs"]
 mod errors;
+#[path = "explain.rs"]
+mod explain;
 #[path = "pipeline.rs"]
 mod pipeline;
 #[path = "resume.rs"]

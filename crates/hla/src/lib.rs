@@ -37,6 +37,7 @@ pub mod ternary;
 pub mod threshold;
 pub mod ttq;
 pub mod twn;
+pub mod walkthrough;
 
 #[cfg(test)]
 pub(crate) mod testutil;
