@@ -8,7 +8,9 @@ fn help_lists_the_tool_and_every_subcommand() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Usage: hla"), "help text: {text}");
-    for sub in ["train", "quantize", "eval", "export", "bench", "demo", "study", "explain"] {
+    for sub in [
+        "train", "quantize", "eval", "export", "bench", "demo", "study", "explain",
+    ] {
         assert!(text.contains(sub), "help lacks {sub}: {text}");
     }
     for opt in ["--seed", "--threads", "--out", "--quiet", "--json"] {

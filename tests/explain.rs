@@ -11,7 +11,11 @@ fn repo() -> &'static Path {
 #[test]
 fn spec_example_prints_the_hand_worked_numbers() {
     let out = run_in(repo(), &["explain", "--spec-example"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     // T1 rows and norms, T2 Δ = 4/11, T5 α, T3 L_d and ∂L_d/∂V, T8 G ⊙ S, Δ̄ gradient and step.
     for want in [
@@ -38,15 +42,30 @@ fn pretrained_layer_gives_a_slide_and_figure_1() {
     }
     let dir = scratch("explain");
     let out_dir = dir.to_str().unwrap();
-    let out = run_in(repo(), &["explain", "--layer", "layer2.0.conv2", "--out", out_dir]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_in(
+        repo(),
+        &["explain", "--layer", "layer2.0.conv2", "--out", out_dir],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     // layer2.0.conv2: 32 rows of 32·3·3 = 288 weights; T(0.50) zeroes ⌊0.5·9216⌋ + 1 = 4609.
-    assert!(text.contains("32 rows (output units) x 288 weights"), "{text}");
-    assert!(text.contains("(4609 of 9216 weights have |w| ≤ Δ"), "{text}");
+    assert!(
+        text.contains("32 rows (output units) x 288 weights"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(4609 of 9216 weights have |w| ≤ Δ"),
+        "{text}"
+    );
     assert!(text.contains("Δ̄ ←"), "{text}");
     let png = dir.join("fig1-layer2.0.conv2.png");
-    assert!(std::fs::metadata(&png).map(|m| m.len() > 1000).unwrap_or(false));
+    assert!(std::fs::metadata(&png)
+        .map(|m| m.len() > 1000)
+        .unwrap_or(false));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("fig1-layer2.0.conv2.json")).unwrap())
             .unwrap();
@@ -57,5 +76,8 @@ fn pretrained_layer_gives_a_slide_and_figure_1() {
     }
     // A layer that is not quantised (the first conv) is refused with the list of choices.
     let out = run_in(repo(), &["explain", "--layer", "conv1"]);
-    assert_one_error_line(&out, &["conv1", "not a quantisable layer", "layer1.0.conv1"]);
+    assert_one_error_line(
+        &out,
+        &["conv1", "not a quantisable layer", "layer1.0.conv1"],
+    );
 }
