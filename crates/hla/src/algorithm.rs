@@ -21,12 +21,16 @@
 //! - HLA: `Warmup` (hs_warmup_epochs, λ = 0; A21) → `Stage1` × K sub-stages
 //!   (stage1_epochs_per_stage each) → `Stage2` (stage2_epochs) → `Done`.
 //! - FP / TWN / TTQ: `Baseline` (stage2_epochs, or `baseline_epochs` of the run config) → `Done`.
+//!
+//! Guide: [Algorithm 1](crate::guide#alg1).
 
 use crate::config::{HlaConfig, Method};
 use crate::error::{HlaError, Result};
 use serde::{Deserialize, Serialize};
 
 /// Where a run is.
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -43,6 +47,8 @@ pub enum Phase {
 }
 
 /// What the driver must do before/while running the current segment.
+///
+/// Guide: [Alg. 1 line 4](crate::guide#alg1-line-4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SegmentPlan {
     /// Phase of the segment.
@@ -61,6 +67,8 @@ pub struct SegmentPlan {
 }
 
 /// Algorithm 1's resumable state.
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Algorithm1 {
     /// Method of the run.
@@ -97,6 +105,8 @@ pub struct Algorithm1 {
 }
 
 /// `round(epochs · S)` steps.
+///
+/// Guide: [Alg. 1 line 4](crate::guide#alg1-line-4).
 pub fn epochs_to_steps(epochs: f64, steps_per_epoch: u64) -> u64 {
     (epochs * steps_per_epoch as f64).round().max(0.0) as u64
 }
@@ -104,6 +114,8 @@ pub fn epochs_to_steps(epochs: f64, steps_per_epoch: u64) -> u64 {
 impl Algorithm1 {
     /// Fresh state at the start of a run of `cfg.method` (lengths from `cfg`; a baseline runs
     /// `stage2_epochs`).
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     ///
     /// # Errors
     /// `Config` if the configuration is invalid.
@@ -135,6 +147,8 @@ impl Algorithm1 {
     /// run that continues a finished stage-1 run: the steps must be exactly those of the
     /// warm-up and stage 1 under `cfg`, and stage 2 must have steps.
     ///
+    /// Guide: [Alg. 1 line 11](crate::guide#alg1-line-11).
+    ///
     /// # Errors
     /// `Config` for an invalid configuration; `State` if the steps do not end stage 1.
     pub fn at_stage2(cfg: &HlaConfig, steps_per_epoch: u64, steps_done: u64) -> Result<Self> {
@@ -165,6 +179,8 @@ impl Algorithm1 {
     /// Fixes the number of steps per epoch (once; a resumed run must keep its data) and moves
     /// past zero-length segments.
     ///
+    /// Guide: [Alg. 1 line 4](crate::guide#alg1-line-4).
+    ///
     /// # Errors
     /// `State` if it is 0 or differs from the value already set.
     pub fn set_steps_per_epoch(&mut self, steps: u64) -> Result<()> {
@@ -188,6 +204,8 @@ impl Algorithm1 {
 
     /// First step of the current phase (warm-up, stage 1 — all sub-stages —, stage 2 or the
     /// baseline); the SGDR schedule of a phase counts from here.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn phase_start(&self) -> u64 {
         let w = self.steps(self.warmup_epochs);
         let s1 = self.steps(self.t_pcts.len() as f64 * self.stage1_epochs_per_stage);
@@ -199,6 +217,8 @@ impl Algorithm1 {
     }
 
     /// Step at which the current segment ends.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn segment_end(&self) -> u64 {
         let start = self.phase_start();
         match self.phase {
@@ -212,6 +232,8 @@ impl Algorithm1 {
     }
 
     /// Steps of the whole run.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn total_steps(&self) -> u64 {
         match self.method {
             Method::Hla => {
@@ -224,6 +246,8 @@ impl Algorithm1 {
     }
 
     /// Epochs of the whole run.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn total_epochs(&self) -> f64 {
         match self.method {
             Method::Hla => {
@@ -236,22 +260,30 @@ impl Algorithm1 {
     }
 
     /// Whether the run is finished.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }
 
     /// Current stage-1 t in percent (Stage1 only).
+    ///
+    /// Guide: [Alg. 1 line 2](crate::guide#alg1-line-2).
     pub fn t_pct(&self) -> Option<u32> {
         (self.phase == Phase::Stage1).then(|| self.t_pcts[self.stage_index])
     }
 
     /// Whether the current segment's steps are all done (the driver evaluates, then calls
     /// [`end_segment`](Self::end_segment)).
+    ///
+    /// Guide: [Alg. 1 line 4](crate::guide#alg1-line-4).
     pub fn segment_complete(&self) -> bool {
         self.phase != Phase::Done && self.steps_done >= self.segment_end()
     }
 
     /// What the current segment needs; `refresh_per_step` = `stage1_delta_refresh == per_step`.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn plan(&self, refresh_per_step: bool) -> SegmentPlan {
         let lambda = match self.phase {
             Phase::Stage1 | Phase::Stage2 => self.lambda_d,
@@ -270,6 +302,8 @@ impl Algorithm1 {
 
     /// Stores the stage-1 Δ of the current sub-stage (one value per quantised layer).
     ///
+    /// Guide: [Alg. 1 line 3](crate::guide#alg1-line-3).
+    ///
     /// # Errors
     /// `State` outside stage 1.
     pub fn set_delta(&mut self, delta: Vec<f64>) -> Result<()> {
@@ -284,6 +318,8 @@ impl Algorithm1 {
     }
 
     /// Stores Δ̄ (initial value at the start of stage 2, or a snapshot of the trained values).
+    ///
+    /// Guide: [Alg. 1 line 12](crate::guide#alg1-line-12).
     ///
     /// # Errors
     /// `State` outside stage 2 / done.
@@ -302,6 +338,8 @@ impl Algorithm1 {
     }
 
     /// Counts one optimiser step.
+    ///
+    /// Guide: [Alg. 1 line 5](crate::guide#alg1-line-5).
     pub fn record_step(&mut self) {
         self.steps_done += 1;
     }
@@ -309,6 +347,8 @@ impl Algorithm1 {
     /// Ends the current segment if its steps are done and moves to the next non-empty one. At
     /// a sub-stage boundary Δ is cleared (the next [`plan`](Self::plan) asks for T(t_next)).
     /// Returns whether a segment ended.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn end_segment(&mut self) -> bool {
         if !self.segment_complete() {
             return false;
@@ -361,6 +401,8 @@ impl Algorithm1 {
 
     /// JSON form for checkpoints.
     ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
+    ///
     /// # Errors
     /// Never in practice (all fields serialise).
     pub fn to_json(&self) -> Result<String> {
@@ -371,6 +413,8 @@ impl Algorithm1 {
     }
 
     /// Parses [`to_json`](Self::to_json) output.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     ///
     /// # Errors
     /// `State` if the document is not a valid state.

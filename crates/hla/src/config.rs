@@ -3,12 +3,16 @@
 //! Each ambiguity A1–A27 of the spec is one field here; the doc comment names the ambiguity. The
 //! struct deserialises from TOML/JSON with `deny_unknown_fields` (a misspelt knob is an error, not
 //! a silently ignored default) and every missing field takes its documented default.
+//!
+//! Guide: [Knob index](crate::guide#knob-index).
 
 use crate::error::{HlaError, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which training method runs (FP, the two baselines, or HLA); "one config field" selects it.
+///
+/// Guide: [Knob index](crate::guide#knob-index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
@@ -25,9 +29,13 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order tables list them.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub const ALL: [Method; 4] = [Method::Fp, Method::Hla, Method::Twn, Method::Ttq];
 
     /// Lower-case name, as in configs (`method = "twn"`) and on the command line.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub fn name(self) -> &'static str {
         match self {
             Method::Fp => "fp",
@@ -56,6 +64,8 @@ impl std::str::FromStr for Method {
 }
 
 /// A1: over which weights the quantile T(t) is taken.
+///
+/// Guide: [Eq. 8](crate::guide#eq-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdScope {
@@ -67,6 +77,8 @@ pub enum ThresholdScope {
 }
 
 /// A2: which order statistic T(t) returns.
+///
+/// Guide: [Eq. 8](crate::guide#eq-8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantileIndex {
@@ -78,6 +90,8 @@ pub enum QuantileIndex {
 }
 
 /// A5: when the stage-1 threshold Δ is recomputed.
+///
+/// Guide: [Alg. 1 line 3](crate::guide#alg1-line-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaRefresh {
@@ -89,6 +103,8 @@ pub enum DeltaRefresh {
 }
 
 /// A8: how per-layer L_d terms are combined.
+///
+/// Guide: [Eq. 6](crate::guide#eq-6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LdReduce {
@@ -100,6 +116,8 @@ pub enum LdReduce {
 }
 
 /// A10: what an empty row (no |w| > Δ) becomes.
+///
+/// Guide: [Eq. 5](crate::guide#eq-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EmptyRow {
@@ -111,6 +129,8 @@ pub enum EmptyRow {
 }
 
 /// A13: scaling of the straight-through gradient (Eqs. 11–12).
+///
+/// Guide: [Eq. 12](crate::guide#eq-12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SteScale {
@@ -122,6 +142,8 @@ pub enum SteScale {
 }
 
 /// A14(a): whether Δ̄'s gradient averages the gradient before or after the STE scaling.
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradSource {
@@ -133,6 +155,8 @@ pub enum DeltaGradSource {
 }
 
 /// A14(b): which entries enter Δ̄'s gradient.
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradMask {
@@ -144,6 +168,8 @@ pub enum DeltaGradMask {
 }
 
 /// A14(c): the divisor of Δ̄'s gradient.
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradNorm {
@@ -155,6 +181,8 @@ pub enum DeltaGradNorm {
 }
 
 /// A14(e): sign convention of Δ̄'s gradient.
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaGradSign {
@@ -166,6 +194,8 @@ pub enum DeltaGradSign {
 }
 
 /// A16: input normalisation of hyperspherical layers.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputNorm {
@@ -177,6 +207,8 @@ pub enum InputNorm {
 }
 
 /// A17: how unit-norm rows are maintained.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NormMode {
@@ -188,6 +220,8 @@ pub enum NormMode {
 }
 
 /// A17: which layers are hyperspherical.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HypersphericalLayers {
@@ -199,6 +233,8 @@ pub enum HypersphericalLayers {
 }
 
 /// A18: per-row gain for quantised layers with no BatchNorm after them.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoBnGain {
@@ -210,6 +246,8 @@ pub enum NoBnGain {
 }
 
 /// A22: how the Table-4 similarity Sim is averaged.
+///
+/// Guide: [Metrics](crate::guide#metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SimAverage {
@@ -221,6 +259,8 @@ pub enum SimAverage {
 }
 
 /// A27: the gradient of TTQ's negative scale W^n.
+///
+/// Guide: [TTQ](crate::guide#ttq).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TtqWnGrad {
@@ -232,6 +272,8 @@ pub enum TtqWnGrad {
 }
 
 /// A27: initial TTQ scales.
+///
+/// Guide: [TTQ](crate::guide#ttq).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TtqScaleInit {
@@ -243,6 +285,8 @@ pub enum TtqScaleInit {
 }
 
 /// All knobs of the method and of its training loop. Defaults = spec section 15.
+///
+/// Guide: [Knob index](crate::guide#knob-index).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HlaConfig {
@@ -434,6 +478,8 @@ fn bad(knob: &'static str, value: impl std::fmt::Display, reason: &str) -> HlaEr
 /// The allowed values of a numeric knob: an interval `lo ≤ x ≤ hi` whose ends may be open,
 /// and always finite. One table ([`HlaConfig::NUMERIC`]) both enforces the domains and prints
 /// them in `docs/knobs.md`, so the two cannot disagree.
+///
+/// Guide: [Knob index](crate::guide#knob-index).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Domain {
     /// Lower bound.
@@ -448,6 +494,8 @@ pub struct Domain {
 
 impl Domain {
     /// `lo ≤ x ≤ hi`.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub const fn closed(lo: f64, hi: f64) -> Self {
         Self {
             lo,
@@ -458,6 +506,8 @@ impl Domain {
     }
 
     /// `lo < x ≤ hi`.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub const fn above(lo: f64, hi: f64) -> Self {
         Self {
             lo,
@@ -468,6 +518,8 @@ impl Domain {
     }
 
     /// `lo ≤ x < hi`.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub const fn below(lo: f64, hi: f64) -> Self {
         Self {
             lo,
@@ -478,6 +530,8 @@ impl Domain {
     }
 
     /// Whether `v` is finite and inside the interval.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub fn contains(&self, v: f64) -> bool {
         let lo_ok = if self.lo_open {
             v > self.lo
@@ -503,6 +557,8 @@ impl std::fmt::Display for Domain {
 
 /// A numeric knob of a config section `C`: its name, its [`Domain`], and how to read it
 /// (`None` when an optional knob is unset).
+///
+/// Guide: [Knob index](crate::guide#knob-index).
 #[derive(Clone, Copy)]
 pub struct NumericKnob<C> {
     /// Field name, as in the TOML section.
@@ -515,6 +571,8 @@ pub struct NumericKnob<C> {
 
 impl<C> NumericKnob<C> {
     /// The first knob of `table` whose value in `c` lies outside its domain, with that value.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     pub fn first_violation(table: &[Self], c: &C) -> Option<(&'static str, f64, Domain)> {
         table.iter().find_map(|k| {
             (k.get)(c)
@@ -539,6 +597,8 @@ impl HlaConfig {
     /// Every numeric knob of `[hla]` with its allowed values. `validate` checks these first,
     /// then the constraints between knobs: `t_start_pct < t_end_pct` (or `=` with
     /// `t_include_end`), `t_end_pct < 100` with `t_include_end`, `sgdr_eta_min <= lr`.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     #[rustfmt::skip]
     pub const NUMERIC: &'static [NumericKnob<HlaConfig>] = &[
         NumericKnob { name: "t_start_pct", domain: PCT, get: |c| Some(c.t_start_pct.into()) },
@@ -569,6 +629,8 @@ impl HlaConfig {
 
     /// Parses a TOML document (unknown fields are errors), then validates it.
     ///
+    /// Guide: [Knob index](crate::guide#knob-index).
+    ///
     /// # Errors
     /// `Config` naming the offending field.
     pub fn from_toml_str(s: &str) -> Result<Self> {
@@ -578,6 +640,8 @@ impl HlaConfig {
     }
 
     /// Parses a JSON document (as stored in checkpoints), then validates it.
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     ///
     /// # Errors
     /// `Config` naming the offending field.
@@ -590,6 +654,8 @@ impl HlaConfig {
 
     /// Checks every knob's domain and rejects the combinations this implementation does not
     /// support (`hyperspherical_layers = all`, `amp = true`).
+    ///
+    /// Guide: [Knob index](crate::guide#knob-index).
     ///
     /// # Errors
     /// `Config` naming the first offending knob.
@@ -632,6 +698,8 @@ impl HlaConfig {
     /// The stage-1 sparsity values t_pct (A3/A4): `t_start + k·t_step` while `< t_end`
     /// (or `<= t_end` with `t_include_end`), in integer percent — never accumulated in floating
     /// point. Defaults give exactly 30, 34, …, 66 (10 sub-stages).
+    ///
+    /// Guide: [Alg. 1 line 2](crate::guide#alg1-line-2).
     pub fn stage1_t_pcts(&self) -> Vec<u32> {
         let mut out = Vec::new();
         let mut t = self.t_start_pct;

@@ -2,12 +2,16 @@
 //!
 //! Default: `∂J/∂Δ̄_l = (1/(m·n)) Σ_{ŵ_ij ≠ 0} G_ij·S_ij` with G = ∂L_CE/∂Ŵ_l (the gradient that
 //! reaches the ternary op from the network; L_d's direct term does not pass through it).
+//!
+//! Guide: [Eq. 13](crate::guide#eq-13).
 
 use crate::config::{DeltaGradMask, DeltaGradNorm, DeltaGradSign, DeltaGradSource, SteScale};
 use crate::real::{cst, Real};
 use ndarray::ArrayView2;
 
 /// The A14 knobs of Δ̄'s gradient plus the STE scaling (which defines "post-S").
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeltaGradKnobs {
     /// Pre- or post-S gradient.
@@ -24,6 +28,8 @@ pub struct DeltaGradKnobs {
 
 impl DeltaGradKnobs {
     /// The knobs of a configuration.
+    ///
+    /// Guide: [Eq. 13](crate::guide#eq-13).
     pub fn from_config(c: &crate::config::HlaConfig) -> Self {
         Self {
             source: c.delta_grad_source,
@@ -36,6 +42,8 @@ impl DeltaGradKnobs {
 }
 
 /// ∂J/∂Δ̄ of one layer. `g` = ∂L/∂Ŵ, `w` = normalised W, `what` = Ŵ; all `[n, m]`.
+///
+/// Guide: [Eq. 13](crate::guide#eq-13).
 pub fn delta_bar_grad<F: Real>(
     g: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
@@ -76,6 +84,8 @@ pub fn delta_bar_grad<F: Real>(
 
 /// One plain SGD step (no momentum) with the clamp Δ̄ ≥ 0 (spec 8.5); used by tests and as the
 /// reference for the optimiser path.
+///
+/// Guide: [Alg. 1 line 20](crate::guide#alg1-line-20).
 pub fn sgd_step_clamped<F: Real>(delta_bar: F, grad: F, lr: F) -> F {
     (delta_bar - lr * grad).max(F::zero())
 }

@@ -1,9 +1,15 @@
 //! Typed errors of the method crate; every variant names the op (or file) and the shapes involved.
+//!
+//! Guide: [Conventions](crate::guide#conventions).
 
 /// Result alias of this crate.
+///
+/// Guide: [Conventions](crate::guide#conventions).
 pub type Result<T, E = HlaError> = std::result::Result<T, E>;
 
 /// Errors returned by the method's ops, configuration, schedules and export.
+///
+/// Guide: [Conventions](crate::guide#conventions).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HlaError {

@@ -17,6 +17,8 @@
 //! `num_batches_tracked`) as **I64**. Metadata `format` = `hla-ternary-v1`, plus free-form keys
 //! (e.g. `method`). Dequantisation gives ŵ = α_j·w̄ (+1), −α_neg_j (−1), 0 — bit-identical to the
 //! fake-quantised f32 weights, since α is stored in f32.
+//!
+//! Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 
 use crate::error::{HlaError, Result};
 use crate::real::{rows_shape, Real};
@@ -26,9 +28,13 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 
 /// Format tag stored in the metadata.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 pub const FORMAT: &str = "hla-ternary-v1";
 
 /// Packs ternary codes (−1, 0, +1) four per byte (see the module doc).
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 ///
 /// # Errors
 /// `Format` if a code is not in {−1, 0, 1}.
@@ -55,6 +61,8 @@ pub fn pack_codes(codes: impl IntoIterator<Item = i8>) -> Result<Vec<u8>> {
 }
 
 /// Unpacks `len` codes from `bytes`.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 ///
 /// # Errors
 /// `Format` if `bytes` is too short or holds the invalid code `0b11`.
@@ -87,6 +95,8 @@ pub fn unpack_codes(bytes: &[u8], len: usize) -> Result<Vec<i8>> {
 }
 
 /// One quantised weight in packed form.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedLayer {
     /// Parameter name of the weight.
@@ -103,6 +113,8 @@ pub struct PackedLayer {
 
 impl PackedLayer {
     /// Packs a ternarised weight (codes `[n, m]`, α `[n]`) with its original `shape`.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `ShapeMismatch` if `shape` does not match the codes.
@@ -130,6 +142,8 @@ impl PackedLayer {
 
     /// Packs an arbitrary fake-quantised tensor whose rows hold at most one positive and one
     /// negative value each (HLA, TWN, TTQ all qualify): +a → +1 with α = a, −b → −1 with α_neg = b.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Format` if a row has two different positive (or negative) values; `BadRank` for rank < 2.
@@ -180,16 +194,22 @@ impl PackedLayer {
     }
 
     /// Number of weights.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
     /// Bytes of the packed form (codes + scales).
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     pub fn packed_bytes(&self) -> usize {
         self.codes.len() + 4 * self.alpha.len() + self.alpha_neg.as_ref().map_or(0, |a| 4 * a.len())
     }
 
     /// The codes w̄ as `[n, m]` row-major `i8`.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Format` for a malformed code buffer.
@@ -204,6 +224,8 @@ impl PackedLayer {
     }
 
     /// Ŵ in f32 with the original shape.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Format` for malformed codes or scales.
@@ -231,6 +253,8 @@ impl PackedLayer {
 }
 
 /// A whole model in packed form: quantised layers plus dense f32 / i64 tensors and metadata.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedModel {
     /// Quantised weights.
@@ -244,6 +268,8 @@ pub struct PackedModel {
 }
 
 /// Sizes of the quantised layers: f32 bytes vs packed bytes.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SizeReport {
     /// 4 · Σ N_l.
@@ -260,6 +286,8 @@ fn le_bytes_f32(v: impl Iterator<Item = f32>) -> Vec<u8> {
 
 impl PackedModel {
     /// Size of the quantised layers, f32 vs packed.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     pub fn size_report(&self) -> SizeReport {
         let f32_bytes: usize = self.layers.iter().map(|l| 4 * l.numel()).sum();
         let packed_bytes: usize = self.layers.iter().map(|l| l.packed_bytes()).sum();
@@ -271,6 +299,8 @@ impl PackedModel {
     }
 
     /// Serialises to safetensors bytes (format in the module doc).
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Safetensors` on serialisation failure (e.g. a duplicate name).
@@ -344,6 +374,8 @@ impl PackedModel {
     }
 
     /// Parses safetensors bytes written by [`PackedModel::to_bytes`].
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Safetensors` / `Format` naming `path` and what is wrong.
@@ -447,6 +479,8 @@ impl PackedModel {
 
     /// Writes the file atomically (temp file + rename).
     ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    ///
     /// # Errors
     /// `Io` / `Safetensors`.
     pub fn write(&self, path: &std::path::Path) -> Result<()> {
@@ -461,6 +495,8 @@ impl PackedModel {
     }
 
     /// Reads a file written by [`PackedModel::write`].
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `Io` / `Safetensors` / `Format`.

@@ -5,12 +5,16 @@
 //! `∂L_d/∂v_j = (2/n)(c_j − 1)(ŵ_j − c_j w_j)/r_j`.
 //! The training path computes L_d with autograd ops (see `crate::ops`); these plain versions are
 //! the reference the tape is tested against, and serve the metrics.
+//!
+//! Guide: [Eq. 7](crate::guide#eq-7).
 
 use crate::config::LdReduce;
 use crate::real::{cst, Real};
 use ndarray::{Array1, Array2, ArrayView2};
 
 /// L_d of one layer: (value, c `[n]`, ∂L_d/∂W `[n, m]`). `w`, `what`: `[n, m]`.
+///
+/// Guide: [Eq. 7](crate::guide#eq-7).
 pub fn ld_layer<F: Real>(
     w: ArrayView2<'_, F>,
     what: ArrayView2<'_, F>,
@@ -39,6 +43,8 @@ pub fn ld_layer<F: Real>(
 
 /// ∂L_d/∂V through the row normalisation: `(2/n)(c_j − 1)(ŵ_j − c_j w_j)/r_j` with
 /// `r_j = sqrt(‖v_j‖² + eps_w)`, `w = v/r`. `v`, `what`: `[n, m]`.
+///
+/// Guide: [Eq. 7](crate::guide#eq-7).
 pub fn ld_grad_latent<F: Real>(
     v: ArrayView2<'_, F>,
     what: ArrayView2<'_, F>,
@@ -67,6 +73,8 @@ pub fn ld_grad_latent<F: Real>(
 
 /// w = v / r, r_j = sqrt(Σ_i v_ji² + eps_w) (spec 3.1), computed as v·(1/r) in row order exactly
 /// like `hla_autograd::ops::normalize_rows`. Returns (W `[n, m]`, r `[n]`).
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 pub fn normalize_rows<F: Real>(v: ArrayView2<'_, F>, eps_w: F) -> (Array2<F>, Array1<F>) {
     let mut w = v.to_owned();
     let mut r = Array1::zeros(v.nrows());
@@ -86,6 +94,8 @@ pub fn normalize_rows<F: Real>(v: ArrayView2<'_, F>, eps_w: F) -> (Array2<F>, Ar
 }
 
 /// Combines per-layer L_d values under `ld_reduce` (A8): sum, or mean over layers.
+///
+/// Guide: [Eq. 6](crate::guide#eq-6).
 pub fn reduce_layers<F: Real>(values: &[F], reduce: LdReduce) -> F {
     let mut s = F::zero();
     for &v in values {

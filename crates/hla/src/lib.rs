@@ -20,7 +20,16 @@
 //! - [`packed`]: inference from the packed file; [`tinynet`]: a tiny network for tests.
 //!
 //! The training step, evaluation and whole runs that drive these are `hla-train`'s.
+//!
+//! [`guide`] is `docs/method.md` rendered here: every public item of this crate links to the
+//! section of the guide that explains it ("Guide: …"); start at
+//! [The method in one page](crate::guide#one-page).
 #![warn(missing_docs)]
+
+/// The method, equation by equation, with the code and the test of each piece
+/// (`docs/method.md`, included verbatim; its code links are relative to the repository).
+#[doc = include_str!("../../../docs/method.md")]
+pub mod guide {}
 
 pub mod algorithm;
 pub mod config;

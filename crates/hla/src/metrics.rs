@@ -1,6 +1,8 @@
 //! Metrics of the method (spec 12.5): per-layer and overall sparsity, cosine similarity between
 //! W and Ŵ (Table 4's Sim), mean S, empty rows, the ternary value histogram, Δ / Δ̄ values, and a
 //! fixed-bin histogram of normalised weights (Figure 1).
+//!
+//! Guide: [Metrics](crate::guide#metrics).
 
 use crate::config::{EmptyRow, QuantileIndex, SimAverage, ThresholdScope};
 use crate::error::Result;
@@ -12,6 +14,8 @@ use ndarray::{ArrayView2, ArrayViewD};
 use serde::{Deserialize, Serialize};
 
 /// Metrics of one quantised layer.
+///
+/// Guide: [Metrics](crate::guide#metrics).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerMetrics {
     /// Layer (module) name, e.g. "layer1.0.conv1".
@@ -37,6 +41,8 @@ pub struct LayerMetrics {
 }
 
 /// Metrics of a whole model.
+///
+/// Guide: [Metrics](crate::guide#metrics).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetrics {
     /// Per-layer metrics, in the model's layer order.
@@ -53,6 +59,8 @@ pub struct ModelMetrics {
 
 /// Metrics of one layer. `w`: the full-precision weights the quantiser saw (`[n, m]`), `what`: Ŵ
 /// (`[n, m]`). Cosines are the general `w·ŵ/(‖w‖‖ŵ‖)`, which equals c_j = w_j·ŵ_j for unit rows.
+///
+/// Guide: [Metrics](crate::guide#metrics).
 pub fn layer_metrics<F: Real>(
     layer: &str,
     w: ArrayView2<'_, F>,
@@ -111,6 +119,8 @@ pub fn layer_metrics<F: Real>(
 }
 
 /// Aggregates per-layer metrics (sums in layer order).
+///
+/// Guide: [Metrics](crate::guide#metrics).
 pub fn summarize(layers: Vec<LayerMetrics>, sim_average: SimAverage) -> ModelMetrics {
     let (mut zeros, mut numel, mut rows, mut empty) = (0usize, 0usize, 0usize, 0usize);
     let (mut cos_rows, mut cos_layers, mut s) = (0.0f64, 0.0f64, 0.0f64);
@@ -140,6 +150,8 @@ pub fn summarize(layers: Vec<LayerMetrics>, sim_average: SimAverage) -> ModelMet
 /// Table 4's Sim of raw (latent) weights: normalise rows (eps_w), Ŵ = Ternary(W, T(t_pct)) under
 /// `scope`, then average cos(w_j, ŵ_j). Used for the Baseline/Hypersphere rows at t = 0.7.
 ///
+/// Guide: [Metrics](crate::guide#metrics).
+///
 /// # Errors
 /// Propagates threshold / rank errors.
 pub fn sim_at<F: Real>(
@@ -168,6 +180,8 @@ pub fn sim_at<F: Real>(
 
 /// Histogram of `values` over `bins` equal bins on [lo, hi] (values outside are clamped into the
 /// end bins): Figure 1's weight distribution of one layer.
+///
+/// Guide: [Metrics](crate::guide#metrics).
 pub fn value_histogram<'a, F: Real>(
     values: impl IntoIterator<Item = &'a F>,
     bins: usize,

@@ -11,6 +11,8 @@
 //! - metadata `method` (`hla`/`twn`/`ttq`), `input_norm` (`patch`/`none`), `eps_x`,
 //!   `no_bn_input_norm`, `arch`, `num_classes`, and `quantised_layers` (JSON list of
 //!   `[layer, weight]`).
+//!
+//! Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 
 use crate::config::{InputNorm, Method};
 use crate::error::{HlaError, Result};
@@ -34,6 +36,8 @@ fn method_name(m: Method) -> &'static str {
 
 /// Packs `model` with the quantisation of `st` in its current mode (HLA stage 2: Ternary(W, Δ̄);
 /// TWN / TTQ: their quantisers). Non-quantised state goes in f32 / i64.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 ///
 /// # Errors
 /// `State` if the method is FP or HLA is not in stage 2 / done; format errors.
@@ -135,6 +139,8 @@ struct PackedEntry {
 }
 
 /// Inference from a packed file: every quantised layer computes with the stored ternary weights.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 #[derive(Debug)]
 pub struct PackedHook {
     layers: BTreeMap<String, PackedEntry>,
@@ -153,6 +159,8 @@ fn meta<'a>(pm: &'a PackedModel, key: &str) -> Result<&'a str> {
 
 /// Loads the dense state of `pm` into `model` (by name; the quantised weights stay untouched)
 /// and returns the hook computing the quantised layers from the packed codes.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 ///
 /// # Errors
 /// `Format` for missing metadata / tensors or shape mismatches.
@@ -251,6 +259,8 @@ pub fn load_packed(model: &mut dyn Model, pm: &PackedModel) -> Result<PackedHook
 impl PackedHook {
     /// Logits of `x` in eval mode from the packed model.
     ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    ///
     /// # Errors
     /// Model errors.
     pub fn eval_logits(&mut self, model: &mut dyn Model, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
@@ -325,6 +335,8 @@ impl LayerHook for PackedHook {
 
 /// Row-wise α·√nnz of a packed layer (the invariant α_j·√nnz_j = 1 of HLA; rows with nnz = 0
 /// give 0).
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 ///
 /// # Errors
 /// `Format` for malformed codes.

@@ -4,12 +4,16 @@
 //! `mask_ij = |w_ij| > Δ` (strict: |w| = Δ → 0), `nnz_j = Σ_i mask_ij`,
 //! `α_j = 1/√nnz_j` (A10: the count of *surviving* entries, so ‖ŵ_j‖ = 1),
 //! `ŵ_ij = sign(w_ij)·mask_ij·α_j`. Empty rows follow the `empty_row` knob.
+//!
+//! Guide: [Eq. 4](crate::guide#eq-4).
 
 use crate::config::EmptyRow;
 use crate::real::{cst, Real};
 use ndarray::{Array1, Array2, ArrayView2, Zip};
 
 /// A ternarised weight matrix in its exported form: codes w̄ ∈ {−1, 0, +1} and per-row α.
+///
+/// Guide: [Eq. 4](crate::guide#eq-4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TernaryRows<F> {
     /// w̄ `[n, m]`, values in {−1, 0, 1}.
@@ -24,6 +28,8 @@ pub struct TernaryRows<F> {
 
 impl<F: Real> TernaryRows<F> {
     /// Ŵ = α_j·w̄_ij, `[n, m]` (the fake-quantised weights).
+    ///
+    /// Guide: [Eq. 4](crate::guide#eq-4).
     pub fn dequantize(&self) -> Array2<F> {
         let mut out = Array2::zeros(self.codes.dim());
         for (mut row, (codes, &a)) in out
@@ -42,11 +48,15 @@ impl<F: Real> TernaryRows<F> {
     }
 
     /// Number of zero codes.
+    ///
+    /// Guide: [Eq. 4](crate::guide#eq-4).
     pub fn zeros(&self) -> usize {
         self.codes.iter().filter(|&&c| c == 0).count()
     }
 
     /// (count of −1, count of 0, count of +1): the ternary value histogram.
+    ///
+    /// Guide: [Eq. 4](crate::guide#eq-4).
     pub fn histogram(&self) -> [usize; 3] {
         let mut h = [0usize; 3];
         for &c in self.codes.iter() {
@@ -58,6 +68,8 @@ impl<F: Real> TernaryRows<F> {
 
 /// Ternary(W, Δ) per row (Eqs. 4–5). `w`: `[n, m]` normalised rows, `delta` ≥ 0 (a negative Δ
 /// keeps every entry).
+///
+/// Guide: [Eq. 4](crate::guide#eq-4).
 pub fn ternarize_rows<F: Real>(w: ArrayView2<'_, F>, delta: F, empty: EmptyRow) -> TernaryRows<F> {
     let (n, m) = w.dim();
     let mut codes = Array2::<i8>::zeros((n, m));
@@ -106,12 +118,16 @@ pub fn ternarize_rows<F: Real>(w: ArrayView2<'_, F>, delta: F, empty: EmptyRow) 
 }
 
 /// S = 1 − W ⊙ W (Eq. 12) on the normalised weights, `[n, m]` → `[n, m]`.
+///
+/// Guide: [Eq. 12](crate::guide#eq-12).
 pub fn s_scale<F: Real>(w: ArrayView2<'_, F>) -> Array2<F> {
     w.mapv(|v| F::one() - v * v)
 }
 
 /// The straight-through weight gradient of stage 2: `G ⊙ S` (`one_minus_w2`) or `G` (`identity`).
 /// `g`, `w`: `[n, m]`.
+///
+/// Guide: [Eq. 11](crate::guide#eq-11).
 pub fn ste_grad<F: Real>(
     g: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,

@@ -11,6 +11,8 @@
 //! of how equal magnitudes are ordered; all weights equal to T are zeroed, so with ties the realised
 //! sparsity can exceed the count above (T12 states "at least"). The order statistic is found with
 //! `select_nth_unstable_by` on a copy (O(N), no full sort), which is deterministic in its result.
+//!
+//! Guide: [Eq. 8](crate::guide#eq-8).
 
 use crate::config::{QuantileIndex, ThresholdScope};
 use crate::error::{HlaError, Result};
@@ -21,6 +23,8 @@ use ndarray::ArrayViewD;
 ///
 /// `zero_based`: `min(⌊t_pct·n/100⌋, n−1)`; `kth_smallest`: `⌊t_pct·n/100⌋ − 1`, or `None` when
 /// that is negative (no value is below the threshold: T = 0).
+///
+/// Guide: [Eq. 8](crate::guide#eq-8).
 ///
 /// # Errors
 /// `Empty` if `n == 0`; `Config` if `t_pct > 100`.
@@ -45,6 +49,8 @@ pub fn quantile_position(t_pct: u32, n: usize, conv: QuantileIndex) -> Result<Op
 
 /// T(t) over the magnitudes in `mags` (consumed as scratch; order is destroyed).
 ///
+/// Guide: [Eq. 8](crate::guide#eq-8).
+///
 /// # Errors
 /// `Empty` for no values, `NonFinite` for NaN/inf.
 pub fn threshold_of_magnitudes<F: Real>(
@@ -64,6 +70,8 @@ pub fn threshold_of_magnitudes<F: Real>(
 
 /// T(t) over all elements of all `layers` (global scope, A1).
 ///
+/// Guide: [Eq. 8](crate::guide#eq-8).
+///
 /// # Errors
 /// `Empty` if the layers hold no weight; `NonFinite` for NaN/inf.
 pub fn threshold_global<F: Real>(
@@ -81,6 +89,8 @@ pub fn threshold_global<F: Real>(
 
 /// One threshold per layer under `scope`: global → the same T for every layer, per_layer → T_l
 /// from each layer's own weights.
+///
+/// Guide: [Eq. 8](crate::guide#eq-8).
 ///
 /// # Errors
 /// As [`threshold_global`]; with `per_layer`, `Empty` if any layer is empty.

@@ -5,6 +5,8 @@
 //! `x [n, 3, h, w]` → conv0 (3→4, 3×3, pad 1; not quantised) → bn0 → relu → c1 (4→6, 3×3, pad 1,
 //! stride 2; quantised, BN after) → bn1 → relu → global average pool → fc (6→3 with bias;
 //! quantised, no BN after).
+//!
+//! Guide: [Conventions](crate::guide#conventions).
 
 use hla_autograd::ops::{self, BatchNormState};
 use hla_autograd::{Conv2dParams, Param, Tape, Var};
@@ -15,6 +17,8 @@ use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 
 /// The tiny network (see the module docs).
+///
+/// Guide: [Conventions](crate::guide#conventions).
 pub struct TinyNet {
     c0: Param<f32>,
     bn0: (Param<f32>, Param<f32>, BatchNormState<f32>),
@@ -34,6 +38,8 @@ fn bn(c: usize) -> (Param<f32>, Param<f32>, BatchNormState<f32>) {
 
 impl TinyNet {
     /// Draws the weights from `seed`.
+    ///
+    /// Guide: [Conventions](crate::guide#conventions).
     pub fn new(seed: u64) -> Self {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut r = |shape: &[usize], a: f32| {

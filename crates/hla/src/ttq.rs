@@ -3,6 +3,8 @@
 //! `Δ = t·max|W|` (t = 0.05); Ŵ = +W^p on I^p (W > Δ), 0 on I^z, −W^n on I^n (W < −Δ).
 //! Gradients with G = ∂L/∂Ŵ: `∂W^p = Σ_{I^p} G`, `∂W^n = −Σ_{I^n} G` (chain rule; `literal`: +),
 //! `∂W_i = W^p·G_i` (I^p), `G_i` (I^z), `W^n·G_i` (I^n), optionally × 1/max|W| (A27).
+//!
+//! Guide: [TTQ](crate::guide#ttq).
 
 use crate::config::{TtqScaleInit, TtqWnGrad};
 use crate::real::{cst, Real};
@@ -20,11 +22,15 @@ fn region<F: Real>(v: F, delta: F) -> i8 {
 }
 
 /// max|W| over the tensor (0 for an empty tensor).
+///
+/// Guide: [TTQ](crate::guide#ttq).
 pub fn max_abs<F: Real>(w: ArrayViewD<'_, F>) -> F {
     w.iter().fold(F::zero(), |m, &v| m.max(v.abs()))
 }
 
 /// TTQ forward: (Ŵ, Δ). `wp`, `wn` are the positive and negative scales (both ≥ 0).
+///
+/// Guide: [TTQ](crate::guide#ttq).
 pub fn ttq_forward<F: Real>(w: ArrayViewD<'_, F>, wp: F, wn: F, t: F) -> (ArrayD<F>, F) {
     let delta = t * max_abs(w.view());
     let what = w.mapv(|v| match region(v, delta) {
@@ -36,6 +42,8 @@ pub fn ttq_forward<F: Real>(w: ArrayViewD<'_, F>, wp: F, wn: F, t: F) -> (ArrayD
 }
 
 /// Gradients of TTQ: (∂L/∂W, ∂L/∂W^p, ∂L/∂W^n) given `g` = ∂L/∂Ŵ (same shape as `w`).
+///
+/// Guide: [TTQ](crate::guide#ttq).
 pub fn ttq_backward<F: Real>(
     w: ArrayViewD<'_, F>,
     g: ArrayViewD<'_, F>,
@@ -79,6 +87,8 @@ pub fn ttq_backward<F: Real>(
 
 /// Initial (W^p, W^n) under `ttq_scale_init` (A27): 1, or mean|W|/max|W| over I^p and I^n
 /// (falling back to 1 for an empty region).
+///
+/// Guide: [TTQ](crate::guide#ttq).
 pub fn ttq_init_scales<F: Real>(w: ArrayViewD<'_, F>, t: F, init: TtqScaleInit) -> (F, F) {
     match init {
         TtqScaleInit::One => (F::one(), F::one()),

@@ -3,11 +3,15 @@
 //! `Δ = f·mean|W|` (f = 0.7), `I_Δ = {i : |W_i| > Δ}`, `α = mean_{I_Δ} |W_i|`,
 //! `Ŵ_i = α·sign(W_i)` on I_Δ else 0; backward is the identity STE (Δ, α are statistics).
 //! Guard: |I_Δ| = 0 → Ŵ = 0, α = 0.
+//!
+//! Guide: [TWN](crate::guide#twn).
 
 use crate::real::{cst, Real};
 use ndarray::{ArrayD, ArrayViewD};
 
 /// Result of TWN's forward on one tensor.
+///
+/// Guide: [TWN](crate::guide#twn).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TwnQuant<F> {
     /// Δ = f·mean|W|.
@@ -21,6 +25,8 @@ pub struct TwnQuant<F> {
 }
 
 /// TWN forward with threshold factor `factor` (0.7 by default). Sums run in index order.
+///
+/// Guide: [TWN](crate::guide#twn).
 pub fn twn_quantize<F: Real>(w: ArrayViewD<'_, F>, factor: F) -> TwnQuant<F> {
     let n = w.len();
     let mut s = F::zero();

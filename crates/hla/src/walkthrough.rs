@@ -5,6 +5,8 @@
 //! [`threshold_global`], [`ternarize_rows`], [`ld_layer`], [`ld_grad_latent`], [`ste_grad`],
 //! [`delta_bar_grad`], [`sgd_step_clamped`]), in f64, so the walkthrough of the spec's
 //! hand-worked layer (T1–T8) prints exactly the numbers its tests pin.
+//!
+//! Guide: [The method in one page](crate::guide#one-page).
 
 use crate::config::{HlaConfig, SteScale};
 use crate::delta_grad::{delta_bar_grad, sgd_step_clamped, DeltaGradKnobs};
@@ -16,6 +18,8 @@ use ndarray::{Array1, Array2, ArrayView2};
 use std::fmt::Write;
 
 /// Every intermediate value of one stage-1 step and one stage-2 step on one layer.
+///
+/// Guide: [The method in one page](crate::guide#one-page).
 #[derive(Debug, Clone)]
 pub struct Walkthrough {
     /// Latent weights V, one row per output unit `[n, m]`.
@@ -66,6 +70,8 @@ impl Walkthrough {
     /// Walks one layer: `v` `[n, m]` latent rows, stage-1 sparsity `t_pct`, upstream gradient
     /// `g` `[n, m]` (described by `g_source`), Δ̄ before the stage-2 step and its learning rate.
     /// The quantile index, empty-row rule, eps_w and the A14 knobs come from `cfg`.
+    ///
+    /// Guide: [The method in one page](crate::guide#one-page).
     ///
     /// # Errors
     /// `ShapeMismatch` when `g` and `v` differ; `Empty` / `NonFinite` from the threshold.
@@ -127,6 +133,8 @@ impl Walkthrough {
     /// T8: G = [[0.1, −0.2, 0.3, −0.4], [0.5, −0.6, 0.7, −0.8]], Δ̄ = 0.3, lr = 0.1), with
     /// eps_w = 0 as the hand computation assumes: every number can be checked on paper.
     ///
+    /// Guide: [The method in one page](crate::guide#one-page).
+    ///
     /// # Errors
     /// None in practice (fixed finite input); the signature is [`Walkthrough::compute`]'s.
     pub fn spec_example() -> Result<Self> {
@@ -148,6 +156,8 @@ impl Walkthrough {
     }
 
     /// The slide: each step with its equation, showing at most `rows` × `cols` of each matrix.
+    ///
+    /// Guide: [The method in one page](crate::guide#one-page).
     pub fn slide(&self, rows: usize, cols: usize) -> String {
         let (n, m) = self.w.dim();
         let mut s = String::new();
@@ -263,6 +273,8 @@ impl Walkthrough {
 /// `w_j ← (w_j − lr·∂L_d/∂w_j) / ‖·‖` pull every row toward its ternary. Returns the unit rows
 /// at the start and after each sub-stage, labelled. (In training, CE acts too; this shows
 /// what the regulariser itself does to the distribution: three clusters, at 0 and ±α.)
+///
+/// Guide: [The method in one page](crate::guide#one-page).
 ///
 /// # Errors
 /// As [`threshold_global`].

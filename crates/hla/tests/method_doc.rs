@@ -15,6 +15,9 @@
 //!   and each one (its text up to the next heading) holds at least one code link to a `#[test]`
 //!   function, i.e. names the test that pins it.
 //!
+//! - Every public item of `crates/hla` (and every module, through its `//!` docs) links to a
+//!   section of the guide, `[..](crate::guide#anchor)`, whose `<a id="anchor">` exists.
+//!
 //! All failures are collected and printed together. Run:
 //! `cargo test --release -p hla-core --test method_doc`.
 
@@ -404,5 +407,95 @@ fn checker_rejects_missing_definitions_files_and_fields() {
     assert_eq!(
         (l[0].text.as_str(), l[0].target.as_str()),
         ("`s_scale`", "../a.rs")
+    );
+}
+
+/// The anchors `<a id="…">` of docs/method.md.
+fn anchors(text: &str) -> Vec<String> {
+    text.split("<a id=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next().map(str::to_string))
+        .collect()
+}
+
+/// The guide anchors a doc block links to (`](crate::guide#anchor)`).
+fn guide_links(block: &[&str]) -> Vec<String> {
+    block
+        .iter()
+        .flat_map(|l| l.split("](crate::guide#").skip(1))
+        .filter_map(|s| s.split(')').next().map(str::to_string))
+        .collect()
+}
+
+/// Every public item of crates/hla (fn, struct, enum, trait, const, type, static, and every
+/// module through its `//!` docs) links to an existing section of the guide.
+#[test]
+fn every_public_item_links_to_its_guide_section() {
+    let (text, _) = doc();
+    let known = anchors(&text);
+    let mut problems = Vec::new();
+    let mut files = vec![root().join("crates/hla/src")];
+    let mut checked = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if p.extension().is_none_or(|e| e != "rs") || p.ends_with("testutil.rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = src.lines().collect();
+        let name = p.strip_prefix(root()).unwrap().display().to_string();
+        let module_doc: Vec<&str> = lines
+            .iter()
+            .take_while(|l| l.starts_with("//!"))
+            .copied()
+            .collect();
+        let mut check = |what: String, block: &[&str]| {
+            let links = guide_links(block);
+            if links.is_empty() {
+                problems.push(format!("{what}: no `Guide: [..](crate::guide#..)` link"));
+            }
+            for a in links.iter().filter(|a| !known.contains(a)) {
+                problems.push(format!("{what}: guide anchor `{a}` does not exist"));
+            }
+        };
+        check(format!("{name} (module docs)"), &module_doc);
+        checked += 1;
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let rest = t
+                .strip_prefix("pub ")
+                .map(|r| r.strip_prefix("const fn ").map_or(r, |x| x));
+            let Some(rest) = rest else { continue };
+            let kinds = [
+                "fn ", "struct ", "enum ", "trait ", "const ", "type ", "static ",
+            ];
+            if !kinds.iter().any(|k| rest.starts_with(k)) && !t.starts_with("pub const fn ") {
+                continue;
+            }
+            // The doc block above the item, past its attributes.
+            let mut j = i;
+            while j > 0 && lines[j - 1].trim_start().starts_with("#[") {
+                j -= 1;
+            }
+            let mut k = j;
+            while k > 0 && lines[k - 1].trim_start().starts_with("///") {
+                k -= 1;
+            }
+            check(
+                format!("{name}:{} `{}`", i + 1, t.trim_end_matches('{').trim()),
+                &lines[k..j],
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 150, "only {checked} items found");
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
     );
 }

@@ -1,5 +1,7 @@
 //! Serialisable method state for checkpoints (Algorithm 1, Δ̄, TTQ scales, gains and their
 //! momentum buffers), and its snapshot / restore on a [`MethodState`].
+//!
+//! Guide: [Algorithm 1](crate::guide#alg1).
 
 use super::hook::first;
 use super::MethodState;
@@ -11,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Serialisable method state for checkpoints: Algorithm 1 plus the method-owned parameters and
 /// their optimiser buffers.
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MethodCheckpoint {
     /// Algorithm 1's state.
@@ -24,6 +28,8 @@ pub struct MethodCheckpoint {
 }
 
 /// One layer of a [`MethodCheckpoint`].
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerCheckpoint {
     /// Layer name.
@@ -42,6 +48,8 @@ pub struct LayerCheckpoint {
 
 impl MethodState {
     /// Serialisable snapshot (take it between epochs).
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn checkpoint(&self) -> MethodCheckpoint {
         let bufs = |s: &Sgd<f32>| -> Vec<Option<Vec<f32>>> {
             s.state()
@@ -70,6 +78,8 @@ impl MethodState {
     }
 
     /// Restores a snapshot taken by [`checkpoint`](Self::checkpoint) on the same model layout.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     ///
     /// # Errors
     /// `State` if the layers differ.

@@ -1,5 +1,7 @@
 //! The method's [`LayerHook`]: how every quantisable layer is computed in each mode (FP,
 //! hyperspherical stage 1, ternary stage 2, TWN, TTQ), and the L_d terms it records on the way.
+//!
+//! Guide: [Alg. 1 line 6](crate::guide#alg1-line-6).
 
 use crate::config::{HlaConfig, InputNorm, NormMode};
 use crate::ops::{
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How the hook computes quantisable layers right now.
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookMode {
@@ -32,6 +36,8 @@ pub enum HookMode {
 }
 
 /// Method state of one quantised layer.
+///
+/// Guide: [Alg. 1 line 6](crate::guide#alg1-line-6).
 #[derive(Debug)]
 pub struct LayerState {
     /// The model's description of the layer.
@@ -49,6 +55,8 @@ pub struct LayerState {
 }
 
 /// The [`LayerHook`] of the method.
+///
+/// Guide: [Alg. 1 line 6](crate::guide#alg1-line-6).
 #[derive(Debug)]
 pub struct HlaHook {
     pub(super) cfg: HlaConfig,
@@ -79,11 +87,15 @@ pub(super) fn first(p: &Param<f32>) -> f64 {
 
 impl HlaHook {
     /// Current mode.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn mode(&self) -> HookMode {
         self.mode
     }
 
     /// Sets the mode and the L_d weight λ (0 disables L_d).
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn set_mode(&mut self, mode: HookMode, lambda: f64) {
         self.mode = mode;
         self.lambda = lambda;
@@ -177,6 +189,8 @@ impl HlaHook {
 
     /// Takes the L_d terms recorded since the last call and returns λ·reduce(L_d) (A7, A8).
     ///
+    /// Guide: [Alg. 1 line 8](crate::guide#alg1-line-8).
+    ///
     /// # Errors
     /// Tape errors.
     pub fn take_ld(&mut self, tape: &mut Tape<f32>) -> hla_autograd::Result<Option<Var>> {
@@ -185,6 +199,8 @@ impl HlaHook {
     }
 
     /// Drops recorded L_d terms (e.g. after an evaluation forward).
+    ///
+    /// Guide: [Alg. 1 line 8](crate::guide#alg1-line-8).
     pub fn clear_ld(&mut self) {
         self.ld_terms.clear();
     }
@@ -255,6 +271,8 @@ impl LayerHook for HlaHook {
 }
 
 /// One quantised layer as the current mode sees it.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedLayer {
     /// Full-precision rows the quantiser saw, `[n, m]` (normalised for HLA, latent for TWN/TTQ).

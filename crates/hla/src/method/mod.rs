@@ -16,6 +16,8 @@
 //!         /* evaluate */ st.end_segment(); // checkpoint st.checkpoint() at any step
 //!     }
 //! ```
+//!
+//! Guide: [Algorithm 1](crate::guide#alg1).
 
 pub mod checkpoint;
 pub mod hook;

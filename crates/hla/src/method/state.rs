@@ -2,6 +2,8 @@
 //! machine driven epoch by epoch, the Δ̄ / TTQ-scale / gain optimisers — and the per-step work
 //! around the generic training step (per-step Δ refresh, the method's parameter update and
 //! clamp, row re-projection), plus metrics of the current quantisation.
+//!
+//! Guide: [Algorithm 1](crate::guide#alg1).
 
 use super::hook::{first, scalar_param, HlaHook, HookMode, LayerState, QuantizedLayer};
 use crate::algorithm::{Algorithm1, Phase, SegmentPlan};
@@ -22,6 +24,8 @@ use ndarray::{Array2, ArrayD};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything the method adds to a model: hook, Algorithm 1, Δ̄ / TTQ / gain optimisers.
+///
+/// Guide: [Algorithm 1](crate::guide#alg1).
 #[derive(Debug)]
 pub struct MethodState {
     /// The configuration (validated).
@@ -49,6 +53,8 @@ fn param_by_name<'a>(model: &'a dyn Model, name: &str) -> Result<&'a Param<f32>>
 impl MethodState {
     /// Sets up the method for `model`: the quantised layers are `model.quantisable()` minus
     /// `skip_layers` (A23); TTQ scales and A18 gains are initialised from the current weights.
+    ///
+    /// Guide: [Alg. 1 line 0](crate::guide#alg1-line-0).
     ///
     /// # Errors
     /// `Config` for an invalid configuration; `UnknownLayer` if a weight name is missing.
@@ -136,6 +142,8 @@ impl MethodState {
     }
 
     /// The hook mode of the current phase.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn phase_mode(&self) -> HookMode {
         match (self.cfg.method, self.algo.phase) {
             (Method::Fp, _) => HookMode::Fp,
@@ -152,6 +160,8 @@ impl MethodState {
     }
 
     /// The normalised weights `[n, m]` of every quantised layer (the quantiser's input for HLA).
+    ///
+    /// Guide: [Eq. 3](crate::guide#eq-3).
     ///
     /// # Errors
     /// `UnknownLayer` if a weight is missing from the model.
@@ -172,6 +182,8 @@ impl MethodState {
     }
 
     /// T(pct) over the quantised layers' normalised weights under the configured scope.
+    ///
+    /// Guide: [Eq. 8](crate::guide#eq-8).
     ///
     /// # Errors
     /// Threshold errors (empty / non-finite weights).
@@ -194,6 +206,8 @@ impl MethodState {
     /// segment's thresholds exist): sets the hook mode and λ, computes Δ = T(t) at the start of a
     /// stage-1 sub-stage and Δ̄ = T(stage2_init_pct) at the start of stage 2 (global scope by
     /// default: one value for every layer), and re-applies stored thresholds after a resume.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     ///
     /// # Errors
     /// Threshold errors; `State` if the run is done.
@@ -229,6 +243,8 @@ impl MethodState {
 
     /// Replaces Algorithm 1's state (e.g. by [`Algorithm1::at_stage2`]) and sets the hook's
     /// mode for it.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn set_algo(&mut self, algo: Algorithm1) {
         self.algo = algo;
         if !self.algo.is_done() {
@@ -241,6 +257,8 @@ impl MethodState {
     /// quantised layer's latent weights by its max|W| (A27; a layer of zeros is left as is);
     /// with HLA's `norm_mode = project`, the projection of every quantised row onto the unit
     /// sphere (A17).
+    ///
+    /// Guide: [Alg. 1 line 0](crate::guide#alg1-line-0).
     ///
     /// # Errors
     /// `UnknownLayer` for a missing weight.
@@ -280,6 +298,8 @@ impl MethodState {
     /// Per-step work before the forward: with `stage1_delta_refresh = per_step`, Δ = T(t) from
     /// the current weights.
     ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
+    ///
     /// # Errors
     /// Threshold errors.
     pub fn before_step(&mut self, model: &dyn Model) -> Result<()> {
@@ -298,6 +318,8 @@ impl MethodState {
     }
 
     /// The hook to pass to `Model::forward` (`None` for full precision).
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn hook_mut(&mut self) -> Option<&mut dyn LayerHook> {
         match self.hook.mode {
             HookMode::Fp => None,
@@ -306,6 +328,8 @@ impl MethodState {
     }
 
     /// λ·L_d recorded by the last training forward (drains the hook's terms).
+    ///
+    /// Guide: [Alg. 1 line 8](crate::guide#alg1-line-8).
     ///
     /// # Errors
     /// Tape errors.
@@ -319,6 +343,8 @@ impl MethodState {
     /// counted from the phase's first step, with restarts on whole steps (see
     /// [`EpochSgdr`]).
     ///
+    /// Guide: [Alg. 1 line 0](crate::guide#alg1-line-0).
+    ///
     /// # Errors
     /// `State` before the steps per epoch are known.
     pub fn lr(&self) -> Result<f64> {
@@ -326,6 +352,8 @@ impl MethodState {
     }
 
     /// Learning rate of step `step` of the run under the current phase's schedule.
+    ///
+    /// Guide: [Alg. 1 line 0](crate::guide#alg1-line-0).
     ///
     /// # Errors
     /// `State` before the steps per epoch are known.
@@ -357,6 +385,8 @@ impl MethodState {
     /// Updates the method-owned parameters from `grads` (Δ̄ in stage 2 with its own momentum,
     /// lr × delta_lr_mult and no decay; TTQ scales and gains with the model's momentum, no
     /// decay), then clamps Δ̄, W^p, W^n ≥ 0.
+    ///
+    /// Guide: [Alg. 1 line 20](crate::guide#alg1-line-20).
     ///
     /// # Errors
     /// Optimiser errors.
@@ -428,6 +458,8 @@ impl MethodState {
     /// `delta_lr_mult`; TTQ scales and gains: no decay. (With a shared optimiser Δ̄ uses that
     /// optimiser's momentum, not `delta_momentum`.) Call [`clamp_extras`](Self::clamp_extras) after
     /// the step.
+    ///
+    /// Guide: [Alg. 1 line 20](crate::guide#alg1-line-20).
     pub fn extra_params_mut(&mut self) -> Vec<(&mut Param<f32>, ParamGroup)> {
         let dgroup = ParamGroup {
             weight_decay: self.cfg.delta_wd,
@@ -446,6 +478,8 @@ impl MethodState {
     }
 
     /// Clamps Δ̄, W^p and W^n at 0 (spec 8.5 and 11.2).
+    ///
+    /// Guide: [Alg. 1 line 20](crate::guide#alg1-line-20).
     pub fn clamp_extras(&mut self) {
         for l in self.hook.layers.iter_mut() {
             for p in [&mut l.delta_bar, &mut l.ttq_wp, &mut l.ttq_wn] {
@@ -458,6 +492,8 @@ impl MethodState {
 
     /// After the optimiser step: re-projects latent rows onto the sphere (`norm_mode = project`)
     /// and counts the step.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     ///
     /// # Errors
     /// `UnknownLayer` for a missing weight.
@@ -492,6 +528,8 @@ impl MethodState {
     /// Ends the current segment once its steps are done: stores the current Δ̄ in Algorithm 1's
     /// state and moves it to the next segment (see [`Algorithm1::end_segment`]). Returns
     /// whether a segment ended.
+    ///
+    /// Guide: [Algorithm 1](crate::guide#alg1).
     pub fn end_segment(&mut self) -> bool {
         if !self.algo.segment_complete() {
             return false;
@@ -507,6 +545,8 @@ impl MethodState {
     }
 
     /// Current Δ̄ per layer.
+    ///
+    /// Guide: [Alg. 1 line 12](crate::guide#alg1-line-12).
     pub fn delta_bars(&self) -> Vec<f64> {
         self.hook
             .layers
@@ -518,6 +558,8 @@ impl MethodState {
     /// The quantised weights `[n, m]` the current mode would use (HLA stage 1: Ternary(W, Δ);
     /// stage 2: Ternary(W, Δ̄); TWN / TTQ: their quantisers on the latent weights), each with the
     /// full-precision rows it came from and its threshold.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
     /// # Errors
     /// `UnknownLayer` for a missing weight.
@@ -575,6 +617,8 @@ impl MethodState {
 
     /// Per-layer and overall metrics of the current quantisation (empty for FP).
     ///
+    /// Guide: [Metrics](crate::guide#metrics).
+    ///
     /// # Errors
     /// `UnknownLayer` for a missing weight.
     pub fn metrics(&self, model: &dyn Model) -> Result<ModelMetrics> {
@@ -593,6 +637,8 @@ impl MethodState {
     /// rows normalised, Ŵ = Ternary(W, T(t_pct)) with the configured scope, mean cosine averaged
     /// per `sim_average`. Independent of the run's phase (also for the FP baseline).
     ///
+    /// Guide: [Metrics](crate::guide#metrics).
+    ///
     /// # Errors
     /// Threshold errors; `UnknownLayer` for a missing weight.
     pub fn sim_at(&self, model: &dyn Model, t_pct: u32) -> Result<f64> {
@@ -602,6 +648,8 @@ impl MethodState {
     /// Table 4's Sim at `t_pct` of the quantised layers' rows as they are (`normalized =
     /// false`: the threshold T(t) ranks raw |w|, so rows of large norm keep more entries) or
     /// normalised to unit length first (`true`, the hyperspherical view, as [`sim_at`](Self::sim_at)).
+    ///
+    /// Guide: [Metrics](crate::guide#metrics).
     ///
     /// # Errors
     /// Threshold errors; `UnknownLayer` for a missing weight.

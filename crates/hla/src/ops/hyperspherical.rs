@@ -6,12 +6,16 @@
 //! `y = conv2d(x, W) / xnorm` where output channel c uses xnorm channel ⌊c / (c_out/g)⌋.
 //! For a linear layer `xnorm = sqrt(Σ_i x_i² + eps_x)` per sample. Everything is built from tape
 //! ops, so the gradient flows through xnorm too (quotient rule) and is gradient-checked below.
+//!
+//! Guide: [Eq. 3](crate::guide#eq-3).
 
 use crate::real::cst;
 use hla_autograd::{ops, AutogradError, Conv2dParams, Float, Result, Tape, Var};
 use ndarray::ArrayD;
 
 /// `sqrt(conv2d(x², ONES) + eps_x)`: patch norms.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 ///
 /// # Shapes
 /// `x`: `[n, c_in, h, w]`, kernel `(k_h, k_w)` → `[n, groups, h_out, w_out]`.
@@ -49,6 +53,8 @@ pub fn patch_norm<F: Float>(
 /// Divides a conv output `y` `[n, c_out, h_out, w_out]` by patch norms `xn` `[n, g, h_out, w_out]`
 /// group-wise (output channel c ↔ xnorm channel ⌊c/(c_out/g)⌋).
 ///
+/// Guide: [Eq. 3](crate::guide#eq-3).
+///
 /// # Errors
 /// `BadShape` if `g ∤ c_out`.
 pub fn divide_by_patch_norm<F: Float>(tape: &mut Tape<F>, y: Var, xn: Var) -> Result<Var> {
@@ -75,6 +81,8 @@ pub fn divide_by_patch_norm<F: Float>(tape: &mut Tape<F>, y: Var, xn: Var) -> Re
 /// Hyperspherical conv: `conv2d(x, w) / sqrt(conv2d(x², ONES) + eps_x)`; `w` is already the
 /// normalised (stage 1) or ternary (stage 2) weight.
 ///
+/// Guide: [Eq. 3](crate::guide#eq-3).
+///
 /// # Shapes
 /// `x`: `[n, c_in, h, w]`, `w`: `[c_out, c_in/groups, k_h, k_w]` → `[n, c_out, h_out, w_out]`.
 /// # Errors
@@ -100,6 +108,8 @@ pub fn normalized_conv2d<F: Float>(
 }
 
 /// Hyperspherical linear: `(x·wᵀ) / sqrt(Σ_i x_i² + eps_x) + b`.
+///
+/// Guide: [Eq. 3](crate::guide#eq-3).
 ///
 /// # Shapes
 /// `x`: `[n, in]`, `w`: `[out, in]`, `b`: `[out]` → `[n, out]`.

@@ -1,12 +1,16 @@
 //! L_d (Eq. 7) composed from plain tape ops, so its gradient comes from the tape:
 //! `c = Σ_i (w ⊙ ŵ)_{·,i}` per row, `L_d^l = mean_j (c_j − 1)²`. Pass Ŵ detached (A9 default) —
 //! then ∂L_d/∂W = (2/n)(c_j − 1)ŵ_j, checked against [`crate::ld::ld_layer`] in the tests.
+//!
+//! Guide: [Eq. 7](crate::guide#eq-7).
 
 use crate::config::LdReduce;
 use crate::real::cst;
 use hla_autograd::{ops, AutogradError, Float, Result, Tape, Var};
 
 /// L_d^l of one layer as a scalar `[]` Var. `w`, `what`: `[n, …]` of the same shape.
+///
+/// Guide: [Eq. 7](crate::guide#eq-7).
 ///
 /// # Errors
 /// `ShapeMismatch` if the shapes differ; `BadShape` for rank < 2.
@@ -30,6 +34,8 @@ pub fn ld_term<F: Float>(tape: &mut Tape<F>, w: Var, what: Var) -> Result<Var> {
 }
 
 /// λ·reduce(terms) under `ld_reduce` (A8); `None` for no terms.
+///
+/// Guide: [Eq. 7](crate::guide#eq-7).
 ///
 /// # Errors
 /// Propagates tape errors.

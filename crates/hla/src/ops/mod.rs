@@ -1,6 +1,8 @@
 //! The method as autograd ops: custom-gradient quantisers (ternary STE with S and Δ̄, TWN, TTQ)
 //! and L_d composed from plain tape ops, so the tape delivers every gradient (Δ̄ and the TTQ scales
 //! are op inputs, hence their gradients come back through `Gradients` like any parameter's).
+//!
+//! Guide: [The method in one page](crate::guide#one-page).
 
 pub mod hyperspherical;
 pub mod ld_tape;

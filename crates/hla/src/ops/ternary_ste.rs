@@ -6,6 +6,8 @@
 //! as `tape.constant` to get no gradient (stage 1 with `ld_ste`, or a fixed threshold).
 //! Only the gradient arriving at this op's output counts for Δ̄ ("task-loss path only", A14(d)):
 //! L_d uses a detached copy of Ŵ and so never reaches this op.
+//!
+//! Guide: [Eq. 11](crate::guide#eq-11).
 
 use super::custom_err;
 use crate::config::{EmptyRow, HlaConfig, SteScale};
@@ -19,6 +21,8 @@ use std::sync::Arc;
 const OP: &str = "ternary_ste";
 
 /// The ternary STE as a [`CustomOp`]; its fields are the knobs it depends on.
+///
+/// Guide: [Eq. 11](crate::guide#eq-11).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TernarySte {
     /// A10.
@@ -31,6 +35,8 @@ pub struct TernarySte {
 
 impl TernarySte {
     /// The op configured from `cfg`.
+    ///
+    /// Guide: [Eq. 11](crate::guide#eq-11).
     pub fn from_config(cfg: &HlaConfig) -> Self {
         Self {
             empty_row: cfg.empty_row,
@@ -95,6 +101,8 @@ impl<F: Float> CustomOp<F> for TernarySte {
 
 /// Records Ŵ = Ternary(w, Δ̄) with the STE backward. `w`: normalised weights `[n, …]`,
 /// `delta`: one-element Δ̄ → `[n, …]`.
+///
+/// Guide: [Eq. 11](crate::guide#eq-11).
 ///
 /// # Errors
 /// `BadShape` if `delta` is not one element or `w` has rank < 2.

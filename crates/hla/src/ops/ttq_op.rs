@@ -1,5 +1,7 @@
 //! TTQ as a [`CustomOp`] (spec 11.2): inputs `[w, w_p, w_n]` (scales one element each), forward
 //! Ŵ ∈ {+W^p, 0, −W^n}, backward the scaled latent gradient and the two scale gradients.
+//!
+//! Guide: [TTQ](crate::guide#ttq).
 
 use crate::config::TtqWnGrad;
 use crate::real::cst;
@@ -11,6 +13,8 @@ use std::sync::Arc;
 const OP: &str = "ttq";
 
 /// TTQ quantiser and its A27 knobs.
+///
+/// Guide: [TTQ](crate::guide#ttq).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TtqOp {
     /// t in Δ = t·max|W| (0.05).
@@ -65,6 +69,8 @@ impl<F: Float> CustomOp<F> for TtqOp {
 }
 
 /// Records Ŵ = TTQ(w; W^p, W^n). `w` any shape; `wp`, `wn` one element each.
+///
+/// Guide: [TTQ](crate::guide#ttq).
 ///
 /// # Errors
 /// `BadShape` for scales that are not one element.

@@ -1,4 +1,6 @@
 //! TWN as a [`CustomOp`]: forward Ŵ = TWN(W) per tensor (spec 11.1), backward the identity STE.
+//!
+//! Guide: [TWN](crate::guide#twn).
 
 use crate::real::cst;
 use crate::twn::twn_quantize;
@@ -7,6 +9,8 @@ use ndarray::ArrayD;
 use std::sync::Arc;
 
 /// TWN quantiser with threshold factor (0.7 by default).
+///
+/// Guide: [TWN](crate::guide#twn).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TwnOp {
     /// f in Δ = f·mean|W|.
@@ -32,6 +36,8 @@ impl<F: Float> CustomOp<F> for TwnOp {
 }
 
 /// Records Ŵ = TWN(w) (any shape → same shape).
+///
+/// Guide: [TWN](crate::guide#twn).
 ///
 /// # Errors
 /// `UnknownVar` if `w` is not on the tape.
