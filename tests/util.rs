@@ -68,7 +68,8 @@ pub fn shipped_cifar() -> Option<PathBuf> {
     if p.join("test_batch.bin").exists() {
         Some(p)
     } else {
-        eprintln!("skipped: {} is absent", p.display());
+        use std::io::Write;
+        writeln!(std::io::stderr(), "skipped: {} is absent", p.display()).ok();
         None
     }
 }

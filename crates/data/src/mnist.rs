@@ -51,10 +51,12 @@ pub fn parse_idx_images(b: &[u8], path: &Path) -> Result<(usize, usize, usize, V
         be32(b, 8) as usize,
         be32(b, 12) as usize,
     );
-    if b.len() != 16 + n * r * c {
+    // Checked: the three u32 header fields can multiply past u64 and wrap to the file size.
+    let pixels = n.checked_mul(r).and_then(|x| x.checked_mul(c));
+    if pixels != Some(b.len() - 16) {
         return Err(bad(format!(
             "header says {n}×{r}×{c} = {} bytes of pixels, file has {}",
-            n * r * c,
+            pixels.map_or("more than can be addressed".to_string(), |p| p.to_string()),
             b.len() - 16
         )));
     }

@@ -275,6 +275,14 @@ fn mnist_reads_raw_and_gz_and_rejects_bad_headers() {
         matches!(e, DataError::BadIdx { .. }) && e.to_string().contains("t10k-images"),
         "{e}"
     );
+    // A header whose pixel count wraps around u64 to the file's (here 0) is an error, not a
+    // panic: 2^31 · 2^31 · 4 = 2^64.
+    let mut crafted = vec![0, 0, 8, 3];
+    for v in [1u32 << 31, 1 << 31, 4] {
+        crafted.extend(v.to_be_bytes());
+    }
+    let e = crate::mnist::parse_idx_images(&crafted, Path::new("crafted-idx3")).unwrap_err();
+    assert!(e.to_string().contains("more than can be addressed"), "{e}");
     // Wrong magic (a label file where images are expected).
     std::fs::write(d.join("t10k-images-idx3-ubyte"), idx_labels(&[1, 2])).unwrap();
     assert!(matches!(Mnist::load(&d), Err(DataError::BadIdx { .. })));
@@ -478,7 +486,7 @@ fn bad_folder(root: &Path) -> usize {
     std::fs::write(root.join("bad/empty.jpg"), b"").unwrap();
     std::fs::write(root.join("bad/text.jpg"), b"this is not an image\n").unwrap();
     let mut failing = 3;
-    if let Some(d) = crate::shared_data_dir() {
+    if let Some(d) = shared_or_skip("the ../shared bad-images in the error-policy tests") {
         for r in read_expected(&d) {
             std::fs::copy(
                 d.join("bad-images").join(&r[0]),

@@ -2,11 +2,22 @@
 
 use std::path::PathBuf;
 
-/// The shared reference data, or `None` after printing why the calling test skips.
+/// The shared reference data, or `None` after saying on the real stderr (libtest does not
+/// capture it) why the calling test skips. Under `HLA_REQUIRE_SHARED` (set by `.ci/run`) a
+/// missing `../shared/data` fails the test instead.
 pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
     let d = crate::shared_data_dir();
     if d.is_none() {
-        eprintln!("skipped {what}: ../shared/data is absent");
+        assert!(
+            std::env::var_os("HLA_REQUIRE_SHARED").is_none(),
+            "HLA_REQUIRE_SHARED is set and ../shared/data is absent ({what})"
+        );
+        use std::io::Write;
+        writeln!(
+            std::io::stderr(),
+            "skipped {what}: ../shared/data is absent"
+        )
+        .ok();
     }
     d
 }

@@ -23,6 +23,15 @@ pub enum HlaError {
         /// Second shape.
         rhs: Vec<usize>,
     },
+    /// Occurs when a shape's element count does not fit in `usize` (a crafted or corrupt file:
+    /// an unchecked product would wrap around and pass later length checks).
+    #[error("{op}: shape {shape:?} has more elements than can be addressed")]
+    ShapeOverflow {
+        /// Name of the op.
+        op: &'static str,
+        /// The shape.
+        shape: Vec<usize>,
+    },
     /// Occurs when `op` needs a tensor of a given rank (e.g. a weight matrix with rows).
     #[error("{op}: expected a tensor of rank >= {min_rank}, got shape {shape:?}")]
     BadRank {

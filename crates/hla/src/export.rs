@@ -193,11 +193,12 @@ impl PackedLayer {
         })
     }
 
-    /// Number of weights.
+    /// Number of weights (saturating at `usize::MAX` for a shape too large to exist, which no
+    /// code buffer can then satisfy; [`PackedModel::from_bytes`] rejects such shapes).
     ///
     /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// Bytes of the packed form (codes + scales).
@@ -424,6 +425,16 @@ impl PackedModel {
                     .map(|s| s.trim().parse::<usize>())
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| fmt(format!("shape.{w} = {shape_s:?}: {e}")))?;
+                let (n, m) = rows_shape("read packed layer", &shape)
+                    .map_err(|e| fmt(format!("{name}: shape.{w} = {shape_s:?}: {e}")))?;
+                let numel = n * m; // checked by rows_shape
+                if tv.data().len() != numel.div_ceil(4) {
+                    return Err(fmt(format!(
+                        "{name}: {} code bytes for shape {shape:?} ({numel} weights need {})",
+                        tv.data().len(),
+                        numel.div_ceil(4)
+                    )));
+                }
                 let alpha_name = format!("{w}.ternary_alpha");
                 let at = st.tensor(&alpha_name).map_err(st_err)?;
                 let alpha = f32s(&at, &alpha_name)?;
@@ -477,7 +488,8 @@ impl PackedModel {
         Ok(out)
     }
 
-    /// Writes the file atomically (temp file + rename).
+    /// Writes the file atomically ([`hla_models::io::atomic_write`]: unique temp file, fsync,
+    /// rename): a killed export never leaves a torn file under `path`.
     ///
     /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     ///
@@ -485,13 +497,10 @@ impl PackedModel {
     /// `Io` / `Safetensors`.
     pub fn write(&self, path: &std::path::Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        let tmp = path.with_extension("safetensors.tmp");
-        let io = |source| HlaError::Io {
-            path: path.display().to_string(),
+        hla_models::io::atomic_write(path, &bytes).map_err(|(p, source)| HlaError::Io {
+            path: p.display().to_string(),
             source,
-        };
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        })
     }
 
     /// Reads a file written by [`PackedModel::write`].
@@ -517,6 +526,47 @@ mod tests {
     use crate::testutil::t1_w;
     use ndarray::Array2;
     use rand::{Rng, SeedableRng};
+
+    /// A crafted `shape.<w>` whose element count wraps around usize to the true count (2·4)
+    /// used to pass every length check and panic in `dequantize`; now it is a clean error, as
+    /// is a shape whose count disagrees with the code bytes.
+    #[test]
+    fn crafted_wrapping_shape_is_rejected_not_a_panic() {
+        let w: Array2<f32> = t1_w().into_dimensionality().unwrap();
+        let t = ternarize_rows(w.view(), 4.0 / 11.0, EmptyRow::Zero);
+        let good = PackedLayer::from_ternary("l.weight", &[2, 4], &t).unwrap();
+        let (a, b) = ((1usize << 32) + 1, (1usize << 32) - 1); // a·b ≡ −1 (mod 2^64)
+        let wrapping = vec![2, a, b, a, b, 4];
+        assert_eq!(wrapping.iter().fold(1usize, |x, &d| x.wrapping_mul(d)), 8);
+        for (shape, needle) in [
+            (wrapping, "more elements than can be addressed"),
+            (vec![2, 8], "2 code bytes for shape [2, 8]"),
+            (vec![2, 0], "code bytes"),
+        ] {
+            let mut pm = PackedModel::default();
+            pm.layers.push(PackedLayer {
+                shape,
+                ..good.clone()
+            });
+            let bytes = pm.to_bytes().unwrap();
+            let e = PackedModel::from_bytes(&bytes, "crafted.ternary.safetensors").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("crafted.ternary.safetensors: l.weight.ternary_codes")
+                    && msg.contains(needle),
+                "{msg}"
+            );
+        }
+        assert!(rows_shape("t", &[usize::MAX, 2]).is_err());
+        assert_eq!(
+            PackedLayer {
+                shape: vec![usize::MAX, 2],
+                ..good
+            }
+            .numel(),
+            usize::MAX
+        );
+    }
 
     #[test]
     fn pack_unpack_round_trip_and_bit_layout() {

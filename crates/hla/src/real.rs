@@ -52,7 +52,16 @@ pub fn rows_shape(op: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
             shape: shape.to_vec(),
         });
     }
-    Ok((shape[0], shape[1..].iter().product()))
+    // Checked: shapes can come from files, where a wrapped product would pass length checks.
+    let m = shape[1..]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&m| m.checked_mul(shape[0]).is_some())
+        .ok_or_else(|| HlaError::ShapeOverflow {
+            op,
+            shape: shape.to_vec(),
+        })?;
+    Ok((shape[0], m))
 }
 
 /// Calls `f` with `w` viewed as `[n, m]` rows (copying only if `w` is not in standard layout).

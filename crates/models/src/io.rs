@@ -229,7 +229,7 @@ pub fn load_safetensors(model: &mut dyn Model, path: impl AsRef<Path>, strict: b
 }
 
 /// Saves the model's state dict (parameters and BN buffers as F32, `num_batches_tracked` as I64
-/// scalars, metadata `arch` and `format = pt`) atomically: written to `<path>.tmp`, then renamed.
+/// scalars, metadata `arch` and `format = pt`) atomically, by [`atomic_write`].
 ///
 /// # Errors
 /// `Io` if the file cannot be written, `SafeTensors` if serialisation fails.
@@ -261,18 +261,61 @@ pub fn save_safetensors(model: &dyn Model, path: impl AsRef<Path>) -> Result<()>
     .into();
     let data =
         safetensors::serialize(views, &Some(meta)).map_err(|e| st_err(path, format!("{e:?}")))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, data).map_err(|source| ModelError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    atomic_write(path, &data).map_err(|(path, source)| ModelError::Io { path, source })?;
     Ok(())
+}
+
+/// Writes `bytes` to `path` so that `path` is always either its old content or all of
+/// `bytes`, never a torn file, whatever moment the process is killed: the bytes go to a
+/// temporary file in the same folder whose name is unique per process and per call
+/// (`.<name>.tmp-<pid>-<n>`), are flushed to disk (`fsync`), and the temporary file is then
+/// renamed over `path` (atomic on POSIX file systems); the folder is synced afterwards so the
+/// rename itself survives a power cut. Every file the project writes for keeps (checkpoints,
+/// exports, metrics, weights) goes through here.
+///
+/// # Errors
+/// The I/O error and the path it concerns (the temporary file or `path`); the temporary
+/// file is removed on failure.
+pub fn atomic_write(
+    path: &Path,
+    bytes: &[u8],
+) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        (
+            path.to_path_buf(),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        )
+    })?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| (tmp.clone(), e))?;
+        f.write_all(bytes).map_err(|e| (tmp.clone(), e))?;
+        f.sync_all().map_err(|e| (tmp.clone(), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))?;
+        // Durability of the rename; a folder that cannot be opened or synced (some file
+        // systems) does not make the write itself fail.
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all().ok();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Best effort: the write error is what the caller needs to see.
+        std::fs::remove_file(&tmp).ok();
+    }
+    result
 }
 
 fn f32_bytes<'a>(it: impl Iterator<Item = &'a f32>) -> Vec<u8> {

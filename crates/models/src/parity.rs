@@ -305,8 +305,7 @@ fn pretrained_resnet20_reproduces_pytorch_on_cifar10_test() {
         return;
     };
     let data = dir.join("../data/cifar10/cifar-10-batches-bin/test_batch.bin");
-    if !data.exists() {
-        println!("SKIPPED pretrained_resnet20: {} is absent", data.display());
+    if !crate::testutil::skip_unless("pretrained_resnet20", &data) {
         return;
     }
     let g = golden(&dir, "resnet20_cifar10_test_predictions.safetensors");

@@ -12,15 +12,27 @@ pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
 }
 
-/// The golden folder, or `None` (with the reason printed) when it is absent.
+/// The golden folder, or `None` when it is absent (see [`skip_unless`]).
 pub fn golden_dir(test: &str) -> Option<PathBuf> {
     let d = shared_dir().join("golden");
-    if d.join("README.md").exists() {
-        Some(d)
-    } else {
-        println!("SKIPPED {test}: {} is absent", d.display());
-        None
+    skip_unless(test, &d.join("README.md")).then_some(d)
+}
+
+/// Whether `needed` exists. If not, the calling test skips, saying why on the real stderr
+/// (libtest does not capture it, so the user sees the skip), unless `HLA_REQUIRE_SHARED` is
+/// set (as `.ci/run` does), where a missing `../shared` file fails the test instead.
+pub fn skip_unless(test: &str, needed: &std::path::Path) -> bool {
+    if needed.exists() {
+        return true;
     }
+    let why = format!("{test}: {} is absent", needed.display());
+    assert!(
+        std::env::var_os("HLA_REQUIRE_SHARED").is_none(),
+        "HLA_REQUIRE_SHARED is set and {why}"
+    );
+    use std::io::Write;
+    writeln!(std::io::stderr(), "skipped {why}").ok();
+    false
 }
 
 /// All tensors of a golden file (panics with the file name on error: test-only).

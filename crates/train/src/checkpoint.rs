@@ -14,7 +14,6 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Value of `format` in the metadata of every checkpoint.
@@ -140,14 +139,14 @@ impl Checkpoint {
     /// Serialises to bytes (safetensors with the state and checksum in its metadata).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         for (name, t) in &self.tensors {
-            let n: usize = t.shape.iter().product();
+            let n = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let len = match &t.data {
                 TensorData::F32(v) => v.len(),
                 TensorData::I64(v) => v.len(),
             };
-            if n != len {
+            if n != Some(len) {
                 return Err(TrainError::Mismatch(format!(
-                    "checkpoint tensor `{name}`: shape {:?} holds {n} values, data has {len}",
+                    "checkpoint tensor `{name}`: shape {:?} does not hold the {len} values of its data",
                     t.shape
                 )));
             }
@@ -272,31 +271,8 @@ pub fn checkpoint_file(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically (temp file in the same directory + fsync + rename).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| TrainError::checkpoint(path, "not a file path"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, "cannot create", e))?;
-        f.write_all(bytes)
-            .map_err(|e| TrainError::io(&tmp, "cannot write", e))?;
-        f.sync_all()
-            .map_err(|e| TrainError::io(&tmp, "cannot sync", e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| TrainError::io(path, "cannot rename into place", e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        // Best effort: the write error is what the caller needs to see.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    hla_models::io::atomic_write(path, bytes)
+        .map_err(|(p, e)| TrainError::io(&p, "cannot write atomically", e))
 }
 
 /// SHA-256 (hex) of the f32 tensors whose names start with `prefix`, in name order: the

@@ -205,10 +205,9 @@ impl MetricsWriter {
             c.push_str(&r.csv_row());
             c.push('\n');
         }
-        std::fs::write(&self.jsonl, j)
-            .map_err(|e| TrainError::io(&self.jsonl, "cannot write", e))?;
-        std::fs::write(&self.csv, c).map_err(|e| TrainError::io(&self.csv, "cannot write", e))?;
-        Ok(())
+        // Atomic: a run killed here keeps the previous complete files.
+        crate::checkpoint::atomic_write(&self.jsonl, j.as_bytes())?;
+        crate::checkpoint::atomic_write(&self.csv, c.as_bytes())
     }
 
     /// Appends one record to both files.
