@@ -237,10 +237,7 @@ impl ImageFolder {
                 let err = DataError::EmptyClass { path: dir.clone() };
                 match opts.on_error {
                     ErrorPolicy::Error => return Err(err),
-                    ErrorPolicy::Skip => {
-                        eprintln!("warning: skipped: {err}");
-                        warnings.push(err.to_string());
-                    }
+                    ErrorPolicy::Skip => warnings.push(err.to_string()),
                 }
             }
             samples.extend(files.into_iter().map(|f| (f, label)));

@@ -43,8 +43,10 @@
 //!
 //! # Bad input
 //! Every failure is a [`DataError`] naming the file. [`LoaderConfig::on_error`] chooses between
-//! stopping ([`ErrorPolicy::Error`], default) and leaving the sample out of its batch with a
-//! warning line and a count ([`ErrorPolicy::Skip`], see [`Loader::skipped`]).
+//! stopping ([`ErrorPolicy::Error`], default) and leaving the sample out of its batch with its
+//! reason in [`Batch::skip_reasons`] and a count ([`ErrorPolicy::Skip`], see
+//! [`Loader::skipped`]). The crate writes nothing to stdout or stderr: reporting is the
+//! caller's (the `hla` CLI prints each reason as a warning line).
 #![warn(missing_docs)]
 
 pub mod cifar;

@@ -86,6 +86,9 @@ pub struct Batch {
     pub position: usize,
     /// Samples left out of this batch under [`ErrorPolicy::Skip`].
     pub skipped: usize,
+    /// Why each of them was left out (`sample <index>: <error>`), for the caller to report: a
+    /// library does not write to stderr (it would garble progress bars and JSON output).
+    pub skip_reasons: Vec<String>,
 }
 
 struct Inner {
@@ -309,6 +312,7 @@ impl Loader {
                 epoch,
                 position: 0,
                 skipped: 0,
+                skip_reasons: Vec::new(),
             });
         }
         if inner.cfg.on_error == ErrorPolicy::Error {
@@ -316,12 +320,13 @@ impl Loader {
             return Err(first.expect("loader: n_bad > 0 implies an error"));
         }
         let mut keep = Vec::with_capacity(indices.len() - n_bad);
+        let mut skip_reasons = Vec::with_capacity(n_bad);
         for (k, (r, &i)) in results.iter().zip(indices).enumerate() {
             match r {
                 Ok(()) => keep.push((k, i)),
                 Err(e) => {
                     inner.skipped.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("warning: skipped sample {i}: {e}");
+                    skip_reasons.push(format!("sample {i}: {e}"));
                 }
             }
         }
@@ -337,6 +342,7 @@ impl Loader {
             epoch,
             position: 0,
             skipped: n_bad,
+            skip_reasons,
         })
     }
 }

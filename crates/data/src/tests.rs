@@ -530,13 +530,23 @@ fn loader_error_policy_stops_or_skips_bad_files() {
     )
     .unwrap();
     let mut n = 0;
+    let mut reasons = Vec::new();
     for b in l.epoch(0) {
         let b = b.unwrap();
         assert_eq!(b.images.dim().0, b.labels.len());
         assert!(b.images.iter().all(|v| v.is_finite()));
+        assert_eq!(b.skip_reasons.len(), b.skipped);
         n += b.labels.len();
+        reasons.extend(b.skip_reasons);
     }
     assert_eq!(l.skipped(), failing);
+    assert_eq!(reasons.len(), failing);
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("sample ") && r.contains("/bad/")),
+        "{reasons:?}"
+    );
     assert_eq!(n, total - failing);
     let _ = std::fs::remove_dir_all(&d);
 }

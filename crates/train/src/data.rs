@@ -64,6 +64,9 @@ pub struct Data {
     pub test: Loader,
     /// Number of classes in the data.
     pub num_classes: usize,
+    /// Warnings of the data scan (e.g. empty class folders skipped under `on_bad_image =
+    /// skip`), for the caller to report.
+    pub warnings: Vec<String>,
 }
 
 impl Data {
@@ -90,6 +93,7 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         BadImagePolicy::Error => ErrorPolicy::Error,
         BadImagePolicy::Skip => ErrorPolicy::Skip,
     };
+    let mut warnings = Vec::new();
     let (train, test): (Arc<dyn Dataset>, Arc<dyn Dataset>) = match cfg.data.format {
         DataFormat::Cifar10 => {
             let c = Cifar10::load(root)?;
@@ -125,6 +129,7 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
             let eval_t = ImageTransform::eval(cfg.data.resize, cfg.data.image_size);
             let tr = ImageFolder::open(root.join("train"), &opts(train_t))?;
             let te = ImageFolder::open(root.join("val"), &opts(eval_t))?;
+            warnings.extend(tr.warnings().iter().chain(te.warnings()).cloned());
             (Arc::new(tr), Arc::new(te))
         }
     };
@@ -168,5 +173,6 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         train,
         test,
         num_classes,
+        warnings,
     })
 }

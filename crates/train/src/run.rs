@@ -253,6 +253,9 @@ impl Loop<'_> {
                 break;
             }
             let batch = batch?;
+            for r in &batch.skip_reasons {
+                obs.info(&format!("warning: skipped {r}"));
+            }
             l.model.set_dropout_seed(hla_data::derive_seed(
                 self.cfg.seed,
                 hla_data::Purpose::Augment,
@@ -558,6 +561,13 @@ fn refuse_finished(ck: &Checkpoint, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Passes the data scan's warnings to the observer (the library itself prints nothing).
+fn report_data_warnings(data: &crate::data::Data, obs: &mut dyn Observer) {
+    for w in &data.warnings {
+        obs.info(&format!("warning: {w}"));
+    }
+}
+
 /// Runs (or resumes, when `resume` is given) `hla train`: full-precision training, or
 /// hyperspherical training with `train.mode = hyperspherical`.
 ///
@@ -573,6 +583,7 @@ pub fn train(
     let hs = cfg.train.mode == TrainMode::Hyperspherical;
     let phase = if hs { "hyperspherical" } else { "fp" };
     let data = load_data(cfg, opts.threads)?;
+    report_data_warnings(&data, obs);
     let model = build_model(cfg)?;
     let lr = cfg.train.lr.unwrap_or(cfg.hla.lr);
     let mut l = Learner::new(model, None, &cfg.hla);
@@ -861,6 +872,7 @@ pub fn quantize(
 ) -> Result<RunEnd> {
     let method = cfg.hla.method;
     let data = load_data(cfg, opts.threads)?;
+    report_data_warnings(&data, obs);
     let spe = data.train.batches_per_epoch();
     let (mut l, mut pos, mut metrics) = match (resume, &cfg.quantize.stage1_from) {
         (Some(ck), _) => {
