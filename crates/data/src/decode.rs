@@ -9,6 +9,11 @@ use image::{ImageFormat, RgbImage};
 
 use crate::error::{DataError, Result};
 
+/// Largest width or height [`decode_rgb`] accepts, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most memory the decoder may allocate for one image (the decoded pixels included).
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
 /// The container a file's first bytes announce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Container {
@@ -67,7 +72,8 @@ pub fn jpeg_is_complete(b: &[u8]) -> bool {
 ///
 /// # Errors
 /// `NotAnImage` for empty or non-JPEG/PNG data, `Truncated` for a JPEG without end-of-image
-/// marker, `Decode` when the decoder fails.
+/// marker, `Decode` when the decoder fails or the image exceeds [`MAX_IMAGE_SIDE`] or
+/// [`MAX_DECODE_BYTES`].
 pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let format = match sniff(bytes) {
         Some(Container::Jpeg) => {
@@ -87,11 +93,18 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             })
         }
     };
-    let img =
-        image::load_from_memory_with_format(bytes, format).map_err(|source| DataError::Decode {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    // Caps, so a crafted header cannot size an allocation: no real photo data set comes near
+    // them (ImageNet's largest images are about 5000 pixels a side).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|source| DataError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(match img {
         image::DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
