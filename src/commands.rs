@@ -38,6 +38,24 @@ pub fn prepare(
         if !dir.is_dir() {
             bail!("--resume {}: not a run directory", dir.display());
         }
+        if run.config.is_some() || !run.set.is_empty() || ctx.global.seed.is_some() {
+            bail!("--resume reuses the run's own config; drop --config / --set / --seed");
+        }
+        if !checkpoint::checkpoint_file(dir).exists() {
+            // Stopped (or killed) before its first checkpoint: nothing of it was kept, so
+            // resuming is starting over, in the same directory with its own config.
+            let cfg = rundir::load_resolved(dir)?;
+            check_data(&cfg)?;
+            ctx.ui.info(format!(
+                "{}: no checkpoint yet; starting the run from the beginning",
+                dir.display()
+            ));
+            return Ok(Prepared {
+                cfg,
+                dir: dir.clone(),
+                resume: None,
+            });
+        }
         let ck = Checkpoint::load(dir)?;
         let cfg = rundir::load_resolved(dir)?;
         // The digest is of the resolved config as written; a run written before a knob was
@@ -57,9 +75,6 @@ pub fn prepare(
                 dir.display(),
                 ck.state.command
             );
-        }
-        if run.config.is_some() || !run.set.is_empty() || ctx.global.seed.is_some() {
-            bail!("--resume reuses the run's own config; drop --config / --set / --seed");
         }
         check_data(&cfg)?;
         return Ok(Prepared {

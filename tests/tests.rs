@@ -6,6 +6,8 @@ mod util;
 
 #[path = "cli.rs"]
 mod cli;
+#[path = "crash.rs"]
+mod crash;
 #[path = "errors.rs"]
 mod errors;
 #[path = "explain.rs"]

@@ -368,9 +368,11 @@ impl PackedModel {
             })?;
             views.push((name.clone(), tv));
         }
-        safetensors::tensor::serialize(views, &Some(meta)).map_err(|source| HlaError::Safetensors {
-            path: "<memory>".into(),
-            source,
+        hla_models::io::serialize_sorted(views, Some(meta)).map_err(|source| {
+            HlaError::Safetensors {
+                path: "<memory>".into(),
+                source,
+            }
         })
     }
 

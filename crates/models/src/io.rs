@@ -259,10 +259,41 @@ pub fn save_safetensors(model: &dyn Model, path: impl AsRef<Path>) -> Result<()>
         ("format".to_string(), "pt".to_string()),
     ]
     .into();
-    let data =
-        safetensors::serialize(views, &Some(meta)).map_err(|e| st_err(path, format!("{e:?}")))?;
+    let data = serialize_sorted(views, Some(meta)).map_err(|e| st_err(path, format!("{e:?}")))?;
     atomic_write(path, &data).map_err(|(path, source)| ModelError::Io { path, source })?;
     Ok(())
+}
+
+/// `safetensors::serialize` with the header's keys in sorted order. The crate writes its
+/// metadata map in hash order, which changes from process to process, so the same tensors
+/// would give different files; every file this project writes goes through here instead, and
+/// the same content always gives the same bytes.
+///
+/// # Errors
+/// What `safetensors::serialize` reports.
+pub fn serialize_sorted<'a>(
+    views: Vec<(impl AsRef<str>, TensorView<'a>)>,
+    meta: Option<HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    let views: Vec<(String, TensorView<'a>)> = views
+        .into_iter()
+        .map(|(n, v)| (n.as_ref().to_string(), v))
+        .collect();
+    let raw = safetensors::serialize(views, &meta)?;
+    let n = u64::from_le_bytes(raw[..8].try_into().expect("8-byte length")) as usize;
+    // Every top-level entry (tensors, `__metadata__`) is an object: sort both levels.
+    type Sorted = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+    let header: Sorted =
+        serde_json::from_slice(&raw[8..8 + n]).expect("safetensors writes a JSON header");
+    let mut h = serde_json::to_vec(&header).expect("a JSON value serialises");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + raw.len() - 8 - n);
+    out.extend((h.len() as u64).to_le_bytes());
+    out.extend(h);
+    out.extend(&raw[8 + n..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` so that `path` is always either its old content or all of
@@ -327,6 +358,45 @@ fn f32_bytes<'a>(it: impl Iterator<Item = &'a f32>) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::build;
+
+    /// The same tensors and metadata give the same bytes, whatever order the metadata map
+    /// iterates in (each HashMap has its own random hash keys), and the file reads back.
+    #[test]
+    fn serialize_sorted_is_independent_of_map_order() {
+        let data = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        let file = |keys: &mut dyn Iterator<Item = usize>| {
+            let meta: HashMap<String, String> =
+                keys.map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+            let v = TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+            serialize_sorted(vec![("b", v.clone()), ("a", v)], Some(meta)).unwrap()
+        };
+        let one = file(&mut (0..40));
+        let two = file(&mut (0..40).rev());
+        assert_eq!(one, two);
+        let st = safetensors::SafeTensors::deserialize(&one).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), &data);
+        let (_, md) = safetensors::SafeTensors::read_metadata(&one).unwrap();
+        assert_eq!(md.metadata().as_ref().unwrap()["k7"], "v7");
+    }
+
+    /// A killed writer leaves at most a temporary file; the target is the old or the new file.
+    #[test]
+    fn atomic_write_replaces_whole_files_and_cleans_up_on_error() {
+        let d = std::env::temp_dir().join(format!("hla-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("f.bin");
+        atomic_write(&p, b"old").unwrap();
+        atomic_write(&p, b"new contents").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
+        let (path, _) = atomic_write(&d.join("no/such/dir/f.bin"), b"x").unwrap_err();
+        assert!(path.to_string_lossy().contains("no/such/dir"));
+        std::fs::remove_dir_all(&d).ok();
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("hla-models-io-{}", std::process::id()));

@@ -172,7 +172,7 @@ impl Checkpoint {
         meta.insert("version".to_string(), VERSION.to_string());
         meta.insert("state".to_string(), state_json);
         meta.insert("sha256".to_string(), sum);
-        safetensors::serialize(views, &Some(meta))
+        hla_models::io::serialize_sorted(views, Some(meta))
             .map_err(|e| TrainError::Mismatch(format!("checkpoint serialisation: {e}")))
     }
 
