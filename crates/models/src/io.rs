@@ -286,7 +286,7 @@ pub fn serialize_sorted<'a>(
     let header: Sorted =
         serde_json::from_slice(&raw[8..8 + n]).expect("safetensors writes a JSON header");
     let mut h = serde_json::to_vec(&header).expect("a JSON value serialises");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + raw.len() - 8 - n);
