@@ -113,6 +113,8 @@ fn hla_quantize_resumed_across_the_stage_boundary_is_bit_identical() {
     assert_eq!(hash(&rest), a);
 }
 
+/// 1, 2 and 4 threads give bit-identical weights for `train` and for `quantize` with each
+/// method (HLA, TWN, TTQ).
 #[test]
 fn thread_count_does_not_change_the_result() {
     let Some(root) = shipped_cifar() else { return };
@@ -122,33 +124,28 @@ fn thread_count_does_not_change_the_result() {
         tiny_config(&root, "").replace("epochs = 2", "epochs = 1"),
     )
     .unwrap();
-    let one = run_in(
-        &d,
-        &[
-            "--json",
-            "--threads",
-            "1",
-            "train",
-            "--config",
-            "c.toml",
-            "--out",
-            "t1",
-        ],
-    );
-    let two = run_in(
-        &d,
-        &[
-            "--json",
-            "--threads",
-            "2",
-            "train",
-            "--config",
-            "c.toml",
-            "--out",
-            "t2",
-        ],
-    );
-    assert_eq!(hash(&one), hash(&two));
+    let runs: [&[&str]; 4] = [
+        &["train"],
+        &["quantize", "--method", "hla"],
+        &["quantize", "--method", "twn"],
+        &["quantize", "--method", "ttq"],
+    ];
+    for (k, cmd) in runs.iter().enumerate() {
+        let hashes: Vec<String> = ["1", "2", "4"]
+            .iter()
+            .map(|t| {
+                let out_dir = format!("r{k}-t{t}");
+                let mut args = vec!["--json", "--threads", t];
+                args.extend_from_slice(cmd);
+                args.extend_from_slice(&["--config", "c.toml", "--out", &out_dir]);
+                hash(&run_in(&d, &args))
+            })
+            .collect();
+        assert!(
+            hashes.iter().all(|h| *h == hashes[0]),
+            "{cmd:?}: weights differ across 1, 2, 4 threads: {hashes:?}"
+        );
+    }
 }
 
 #[test]
