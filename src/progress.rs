@@ -34,6 +34,17 @@ impl Ui {
         }
     }
 
+    /// A warning, shown in every mode: a line on stderr (above the progress bar, if any), and
+    /// in JSON mode also an event `{"event": "warning", "message": …}` on stdout.
+    pub fn warning(&self, msg: impl AsRef<str>, bar: Option<&EpochBar>) {
+        let line = format!("warning: {}", msg.as_ref());
+        match bar.and_then(|b| b.bar.as_ref()) {
+            Some(b) => b.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+        self.event(serde_json::json!({"event": "warning", "message": msg.as_ref()}));
+    }
+
     /// A result line: shown in human and quiet mode; JSON mode prints `json` instead.
     pub fn result(&self, msg: impl AsRef<str>, json: serde_json::Value) {
         match self.mode {
@@ -160,6 +171,9 @@ impl UiObserver {
 impl Observer for UiObserver {
     fn info(&mut self, msg: &str) {
         self.ui.info(msg);
+    }
+    fn warning(&mut self, msg: &str) {
+        self.ui.warning(msg, self.bar.as_ref());
     }
     fn epoch_start(&mut self, label: &str, batches: usize, batch_size: usize, done: usize) {
         let mut bar = self.ui.epoch_bar(label, batches, batch_size);

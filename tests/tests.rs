@@ -12,6 +12,8 @@ mod crash;
 mod errors;
 #[path = "explain.rs"]
 mod explain;
+#[path = "imagefolder.rs"]
+mod imagefolder;
 #[path = "pipeline.rs"]
 mod pipeline;
 #[path = "resume.rs"]

@@ -31,10 +31,16 @@ use std::time::Instant;
 /// File name of the resolved config inside a run directory.
 pub const RESOLVED: &str = "config.resolved.toml";
 
-/// What a run reports while it goes. Every method has an empty default.
+/// What a run reports while it goes. Every method has a default: nothing, or for
+/// [`Observer::warning`], a call of [`Observer::info`].
 pub trait Observer {
     /// A line of information (setup, resume position).
     fn info(&mut self, _msg: &str) {}
+    /// Something the user must see in every output mode (a skipped image, a skipped empty
+    /// class folder); the library prints nothing itself. Default: [`Observer::info`].
+    fn warning(&mut self, msg: &str) {
+        self.info(&format!("warning: {msg}"));
+    }
     /// An epoch (or the rest of one, from batch `done`) of `batches` batches begins.
     fn epoch_start(&mut self, _label: &str, _batches: usize, _batch_size: usize, _done: usize) {}
     /// One optimizer step finished; `so_far` sums the epoch's steps.
@@ -254,7 +260,7 @@ impl Loop<'_> {
             }
             let batch = batch?;
             for r in &batch.skip_reasons {
-                obs.info(&format!("warning: skipped {r}"));
+                obs.warning(&format!("skipped {r}"));
             }
             l.model.set_dropout_seed(hla_data::derive_seed(
                 self.cfg.seed,
@@ -564,7 +570,7 @@ fn refuse_finished(ck: &Checkpoint, dir: &Path) -> Result<()> {
 /// Passes the data scan's warnings to the observer (the library itself prints nothing).
 fn report_data_warnings(data: &crate::data::Data, obs: &mut dyn Observer) {
     for w in &data.warnings {
-        obs.info(&format!("warning: {w}"));
+        obs.warning(w);
     }
 }
 
