@@ -61,8 +61,8 @@ fn train_quantize_eval_on_a_jpeg_tree() {
     let text = String::from_utf8_lossy(&e.stdout);
     let v: serde_json::Value = text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
         .expect("a JSON result");
     let top1 = v["top1"]
         .as_f64()
