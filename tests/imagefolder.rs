@@ -118,3 +118,50 @@ fn a_broken_image_is_skipped_with_a_warning_or_named_in_the_error() {
     let out = run_in(&d, &["train", "--config", "error.toml", "--out", "e"]);
     assert_one_error_line(&out, &["zz-cut.jpg"]);
 }
+
+/// The ImageNet-style sample (`data/imagenette`: real photos, wnid folders, the 1000-class
+/// index file): a few training steps and a TWN quantisation.
+#[cfg(unix)]
+#[test]
+fn imagenette_sample_trains_and_quantises() {
+    let d = scratch("imagenette-e2e");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/imagenette");
+    // The sample ships one split; it serves as both (a test of the path, not of accuracy).
+    std::fs::create_dir_all(d.join("tree")).unwrap();
+    for split in ["train", "val"] {
+        std::os::unix::fs::symlink(src.join("val"), d.join("tree").join(split)).unwrap();
+    }
+    let cfg = config(&d.join("tree"), "")
+        .replace("num_classes = 10", "num_classes = 1000")
+        .replace(
+            "image_size = 32\nresize = 32",
+            "image_size = 64\nresize = 72",
+        )
+        .replace(
+            "train_limit = 64\ntest_limit = 40\nbatch_size = 16",
+            "batch_size = 8",
+        )
+        .replace(
+            "[data]\n",
+            &format!(
+                "[data]\nclass_index = \"{}\"\n",
+                src.join("classes.tsv").display()
+            ),
+        );
+    std::fs::write(d.join("c.toml"), cfg).unwrap();
+    let t = run_in(
+        &d,
+        &["--json", "train", "--config", "c.toml", "--out", "fp"],
+    );
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let q = run_in(
+        &d,
+        &[
+            "--json", "quantize", "--config", "c.toml", "--method", "twn", "--from", "fp", "--out",
+            "twn",
+        ],
+    );
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let stdout = String::from_utf8_lossy(&q.stdout);
+    assert!(stdout.contains("\"sparsity\""), "{stdout}");
+}
