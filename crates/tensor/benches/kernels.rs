@@ -145,10 +145,10 @@ fn other_kernels(threads: &[usize]) {
                 let x = rand4(shape, 11);
                 let dy = rand4(shape, 12);
                 let bn = median_time(|| {
-                    black_box(channel_mean_var(x.view()));
+                    black_box(channel_mean_var(x.view(), Par::Rayon));
                 });
                 let bias = median_time(|| {
-                    black_box(conv2d_backward_bias(dy.view()));
+                    black_box(conv2d_backward_bias(dy.view(), Par::Rayon));
                 });
                 let name = format!("128×{c}×{hw}×{hw}");
                 println!("| batch norm statistics | {name} | {t} | {:.2} |", bn * 1e3);
@@ -156,8 +156,8 @@ fn other_kernels(threads: &[usize]) {
             }
             let x = rand4((128, 64, 8, 8), 13);
             let gap = median_time(|| {
-                let y = global_avg_pool(x.view());
-                black_box(global_avg_pool_backward(y.view(), (8, 8)));
+                let y = global_avg_pool(x.view(), Par::Rayon);
+                black_box(global_avg_pool_backward(y.view(), (8, 8), Par::Rayon));
             });
             println!(
                 "| global avg pool + bwd | 128×64×8×8 | {t} | {:.2} |",
@@ -168,7 +168,7 @@ fn other_kernels(threads: &[usize]) {
             let (y, am) = max_pool2d(x.view(), &p, Par::Rayon).unwrap();
             let g = y.mapv(|v| v * 0.5);
             let mp = median_time(|| {
-                black_box(max_pool2d_backward(g.view(), am.view(), (32, 32)).unwrap());
+                black_box(max_pool2d_backward(g.view(), am.view(), (32, 32), Par::Rayon).unwrap());
             });
             println!(
                 "| max pool 2×2 backward | 128×16×32×32 | {t} | {:.2} |",

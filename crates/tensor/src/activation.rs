@@ -1,7 +1,7 @@
 //! Element-wise ReLU and ReLU6 with their backward, on arrays of any dimension. NaN passes
 //! through the forward like PyTorch's `clamp`; at the kinks the gradient is 0 (PyTorch's choice).
 
-use crate::Float;
+use crate::{Float, Par};
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 /// Arrays at least this long are processed on the rayon pool (element-wise, so the result is
@@ -9,8 +9,8 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 const PAR_MIN: usize = 1 << 15;
 
 /// `f` applied element-wise.
-fn map1<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F> {
-    if x.len() >= PAR_MIN {
+fn map1<F: Float>(x: ArrayViewD<F>, par: Par, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F> {
+    if par == Par::Rayon && x.len() >= PAR_MIN {
         Zip::from(&x).par_map_collect(|&v| f(v))
     } else {
         x.mapv(f)
@@ -21,10 +21,11 @@ fn map1<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<
 fn map2<F: Float>(
     x: ArrayViewD<F>,
     y: ArrayViewD<F>,
+    par: Par,
     f: impl Fn(F, F) -> F + Sync + Send,
 ) -> ArrayD<F> {
     let z = Zip::from(&x).and(&y);
-    if x.len() >= PAR_MIN {
+    if par == Par::Rayon && x.len() >= PAR_MIN {
         z.par_map_collect(|&a, &b| f(a, b))
     } else {
         z.map_collect(|&a, &b| f(a, b))
@@ -32,15 +33,15 @@ fn map2<F: Float>(
 }
 
 /// `y = max(x, 0)` (NaN stays NaN). Shape: any → same.
-pub fn relu<F: Float>(x: ArrayViewD<F>) -> ArrayD<F> {
-    map1(x, |v| if v < F::zero() { F::zero() } else { v })
+pub fn relu<F: Float>(x: ArrayViewD<F>, par: Par) -> ArrayD<F> {
+    map1(x, par, |v| if v < F::zero() { F::zero() } else { v })
 }
 
 /// `dx = dy ⊙ 1[x > 0]`. Shapes: `x`, `dy` the same (any) → same.
 ///
 /// # Panics
 /// If `x` and `dy` differ in shape (a caller bug: they come from one forward).
-pub fn relu_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F> {
+pub fn relu_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>, par: Par) -> ArrayD<F> {
     assert_eq!(
         x.shape(),
         dy.shape(),
@@ -48,13 +49,13 @@ pub fn relu_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F>
         x.shape(),
         dy.shape()
     );
-    map2(x, dy, |v, d| if v > F::zero() { d } else { F::zero() })
+    map2(x, dy, par, |v, d| if v > F::zero() { d } else { F::zero() })
 }
 
 /// `y = min(max(x, 0), 6)` (NaN stays NaN). Shape: any → same.
-pub fn relu6<F: Float>(x: ArrayViewD<F>) -> ArrayD<F> {
+pub fn relu6<F: Float>(x: ArrayViewD<F>, par: Par) -> ArrayD<F> {
     let six = F::from_f64(6.0);
-    map1(x, |v| {
+    map1(x, par, |v| {
         if v < F::zero() {
             F::zero()
         } else if v > six {
@@ -69,7 +70,7 @@ pub fn relu6<F: Float>(x: ArrayViewD<F>) -> ArrayD<F> {
 ///
 /// # Panics
 /// If `x` and `dy` differ in shape (a caller bug: they come from one forward).
-pub fn relu6_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F> {
+pub fn relu6_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>, par: Par) -> ArrayD<F> {
     assert_eq!(
         x.shape(),
         dy.shape(),
@@ -78,7 +79,7 @@ pub fn relu6_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F
         dy.shape()
     );
     let six = F::from_f64(6.0);
-    Zip::from(&x).and(&dy).map_collect(|&v, &d| {
+    map2(x, dy, par, |v, d| {
         if v > F::zero() && v < six {
             d
         } else {
@@ -96,10 +97,10 @@ mod tests {
     #[test]
     fn relu_and_relu6_values_and_nan() {
         let x = arr1(&[-2.0f32, -0.0, 0.5, 5.5, 6.0, 7.0, f32::NAN]).into_dyn();
-        let y = relu(x.view());
+        let y = relu(x.view(), Par::Rayon);
         assert_eq!(&y.as_slice().unwrap()[..6], &[0.0, 0.0, 0.5, 5.5, 6.0, 7.0]);
         assert!(y[6].is_nan());
-        let y6 = relu6(x.view());
+        let y6 = relu6(x.view(), Par::Rayon);
         assert_eq!(
             &y6.as_slice().unwrap()[..6],
             &[0.0, 0.0, 0.5, 5.5, 6.0, 6.0]
@@ -108,11 +109,15 @@ mod tests {
         let dy = arr1(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).into_dyn();
         // Kinks (0 and 6) get gradient 0.
         assert_eq!(
-            relu_backward(x.view(), dy.view()).as_slice().unwrap(),
+            relu_backward(x.view(), dy.view(), Par::Rayon)
+                .as_slice()
+                .unwrap(),
             &[0.0, 0.0, 3.0, 4.0, 5.0, 6.0, 0.0]
         );
         assert_eq!(
-            relu6_backward(x.view(), dy.view()).as_slice().unwrap(),
+            relu6_backward(x.view(), dy.view(), Par::Rayon)
+                .as_slice()
+                .unwrap(),
             &[0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0]
         );
     }
@@ -123,16 +128,16 @@ mod tests {
         let x = rand_array::<f32, _, _>(IxDyn(&[3, 5, 61, 47]), 8).mapv(|v| 8.0 * v);
         let dy = rand_array::<f32, _, _>(IxDyn(&[3, 5, 61, 47]), 9);
         assert!(x.len() >= PAR_MIN);
-        assert_eq!(relu(x.view()), x.mapv(|v| v.max(0.0)));
-        assert_eq!(relu6(x.view()), x.mapv(|v| v.clamp(0.0, 6.0)));
+        assert_eq!(relu(x.view(), Par::Rayon), x.mapv(|v| v.max(0.0)));
+        assert_eq!(relu6(x.view(), Par::Rayon), x.mapv(|v| v.clamp(0.0, 6.0)));
         let r = Zip::from(&x)
             .and(&dy)
             .map_collect(|&v, &d| if v > 0.0 { d } else { 0.0 });
-        assert_eq!(relu_backward(x.view(), dy.view()), r);
+        assert_eq!(relu_backward(x.view(), dy.view(), Par::Rayon), r);
         let r6 = Zip::from(&x)
             .and(&dy)
             .map_collect(|&v, &d| if v > 0.0 && v < 6.0 { d } else { 0.0 });
-        assert_eq!(relu6_backward(x.view(), dy.view()), r6);
+        assert_eq!(relu6_backward(x.view(), dy.view(), Par::Rayon), r6);
     }
 
     #[test]
@@ -147,11 +152,17 @@ mod tests {
             }
         });
         let g = rand_array::<f64, _, _>(IxDyn(&[2, 3, 5]), 4);
-        check_fd("relu", &x, &relu_backward(x.view(), g.view()), |xp| {
-            inner(&relu(xp.view()), &g)
-        });
-        check_fd("relu6", &x, &relu6_backward(x.view(), g.view()), |xp| {
-            inner(&relu6(xp.view()), &g)
-        });
+        check_fd(
+            "relu",
+            &x,
+            &relu_backward(x.view(), g.view(), Par::Rayon),
+            |xp| inner(&relu(xp.view(), Par::Rayon), &g),
+        );
+        check_fd(
+            "relu6",
+            &x,
+            &relu6_backward(x.view(), g.view(), Par::Rayon),
+            |xp| inner(&relu6(xp.view(), Par::Rayon), &g),
+        );
     }
 }

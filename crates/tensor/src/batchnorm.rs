@@ -6,9 +6,8 @@
 //! pool without changing any result.
 
 use crate::lanes::Lanes;
-use crate::Float;
+use crate::{Float, Par};
 use ndarray::{Array1, ArrayView4};
-use rayon::prelude::*;
 
 /// The `n` planes of channel `ch` of a contiguous `[n, c, h·w]` buffer, in sample order.
 fn channel_planes<F>(xs: &[F], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[F]> {
@@ -20,7 +19,7 @@ fn channel_planes<F>(xs: &[F], c: usize, hw: usize, ch: usize) -> impl Iterator<
 ///
 /// # Shapes
 /// `x`: `[n, c, h, w]` → `(mean [c], var [c])`. With `n·h·w == 0` both are NaN.
-pub fn channel_mean_var<F: Float>(x: ArrayView4<F>) -> (Array1<F>, Array1<F>) {
+pub fn channel_mean_var<F: Float>(x: ArrayView4<F>, par: Par) -> (Array1<F>, Array1<F>) {
     let (n, c, h, w) = x.dim();
     let hw = h * w;
     let m = F::from_f64((n * hw) as f64);
@@ -32,21 +31,18 @@ pub fn channel_mean_var<F: Float>(x: ArrayView4<F>) -> (Array1<F>, Array1<F>) {
     }
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
-    let stats: Vec<(F, F)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mut s = Lanes::new();
-            for p in channel_planes(xs, c, hw, ch) {
-                s.add(p);
-            }
-            let mu = s.total() / m;
-            let mut q = Lanes::new();
-            for p in channel_planes(xs, c, hw, ch) {
-                q.add_map(p, |v| (v - mu) * (v - mu));
-            }
-            (mu, q.total() / m)
-        })
-        .collect();
+    let stats: Vec<(F, F)> = crate::map_range(par, c, |ch| {
+        let mut s = Lanes::new();
+        for p in channel_planes(xs, c, hw, ch) {
+            s.add(p);
+        }
+        let mu = s.total() / m;
+        let mut q = Lanes::new();
+        for p in channel_planes(xs, c, hw, ch) {
+            q.add_map(p, |v| (v - mu) * (v - mu));
+        }
+        (mu, q.total() / m)
+    });
     let mean = stats.iter().map(|s| s.0).collect::<Array1<F>>();
     let var = stats.iter().map(|s| s.1).collect::<Array1<F>>();
     (mean, var)
@@ -61,7 +57,7 @@ mod tests {
     #[test]
     fn mean_var_match_direct_formulas() {
         let x = rand_array::<f64, _, _>((3, 4, 5, 3), 1).mapv(|v| 2.0 * v + 0.5);
-        let (mean, var) = channel_mean_var(x.view());
+        let (mean, var) = channel_mean_var(x.view(), Par::Rayon);
         for c in 0..4 {
             let v: Vec<f64> = x.index_axis(Axis(1), c).iter().copied().collect();
             let mu = v.iter().sum::<f64>() / v.len() as f64;
@@ -75,7 +71,7 @@ mod tests {
     #[test]
     fn mean_var_f32_matches_f64_and_is_thread_and_layout_independent() {
         let x = rand_array::<f32, _, _>((7, 3, 5, 7), 41).mapv(|v| 3.0 * v + 1.0);
-        let (mean, var) = channel_mean_var(x.view());
+        let (mean, var) = channel_mean_var(x.view(), Par::Rayon);
         let m = (7 * 5 * 7) as f64;
         for c in 0..3 {
             let xc: Vec<f64> = x.index_axis(Axis(1), c).iter().map(|&v| v as f64).collect();
@@ -88,7 +84,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let (m2, v2) = pool.install(|| channel_mean_var(x.view()));
+            let (m2, v2) = pool.install(|| channel_mean_var(x.view(), Par::Rayon));
             assert_eq!((bits(&m2), bits(&v2)), (bits(&mean), bits(&var)));
         }
         let t = x
@@ -98,7 +94,7 @@ mod tests {
             .into_owned();
         let t = t.view().permuted_axes([0, 1, 3, 2]);
         assert!(!t.is_standard_layout());
-        let (mt, vt) = channel_mean_var(t);
+        let (mt, vt) = channel_mean_var(t, Par::Rayon);
         assert_eq!((bits(&mt), bits(&vt)), (bits(&mean), bits(&var)));
     }
 }

@@ -27,7 +27,6 @@ use crate::gemm::{gemm_slices, Mat};
 use crate::lanes::Lanes;
 use crate::{for_each_chunk, Float, Par, Result, TensorError};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
-use rayon::prelude::*;
 
 /// Number of samples whose weight-gradient terms are summed in one task (a constant so the
 /// summation order does not depend on the thread count).
@@ -942,7 +941,7 @@ pub fn conv2d_backward_weight<F: Float>(
 ///
 /// # Shapes
 /// `dy`: `[n, c_out, h_out, w_out]` → `[c_out]`.
-pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>) -> Array1<F> {
+pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>, par: Par) -> Array1<F> {
     let (n, c, h, w) = dy.dim();
     let hw = h * w;
     if n * hw == 0 {
@@ -950,16 +949,13 @@ pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>) -> Array1<F> {
     }
     let dy = dy.as_standard_layout();
     let ds = dy.as_slice().expect("standard layout is contiguous");
-    let db: Vec<F> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mut acc = Lanes::new();
-            for p in ds.chunks_exact(hw).skip(ch).step_by(c) {
-                acc.add(p);
-            }
-            acc.total()
-        })
-        .collect();
+    let db: Vec<F> = crate::map_range(par, c, |ch| {
+        let mut acc = Lanes::new();
+        for p in ds.chunks_exact(hw).skip(ch).step_by(c) {
+            acc.add(p);
+        }
+        acc.total()
+    });
     Array1::from_vec(db)
 }
 
@@ -1146,7 +1142,7 @@ mod tests {
             };
             let dx = conv2d_backward_input(g.view(), w.view(), c.hw, &p, Par::Seq).unwrap();
             let dw = conv2d_backward_weight(x.view(), g.view(), c.k, &p, Par::Seq).unwrap();
-            let db = conv2d_backward_bias(g.view());
+            let db = conv2d_backward_bias(g.view(), Par::Rayon);
             check_fd("conv2d dx", &x, &dx, |xp| loss(xp, &w, &b));
             check_fd("conv2d dw", &w, &dw, |wp| loss(&x, wp, &b));
             check_fd("conv2d db", &b, &db, |bp| loss(&x, &w, bp));
@@ -1235,7 +1231,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| conv2d_backward_bias(dy.view()))
+                .install(|| conv2d_backward_bias(dy.view(), Par::Rayon))
         };
         let db = run(1);
         assert_eq!(bits(&db), bits(&run(2)));
@@ -1254,7 +1250,7 @@ mod tests {
             .into_owned();
         let t = t.view().permuted_axes([0, 1, 3, 2]);
         assert!(!t.is_standard_layout());
-        assert_eq!(bits(&conv2d_backward_bias(t)), bits(&db));
+        assert_eq!(bits(&conv2d_backward_bias(t, Par::Rayon)), bits(&db));
     }
 
     #[test]

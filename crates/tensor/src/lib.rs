@@ -50,6 +50,19 @@ pub enum Par {
     Rayon,
 }
 
+/// `(0..n).map(f)` collected in index order, on the calling thread (`Seq`) or the rayon pool
+/// (`Rayon`): each `f(i)` is computed alone, so the results are the same either way.
+pub(crate) fn map_range<T, G>(par: Par, n: usize, f: G) -> Vec<T>
+where
+    T: Send,
+    G: Fn(usize) -> T + Sync + Send,
+{
+    match par {
+        Par::Seq => (0..n).map(f).collect(),
+        Par::Rayon => (0..n).into_par_iter().map(f).collect(),
+    }
+}
+
 /// Calls `f(scratch, i, chunk_i)` for each `chunk`-sized piece of `data`, in order (`Seq`) or on
 /// the rayon pool (`Rayon`); `init` builds a scratch value reused across the calls of one task.
 /// The scratch's contents must not influence results (callers overwrite before reading).

@@ -142,6 +142,7 @@ pub fn max_pool2d_backward<F: Float>(
     dy: ArrayView4<F>,
     argmax: ArrayView4<u32>,
     x_hw: (usize, usize),
+    par: Par,
 ) -> Result<Array4<F>> {
     let op = "max_pool2d_backward";
     if dy.shape() != argmax.shape() {
@@ -171,16 +172,19 @@ pub fn max_pool2d_backward<F: Float>(
     let ds = dy.as_slice().expect("standard layout is contiguous");
     let am = argmax.as_slice().expect("standard layout is contiguous");
     // Planes are independent and each is written by one task, in `dy`'s scan order.
-    dx.as_slice_mut()
-        .expect("fresh array is contiguous")
-        .par_chunks_mut(hw)
-        .zip(ds.par_chunks(np))
-        .zip(am.par_chunks(np))
-        .for_each(|((dps, yp), ap)| {
+    let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
+    crate::for_each_chunk(
+        par,
+        dxs,
+        hw,
+        || (),
+        |_, i, dps| {
+            let (yp, ap) = (&ds[i * np..(i + 1) * np], &am[i * np..(i + 1) * np]);
             for (&g, &a) in yp.iter().zip(ap) {
                 dps[a as usize] = dps[a as usize] + g;
             }
-        });
+        },
+    );
     Ok(dx)
 }
 
@@ -278,7 +282,7 @@ pub fn avg_pool2d_backward<F: Float>(
 ///
 /// # Shapes
 /// `x`: `[n, c, h, w]` → `[n, c]`. With `h·w == 0` the result is NaN.
-pub fn global_avg_pool<F: Float>(x: ArrayView4<F>) -> Array2<F> {
+pub fn global_avg_pool<F: Float>(x: ArrayView4<F>, par: Par) -> Array2<F> {
     let (n, c, h, w) = x.dim();
     let hw = h * w;
     let div = F::from_f64(hw as f64);
@@ -288,11 +292,20 @@ pub fn global_avg_pool<F: Float>(x: ArrayView4<F>) -> Array2<F> {
     let mut y = Array2::<F>::zeros((n, c));
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
-    y.as_slice_mut()
-        .expect("fresh array is contiguous")
-        .par_iter_mut()
-        .zip(xs.par_chunks(hw))
-        .for_each(|(v, p)| *v = lane_sum(p) / div);
+    // One sample (its c planes) per task.
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    crate::for_each_chunk(
+        par,
+        ys,
+        c.max(1),
+        || (),
+        |_, i, vs| {
+            for (k, v) in vs.iter_mut().enumerate() {
+                let p = (i * c + k) * hw;
+                *v = lane_sum(&xs[p..p + hw]) / div;
+            }
+        },
+    );
     y
 }
 
@@ -300,7 +313,11 @@ pub fn global_avg_pool<F: Float>(x: ArrayView4<F>) -> Array2<F> {
 ///
 /// # Shapes
 /// `dy`: `[n, c]`, `x_hw = (h, w)` → `[n, c, h, w]`.
-pub fn global_avg_pool_backward<F: Float>(dy: ArrayView2<F>, x_hw: (usize, usize)) -> Array4<F> {
+pub fn global_avg_pool_backward<F: Float>(
+    dy: ArrayView2<F>,
+    x_hw: (usize, usize),
+    par: Par,
+) -> Array4<F> {
     let (n, c) = dy.dim();
     let hw = x_hw.0 * x_hw.1;
     let div = F::from_f64(hw as f64);
@@ -310,11 +327,8 @@ pub fn global_avg_pool_backward<F: Float>(dy: ArrayView2<F>, x_hw: (usize, usize
     }
     let dy = dy.as_standard_layout();
     let ds = dy.as_slice().expect("standard layout is contiguous");
-    dx.as_slice_mut()
-        .expect("fresh array is contiguous")
-        .par_chunks_mut(hw)
-        .zip(ds.par_iter())
-        .for_each(|(p, &g)| p.fill(g / div));
+    let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
+    crate::for_each_chunk(par, dxs, hw, || (), |_, i, p| p.fill(ds[i] / div));
     dx
 }
 
@@ -383,7 +397,7 @@ mod tests {
             assert!(max_rel_err(&av, &rv) < 1e-14);
             let g = rand_array::<f64, _, _>(y.dim(), 50 + i as u64);
             let hw = (shape.2, shape.3);
-            let dmax = max_pool2d_backward(g.view(), am.view(), hw).unwrap();
+            let dmax = max_pool2d_backward(g.view(), am.view(), hw, Par::Rayon).unwrap();
             check_fd("max_pool2d", &x, &dmax, |xp| {
                 inner(&max_pool2d(xp.view(), &p, Par::Seq).unwrap().0, &g)
             });
@@ -413,7 +427,7 @@ mod tests {
         assert_eq!(y.as_slice().unwrap(), &[1., 2.]);
         assert_eq!(am.as_slice().unwrap(), &[0, 3]);
         let dy = Array4::from_shape_vec((1, 1, 1, 2), vec![1.0f32, 2.]).unwrap();
-        let dx = max_pool2d_backward(dy.view(), am.view(), (2, 4)).unwrap();
+        let dx = max_pool2d_backward(dy.view(), am.view(), (2, 4), Par::Rayon).unwrap();
         assert_eq!(dx.as_slice().unwrap(), &[1., 0., 0., 2., 0., 0., 0., 0.]);
     }
 
@@ -432,9 +446,9 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let dx = max_pool2d_backward(g.view(), am.view(), (7, 9)).unwrap();
-                let gp = global_avg_pool(x.view());
-                let gb = global_avg_pool_backward(g2.view(), (7, 9));
+                let dx = max_pool2d_backward(g.view(), am.view(), (7, 9), Par::Rayon).unwrap();
+                let gp = global_avg_pool(x.view(), Par::Rayon);
+                let gb = global_avg_pool_backward(g2.view(), (7, 9), Par::Rayon);
                 (dx, gp, gb)
             })
         };
@@ -471,18 +485,18 @@ mod tests {
             .into_owned();
         let xt = xt.view().permuted_axes([0, 1, 3, 2]);
         assert!(!xt.is_standard_layout());
-        assert_eq!(bits(&global_avg_pool(xt)), bits(&gp1));
+        assert_eq!(bits(&global_avg_pool(xt, Par::Rayon)), bits(&gp1));
     }
 
     #[test]
     fn global_avg_pool_and_backward() {
         let x = rand_array::<f64, _, _>((3, 2, 5, 3), 9);
-        let y = global_avg_pool(x.view());
+        let y = global_avg_pool(x.view(), Par::Rayon);
         assert!((y[[2, 1]] - x.slice(ndarray::s![2, 1, .., ..]).sum() / 15.0).abs() < 1e-15);
         let g = rand_array::<f64, _, _>((3, 2), 10);
-        let dx = global_avg_pool_backward(g.view(), (5, 3));
+        let dx = global_avg_pool_backward(g.view(), (5, 3), Par::Rayon);
         check_fd("global_avg_pool", &x, &dx, |xp| {
-            inner(&global_avg_pool(xp.view()), &g)
+            inner(&global_avg_pool(xp.view(), Par::Rayon), &g)
         });
     }
 
@@ -520,7 +534,7 @@ mod tests {
         let dy = Array4::<f32>::zeros((2, 3, 2, 2));
         let am = Array4::<u32>::from_elem((2, 3, 2, 2), 16);
         assert!(matches!(
-            max_pool2d_backward(dy.view(), am.view(), (4, 4)),
+            max_pool2d_backward(dy.view(), am.view(), (4, 4), Par::Rayon),
             Err(TensorError::ShapeMismatch {
                 op: "max_pool2d_backward",
                 ..

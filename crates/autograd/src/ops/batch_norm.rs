@@ -100,7 +100,7 @@ pub fn batch_norm2d<F: Float>(
                 expected: "more than one value per channel in train mode".into(),
             });
         }
-        let (mean, var) = hla_tensor::channel_mean_var(xv);
+        let (mean, var) = hla_tensor::channel_mean_var(xv, tape.par());
         // x̂ is not kept: backward recomputes it from x (on the tape), mean and inv_std, so a
         // training step holds one activation-sized tensor less per batch-norm layer.
         let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());

@@ -78,7 +78,7 @@ pub(crate) fn conv2d_backward<F: Float>(
     };
     let db = b
         .filter(|&b| bw.needs(b))
-        .map(|_| hla_tensor::conv2d_backward_bias(dy.view()));
+        .map(|_| hla_tensor::conv2d_backward_bias(dy.view(), bw.par));
     if let Some(dx) = dx {
         bw.add(x, dx.into_dyn());
     }

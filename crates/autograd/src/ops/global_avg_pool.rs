@@ -16,7 +16,8 @@ const OP: &str = "global_avg_pool";
 /// # Errors
 /// `BadShape` if `x` is not 4-D.
 pub fn global_avg_pool<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
-    let y = hla_tensor::global_avg_pool(as4(OP, tape.checked(x, OP)?)?);
+    let par = tape.par();
+    let y = hla_tensor::global_avg_pool(as4(OP, tape.checked(x, OP)?)?, par);
     Ok(tape.push_op(y.into_dyn(), &[x], || Op::GlobalAvgPool { x }))
 }
 
@@ -24,7 +25,7 @@ pub fn global_avg_pool<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
 pub(crate) fn global_avg_pool_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
     let shape = bw.value(x).shape();
     let x_hw = (shape[2], shape[3]);
-    let dx = hla_tensor::global_avg_pool_backward(grad2(dy).view(), x_hw);
+    let dx = hla_tensor::global_avg_pool_backward(grad2(dy).view(), x_hw, bw.par);
     bw.add(x, dx.into_dyn());
 }
 

@@ -30,7 +30,7 @@ pub(crate) fn max_pool2d_backward<F: Float>(
 ) -> Result<()> {
     let shape = bw.value(x).shape();
     let x_hw = (shape[2], shape[3]);
-    let dx = hla_tensor::max_pool2d_backward(grad4(dy).view(), argmax.view(), x_hw)?;
+    let dx = hla_tensor::max_pool2d_backward(grad4(dy).view(), argmax.view(), x_hw, bw.par)?;
     bw.add(x, dx.into_dyn());
     Ok(())
 }

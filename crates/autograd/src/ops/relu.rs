@@ -11,7 +11,8 @@ const OP: &str = "relu";
 
 /// `y = max(x, 0)`, any shape.
 pub fn relu<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
-    let y = hla_tensor::relu(tape.checked(x, OP)?.view());
+    let par = tape.par();
+    let y = hla_tensor::relu(tape.checked(x, OP)?.view(), par);
     Ok(tape.push_op(y, &[x], || Op::Relu { x }))
 }
 

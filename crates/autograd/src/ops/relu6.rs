@@ -12,7 +12,8 @@ const OP: &str = "relu6";
 
 /// `y = min(max(x, 0), 6)`, any shape.
 pub fn relu6<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
-    let y = hla_tensor::relu6(tape.checked(x, OP)?.view());
+    let par = tape.par();
+    let y = hla_tensor::relu6(tape.checked(x, OP)?.view(), par);
     Ok(tape.push_op(y, &[x], || Op::Relu6 { x }))
 }
 
