@@ -110,6 +110,27 @@ fn train_quantize_export_eval_chain() {
                 ["start", "hla_stage1", "hla_stage1", "hla_stage2"],
                 "{jl}"
             );
+            // Figure 1 over time: the layer's weights at the start, at the end of each
+            // sub-stage (t = 0.30, 0.50), at the end of stage 1 and as ternary; L_d moves them.
+            let hist = |name: &str| -> Vec<f64> {
+                let p = d.join("hla").join(format!("hist-{name}.json"));
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                v["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            };
+            let (h0, h30, h50) = (hist("start"), hist("stage1-t30"), hist("stage1-t50"));
+            assert!(!h0.is_empty() && h0.len() == h30.len() && h30.len() == h50.len());
+            assert!(
+                h0 != h30 && h30 != h50,
+                "sub-stage histograms do not change"
+            );
+            assert_eq!(h50, hist("stage1"), "the last sub-stage ends stage 1");
+            assert!(!hist("ternary").is_empty());
         }
         let out = run_in(&d, &["--json", "export", method]);
         let e = result_json(&out);

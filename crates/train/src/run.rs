@@ -851,12 +851,21 @@ fn fork_stage1(
     for r in MetricsWriter::resume_read(src, ck.state.metrics_records)? {
         metrics.push(r)?;
     }
-    for h in ["start", "stage1"] {
-        let f = src.join(format!("hist-{h}.json"));
-        if f.exists() {
-            let b = std::fs::read(&f).map_err(|e| TrainError::io(&f, "cannot read", e))?;
-            checkpoint::atomic_write(&dir.join(format!("hist-{h}.json")), &b)?;
-        }
+    // The stage-1 histograms (start, every sub-stage end, end of stage 1) of the source run.
+    let entries = std::fs::read_dir(src).map_err(|e| TrainError::io(src, "cannot list", e))?;
+    let mut hists: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("hist-st") && n.ends_with(".json"))
+        })
+        .collect();
+    hists.sort();
+    for f in hists {
+        let b = std::fs::read(&f).map_err(|e| TrainError::io(&f, "cannot read", e))?;
+        let name = f.file_name().expect("listed files have names");
+        checkpoint::atomic_write(&dir.join(name), &b)?;
     }
     Ok((l, pos, metrics))
 }
@@ -976,8 +985,15 @@ pub fn quantize(
         if epoch_over {
             pos.next_epoch();
         }
-        if cfg.report.plots && ended && plan.phase == Phase::Stage1 && left_stage1 {
-            save_hist(dir, cfg, &l, "stage1", false)?;
+        if cfg.report.plots && ended && plan.phase == Phase::Stage1 {
+            // Figure 1 over time: the end of every sub-stage (the start of the next one;
+            // `hist-start` is the start of the first), and the end of stage 1.
+            if let Some(tp) = plan.t_pct {
+                save_hist(dir, cfg, &l, &format!("stage1-t{tp:02}"), false)?;
+            }
+            if left_stage1 {
+                save_hist(dir, cfg, &l, "stage1", false)?;
+            }
         }
         if done {
             finalize_mode(&mut l);
