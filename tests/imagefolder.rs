@@ -35,6 +35,18 @@ plots = false
     )
 }
 
+/// `hla train` then `hla quantize --method twn` from it, with `d/c.toml`; the quantize output.
+fn train_then_twn(d: &Path) -> std::process::Output {
+    let t = run_in(d, &["--json", "train", "--config", "c.toml", "--out", "fp"]);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let args = [
+        "--json", "quantize", "--config", "c.toml", "--method", "twn", "--from", "fp",
+    ];
+    let q = run_in(d, &[&args[..], &["--out", "twn"]].concat());
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    q
+}
+
 fn shipped_tree() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-jpeg")
 }
@@ -43,19 +55,7 @@ fn shipped_tree() -> std::path::PathBuf {
 fn train_quantize_eval_on_a_jpeg_tree() {
     let d = scratch("imagefolder-e2e");
     std::fs::write(d.join("c.toml"), config(&shipped_tree(), "")).unwrap();
-    let t = run_in(
-        &d,
-        &["--json", "train", "--config", "c.toml", "--out", "fp"],
-    );
-    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
-    let q = run_in(
-        &d,
-        &[
-            "--json", "quantize", "--config", "c.toml", "--method", "twn", "--from", "fp", "--out",
-            "twn",
-        ],
-    );
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    train_then_twn(&d);
     let e = run_in(&d, &["--json", "eval", "twn"]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let text = String::from_utf8_lossy(&e.stdout);
@@ -149,19 +149,7 @@ fn imagenette_sample_trains_and_quantises() {
             ),
         );
     std::fs::write(d.join("c.toml"), cfg).unwrap();
-    let t = run_in(
-        &d,
-        &["--json", "train", "--config", "c.toml", "--out", "fp"],
-    );
-    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
-    let q = run_in(
-        &d,
-        &[
-            "--json", "quantize", "--config", "c.toml", "--method", "twn", "--from", "fp", "--out",
-            "twn",
-        ],
-    );
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let q = train_then_twn(&d);
     let stdout = String::from_utf8_lossy(&q.stdout);
     assert!(stdout.contains("\"sparsity\""), "{stdout}");
 }

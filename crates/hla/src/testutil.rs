@@ -24,6 +24,19 @@ pub fn t1_v<F: Real>() -> ArrayD<F> {
     ArrayD::from_shape_vec(vec![2, 4], v.iter().map(|&x| cst(x)).collect()).unwrap()
 }
 
+/// T8: G ⊙ S = G ⊙ (1 − W ⊙ W) for T1's W and G = [[0.1, −0.2, 0.3, −0.4], [0.5, −0.6, 0.7,
+/// −0.8]], row-major, 8 decimals (the STE gradient "with S" every STE test pins).
+pub const T8_STE_WITH_S: [f64; 8] = [
+    0.01735537,
+    -0.19338843,
+    0.26033058,
+    -0.39669421,
+    0.48816568,
+    -0.37278107,
+    0.28579882,
+    -0.79526627,
+];
+
 /// T4's layer B (`[2, 2]`, unit rows): [0.6, −0.8], [0.28, 0.96].
 pub fn t4_b<F: Real>() -> ArrayD<F> {
     let v = [0.6, -0.8, 0.28, 0.96];

@@ -341,17 +341,7 @@ mod tests {
         );
         assert_close(
             wt.ste_with_s.iter(),
-            [
-                0.01735537,
-                -0.19338843,
-                0.26033058,
-                -0.39669421,
-                0.48816568,
-                -0.37278107,
-                0.28579882,
-                -0.79526627,
-            ]
-            .iter(),
+            crate::testutil::T8_STE_WITH_S.iter(),
             1e-8,
         );
         assert_eq!(wt.ste_without_s, wt.g);
