@@ -275,7 +275,9 @@ root = "data/cifar10"
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("hla.t_start_pct") && e.contains("120") && e.contains("1..=99"),
+            e.contains("hla.t_start_pct")
+                && e.contains("120")
+                && e.contains("(allowed: 1 <= x <= 99)"),
             "{e}"
         );
         assert!(e.contains("x.toml: line 10:"), "{e}");

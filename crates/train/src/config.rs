@@ -417,7 +417,11 @@ impl Config {
                     knob,
                     value,
                     reason,
-                } => range(&format!("hla.{knob}"), value, &reason),
+                } => range(
+                    &format!("hla.{knob}"),
+                    value,
+                    reason.strip_prefix("must be in ").unwrap_or(&reason),
+                ),
                 other => range("hla", "?", &other.to_string()),
             });
         }
