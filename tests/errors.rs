@@ -72,7 +72,7 @@ fn wrong_type_and_out_of_range_name_the_key_and_range() {
     let out = run_in(&d, &["train", "--config", "type.toml", "--out", "out"]);
     assert_one_error_line(&out, &["type.toml", "hla.stage2_epochs"]);
     let out = run_in(&d, &["train", "--config", "range.toml", "--out", "out"]);
-    assert_one_error_line(&out, &["hla.t_start_pct", "130", "1..=99"]);
+    assert_one_error_line(&out, &["hla.t_start_pct", "130", "1 <= x <= 99"]);
     let out = run_in(
         &d,
         &["quantize", "--config", "variant.toml", "--out", "out"],
