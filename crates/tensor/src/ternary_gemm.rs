@@ -1,0 +1,178 @@
+//! Integer GEMM of ternary weights and 8-bit activations (W2A8), exact: codes {−1, 0, +1} as
+//! `i8` rows `[n, k]`, activations as `u8` rows `[m, k]` (e.g. im2col patches of a post-ReLU
+//! input, one patch per row so both operands are contiguous along `k`), `i32` results
+//! `out[i·m + j] = Σ_t codes[i·k + t] · act[j·k + t]`. Integer sums are exact, so every path
+//! (scalar, AVX2) and every thread count gives the same result.
+//!
+//! AVX2: `vpmaddubsw` multiplies 32 unsigned by 32 signed bytes and adds adjacent pairs into
+//! i16 (|pair| ≤ 2·255 = 510: no saturation with ternary codes), `vpmaddwd` against ones widens
+//! to i32. The instruction set is chosen at run time through [`Avx2`], a token only detection
+//! can create, so the `unsafe` kernel cannot be reached on a CPU without AVX2.
+
+use crate::{Par, Result, TensorError};
+
+/// Proof that the CPU has AVX2: created only by [`Avx2::detect`].
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+impl Avx2 {
+    /// `Some` when this CPU supports AVX2 (checked at run time).
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
+/// Σ_t w[t]·x[t] on the scalar path.
+fn dot_scalar(w: &[i8], x: &[u8]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(w: &[i8], x: &[u8]) -> i32 {
+    use std::arch::x86_64::*;
+    let k = w.len().min(x.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let mut t = 0;
+    while t + 32 <= k {
+        // SAFETY: t + 32 <= k bounds both 32-byte loads (unaligned loads are allowed).
+        let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(t) as *const __m256i) };
+        let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(t) as *const __m256i) };
+        let pairs = _mm256_maddubs_epi16(xv, wv); // u8 × i8, adjacent pairs summed: i16
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+        t += 32;
+    }
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s) + dot_scalar(&w[t..k], &x[t..k])
+}
+
+/// One row of codes against every activation row, into `out_row` `[m]`.
+fn row(isa: Option<Avx2>, w: &[i8], act: &[u8], k: usize, out_row: &mut [i32]) {
+    for (j, o) in out_row.iter_mut().enumerate() {
+        let x = &act[j * k..(j + 1) * k];
+        *o = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Avx2` token exists only after run-time detection of AVX2.
+            Some(_) => unsafe { dot_avx2(w, x) },
+            _ => dot_scalar(w, x),
+        };
+    }
+}
+
+/// `out = codes · actᵀ` in i32 (see the module doc), rows of `codes` split over the rayon pool
+/// with `Par::Rayon`. `isa = None` forces the scalar path (tests compare both).
+///
+/// # Shapes
+/// `codes`: `[n, k]` i8 in {−1, 0, 1}, `act`: `[m, k]` u8 → `out`: `[n, m]` i32.
+/// # Errors
+/// `ShapeMismatch` when a slice length disagrees with `n`, `m`, `k`, or `k` is so large that a
+/// sum could overflow i32 (k > 2^23).
+pub fn ternary_gemm_u8(
+    codes: &[i8],
+    act: &[u8],
+    (n, m, k): (usize, usize, usize),
+    out: &mut [i32],
+    isa: Option<Avx2>,
+    par: Par,
+) -> Result<()> {
+    let op = "ternary_gemm_u8";
+    let fits = n.checked_mul(k) == Some(codes.len())
+        && m.checked_mul(k) == Some(act.len())
+        && n.checked_mul(m) == Some(out.len())
+        && k <= 1 << 23; // 255 · 2^23 < 2^31
+    if !fits {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: vec![codes.len(), act.len(), out.len()],
+            rhs: vec![n, m, k],
+        });
+    }
+    if n == 0 || m == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(0);
+        return Ok(());
+    }
+    crate::for_each_chunk(
+        par,
+        out,
+        m,
+        || (),
+        |_, i, o| row(isa, &codes[i * k..(i + 1) * k], act, k, o),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The plain triple loop, in i64 (no overflow possible).
+    fn reference(codes: &[i8], act: &[u8], n: usize, m: usize, k: usize) -> Vec<i32> {
+        let mut out = vec![0i32; n * m];
+        for i in 0..n {
+            for j in 0..m {
+                let s: i64 = (0..k)
+                    .map(|t| codes[i * k + t] as i64 * act[j * k + t] as i64)
+                    .sum();
+                out[i * m + j] = s as i32;
+            }
+        }
+        out
+    }
+
+    /// Exact against the reference on random shapes (every k from 0 to 70 for the vector
+    /// tails, then larger), for the scalar path, the detected path and both `Par` modes,
+    /// including the extremes (all codes −1 against 255).
+    #[test]
+    fn exact_against_the_scalar_reference() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut shapes: Vec<(usize, usize, usize)> = (0..=70).map(|k| (3, 5, k)).collect();
+        shapes.extend([(16, 64, 144), (32, 7, 288), (1, 1, 4096), (9, 33, 577)]);
+        for (n, m, k) in shapes {
+            let codes: Vec<i8> = (0..n * k).map(|_| rng.random_range(-1i8..=1)).collect();
+            let act: Vec<u8> = (0..m * k).map(|_| rng.random()).collect();
+            let want = reference(&codes, &act, n, m, k);
+            for isa in [None, Avx2::detect()] {
+                for par in [Par::Seq, Par::Rayon] {
+                    let mut out = vec![7i32; n * m];
+                    ternary_gemm_u8(&codes, &act, (n, m, k), &mut out, isa, par).unwrap();
+                    assert_eq!(out, want, "n {n} m {m} k {k} isa {isa:?} {par:?}");
+                }
+            }
+        }
+        let (n, m, k) = (2, 3, 1000);
+        let codes = vec![-1i8; n * k];
+        let act = vec![255u8; m * k];
+        let mut out = vec![0; n * m];
+        ternary_gemm_u8(
+            &codes,
+            &act,
+            (n, m, k),
+            &mut out,
+            Avx2::detect(),
+            Par::Rayon,
+        )
+        .unwrap();
+        assert!(out.iter().all(|&v| v == -255_000));
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let mut out = vec![0; 6];
+        let e = ternary_gemm_u8(&[0; 5], &[0; 9], (2, 3, 3), &mut out, None, Par::Seq);
+        assert!(matches!(e, Err(TensorError::ShapeMismatch { .. })));
+    }
+}
