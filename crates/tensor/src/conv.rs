@@ -310,7 +310,7 @@ fn detect_isa() -> Option<Isa> {
     #[cfg(test)]
     {
         if FORCE_AVX2.with(|c| c.get()) {
-            return Some(Isa::Avx2);
+            return crate::conv_direct::detect_avx2();
         }
     }
     Some(isa)

@@ -14,11 +14,21 @@
 
 use crate::Float;
 
-/// Instruction set chosen at run time (constant for a machine, so results are reproducible).
+/// Proof that run-time detection found AVX-512F on this CPU: its field is private, so only
+/// [`detect`] can make one, and no caller can pick the `unsafe` AVX-512 kernels by mistake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Avx512Found(());
+
+/// Proof that run-time detection found AVX2 and FMA (see [`Avx512Found`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Avx2Found(());
+
+/// Instruction set chosen at run time (constant for a machine, so results are reproducible);
+/// each variant carries its detection proof, so holding an `Isa` means the CPU has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
-    Avx512,
-    Avx2,
+    Avx512(Avx512Found),
+    Avx2(Avx2Found),
 }
 
 /// The best supported instruction set, or `None` (then callers use im2col + GEMM).
@@ -26,11 +36,19 @@ pub(crate) fn detect() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Isa::Avx512);
+            return Some(Isa::Avx512(Avx512Found(())));
         }
+    }
+    detect_avx2()
+}
+
+/// AVX2 + FMA if this CPU has them (also on AVX-512 machines: the tests run both kernels).
+pub(crate) fn detect_avx2() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Some(Isa::Avx2);
+            return Some(Isa::Avx2(Avx2Found(())));
         }
     }
     None
@@ -78,15 +96,15 @@ impl Direct {
     /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32).
     pub fn blocks(isa: Isa) -> (usize, usize) {
         match isa {
-            Isa::Avx512 => (AVX512_COB, 16 * AVX512_NV),
-            Isa::Avx2 => (AVX2_COB, 8 * AVX2_NV),
+            Isa::Avx512(_) => (AVX512_COB, 16 * AVX512_NV),
+            Isa::Avx2(_) => (AVX2_COB, 8 * AVX2_NV),
         }
     }
     /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
     pub fn dw_blocks(isa: Isa) -> (usize, usize, usize) {
         match isa {
-            Isa::Avx512 => (4, 6, 16),
-            Isa::Avx2 => (2, 5, 8),
+            Isa::Avx512(_) => (4, 6, 16),
+            Isa::Avx2(_) => (2, 5, 8),
         }
     }
     /// Scratch length for the phase-split padded input (with slack so that a whole vector
@@ -247,7 +265,7 @@ pub(crate) fn conv_sample<F: Float>(
     let npix = d.ho * d.wo;
     let computed = d.qend().div_ceil(pxb) * pxb;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && cob == 16 && d.cout >= 16 && npix * 100 < computed * 85 {
+    if matches!(isa, Isa::Avx512(_)) && cob == 16 && d.cout >= 16 && npix * 100 < computed * 85 {
         // Small planes: the junk columns of the flattened grid would cost > 15 %; vectorise over
         // output channels instead, visiting only the valid positions.
         // SAFETY: AVX-512 detected; every q in `qs` is < qend, so reads stay below `max_read`.
@@ -257,7 +275,7 @@ pub(crate) fn conv_sample<F: Float>(
     let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
         store_block(d, out, pxb, q0, co0, nco, y)
     };
-    // SAFETY: `isa` from `detect()`; bounds asserted above.
+    // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted above.
     unsafe { run_kernel(isa, xp, wpk, off, d.cout, d.qend(), &mut store) };
 }
 
@@ -425,7 +443,7 @@ macro_rules! direct_kernel {
 /// Runs the forward kernel for `isa` (bounds checked by the caller).
 ///
 /// # Safety
-/// `isa` must come from `detect()`; every `off[t] + q` for `q < round_up(qend, PXB)` must be
+/// `isa` proves its instruction set (see [`Isa`]); every `off[t] + q` for `q < round_up(qend, PXB)` must be
 /// inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values.
 unsafe fn run_kernel(
     isa: Isa,
@@ -440,8 +458,8 @@ unsafe fn run_kernel(
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match isa {
-            Isa::Avx512 => run_avx512(xp, wpk, off, nout, qend, store),
-            Isa::Avx2 => run_avx2(xp, wpk, off, nout, qend, store),
+            Isa::Avx512(_) => run_avx512(xp, wpk, off, nout, qend, store),
+            Isa::Avx2(_) => run_avx2(xp, wpk, off, nout, qend, store),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -513,7 +531,7 @@ pub(crate) fn backward_weight_samples<F: Float>(
         "hla-tensor internal error: dw scratch"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && d.cout >= 32 {
+    if matches!(isa, Isa::Avx512(_)) && d.cout >= 32 {
         // Channel-vectorised (measured faster from 32 output channels on): dy transposed to [position][cout rounded up to 16] per sample.
         let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16) * 16);
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
@@ -572,11 +590,11 @@ pub(crate) fn backward_weight_samples<F: Float>(
     let (xp, dp, dw) = (as_f32(xs), as_f32(ds), as_f32_mut(dw));
     let dims = (ns, xl, dl, qpad);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `isa` from `detect()`; loads bounded by the asserts above.
+    // SAFETY: an `Isa` carries its detection proof; loads bounded by the asserts above.
     unsafe {
         match isa {
-            Isa::Avx512 => dw_avx512(d, xp, dp, &off, dims, dw),
-            Isa::Avx2 => dw_avx2(d, xp, dp, &off, dims, dw),
+            Isa::Avx512(_) => dw_avx512(d, xp, dp, &off, dims, dw),
+            Isa::Avx2(_) => dw_avx2(d, xp, dp, &off, dims, dw),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -744,7 +762,7 @@ impl Direct {
     }
     /// Whether the inverse of [`Direct::fill_input`] and [`backward_input_scatter`] apply.
     pub(crate) fn scatter_supported(isa: Isa) -> bool {
-        isa == Isa::Avx512
+        matches!(isa, Isa::Avx512(_))
     }
 }
 

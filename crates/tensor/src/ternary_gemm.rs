@@ -27,7 +27,7 @@ impl Avx2 {
     }
 }
 
-/// Σ_t w[t]·x[t] on the scalar path.
+/// `Σ_t w[t]·x[t]` on the scalar path.
 fn dot_scalar(w: &[i8], x: &[u8]) -> i32 {
     w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
 }
