@@ -411,17 +411,16 @@ impl Config {
         self.data.validate()?;
         self.train.validate()?;
         self.quantize.validate()?;
+        // Domains through the same table walk as the other sections; `HlaConfig::validate`
+        // then checks the constraints between knobs.
+        check_numeric("hla", HlaKnobs::NUMERIC, &self.hla)?;
         if let Err(e) = self.hla.validate() {
             return Err(match e {
                 hla_core::HlaError::Config {
                     knob,
                     value,
                     reason,
-                } => range(
-                    &format!("hla.{knob}"),
-                    value,
-                    reason.strip_prefix("must be in ").unwrap_or(&reason),
-                ),
+                } => range(&format!("hla.{knob}"), value, &reason),
                 other => range("hla", "?", &other.to_string()),
             });
         }
