@@ -19,6 +19,7 @@ mod gemm;
 pub mod lanes;
 mod pool;
 mod softmax;
+pub mod ternary_conv;
 pub mod ternary_gemm;
 #[cfg(test)]
 mod testutil;

@@ -9,8 +9,7 @@
 //! to i32. The instruction set is chosen at run time through [`Avx2`], a token only detection
 //! can create, so the `unsafe` kernel cannot be reached on a CPU without AVX2.
 
-use crate::{Conv2dParams, Par, Result, TensorError};
-use ndarray::{Array4, ArrayView4};
+use crate::{Par, Result, TensorError};
 
 /// Proof that the CPU has AVX2: created only by [`Avx2::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -115,101 +114,20 @@ pub fn ternary_gemm_u8(
     Ok(())
 }
 
-/// Quantises non-negative activations (post-ReLU) to `u8` with step `scale`:
-/// `q = round(x / scale)` clamped to 0..=255 (negative values and NaN give 0).
-pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) {
+/// Quantises activations to `u8` with step `scale` and zero point `zero` (x ≈ scale·(q − zero);
+/// `zero = 0` for post-ReLU inputs): `q = round(x / scale) + zero` clamped to 0..=255 (NaN gives
+/// `zero`).
+pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
     let inv = 1.0 / scale;
+    let z = zero as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * inv).round().clamp(0.0, 255.0) as u8; // NaN as u8 is 0
+        let r = (v * inv).round();
+        *o = if r.is_nan() {
+            zero
+        } else {
+            (r + z).clamp(0.0, 255.0) as u8
+        };
     }
-}
-
-/// W2A8 convolution (groups 1): `y[·, j, ·, ·] = s_x · α_j · (codes_j ⋆ x_q) + b_j`, then
-/// `max(y, 0)` when `relu`. The patch sums are exact integers ([`ternary_gemm_u8`]); the
-/// scale, α and bias are applied once per output in f32. Padding is the quantised zero, 0.
-///
-/// # Shapes
-/// `xq`: `[n, c, h, w]` u8 (step `scale_x`); `codes`: `[c_out, c·k_h·k_w]` in the weight's
-/// `[c_out, c, k_h, k_w]` order; `alpha`, `bias`: `[c_out]` → `[n, c_out, h_out, w_out]`.
-/// # Errors
-/// `ShapeMismatch` for lengths that disagree or `groups != 1`; the geometry's errors.
-#[allow(clippy::too_many_arguments)] // one conv layer's operands, each named in the docs
-pub fn ternary_conv2d_u8(
-    xq: ArrayView4<u8>,
-    scale_x: f32,
-    codes: &[i8],
-    (kh, kw): (usize, usize),
-    alpha: &[f32],
-    bias: &[f32],
-    p: &Conv2dParams,
-    relu: bool,
-    isa: Option<Avx2>,
-    par: Par,
-) -> Result<Array4<f32>> {
-    let op = "ternary_conv2d_u8";
-    let (n, c, h, w) = xq.dim();
-    let c_out = alpha.len();
-    let k = c * kh * kw;
-    if p.groups != 1 || bias.len() != c_out || codes.len() != c_out * k {
-        return Err(TensorError::ShapeMismatch {
-            op,
-            lhs: vec![codes.len(), alpha.len(), bias.len(), p.groups],
-            rhs: vec![c_out, c, kh, kw],
-        });
-    }
-    let (ho, wo) = p.output_hw(h, w, kh, kw)?;
-    let m = ho * wo;
-    let xq = xq.as_standard_layout();
-    let xs = xq.as_slice().expect("standard layout is contiguous");
-    let mut y = Array4::<f32>::zeros((n, c_out, ho, wo));
-    let ys = y.as_slice_mut().expect("fresh array is contiguous");
-    // One sample per task: its u8 patches `[m, k]`, the i32 products `[c_out, m]`, the outputs.
-    crate::for_each_chunk(
-        par,
-        ys,
-        (c_out * m).max(1),
-        || (vec![0u8; m * k], vec![0i32; c_out * m]),
-        |(patches, acc), i, out| {
-            let x = &xs[i * c * h * w..(i + 1) * c * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let row = &mut patches[(oy * wo + ox) * k..(oy * wo + ox + 1) * k];
-                    let mut t = 0;
-                    for ci in 0..c {
-                        for ky in 0..kh {
-                            let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
-                                - p.padding.0 as isize;
-                            for kx in 0..kw {
-                                let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
-                                    - p.padding.1 as isize;
-                                let inside =
-                                    iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
-                                row[t] = if inside {
-                                    x[(ci * h + iy as usize) * w + ix as usize]
-                                } else {
-                                    0
-                                };
-                                t += 1;
-                            }
-                        }
-                    }
-                }
-            }
-            ternary_gemm_u8(codes, patches, (c_out, m, k), acc, isa, Par::Seq)
-                .expect("lengths checked above");
-            for j in 0..c_out {
-                let (s, b) = (scale_x * alpha[j], bias[j]);
-                for (o, &a) in out[j * m..(j + 1) * m]
-                    .iter_mut()
-                    .zip(&acc[j * m..(j + 1) * m])
-                {
-                    let v = s * a as f32 + b;
-                    *o = if relu && v < 0.0 { 0.0 } else { v };
-                }
-            }
-        },
-    );
-    Ok(y)
 }
 
 #[cfg(test)]
@@ -267,80 +185,13 @@ mod tests {
         assert!(out.iter().all(|&v| v == -255_000));
     }
 
-    /// The W2A8 convolution equals the f32 convolution of the dequantised input and ternary
-    /// weights (α·codes) up to f32 rounding of the sums (strides, padding, dilation, 1×1).
     #[test]
-    fn ternary_conv_matches_the_f32_conv_of_its_operands() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for (c, c_out, hw, kk, p) in [
-            (3, 8, 9, 3, Conv2dParams::new(1, 1)),
-            (16, 16, 8, 3, Conv2dParams::new(2, 1)),
-            (5, 4, 7, 1, Conv2dParams::new(1, 0)),
-            (
-                4,
-                6,
-                10,
-                3,
-                Conv2dParams {
-                    dilation: (2, 2),
-                    ..Conv2dParams::new(1, 2)
-                },
-            ),
-        ] {
-            let n = 2;
-            let x: Vec<f32> = (0..n * c * hw * hw)
-                .map(|_| rng.random_range(0.0f32..3.0))
-                .collect();
-            let scale = 3.0 / 255.0;
-            let mut xq = vec![0u8; x.len()];
-            quantize_u8(&x, scale, &mut xq);
-            let k = c * kk * kk;
-            let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
-            let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
-            let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.3).collect();
-            let xq4 = ndarray::Array4::from_shape_vec((n, c, hw, hw), xq.clone()).unwrap();
-            let y = ternary_conv2d_u8(
-                xq4.view(),
-                scale,
-                &codes,
-                (kk, kk),
-                &alpha,
-                &bias,
-                &p,
-                false,
-                Avx2::detect(),
-                Par::Rayon,
-            )
-            .unwrap();
-            let xd = xq4.mapv(|q| q as f32 * scale);
-            let wd = ndarray::Array4::from_shape_fn((c_out, c, kk, kk), |(j, ci, a, b)| {
-                alpha[j] * codes[((j * c + ci) * kk + a) * kk + b] as f32
-            });
-            let b1 = ndarray::Array1::from(bias.clone());
-            let want = crate::conv2d(xd.view(), wd.view(), Some(b1.view()), &p, Par::Seq).unwrap();
-            assert_eq!(y.dim(), want.dim());
-            for (a, b) in y.iter().zip(want.iter()) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
-            }
-            // Fused ReLU; the scalar path and Seq give the same bits.
-            let r = ternary_conv2d_u8(
-                xq4.view(),
-                scale,
-                &codes,
-                (kk, kk),
-                &alpha,
-                &bias,
-                &p,
-                true,
-                None,
-                Par::Seq,
-            )
-            .unwrap();
-            assert_eq!(r, y.mapv(|v| v.max(0.0)));
-        }
+    fn quantize_rounds_and_clamps() {
         let mut q = [9u8; 4];
-        quantize_u8(&[-1.0, f32::NAN, 0.5, 1e9], 0.25, &mut q);
+        quantize_u8(&[-1.0, f32::NAN, 0.5, 1e9], 0.25, 0, &mut q);
         assert_eq!(q, [0, 0, 2, 255]);
+        quantize_u8(&[-1.0, f32::NAN, 0.5, -1e9], 0.25, 10, &mut q);
+        assert_eq!(q, [6, 10, 12, 0]);
     }
 
     #[test]

@@ -1,0 +1,696 @@
+//! W2A8 convolution: ternary weights {−1, 0, +1} (packed once per layer, [`PackedCodes`]) times
+//! 8-bit activations (`x ≈ s·(q − z)`), accumulated exactly in `i32`, then one f32 epilogue per
+//! output: `s·α_j·(acc − z·Σ codes_j) + b_j`, ReLU fused. Asymmetric scales (TTQ: +1 ↦ α⁺,
+//! −1 ↦ −α⁻) take a second product with |codes|: Σ₊ = (abs + acc)/2, Σ₋ = (abs − acc)/2.
+//!
+//! Layout: per sample and group the patches are written as *k-quads*: byte `r` of quad `q` of
+//! patch `p` sits at `(q·m_p + p)·4 + r` (`m_p` = patches rounded up to [`NR`]), so one 32-byte
+//! load holds 8 patches × 4 consecutive k, against which a row's 4 codes of that quad are
+//! broadcast. AVX2: `vpmaddubsw` (u8 × i8, adjacent pairs into i16, |pair| ≤ 510) accumulated in
+//! i16 for at most 64 quads (64 · 510 < 2^15), then widened once with `vpmaddwd`. AVX-512 VNNI:
+//! `vpdpbusd` (four products into i32 in one instruction). The instruction set is a token only
+//! detection can create ([`Int8Isa::detect`]). Integer sums are exact, so every path and every
+//! thread count gives the same bits.
+
+use crate::ternary_gemm::Avx2;
+use crate::{Conv2dParams, Par, Result, TensorError};
+use ndarray::{Array4, ArrayView4};
+
+/// Code rows per kernel block.
+pub const MR: usize = 4;
+/// Patches per kernel block (a multiple of the 8 (AVX2) and 16 (AVX-512) i32 lanes).
+pub const NR: usize = 32;
+/// Quads accumulated in i16 before widening (AVX2): 64 · 2 · 255 < 2^15.
+const I16_QUADS: usize = 64;
+
+/// Proof that the CPU has AVX-512 F/BW and VNNI: created only by [`Vnni512::detect`].
+#[derive(Clone, Copy, Debug)]
+pub struct Vnni512(());
+
+impl Vnni512 {
+    /// `Some` when this CPU supports AVX-512 F, BW and VNNI (checked at run time).
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            return Some(Vnni512(()));
+        }
+        None
+    }
+}
+
+/// The integer kernel in use; the SIMD variants hold their detection token.
+#[derive(Clone, Copy, Debug)]
+pub enum Int8Isa {
+    /// Portable loops.
+    Scalar,
+    /// `vpmaddubsw` / `vpmaddwd` on 256-bit vectors.
+    Avx2(Avx2),
+    /// `vpdpbusd` on 512-bit vectors.
+    Vnni512(Vnni512),
+}
+
+impl Int8Isa {
+    /// The best kernel this CPU supports.
+    pub fn detect() -> Self {
+        if let Some(t) = Vnni512::detect() {
+            return Int8Isa::Vnni512(t);
+        }
+        match Avx2::detect() {
+            Some(t) => Int8Isa::Avx2(t),
+            None => Int8Isa::Scalar,
+        }
+    }
+
+    /// Every kernel this CPU can run, portable first (tests compare them).
+    pub fn available() -> Vec<Self> {
+        let mut v = vec![Int8Isa::Scalar];
+        v.extend(Avx2::detect().map(Int8Isa::Avx2));
+        v.extend(Vnni512::detect().map(Int8Isa::Vnni512));
+        v
+    }
+
+    /// Short name for reports: `scalar`, `avx2`, `avx512-vnni`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Int8Isa::Scalar => "scalar",
+            Int8Isa::Avx2(_) => "avx2",
+            Int8Isa::Vnni512(_) => "avx512-vnni",
+        }
+    }
+}
+
+/// A layer's ternary codes in the kernel's layout, packed once: per group, rows padded to a
+/// multiple of [`MR`], each row's `k` codes padded with zeros to whole quads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedCodes {
+    groups: usize,
+    rows_per_group: usize,
+    rows_padded: usize,
+    k: usize,
+    quads: usize,
+    data: Vec<i8>,
+    row_sum: Vec<i32>,
+}
+
+impl PackedCodes {
+    /// Packs `codes` `[c_out, k]` (row `j` belongs to group `j / (c_out / groups)`).
+    ///
+    /// # Errors
+    /// `ShapeMismatch` if `codes.len() != c_out·k`, `groups ∤ c_out`, a code is outside
+    /// {−1, 0, 1}, or `k` is so large that an i32 sum could overflow (k > 2^23).
+    pub fn new(codes: &[i8], c_out: usize, groups: usize, k: usize) -> Result<Self> {
+        let bad = || TensorError::ShapeMismatch {
+            op: "PackedCodes::new",
+            lhs: vec![codes.len()],
+            rhs: vec![c_out, groups, k],
+        };
+        #[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
+        let ok = groups > 0
+            && c_out % groups == 0
+            && c_out.checked_mul(k) == Some(codes.len())
+            && k <= 1 << 23
+            && codes.iter().all(|c| (-1..=1).contains(c));
+        if !ok {
+            return Err(bad());
+        }
+        let rows_per_group = c_out / groups;
+        let rows_padded = rows_per_group.div_ceil(MR) * MR;
+        let quads = k.div_ceil(4);
+        let mut data = vec![0i8; groups * rows_padded * quads * 4];
+        for g in 0..groups {
+            for r in 0..rows_per_group {
+                let src = &codes[(g * rows_per_group + r) * k..][..k];
+                data[(g * rows_padded + r) * quads * 4..][..k].copy_from_slice(src);
+            }
+        }
+        let row_sum = codes
+            .chunks(k.max(1))
+            .take(c_out)
+            .map(|r| r.iter().map(|&c| c as i32).sum())
+            .collect::<Vec<_>>();
+        let row_sum = if k == 0 { vec![0; c_out] } else { row_sum };
+        Ok(Self {
+            groups,
+            rows_per_group,
+            rows_padded,
+            k,
+            quads,
+            data,
+            row_sum,
+        })
+    }
+
+    /// The same layer with every code replaced by its magnitude (asymmetric scales).
+    pub fn magnitudes(&self) -> Self {
+        let mut m = self.clone();
+        m.data.iter_mut().for_each(|c| *c = c.abs());
+        let k = self.k;
+        for g in 0..self.groups {
+            for r in 0..self.rows_per_group {
+                let row = &m.data[(g * self.rows_padded + r) * self.quads * 4..][..k];
+                m.row_sum[g * self.rows_per_group + r] = row.iter().map(|&c| c as i32).sum();
+            }
+        }
+        m
+    }
+
+    /// Output channels (`c_out`).
+    pub fn rows(&self) -> usize {
+        self.groups * self.rows_per_group
+    }
+
+    /// Codes per row (`c_in/groups · k_h · k_w`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Groups of the convolution.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+}
+
+/// An 8-bit activation tensor `[n, c, h, w]`: `x ≈ scale · (q − zero)`.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantInput<'a> {
+    /// The codes.
+    pub q: ArrayView4<'a, u8>,
+    /// Step.
+    pub scale: f32,
+    /// Code of 0.0 (0 for post-ReLU inputs); also the padding value.
+    pub zero: u8,
+}
+
+/// One W2A8 convolution layer: packed codes and per-output constants.
+#[derive(Clone, Copy, Debug)]
+pub struct TernaryConv<'a> {
+    /// Codes `[c_out, c_in/groups · k_h · k_w]` in the weight's `[c_out, c_in/g, k_h, k_w]` order.
+    pub codes: &'a PackedCodes,
+    /// `codes.magnitudes()`, required with `alpha_neg`.
+    pub magnitudes: Option<&'a PackedCodes>,
+    /// `(k_h, k_w)`.
+    pub kernel: (usize, usize),
+    /// Scale of +1 (and of −1 without `alpha_neg`), `[c_out]`.
+    pub alpha: &'a [f32],
+    /// Magnitude of −1 when the scales are asymmetric, `[c_out]`.
+    pub alpha_neg: Option<&'a [f32]>,
+    /// Added after scaling, `[c_out]` (a folded BatchNorm's shift).
+    pub bias: Option<&'a [f32]>,
+    /// Fused `max(y, 0)`.
+    pub relu: bool,
+}
+
+/// Per-task scratch: the k-quad patches and the i32 products.
+struct Scratch {
+    quads: Vec<u8>,
+    acc: Vec<i32>,
+    acc_abs: Vec<i32>,
+}
+
+/// W2A8 convolution (see the module doc), samples split over the rayon pool with `Par::Rayon`.
+///
+/// # Shapes
+/// `x.q`: `[n, c, h, w]`, codes `[c_out, c/groups·k_h·k_w]` → `[n, c_out, h_out, w_out]`.
+/// # Errors
+/// `ShapeMismatch` when the codes, scales, bias or groups disagree with `x` and `p`; the
+/// geometry's errors.
+pub fn ternary_conv2d_u8(
+    x: &QuantInput,
+    w: &TernaryConv,
+    p: &Conv2dParams,
+    isa: Int8Isa,
+    par: Par,
+) -> Result<Array4<f32>> {
+    let (n, c, h, wd) = x.q.dim();
+    let pc = w.codes;
+    let (kh, kw) = w.kernel;
+    let c_out = pc.rows();
+    let g = pc.groups;
+    #[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
+    let ok = p.groups == g
+        && c % g == 0
+        && pc.k == (c / g) * kh * kw
+        && w.alpha.len() == c_out
+        && w.alpha_neg.map_or(true, |a| a.len() == c_out)
+        && w.alpha_neg.is_some() == w.magnitudes.is_some()
+        && w.magnitudes
+            .map_or(true, |m| m.rows() == c_out && m.k == pc.k && m.groups == g)
+        && w.bias.map_or(true, |b| b.len() == c_out);
+    if !ok {
+        return Err(TensorError::ShapeMismatch {
+            op: "ternary_conv2d_u8",
+            lhs: vec![n, c, h, wd],
+            rhs: vec![c_out, pc.k, kh, kw, p.groups],
+        });
+    }
+    let (ho, wo) = p.output_hw(h, wd, kh, kw)?;
+    let m = ho * wo;
+    let mp = m.div_ceil(NR) * NR;
+    let xq = x.q.as_standard_layout();
+    let xs = xq.as_slice().expect("standard layout is contiguous");
+    let mut y = Array4::<f32>::zeros((n, c_out, ho, wo));
+    if y.is_empty() {
+        return Ok(y);
+    }
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let cg = c / g;
+    let rows = pc.rows_padded * mp;
+    crate::for_each_chunk(
+        par,
+        ys,
+        c_out * m,
+        || Scratch {
+            quads: vec![x.zero; pc.quads * 4 * mp],
+            acc: vec![0; rows],
+            acc_abs: vec![0; if w.magnitudes.is_some() { rows } else { 0 }],
+        },
+        |s, i, out| {
+            let sample = &xs[i * c * h * wd..(i + 1) * c * h * wd];
+            for gi in 0..g {
+                let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
+                im2col_quads(
+                    xg,
+                    (cg, h, wd),
+                    (kh, kw),
+                    p,
+                    (ho, wo),
+                    x.zero,
+                    mp,
+                    &mut s.quads,
+                );
+                gemm_group(isa, pc, gi, &s.quads, mp, &mut s.acc);
+                if let Some(mc) = w.magnitudes {
+                    gemm_group(isa, mc, gi, &s.quads, mp, &mut s.acc_abs);
+                }
+                let z = x.zero as i32;
+                for r in 0..pc.rows_per_group {
+                    let j = gi * pc.rows_per_group + r;
+                    let b = w.bias.map_or(0.0, |b| b[j]);
+                    let o = &mut out[j * m..(j + 1) * m];
+                    let acc = &s.acc[r * mp..r * mp + m];
+                    let za = z * pc.row_sum[j];
+                    match (w.alpha_neg, w.magnitudes) {
+                        (Some(an), Some(mc)) => {
+                            let (ap, an) = (x.scale * w.alpha[j], x.scale * an[j]);
+                            let zb = z * mc.row_sum[j];
+                            let abs = &s.acc_abs[r * mp..r * mp + m];
+                            for ((o, &a), &b2) in o.iter_mut().zip(acc).zip(abs) {
+                                let (a, b2) = (a - za, b2 - zb);
+                                let v = ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32 + b;
+                                *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                            }
+                        }
+                        _ => {
+                            let sa = x.scale * w.alpha[j];
+                            for (o, &a) in o.iter_mut().zip(acc) {
+                                let v = sa * (a - za) as f32 + b;
+                                *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(y)
+}
+
+/// Writes the patches of one group's input `[cg, h, w]` as k-quads (module doc); positions
+/// outside the input read `zero`.
+#[allow(clippy::too_many_arguments)] // one conv geometry, each part named
+fn im2col_quads(
+    x: &[u8],
+    (cg, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    p: &Conv2dParams,
+    (ho, wo): (usize, usize),
+    zero: u8,
+    mp: usize,
+    quads: &mut [u8],
+) {
+    for ci in 0..cg {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let t = (ci * kh + ky) * kw + kx;
+                let dst = &mut quads[(t / 4) * mp * 4..];
+                let r = t % 4;
+                for oy in 0..ho {
+                    let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize;
+                    let row_in = iy >= 0 && (iy as usize) < h;
+                    for ox in 0..wo {
+                        let ix =
+                            (ox * p.stride.1 + kx * p.dilation.1) as isize - p.padding.1 as isize;
+                        let v = if row_in && ix >= 0 && (ix as usize) < w {
+                            plane[iy as usize * w + ix as usize]
+                        } else {
+                            zero
+                        };
+                        dst[(oy * wo + ox) * 4 + r] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r·mp + p] = Σ_t codes[group gi, row r, t] · patch_p[t]` for every padded row and patch.
+fn gemm_group(isa: Int8Isa, pc: &PackedCodes, gi: usize, quads: &[u8], mp: usize, acc: &mut [i32]) {
+    let kq = pc.quads;
+    for rb in (0..pc.rows_padded).step_by(MR) {
+        let codes = &pc.data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
+        let out = &mut acc[rb * mp..(rb + MR) * mp];
+        for pb in (0..mp).step_by(NR) {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the token proves AVX2; `codes` holds MR rows of kq quads, `quads`
+                // kq·mp quads and `out` MR rows of mp, with pb + NR <= mp (mp is a multiple of NR).
+                Int8Isa::Avx2(_) => unsafe {
+                    block_avx2(codes, kq, quads, mp, pb, out);
+                    block_avx2(codes, kq, quads, mp, pb + NR / 2, out);
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above, the token proves AVX-512 F/BW/VNNI.
+                Int8Isa::Vnni512(_) => unsafe { block_vnni512(codes, kq, quads, mp, pb, out) },
+                _ => block_scalar(codes, kq, quads, mp, pb, out),
+            }
+        }
+    }
+}
+
+/// Portable block: MR rows × NR patches.
+fn block_scalar(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize, out: &mut [i32]) {
+    for r in 0..MR {
+        let row = &codes[r * kq * 4..(r + 1) * kq * 4];
+        for pp in pb..pb + NR {
+            let mut s = 0i32;
+            for q in 0..kq {
+                let a = &quads[(q * mp + pp) * 4..][..4];
+                let b = &row[q * 4..q * 4 + 4];
+                s += (0..4).map(|i| a[i] as i32 * b[i] as i32).sum::<i32>();
+            }
+            out[r * mp + pp] = s;
+        }
+    }
+}
+
+/// AVX2 block: MR rows × 16 patches from `pb` (two 8-patch vectors per row).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_avx2(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize, out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(codes.len() >= MR * kq * 4 && quads.len() >= kq * mp * 4 && pb + 16 <= mp);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); 2 * MR];
+    let (cp, ap) = (codes.as_ptr(), quads.as_ptr());
+    let mut q = 0;
+    while q < kq {
+        let end = (q + I16_QUADS).min(kq);
+        let mut acc16 = [_mm256_setzero_si256(); 2 * MR];
+        while q < end {
+            // SAFETY: q < kq and pb + 16 <= mp bound the 64 bytes read at (q·mp + pb)·4.
+            let (a0, a1) = unsafe {
+                let a = ap.add((q * mp + pb) * 4);
+                (
+                    _mm256_loadu_si256(a as *const __m256i),
+                    _mm256_loadu_si256(a.add(32) as *const __m256i),
+                )
+            };
+            for r in 0..MR {
+                // SAFETY: row r's quad q lies within the MR·kq·4 codes.
+                let c4 = unsafe { (cp.add((r * kq + q) * 4) as *const i32).read_unaligned() };
+                let b = _mm256_set1_epi32(c4);
+                acc16[2 * r] = _mm256_add_epi16(acc16[2 * r], _mm256_maddubs_epi16(a0, b));
+                acc16[2 * r + 1] = _mm256_add_epi16(acc16[2 * r + 1], _mm256_maddubs_epi16(a1, b));
+            }
+            q += 1;
+        }
+        for (a32, a16) in acc32.iter_mut().zip(&acc16) {
+            *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(*a16, ones));
+        }
+    }
+    let op = out.as_mut_ptr();
+    for r in 0..MR {
+        for v in 0..2 {
+            // SAFETY: row r of `out` has mp >= pb + 16 entries.
+            unsafe {
+                _mm256_storeu_si256(
+                    op.add(r * mp + pb + 8 * v) as *mut __m256i,
+                    acc32[2 * r + v],
+                )
+            };
+        }
+    }
+}
+
+/// AVX-512 VNNI block: MR rows × NR (= 32) patches (two 16-patch vectors per row).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_vnni512(
+    codes: &[i8],
+    kq: usize,
+    quads: &[u8],
+    mp: usize,
+    pb: usize,
+    out: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(codes.len() >= MR * kq * 4 && quads.len() >= kq * mp * 4 && pb + NR <= mp);
+    let mut acc = [_mm512_setzero_si512(); 2 * MR];
+    let (cp, ap) = (codes.as_ptr(), quads.as_ptr());
+    for q in 0..kq {
+        // SAFETY: q < kq and pb + 32 <= mp bound the 128 bytes read at (q·mp + pb)·4.
+        let (a0, a1) = unsafe {
+            let a = ap.add((q * mp + pb) * 4);
+            (
+                _mm512_loadu_si512(a as *const __m512i),
+                _mm512_loadu_si512(a.add(64) as *const __m512i),
+            )
+        };
+        for r in 0..MR {
+            // SAFETY: row r's quad q lies within the MR·kq·4 codes.
+            let c4 = unsafe { (cp.add((r * kq + q) * 4) as *const i32).read_unaligned() };
+            let b = _mm512_set1_epi32(c4);
+            acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], a0, b);
+            acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], a1, b);
+        }
+    }
+    let op = out.as_mut_ptr();
+    for r in 0..MR {
+        for v in 0..2 {
+            // SAFETY: row r of `out` has mp >= pb + 32 entries.
+            unsafe {
+                _mm512_storeu_si512(op.add(r * mp + pb + 16 * v) as *mut __m512i, acc[2 * r + v])
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ternary_gemm::quantize_u8;
+    use rand::{Rng, SeedableRng};
+
+    /// The direct definition in i64: Σ codes·(q − z) per output, then the f32 epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &Array4<u8>,
+        zero: u8,
+        codes: &[i8],
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        p: &Conv2dParams,
+        scale: f32,
+        alpha: &[f32],
+        alpha_neg: Option<&[f32]>,
+    ) -> Array4<f32> {
+        let (n, c, h, w) = q.dim();
+        let (ho, wo) = p.output_hw(h, w, kh, kw).unwrap();
+        let (cg, og) = (c / p.groups, c_out / p.groups);
+        Array4::from_shape_fn((n, c_out, ho, wo), |(i, j, oy, ox)| {
+            let (mut pos, mut neg) = (0i64, 0i64);
+            for ci in 0..cg {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let iy =
+                            (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize;
+                        let ix =
+                            (ox * p.stride.1 + kx * p.dilation.1) as isize - p.padding.1 as isize;
+                        let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
+                        let v = if inside {
+                            q[[i, (j / og) * cg + ci, iy as usize, ix as usize]] as i64
+                                - zero as i64
+                        } else {
+                            0
+                        };
+                        match codes[((j * cg + ci) * kh + ky) * kw + kx] {
+                            1 => pos += v,
+                            -1 => neg += v,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            let an = alpha_neg.map_or(alpha[j], |a| a[j]);
+            scale * alpha[j] * pos as f32 - scale * an * neg as f32
+        })
+    }
+
+    /// Every available kernel gives the reference exactly (integer sums; the epilogue is
+    /// written the same way) on random shapes: strides, padding, dilation, groups, depthwise,
+    /// 1×1, zero points, asymmetric scales, channel counts off the block sizes; and the f32
+    /// results are bit-identical for every kernel and both `Par` modes.
+    #[test]
+    fn every_kernel_matches_the_reference() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let dil = |d, s, pad| Conv2dParams {
+            dilation: (d, d),
+            ..Conv2dParams::new(s, pad)
+        };
+        let grp = |g, s, pad| Conv2dParams {
+            groups: g,
+            ..Conv2dParams::new(s, pad)
+        };
+        // (c, c_out, hw, k, params)
+        let cases = [
+            (3, 8, 9, 3, Conv2dParams::new(1, 1)),
+            (16, 16, 8, 3, Conv2dParams::new(2, 1)),
+            (5, 4, 7, 1, Conv2dParams::new(1, 0)),
+            (4, 6, 10, 3, dil(2, 1, 2)),
+            (8, 12, 6, 3, grp(4, 1, 1)),
+            (6, 6, 9, 3, grp(6, 2, 1)), // depthwise
+            (33, 7, 5, 1, grp(1, 1, 0)),
+            (64, 5, 6, 3, Conv2dParams::new(1, 1)), // k = 576 > 64 quads·4 (i16 flushes)
+        ];
+        for (ci, &(c, c_out, hw, kk, p)) in cases.iter().enumerate() {
+            let n = 3;
+            let k = (c / p.groups) * kk * kk;
+            let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
+            let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
+            let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
+            let pc = PackedCodes::new(&codes, c_out, p.groups, k).unwrap();
+            let mc = pc.magnitudes();
+            for zero in [0u8, 128, 255] {
+                let q = Array4::from_shape_fn((n, c, hw, hw), |_| {
+                    if ci == 7 {
+                        255
+                    } else {
+                        rng.random::<u8>()
+                    }
+                });
+                for asym in [false, true] {
+                    let an = asym.then_some(alpha_neg.as_slice());
+                    let want = reference(&q, zero, &codes, c_out, (kk, kk), &p, 0.1, &alpha, an);
+                    let mut first: Option<Array4<f32>> = None;
+                    for isa in Int8Isa::available() {
+                        for par in [Par::Seq, Par::Rayon] {
+                            let x = QuantInput {
+                                q: q.view(),
+                                scale: 0.1,
+                                zero,
+                            };
+                            let w = TernaryConv {
+                                codes: &pc,
+                                magnitudes: asym.then_some(&mc),
+                                kernel: (kk, kk),
+                                alpha: &alpha,
+                                alpha_neg: an,
+                                bias: None,
+                                relu: false,
+                            };
+                            let y = ternary_conv2d_u8(&x, &w, &p, isa, par).unwrap();
+                            assert_eq!(y.dim(), want.dim());
+                            for (a, b) in y.iter().zip(want.iter()) {
+                                let tol = 1e-5 * (1.0 + b.abs());
+                                assert!(
+                                    (a - b).abs() <= tol,
+                                    "case {ci} z {zero} {isa:?}: {a} vs {b}"
+                                );
+                            }
+                            match &first {
+                                None => first = Some(y),
+                                Some(f) => assert_eq!(f, &y, "case {ci} {isa:?} {par:?}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Against the f32 convolution of the dequantised operands, with bias and fused ReLU.
+    #[test]
+    fn matches_the_f32_conv_of_its_operands() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (n, c, c_out, hw, kk) = (2, 8, 10, 9, 3);
+        let p = Conv2dParams::new(1, 1);
+        let x: Vec<f32> = (0..n * c * hw * hw)
+            .map(|_| rng.random_range(-1.0f32..3.0))
+            .collect();
+        let (scale, zero) = (4.0 / 255.0, 64u8);
+        let mut xq = vec![0u8; x.len()];
+        quantize_u8(&x, scale, zero, &mut xq);
+        let k = c * kk * kk;
+        let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
+        let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
+        let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.3).collect();
+        let q4 = Array4::from_shape_vec((n, c, hw, hw), xq).unwrap();
+        let pc = PackedCodes::new(&codes, c_out, 1, k).unwrap();
+        let w = TernaryConv {
+            codes: &pc,
+            magnitudes: None,
+            kernel: (kk, kk),
+            alpha: &alpha,
+            alpha_neg: None,
+            bias: Some(&bias),
+            relu: true,
+        };
+        let xin = QuantInput {
+            q: q4.view(),
+            scale,
+            zero,
+        };
+        let y = ternary_conv2d_u8(&xin, &w, &p, Int8Isa::detect(), Par::Rayon).unwrap();
+        let xd = q4.mapv(|q| (q as f32 - zero as f32) * scale);
+        let wd = Array4::from_shape_fn((c_out, c, kk, kk), |(j, ci, a, b)| {
+            alpha[j] * codes[((j * c + ci) * kk + a) * kk + b] as f32
+        });
+        let b1 = ndarray::Array1::from(bias);
+        let want = crate::conv2d(xd.view(), wd.view(), Some(b1.view()), &p, Par::Seq).unwrap();
+        for (a, b) in y.iter().zip(want.iter()) {
+            assert!(
+                (a - b.max(0.0)).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_errors() {
+        assert!(PackedCodes::new(&[0, 1, 2, 0], 2, 1, 2).is_err()); // code 2
+        assert!(PackedCodes::new(&[0; 6], 3, 2, 2).is_err()); // groups ∤ c_out
+        assert!(PackedCodes::new(&[0; 5], 2, 1, 3).is_err()); // length
+        let pc = PackedCodes::new(&[0; 2 * 27], 2, 1, 27).unwrap();
+        let q = Array4::<u8>::zeros((1, 2, 4, 4)); // 2 channels, codes want 3
+        let w = TernaryConv {
+            codes: &pc,
+            magnitudes: None,
+            kernel: (3, 3),
+            alpha: &[1.0, 1.0],
+            alpha_neg: None,
+            bias: None,
+            relu: false,
+        };
+        let x = QuantInput {
+            q: q.view(),
+            scale: 1.0,
+            zero: 0,
+        };
+        let e = ternary_conv2d_u8(&x, &w, &Conv2dParams::new(1, 1), Int8Isa::Scalar, Par::Seq);
+        assert!(matches!(e, Err(TensorError::ShapeMismatch { .. })));
+    }
+}
