@@ -31,6 +31,7 @@
 #[doc = include_str!("../../../docs/method.md")]
 pub mod guide {}
 
+pub mod a8;
 pub mod algorithm;
 pub mod config;
 pub mod delta_grad;

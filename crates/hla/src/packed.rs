@@ -131,11 +131,11 @@ pub fn export_model(model: &dyn Model, st: &MethodState) -> Result<PackedModel> 
 
 /// Per-layer data of the packed hook.
 #[derive(Debug)]
-struct PackedEntry {
+pub(crate) struct PackedEntry {
     weight: ArrayD<f32>,
-    hyperspherical: bool,
-    input_norm: bool,
-    gain: Option<ArrayD<f32>>,
+    pub(crate) hyperspherical: bool,
+    pub(crate) input_norm: bool,
+    pub(crate) gain: Option<ArrayD<f32>>,
 }
 
 /// Inference from a packed file: every quantised layer computes with the stored ternary weights.
@@ -157,6 +157,14 @@ fn meta<'a>(pm: &'a PackedModel, key: &str) -> Result<&'a str> {
         })
 }
 
+/// The `[layer, weight]` names of the quantised layers of `pm`.
+pub(crate) fn quantised_names(pm: &PackedModel) -> Result<Vec<(String, String)>> {
+    serde_json::from_str(meta(pm, "quantised_layers")?).map_err(|e| HlaError::Format {
+        path: "packed model".into(),
+        reason: format!("quantised_layers: {e}"),
+    })
+}
+
 /// Loads the dense state of `pm` into `model` (by name; the quantised weights stay untouched)
 /// and returns the hook computing the quantised layers from the packed codes.
 ///
@@ -172,11 +180,7 @@ pub fn load_packed(model: &mut dyn Model, pm: &PackedModel) -> Result<PackedHook
         reason: format!("eps_x: {e}"),
     })?;
     let no_bn_in = meta(pm, "no_bn_input_norm")? == "true";
-    let qnames: Vec<(String, String)> = serde_json::from_str(meta(pm, "quantised_layers")?)
-        .map_err(|e| HlaError::Format {
-            path: "packed model".into(),
-            reason: format!("quantised_layers: {e}"),
-        })?;
+    let qnames = quantised_names(pm)?;
     let fmt = |reason: String| HlaError::Format {
         path: "packed model".into(),
         reason,
@@ -257,6 +261,21 @@ pub fn load_packed(model: &mut dyn Model, pm: &PackedModel) -> Result<PackedHook
 }
 
 impl PackedHook {
+    /// Whether `layer` computes from packed codes.
+    pub(crate) fn has_layer(&self, layer: &str) -> bool {
+        self.layers.contains_key(layer)
+    }
+
+    /// The packed data of `layer`.
+    pub(crate) fn entry(&self, layer: &str) -> Option<&PackedEntry> {
+        self.layers.get(layer)
+    }
+
+    /// ε of the input normalisation.
+    pub(crate) fn eps_x(&self) -> f64 {
+        self.eps_x
+    }
+
     /// Logits of `x` in eval mode from the packed model.
     ///
     /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).

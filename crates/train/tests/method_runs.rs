@@ -201,9 +201,53 @@ fn hla_run_export_and_packed_inference_match() {
     let want = eval::logits(m, h, x.clone()).unwrap();
     let mut fresh = hla_models::build("resnet20", 10, 77).unwrap();
     let mut hook = load_packed(fresh.as_mut(), &back).unwrap();
-    let got = hook.eval_logits(fresh.as_mut(), x).unwrap();
+    let got = hook.eval_logits(fresh.as_mut(), x.clone()).unwrap();
     let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got), bits(&want));
+    check_a8(
+        fresh.as_mut(),
+        back,
+        vec![batch(5, 8).0, batch(6, 8).0],
+        x,
+        &want,
+    );
+}
+
+/// W2A8 inference of `pm` (calibrated on `calib`) on `x` against the exact logits `want`:
+/// every integer kernel and thread mode gives the same bits, and the 8-bit activations move
+/// the logits by less than 5 % (relative L2; 8-bit steps are 1/255 of each layer's range).
+/// Without a calibration the W2A8 hook is an error that says so.
+fn check_a8(
+    model: &mut dyn Model,
+    mut pm: hla_core::export::PackedModel,
+    calib: Vec<ArrayD<f32>>,
+    x: ArrayD<f32>,
+    want: &ArrayD<f32>,
+) {
+    use hla_core::a8::{calibrate, load_a8};
+    use hla_tensor::ternary_conv::Int8Isa;
+    let e = load_a8(model, &pm).unwrap_err().to_string();
+    assert!(e.contains("calibrate"), "{e}");
+    let c = calibrate(model, &pm, calib).unwrap();
+    assert_eq!(c.layers.len(), pm.layers.len());
+    c.store(&mut pm);
+    let back = hla_core::export::PackedModel::from_bytes(&pm.to_bytes().unwrap(), "mem").unwrap();
+    assert_eq!(hla_core::a8::Calibration::of(&back).unwrap(), Some(c));
+    let mut first: Option<ArrayD<f32>> = None;
+    for isa in Int8Isa::available() {
+        for par in [hla_autograd::Par::Seq, hla_autograd::Par::Rayon] {
+            let mut h = load_a8(model, &back).unwrap().with_kernel(isa, par);
+            let got = h.eval_logits(model, x.clone()).unwrap();
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert_eq!(f, &got, "{isa:?} {par:?}"),
+            }
+        }
+    }
+    let got = first.unwrap();
+    let l2 = |a: &ArrayD<f32>| a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let err = l2(&(&got - want)) / l2(want);
+    assert!(err < 0.05 && got != *want, "relative error {err}");
 }
 
 fn tiny_x(seed: u64) -> ArrayD<f32> {
@@ -268,6 +312,13 @@ fn tinynet_hla_gain_trained_and_packed_inference_matches() {
         .eval_logits(&mut fresh, tiny_x(5))
         .unwrap();
     assert_eq!(got, want);
+    check_a8(
+        &mut fresh,
+        pm,
+        vec![tiny_x(20), tiny_x(21)],
+        tiny_x(5),
+        &want,
+    );
     // the plain forward of the fresh net differs (the packed hook is what computes it)
     let plain = eval::logits(&mut fresh, None, tiny_x(5)).unwrap();
     assert_ne!(plain, want);
@@ -385,4 +436,54 @@ fn table4_sim_at_several_t_by_hand() {
     // unit rows rank entries within their row's scale: every row keeps some entries at t = 0.5
     let n50 = st.sim_of(&m, 50, true).unwrap();
     assert!(n50 > got50 && n50 < 1.0, "{n50}");
+}
+
+/// W2A8 on the other layer kinds: TTQ's asymmetric scales on ResNet-20, and TWN on
+/// MobileNetV2 (depthwise and 1×1 convs, signed inputs after the linear bottlenecks, so
+/// non-zero zero points, and a quantised fc).
+#[test]
+fn a8_inference_of_ttq_resnet_and_twn_mobilenet() {
+    for (arch, method, hw) in [
+        ("resnet20", Method::Ttq, 8),
+        ("mobilenet_v2", Method::Twn, 32),
+    ] {
+        let mut model = hla_models::build(arch, 10, 4).unwrap();
+        let cfg = HlaConfig {
+            method,
+            ..Default::default()
+        };
+        let mut st = MethodState::new(cfg, model.as_ref()).unwrap();
+        st.prepare_weights(model.as_mut()).unwrap();
+        let img = |seed| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            ArrayD::from_shape_fn(vec![2, 3, hw, hw], |_| rng.random_range(-1.0f32..1.0))
+        };
+        // BN statistics of the ternary network (a random net's activations otherwise vanish
+        // layer after layer, and 8-bit grids of a vanishing signal measure nothing)
+        for k in 0..40 {
+            let mut tape = hla_autograd::Tape::<f32>::no_grad();
+            let x = tape.constant(img(100 + k));
+            model
+                .forward(&mut tape, x, hla_models::Mode::Train, st.hook_mut())
+                .unwrap();
+        }
+        let mut pm = export_model(model.as_ref(), &st).unwrap();
+        if method == Method::Ttq {
+            // TTQ starts with W⁺ = W⁻; make the scales asymmetric as training would
+            for l in &mut pm.layers {
+                let neg = l.alpha.iter().map(|a| 0.7 * a).collect();
+                l.alpha_neg = Some(neg);
+            }
+        }
+        let mut fresh = hla_models::build(arch, 10, 9).unwrap();
+        let want = load_packed(fresh.as_mut(), &pm)
+            .unwrap()
+            .eval_logits(fresh.as_mut(), img(1))
+            .unwrap();
+        let c = hla_core::a8::calibrate(fresh.as_mut(), &pm, vec![img(2)]).unwrap();
+        if arch == "mobilenet_v2" {
+            assert!(c.layers.values().any(|q| q.zero > 0), "signed inputs");
+        }
+        check_a8(fresh.as_mut(), pm, vec![img(2), img(3)], img(1), &want);
+    }
 }

@@ -1,0 +1,513 @@
+//! W2A8 inference from an exported ternary model: the quantised layers take 8-bit activations
+//! and compute with integer kernels ([`hla_tensor::ternary_conv`]); everything else (first conv,
+//! FC, BatchNorm, residual adds) stays f32, through the model's own forward.
+//!
+//! Each quantised layer's input is quantised with a per-tensor step and zero point,
+//! `x ≈ s·(q − z)`, calibrated once from the min / max that layer's input reaches over N
+//! training images under the exact (W2/A32) packed model ([`calibrate`]) and stored in the
+//! export (metadata `a8_calibration`). Post-ReLU inputs get `z = 0` and the full 0..=255 range.
+//! HLA's input normalisation divides by the patch norm of the *quantised* input, so the
+//! hyperspherical geometry holds for what the integer kernel sees.
+//!
+//! Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+
+use crate::error::{HlaError, Result};
+use crate::export::PackedModel;
+use crate::ops::{hyperspherical::divide_by_patch_norm, patch_norm};
+use crate::packed::{load_packed, PackedHook};
+use hla_autograd::{ops, AutogradError, Conv2dParams, Par, Tape, Var};
+use hla_models::{LayerHook, Mode, Model};
+use hla_tensor::ternary_conv::{ternary_conv2d_u8, Int8Isa, PackedCodes, QuantInput, TernaryConv};
+use hla_tensor::ternary_gemm::quantize_u8;
+use ndarray::{Array4, ArrayD};
+use std::collections::BTreeMap;
+
+/// Metadata key of the calibration in an export.
+pub const CALIBRATION_KEY: &str = "a8_calibration";
+
+/// Step and zero point of one layer's 8-bit input: `x ≈ scale·(q − zero)`.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActQuant {
+    /// Step.
+    pub scale: f32,
+    /// Code of 0.0.
+    pub zero: u8,
+}
+
+impl ActQuant {
+    /// The affine 8-bit grid covering `[min(lo, 0), max(hi, 0)]` (0.0 exactly representable):
+    /// non-negative inputs get `zero = 0`; an all-zero or non-finite range gets step 1.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn from_range(lo: f32, hi: f32) -> Self {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let span = hi - lo;
+        if !(span.is_finite() && span > 0.0) {
+            return ActQuant {
+                scale: 1.0,
+                zero: 0,
+            };
+        }
+        let scale = span / 255.0;
+        let zero = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+        ActQuant { scale, zero }
+    }
+}
+
+/// The calibration stored in an export: images used and each quantised layer's input grid.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    /// Number of training images the ranges were taken over.
+    pub images: usize,
+    /// Layer (torchvision module name) → input grid.
+    pub layers: BTreeMap<String, ActQuant>,
+}
+
+impl Calibration {
+    /// Stores the calibration in the export's metadata.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn store(&self, pm: &mut PackedModel) {
+        pm.metadata.insert(
+            CALIBRATION_KEY.into(),
+            serde_json::to_string(self).expect("plain data serialises"),
+        );
+    }
+
+    /// The calibration of an export, `None` when it has none.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    ///
+    /// # Errors
+    /// `Format` for malformed JSON or a non-positive / non-finite step.
+    pub fn of(pm: &PackedModel) -> Result<Option<Self>> {
+        let Some(s) = pm.metadata.get(CALIBRATION_KEY) else {
+            return Ok(None);
+        };
+        let c: Calibration = serde_json::from_str(s).map_err(|e| HlaError::Format {
+            path: "packed model".into(),
+            reason: format!("{CALIBRATION_KEY}: {e}"),
+        })?;
+        if let Some((l, q)) = c
+            .layers
+            .iter()
+            .find(|(_, q)| !(q.scale.is_finite() && q.scale > 0.0))
+        {
+            return Err(HlaError::Format {
+                path: "packed model".into(),
+                reason: format!("{CALIBRATION_KEY}: {l}: step {} is not positive", q.scale),
+            });
+        }
+        Ok(Some(c))
+    }
+}
+
+/// Records each quantised layer's input range while the packed hook computes.
+struct Recorder<'a> {
+    base: &'a mut PackedHook,
+    ranges: BTreeMap<String, (f32, f32)>,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, tape: &Tape<f32>, layer: &str, x: Var) {
+        if !self.base.has_layer(layer) {
+            return;
+        }
+        let v = tape.value(x);
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let e = self
+            .ranges
+            .entry(layer.to_string())
+            .or_insert((f32::INFINITY, f32::NEG_INFINITY));
+        *e = (e.0.min(lo), e.1.max(hi));
+    }
+}
+
+impl LayerHook for Recorder<'_> {
+    fn conv2d(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: Var,
+        p: &Conv2dParams,
+        mode: Mode,
+    ) -> hla_models::Result<Var> {
+        self.record(tape, layer, x);
+        self.base.conv2d(tape, layer, x, w, p, mode)
+    }
+
+    fn linear(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        mode: Mode,
+    ) -> hla_models::Result<Var> {
+        self.record(tape, layer, x);
+        self.base.linear(tape, layer, x, w, b, mode)
+    }
+}
+
+/// Calibrates the 8-bit input grids of `pm`'s quantised layers: runs the exact packed model
+/// (loaded into `model`) over `batches` (`[n, 3, h, w]`, normalised, no augmentation) and takes
+/// each layer input's min / max ([`ActQuant::from_range`]).
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+///
+/// # Errors
+/// `Empty` without images; the packed model's and the forward's errors.
+pub fn calibrate(
+    model: &mut dyn Model,
+    pm: &PackedModel,
+    batches: impl IntoIterator<Item = ArrayD<f32>>,
+) -> Result<Calibration> {
+    let mut base = load_packed(model, pm)?;
+    let mut rec = Recorder {
+        base: &mut base,
+        ranges: BTreeMap::new(),
+    };
+    let mut images = 0;
+    for x in batches {
+        images += x.shape().first().copied().unwrap_or(0);
+        let mut tape = Tape::<f32>::no_grad();
+        let xv = tape.constant(x);
+        model.forward(&mut tape, xv, Mode::Eval, Some(&mut rec))?;
+    }
+    if images == 0 {
+        return Err(HlaError::Empty { op: "calibrate" });
+    }
+    let layers = rec
+        .ranges
+        .into_iter()
+        .map(|(l, (lo, hi))| (l, ActQuant::from_range(lo, hi)))
+        .collect();
+    Ok(Calibration { images, layers })
+}
+
+/// One quantised layer of the W2A8 hook. The codes are packed for the kernel at the first
+/// forward, when the convolution's groups are known (the weight's shape does not carry them).
+#[derive(Debug)]
+struct A8Layer {
+    act: ActQuant,
+    codes_i8: Vec<i8>,
+    rows: usize,
+    k: usize,
+    packed: Option<Packed>,
+    alpha: Vec<f32>,
+    alpha_neg: Option<Vec<f32>>,
+    kernel: (usize, usize),
+}
+
+/// Codes in the kernel's layout for one group count.
+#[derive(Debug)]
+struct Packed {
+    groups: usize,
+    codes: PackedCodes,
+    magnitudes: Option<PackedCodes>,
+}
+
+impl A8Layer {
+    fn ensure_packed(&mut self, groups: usize) -> std::result::Result<(), AutogradError> {
+        if self.packed.as_ref().map_or(true, |p| p.groups != groups) {
+            let codes = PackedCodes::new(&self.codes_i8, self.rows, groups, self.k)?;
+            let magnitudes = self.alpha_neg.as_ref().map(|_| codes.magnitudes());
+            self.packed = Some(Packed {
+                groups,
+                codes,
+                magnitudes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// W2A8 inference hook: integer kernels for the calibrated quantised layers, the exact packed
+/// hook for everything it does not cover.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+#[derive(Debug)]
+pub struct A8Hook {
+    base: PackedHook,
+    layers: BTreeMap<String, A8Layer>,
+    isa: Int8Isa,
+    par: Par,
+}
+
+/// Loads `pm` into `model` like [`load_packed`] and returns the W2A8 hook over its calibration,
+/// running the best integer kernel of this CPU.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+///
+/// # Errors
+/// `Format` when the export has no calibration (calibrate it first), a calibrated layer is not
+/// in the file, or codes / shapes are malformed.
+pub fn load_a8(model: &mut dyn Model, pm: &PackedModel) -> Result<A8Hook> {
+    let base = load_packed(model, pm)?;
+    let calib = Calibration::of(pm)?.ok_or_else(|| HlaError::Format {
+        path: "packed model".into(),
+        reason: format!("no {CALIBRATION_KEY}: calibrate the export first (`hla calibrate`)"),
+    })?;
+    let qnames = crate::packed::quantised_names(pm)?;
+    let mut layers = BTreeMap::new();
+    for (layer, act) in &calib.layers {
+        let weight = qnames
+            .iter()
+            .find(|(l, _)| l == layer)
+            .map(|(_, w)| w)
+            .ok_or_else(|| HlaError::Format {
+                path: "packed model".into(),
+                reason: format!("{CALIBRATION_KEY}: {layer} is not a quantised layer"),
+            })?;
+        let pl = pm
+            .layers
+            .iter()
+            .find(|l| l.name == *weight)
+            .ok_or_else(|| HlaError::Format {
+                path: "packed model".into(),
+                reason: format!("{weight}: no packed codes"),
+            })?;
+        let (rows, k) = crate::real::rows_shape("load_a8", &pl.shape)?;
+        let kernel = match pl.shape.as_slice() {
+            &[_, _, kh, kw] => (kh, kw),
+            _ => (1, 1),
+        };
+        layers.insert(
+            layer.clone(),
+            A8Layer {
+                act: *act,
+                codes_i8: pl.codes_i8()?,
+                rows,
+                k,
+                packed: None,
+                alpha: pl.alpha.clone(),
+                alpha_neg: pl.alpha_neg.clone(),
+                kernel,
+            },
+        );
+    }
+    Ok(A8Hook {
+        base,
+        layers,
+        isa: Int8Isa::detect(),
+        par: Par::Rayon,
+    })
+}
+
+impl A8Hook {
+    /// Forces an integer kernel (tests compare them) and the thread use.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn with_kernel(mut self, isa: Int8Isa, par: Par) -> Self {
+        self.isa = isa;
+        self.par = par;
+        self
+    }
+
+    /// The integer kernel in use.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn kernel(&self) -> Int8Isa {
+        self.isa
+    }
+
+    /// Logits of `x` in eval mode through the W2A8 layers.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    ///
+    /// # Errors
+    /// Model errors.
+    pub fn eval_logits(&mut self, model: &mut dyn Model, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let mut tape = Tape::<f32>::no_grad();
+        let xv = tape.constant(x);
+        let y = model.forward(&mut tape, xv, Mode::Eval, Some(self))?;
+        Ok(tape.value(y).clone())
+    }
+}
+
+/// Quantises a 4-D input, runs the integer conv, and returns `(y, dequantised input)`.
+fn int_conv(
+    l: &mut A8Layer,
+    x4: ndarray::ArrayView4<f32>,
+    p: &Conv2dParams,
+    isa: Int8Isa,
+    par: Par,
+) -> std::result::Result<(Array4<f32>, Array4<f32>), AutogradError> {
+    let xs = x4.as_standard_layout();
+    let mut q = Array4::<u8>::zeros(xs.dim());
+    quantize_u8(
+        xs.as_slice().expect("standard layout"),
+        l.act.scale,
+        l.act.zero,
+        q.as_slice_mut().expect("fresh array"),
+    );
+    let (act, kernel) = (l.act, l.kernel);
+    l.ensure_packed(p.groups)?;
+    let pk = l.packed.as_ref().expect("packed above");
+    let w = TernaryConv {
+        codes: &pk.codes,
+        magnitudes: pk.magnitudes.as_ref(),
+        kernel,
+        alpha: &l.alpha,
+        alpha_neg: l.alpha_neg.as_deref(),
+        bias: None,
+        relu: false,
+    };
+    let qi = QuantInput {
+        q: q.view(),
+        scale: act.scale,
+        zero: act.zero,
+    };
+    let y = ternary_conv2d_u8(&qi, &w, p, isa, par)?;
+    let (s, z) = (act.scale, act.zero as f32);
+    Ok((y, q.mapv(|v| s * (v as f32 - z))))
+}
+
+fn as4(a: &ArrayD<f32>) -> std::result::Result<ndarray::ArrayView4<'_, f32>, AutogradError> {
+    a.view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .map_err(|_| AutogradError::BadShape {
+            op: "a8 conv2d",
+            shape: a.shape().to_vec(),
+            expected: "[n, c, h, w]".into(),
+        })
+}
+
+impl LayerHook for A8Hook {
+    fn conv2d(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: Var,
+        p: &Conv2dParams,
+        mode: Mode,
+    ) -> hla_models::Result<Var> {
+        let Some(l) = self.layers.get_mut(layer) else {
+            return self.base.conv2d(tape, layer, x, w, p, mode);
+        };
+        let kernel = l.kernel;
+        let (y, xd) = int_conv(l, as4(tape.value(x))?, p, self.isa, self.par)?;
+        let mut y = tape.constant(y.into_dyn());
+        let e = self
+            .base
+            .entry(layer)
+            .expect("calibrated layers are packed layers");
+        if e.input_norm {
+            let xd = tape.constant(xd.into_dyn());
+            let xn = patch_norm(tape, xd, kernel, p, self.base.eps_x())?;
+            y = divide_by_patch_norm(tape, y, xn)?;
+        }
+        if let (true, Some(g)) = (e.hyperspherical, &e.gain) {
+            let n = g.len();
+            let gv = tape.constant(g.clone());
+            let g4 = ops::reshape(tape, gv, &[1, n, 1, 1])?;
+            y = ops::mul(tape, y, g4)?;
+        }
+        Ok(y)
+    }
+
+    fn linear(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        mode: Mode,
+    ) -> hla_models::Result<Var> {
+        let Some(l) = self.layers.get_mut(layer) else {
+            return self.base.linear(tape, layer, x, w, b, mode);
+        };
+        // [n, in] as one 1×n "image" with `in` channels: the batch becomes the patches.
+        let xv = tape.value(x);
+        let (n, k) = (xv.shape()[0], xv.len() / xv.shape()[0].max(1));
+        let x4 = xv
+            .view()
+            .into_shape_with_order((n, k))
+            .map_err(|e| AutogradError::BadShape {
+                op: "a8 linear",
+                shape: xv.shape().to_vec(),
+                expected: format!("[n, in]: {e}"),
+            })?
+            .t()
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((1, k, 1, n))
+            .expect("k·n elements");
+        let p1 = Conv2dParams::new(1, 0);
+        let (y, xd) = int_conv(l, x4.view(), &p1, self.isa, self.par)?;
+        let rows = y.shape()[1];
+        let y2 = y
+            .into_shape_with_order((rows, n))
+            .expect("[1, out, 1, n]")
+            .t()
+            .as_standard_layout()
+            .into_owned();
+        let mut y = tape.constant(y2.into_dyn());
+        let e = self
+            .base
+            .entry(layer)
+            .expect("calibrated layers are packed layers");
+        if e.hyperspherical {
+            if e.input_norm {
+                // the same ops as `normalized_linear`, on the quantised input
+                let xd = xd.into_shape_with_order((k, n)).expect("[1, k, 1, n]");
+                let xd = tape.constant(xd.t().as_standard_layout().into_owned().into_dyn());
+                let x2 = ops::square(tape, xd)?;
+                let s = ops::sum(tape, x2, &[1], true)?; // [n, 1]
+                let s = ops::add_scalar(tape, s, self.base.eps_x() as f32)?;
+                let xn = ops::sqrt(tape, s)?;
+                y = ops::div(tape, y, xn)?;
+            }
+            if let Some(g) = &e.gain {
+                let gv = tape.constant(g.clone());
+                y = ops::mul(tape, y, gv)?;
+            }
+        }
+        Ok(match b {
+            Some(b) => ops::add(tape, y, b)?,
+            None => y,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Post-ReLU ranges get zero point 0 and the full 0..=255 grid; signed ranges put 0.0 on a
+    /// code exactly; degenerate ranges get a usable step.
+    #[test]
+    fn grids_from_ranges() {
+        let q = ActQuant::from_range(0.0, 2.55);
+        assert_eq!(q.zero, 0);
+        assert!((q.scale - 0.01).abs() < 1e-8);
+        let q = ActQuant::from_range(0.5, 2.55); // the range always includes 0
+        assert_eq!(q.zero, 0);
+        assert!((q.scale - 0.01).abs() < 1e-8);
+        let q = ActQuant::from_range(-1.0, 3.0);
+        assert_eq!(q.zero, 64); // 1 / (4/255) = 63.75
+        let q = ActQuant::from_range(-2.0, -1.0);
+        assert_eq!((q.zero, q.scale), (255, 2.0 / 255.0));
+        for (lo, hi) in [(0.0, 0.0), (f32::NAN, f32::NAN), (0.0, f32::INFINITY)] {
+            assert_eq!(
+                ActQuant::from_range(lo, hi),
+                ActQuant {
+                    scale: 1.0,
+                    zero: 0
+                }
+            );
+        }
+    }
+}
