@@ -56,6 +56,11 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write the packed 2-bit ternary model of a quantised run and report its size.
     Export(ExportArgs),
+    /// Add the 8-bit activation calibration (W2A8 inference) to an exported ternary model.
+    Calibrate(crate::infer::CalibrateArgs),
+    /// Top-k predictions of an exported ternary model for JPEG / PNG files (W2A8 integer path
+    /// when calibrated).
+    Infer(crate::infer::InferArgs),
     /// Measure training-step and inference throughput (images/s) for a model and batch size.
     Bench(BenchArgs),
     /// The default showcase: FP training, then HLA stage 1 + 2, TWN and TTQ from the same start
@@ -123,6 +128,10 @@ pub struct EvalArgs {
     /// Override one config key (repeatable), e.g. `--set data.test_limit=500`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Exported models: evaluate the W2A8 integer path (8-bit activations; needs a calibrated
+    /// export) instead of the exact decoded weights.
+    #[arg(long)]
+    pub a8: bool,
 }
 
 /// `hla export`.
@@ -134,6 +143,9 @@ pub struct ExportArgs {
     /// Output file (default: `<RUN dir>/model.ternary.safetensors`). Never overwritten.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Training images for the 8-bit activation calibration stored in the file (0: none).
+    #[arg(long, value_name = "N", default_value_t = crate::infer::DEFAULT_CALIBRATION_IMAGES)]
+    pub calibrate_images: usize,
 }
 
 /// What `hla bench` measures.

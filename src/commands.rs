@@ -290,27 +290,19 @@ pub fn eval(ctx: &Ctx, a: &EvalArgs) -> Result<()> {
     if !a.model.exists() {
         bail!("{}: no such file or directory", a.model.display());
     }
-    let dir = rundir::dir_of(&a.model);
     let packed = is_packed(&a.model);
+    if a.a8 && !packed {
+        bail!(
+            "{}: --a8 evaluates exported ternary models (`hla export`)",
+            a.model.display()
+        );
+    }
     let ck = if packed {
         None
     } else {
         Some(Checkpoint::load(&a.model)?)
     };
-    let mut cfg = match &a.config {
-        Some(c) => config::load(c, &a.set)?,
-        None => {
-            let p = dir.join(rundir::RESOLVED);
-            if !p.exists() {
-                bail!(
-                    "{}: no {} beside the model; pass --config FILE",
-                    dir.display(),
-                    rundir::RESOLVED
-                );
-            }
-            config::load(&p, &a.set)?
-        }
-    };
+    let mut cfg = crate::infer::model_config(&a.model, a.config.as_deref(), &a.set)?;
     if let Some(s) = ctx.global.seed {
         cfg.seed = s;
     }
@@ -319,21 +311,18 @@ pub fn eval(ctx: &Ctx, a: &EvalArgs) -> Result<()> {
     let (what, ev) = match &ck {
         None => {
             let pm = hla_core::export::PackedModel::read(&a.model)?;
-            let arch = pm
-                .metadata
-                .get("arch")
-                .cloned()
-                .unwrap_or_else(|| cfg.model.arch.name().into());
-            let classes: usize = pm
-                .metadata
-                .get("num_classes")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(cfg.model.num_classes);
-            let mut model = hla_models::build(&arch, classes, 0)?;
-            let mut hook = hla_core::packed::load_packed(model.as_mut(), &pm)?;
+            let mut model = crate::infer::model_of(&pm, Some(&cfg))?;
             let m = pm.metadata.get("method").cloned().unwrap_or_default();
-            let ev = eval::evaluate(model.as_mut(), Some(&mut hook), &data.test)?;
-            (format!("exported {m} model (2-bit packed)"), ev)
+            let mut hook = if a.a8 {
+                crate::infer::InferHook::A8(hla_core::a8::load_a8(model.as_mut(), &pm)?)
+            } else {
+                crate::infer::InferHook::Exact(hla_core::packed::load_packed(model.as_mut(), &pm)?)
+            };
+            let ev = eval::evaluate(model.as_mut(), Some(hook.hook()), &data.test)?;
+            (
+                format!("exported {m} model (2-bit packed), {}", hook.describe()),
+                ev,
+            )
         }
         Some(ck) => {
             let mut l: Learner = run::restore_learner(&cfg, ck, &a.model)?;
@@ -387,7 +376,11 @@ pub fn export(ctx: &Ctx, a: &ExportArgs) -> Result<()> {
             out.display()
         );
     }
-    let pm = run::export_packed(&cfg, &ck, &dir)?;
+    let mut pm = run::export_packed(&cfg, &ck, &dir)?;
+    if a.calibrate_images > 0 {
+        crate::infer::calibrate_export(&cfg, &pm, a.calibrate_images, ctx.threads())?
+            .store(&mut pm);
+    }
     pm.write(&out)?;
     let r = pm.size_report();
     let file_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);

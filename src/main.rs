@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod demo;
 mod explain;
+mod infer;
 mod interrupt;
 mod plots;
 mod progress;
@@ -66,6 +67,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quantize(a) => commands::quantize(&ctx, &a),
         Command::Eval(a) => commands::eval(&ctx, &a),
         Command::Export(a) => commands::export(&ctx, &a),
+        Command::Calibrate(a) => infer::calibrate_cmd(&ctx, &a),
+        Command::Infer(a) => infer::infer(&ctx, &a),
         Command::Demo(a) => demo::demo(&ctx, &a),
         Command::Bench(a) => bench::bench(&ctx, &a),
         Command::Study(a) => study::study(&ctx, &a),

@@ -220,7 +220,9 @@ struct Packed {
 impl A8Layer {
     fn ensure_packed(&mut self, groups: usize) -> std::result::Result<(), AutogradError> {
         if self.packed.as_ref().map_or(true, |p| p.groups != groups) {
-            let codes = PackedCodes::new(&self.codes_i8, self.rows, groups, self.k)?;
+            let (kh, kw) = self.kernel;
+            let cg = self.k / (kh * kw).max(1);
+            let codes = PackedCodes::for_conv(&self.codes_i8, [self.rows, cg, kh, kw], groups)?;
             let magnitudes = self.alpha_neg.as_ref().map(|_| codes.magnitudes());
             self.packed = Some(Packed {
                 groups,

@@ -93,6 +93,17 @@ pub struct PackedCodes {
     quads: usize,
     data: Vec<i8>,
     row_sum: Vec<i32>,
+    /// Groups 1 with a known kernel: the codes in tap-major, channel-quad order for the direct
+    /// stride-1 path (quad `q = tap·⌈c/4⌉ + c/4` holds channels `4·(c/4) .. +4` of that tap).
+    direct: Option<Direct>,
+}
+
+/// The direct path's code layout (see [`PackedCodes`]).
+#[derive(Clone, Debug, PartialEq)]
+struct Direct {
+    kernel: (usize, usize),
+    channel_quads: usize,
+    data: Vec<i8>,
 }
 
 impl PackedCodes {
@@ -140,13 +151,46 @@ impl PackedCodes {
             quads,
             data,
             row_sum,
+            direct: None,
         })
+    }
+
+    /// Packs the codes of a weight `[c_out, c_in/groups, k_h, k_w]` (also in the direct
+    /// stride-1 layout when `groups == 1`).
+    ///
+    /// # Errors
+    /// As [`PackedCodes::new`].
+    pub fn for_conv(codes: &[i8], shape: [usize; 4], groups: usize) -> Result<Self> {
+        let [c_out, cg, kh, kw] = shape;
+        let mut pc = Self::new(codes, c_out, groups, cg * kh * kw)?;
+        if groups == 1 {
+            let cq = cg.div_ceil(4);
+            let row = kh * kw * cq * 4;
+            let mut data = vec![0i8; pc.rows_padded * row];
+            for j in 0..c_out {
+                for ci in 0..cg {
+                    for t in 0..kh * kw {
+                        data[j * row + (t * cq + ci / 4) * 4 + ci % 4] =
+                            codes[(j * cg + ci) * kh * kw + t];
+                    }
+                }
+            }
+            pc.direct = Some(Direct {
+                kernel: (kh, kw),
+                channel_quads: cq,
+                data,
+            });
+        }
+        Ok(pc)
     }
 
     /// The same layer with every code replaced by its magnitude (asymmetric scales).
     pub fn magnitudes(&self) -> Self {
         let mut m = self.clone();
         m.data.iter_mut().for_each(|c| *c = c.abs());
+        if let Some(d) = &mut m.direct {
+            d.data.iter_mut().for_each(|c| *c = c.abs());
+        }
         let k = self.k;
         for g in 0..self.groups {
             for r in 0..self.rows_per_group {
@@ -248,7 +292,6 @@ pub fn ternary_conv2d_u8(
     }
     let (ho, wo) = p.output_hw(h, wd, kh, kw)?;
     let m = ho * wo;
-    let mp = m.div_ceil(NR) * NR;
     let xq = x.q.as_standard_layout();
     let xs = xq.as_slice().expect("standard layout is contiguous");
     let mut y = Array4::<f32>::zeros((n, c_out, ho, wo));
@@ -256,6 +299,33 @@ pub fn ternary_conv2d_u8(
         return Ok(y);
     }
     let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let direct = pc
+        .direct
+        .as_ref()
+        .filter(|d| d.kernel == (kh, kw) && p.stride == (1, 1) && p.dilation == (1, 1));
+    // The product's geometry: `mp` padded positions, the byte offset of each quad's operand
+    // in the patch buffer, and where output (oy, ox) sits among the positions.
+    let (mp, offs, buf_len, pos_row) = match direct {
+        // Positions p' = oy·w_p + ox over the padded plane's width (ox >= wo are discarded):
+        // the operand of tap (ky, kx) is the padded plane shifted by ky·w_p + kx.
+        Some(d) => {
+            let wp = wd + 2 * p.padding.1;
+            let mp = (ho * wp).div_ceil(NR) * NR;
+            let plen = ((h + 2 * p.padding.0) * wp).max(mp + (kh - 1) * wp + kw);
+            let mut offs = Vec::with_capacity(kh * kw * d.channel_quads);
+            for t in 0..kh * kw {
+                for cq in 0..d.channel_quads {
+                    offs.push((cq * plen + (t / kw) * wp + t % kw) * 4);
+                }
+            }
+            (mp, offs, d.channel_quads * plen * 4, wp)
+        }
+        None => {
+            let mp = m.div_ceil(NR) * NR;
+            let offs = (0..pc.quads).map(|q| q * mp * 4).collect();
+            (mp, offs, pc.quads * mp * 4, wo)
+        }
+    };
     let cg = c / g;
     let rows = pc.rows_padded * mp;
     crate::for_each_chunk(
@@ -263,7 +333,7 @@ pub fn ternary_conv2d_u8(
         ys,
         c_out * m,
         || Scratch {
-            quads: vec![x.zero; pc.quads * 4 * mp],
+            quads: vec![x.zero; buf_len],
             acc: vec![0; rows],
             acc_abs: vec![0; if w.magnitudes.is_some() { rows } else { 0 }],
         },
@@ -271,43 +341,76 @@ pub fn ternary_conv2d_u8(
             let sample = &xs[i * c * h * wd..(i + 1) * c * h * wd];
             for gi in 0..g {
                 let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
-                im2col_quads(
-                    xg,
-                    (cg, h, wd),
-                    (kh, kw),
-                    p,
-                    (ho, wo),
-                    x.zero,
+                match direct {
+                    Some(_) => pad_quads(
+                        xg,
+                        (cg, h, wd),
+                        p.padding,
+                        buf_len / 4 / cg.div_ceil(4),
+                        &mut s.quads,
+                    ),
+                    None => im2col_quads(
+                        xg,
+                        (cg, h, wd),
+                        (kh, kw),
+                        p,
+                        (ho, wo),
+                        x.zero,
+                        mp,
+                        &mut s.quads,
+                    ),
+                }
+                gemm_group(
+                    isa,
+                    pc,
+                    direct.is_some(),
+                    gi,
+                    &s.quads,
+                    &offs,
                     mp,
-                    &mut s.quads,
+                    &mut s.acc,
                 );
-                gemm_group(isa, pc, gi, &s.quads, mp, &mut s.acc);
                 if let Some(mc) = w.magnitudes {
-                    gemm_group(isa, mc, gi, &s.quads, mp, &mut s.acc_abs);
+                    gemm_group(
+                        isa,
+                        mc,
+                        direct.is_some(),
+                        gi,
+                        &s.quads,
+                        &offs,
+                        mp,
+                        &mut s.acc_abs,
+                    );
                 }
                 let z = x.zero as i32;
                 for r in 0..pc.rows_per_group {
                     let j = gi * pc.rows_per_group + r;
                     let b = w.bias.map_or(0.0, |b| b[j]);
-                    let o = &mut out[j * m..(j + 1) * m];
-                    let acc = &s.acc[r * mp..r * mp + m];
                     let za = z * pc.row_sum[j];
-                    match (w.alpha_neg, w.magnitudes) {
-                        (Some(an), Some(mc)) => {
-                            let (ap, an) = (x.scale * w.alpha[j], x.scale * an[j]);
-                            let zb = z * mc.row_sum[j];
-                            let abs = &s.acc_abs[r * mp..r * mp + m];
-                            for ((o, &a), &b2) in o.iter_mut().zip(acc).zip(abs) {
-                                let (a, b2) = (a - za, b2 - zb);
-                                let v = ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32 + b;
-                                *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                    let zb = w.magnitudes.map_or(0, |mc| z * mc.row_sum[j]);
+                    let (ap, an) = match w.alpha_neg {
+                        Some(an) => (x.scale * w.alpha[j], Some(x.scale * an[j])),
+                        None => (x.scale * w.alpha[j], None),
+                    };
+                    for oy in 0..ho {
+                        let o = &mut out[j * m + oy * wo..][..wo];
+                        let at = r * mp + oy * pos_row;
+                        let acc = &s.acc[at..at + wo];
+                        match an {
+                            Some(an) => {
+                                let abs = &s.acc_abs[at..at + wo];
+                                for ((o, &a), &b2) in o.iter_mut().zip(acc).zip(abs) {
+                                    let (a, b2) = (a - za, b2 - zb);
+                                    let v =
+                                        ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32 + b;
+                                    *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                                }
                             }
-                        }
-                        _ => {
-                            let sa = x.scale * w.alpha[j];
-                            for (o, &a) in o.iter_mut().zip(acc) {
-                                let v = sa * (a - za) as f32 + b;
-                                *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                            None => {
+                                for (o, &a) in o.iter_mut().zip(acc) {
+                                    let v = ap * (a - za) as f32 + b;
+                                    *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                                }
                             }
                         }
                     }
@@ -316,6 +419,32 @@ pub fn ternary_conv2d_u8(
         },
     );
     Ok(y)
+}
+
+/// Writes one input `[c, h, w]` into the direct path's buffer: per channel quad a plane of
+/// `plen` positions (the input padded by `padding`, row width `w + 2·padding.1`), 4 channels a
+/// position. Borders, the slack after each plane and missing channels keep the zero point the
+/// buffer was filled with (never written here).
+fn pad_quads(
+    x: &[u8],
+    (c, h, w): (usize, usize, usize),
+    padding: (usize, usize),
+    plen: usize,
+    buf: &mut [u8],
+) {
+    let wp = w + 2 * padding.1;
+    for ci in 0..c {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        let base = (ci / 4) * plen;
+        let r = ci % 4;
+        for yy in 0..h {
+            let row = &plane[yy * w..(yy + 1) * w];
+            let dst = &mut buf[(base + (yy + padding.0) * wp + padding.1) * 4..][..w * 4];
+            for (d, &v) in dst.chunks_exact_mut(4).zip(row) {
+                d[r] = v;
+            }
+        }
+    }
 }
 
 /// Writes the patches of one group's input `[cg, h, w]` as k-quads (module doc); positions
@@ -357,38 +486,55 @@ fn im2col_quads(
     }
 }
 
-/// `acc[r·mp + p] = Σ_t codes[group gi, row r, t] · patch_p[t]` for every padded row and patch.
-fn gemm_group(isa: Int8Isa, pc: &PackedCodes, gi: usize, quads: &[u8], mp: usize, acc: &mut [i32]) {
-    let kq = pc.quads;
+/// `acc[r·mp + p] = Σ_q Σ_i codes[row r, quad q, i] · buf[offs[q] + 4·p + i]` for every padded
+/// row of group `gi` and every position `p < mp` (im2col or direct code layout).
+#[allow(clippy::too_many_arguments)] // the product's operands, each named
+fn gemm_group(
+    isa: Int8Isa,
+    pc: &PackedCodes,
+    direct: bool,
+    gi: usize,
+    buf: &[u8],
+    offs: &[usize],
+    mp: usize,
+    acc: &mut [i32],
+) {
+    let (data, kq) = match (&pc.direct, direct) {
+        (Some(d), true) => (&d.data, offs.len()),
+        _ => (&pc.data, pc.quads),
+    };
+    debug_assert_eq!(kq, offs.len());
     for rb in (0..pc.rows_padded).step_by(MR) {
-        let codes = &pc.data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
+        let codes = &data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
         let out = &mut acc[rb * mp..(rb + MR) * mp];
         for pb in (0..mp).step_by(NR) {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the token proves AVX2; `codes` holds MR rows of kq quads, `quads`
-                // kq·mp quads and `out` MR rows of mp, with pb + NR <= mp (mp is a multiple of NR).
+                // SAFETY: the token proves AVX2; `codes` holds MR rows of kq quads, every
+                // offs[q] + 4·(pb + NR) lies within `buf` (checked by the callers' layout, and in
+                // debug builds below), `out` holds MR rows of mp >= pb + NR.
                 Int8Isa::Avx2(_) => unsafe {
-                    block_avx2(codes, kq, quads, mp, pb, out);
-                    block_avx2(codes, kq, quads, mp, pb + NR / 2, out);
+                    block_avx2(codes, buf, offs, pb, out, mp);
+                    block_avx2(codes, buf, offs, pb + NR / 2, out, mp);
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above, the token proves AVX-512 F/BW/VNNI.
-                Int8Isa::Vnni512(_) => unsafe { block_vnni512(codes, kq, quads, mp, pb, out) },
-                _ => block_scalar(codes, kq, quads, mp, pb, out),
+                Int8Isa::Vnni512(_) => unsafe { block_vnni512(codes, buf, offs, pb, out, mp) },
+                _ => block_scalar(codes, buf, offs, pb, out, mp),
             }
         }
     }
 }
 
-/// Portable block: MR rows × NR patches.
-fn block_scalar(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize, out: &mut [i32]) {
+/// Portable block: MR rows × NR positions from `pb`.
+fn block_scalar(codes: &[i8], buf: &[u8], offs: &[usize], pb: usize, out: &mut [i32], mp: usize) {
+    let kq = offs.len();
     for r in 0..MR {
         let row = &codes[r * kq * 4..(r + 1) * kq * 4];
         for pp in pb..pb + NR {
             let mut s = 0i32;
-            for q in 0..kq {
-                let a = &quads[(q * mp + pp) * 4..][..4];
+            for (q, &o) in offs.iter().enumerate() {
+                let a = &buf[o + pp * 4..][..4];
                 let b = &row[q * 4..q * 4 + 4];
                 s += (0..4).map(|i| a[i] as i32 * b[i] as i32).sum::<i32>();
             }
@@ -400,20 +546,29 @@ fn block_scalar(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize, out
 /// AVX2 block: MR rows × 16 patches from `pb` (two 8-patch vectors per row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn block_avx2(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize, out: &mut [i32]) {
+unsafe fn block_avx2(
+    codes: &[i8],
+    buf: &[u8],
+    offs: &[usize],
+    pb: usize,
+    out: &mut [i32],
+    mp: usize,
+) {
     use std::arch::x86_64::*;
-    debug_assert!(codes.len() >= MR * kq * 4 && quads.len() >= kq * mp * 4 && pb + 16 <= mp);
+    let kq = offs.len();
+    debug_assert!(codes.len() >= MR * kq * 4 && pb + 16 <= mp);
+    debug_assert!(offs.iter().all(|&o| o + (pb + 16) * 4 <= buf.len()));
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [_mm256_setzero_si256(); 2 * MR];
-    let (cp, ap) = (codes.as_ptr(), quads.as_ptr());
+    let (cp, ap) = (codes.as_ptr(), buf.as_ptr());
     let mut q = 0;
     while q < kq {
         let end = (q + I16_QUADS).min(kq);
         let mut acc16 = [_mm256_setzero_si256(); 2 * MR];
         while q < end {
-            // SAFETY: q < kq and pb + 16 <= mp bound the 64 bytes read at (q·mp + pb)·4.
+            // SAFETY: offs[q] + 4·(pb + 16) <= buf.len() bounds the 64 bytes read.
             let (a0, a1) = unsafe {
-                let a = ap.add((q * mp + pb) * 4);
+                let a = ap.add(*offs.get_unchecked(q) + pb * 4);
                 (
                     _mm256_loadu_si256(a as *const __m256i),
                     _mm256_loadu_si256(a.add(32) as *const __m256i),
@@ -451,20 +606,22 @@ unsafe fn block_avx2(codes: &[i8], kq: usize, quads: &[u8], mp: usize, pb: usize
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block_vnni512(
     codes: &[i8],
-    kq: usize,
-    quads: &[u8],
-    mp: usize,
+    buf: &[u8],
+    offs: &[usize],
     pb: usize,
     out: &mut [i32],
+    mp: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(codes.len() >= MR * kq * 4 && quads.len() >= kq * mp * 4 && pb + NR <= mp);
+    let kq = offs.len();
+    debug_assert!(codes.len() >= MR * kq * 4 && pb + NR <= mp);
+    debug_assert!(offs.iter().all(|&o| o + (pb + NR) * 4 <= buf.len()));
     let mut acc = [_mm512_setzero_si512(); 2 * MR];
-    let (cp, ap) = (codes.as_ptr(), quads.as_ptr());
-    for q in 0..kq {
-        // SAFETY: q < kq and pb + 32 <= mp bound the 128 bytes read at (q·mp + pb)·4.
+    let (cp, ap) = (codes.as_ptr(), buf.as_ptr());
+    for (q, &o) in offs.iter().enumerate() {
+        // SAFETY: o + 4·(pb + 32) <= buf.len() bounds the 128 bytes read.
         let (a0, a1) = unsafe {
-            let a = ap.add((q * mp + pb) * 4);
+            let a = ap.add(o + pb * 4);
             (
                 _mm512_loadu_si512(a as *const __m512i),
                 _mm512_loadu_si512(a.add(64) as *const __m512i),
@@ -572,9 +729,18 @@ mod tests {
             let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
             let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
             let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
-            let pc = PackedCodes::new(&codes, c_out, p.groups, k).unwrap();
-            let mc = pc.magnitudes();
-            for zero in [0u8, 128, 255] {
+            // im2col layout only, and with the direct stride-1 layout where it applies
+            let plain = PackedCodes::new(&codes, c_out, p.groups, k).unwrap();
+            let conv =
+                PackedCodes::for_conv(&codes, [c_out, c / p.groups, kk, kk], p.groups).unwrap();
+            for (pc, zero) in [
+                (&plain, 0u8),
+                (&conv, 0),
+                (&plain, 128),
+                (&conv, 128),
+                (&conv, 255),
+            ] {
+                let mc = pc.magnitudes();
                 let q = Array4::from_shape_fn((n, c, hw, hw), |_| {
                     if ci == 7 {
                         255
@@ -594,7 +760,7 @@ mod tests {
                                 zero,
                             };
                             let w = TernaryConv {
-                                codes: &pc,
+                                codes: pc,
                                 magnitudes: asym.then_some(&mc),
                                 kernel: (kk, kk),
                                 alpha: &alpha,
@@ -639,7 +805,7 @@ mod tests {
         let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
         let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.3).collect();
         let q4 = Array4::from_shape_vec((n, c, hw, hw), xq).unwrap();
-        let pc = PackedCodes::new(&codes, c_out, 1, k).unwrap();
+        let pc = PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap();
         let w = TernaryConv {
             codes: &pc,
             magnitudes: None,

@@ -176,3 +176,94 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         warnings,
     })
 }
+
+/// How an exported model wants its input (stored in the export as metadata `preprocess`, read
+/// by `hla infer`): resize the shorter side to `resize`, centre-crop `crop`, then
+/// `(v / 255 − mean) / std` per channel. CIFAR-10 models take 32 × 32 images as they are.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Preprocess {
+    /// Shorter side after resizing.
+    pub resize: usize,
+    /// Side of the centre crop (the network's input size).
+    pub crop: usize,
+    /// Per-channel mean (on the `[0, 1]` scale).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f32>,
+}
+
+impl Preprocess {
+    /// The evaluation preprocessing of `cfg`'s data.
+    pub fn of(cfg: &Config) -> Self {
+        match cfg.data.format {
+            DataFormat::Cifar10 => Preprocess {
+                resize: 32,
+                crop: 32,
+                mean: CIFAR_MEAN.to_vec(),
+                std: CIFAR_STD.to_vec(),
+            },
+            DataFormat::Imagefolder => {
+                let n = Normalize::imagenet();
+                Preprocess {
+                    resize: cfg.data.resize,
+                    crop: cfg.data.image_size,
+                    mean: n.mean,
+                    std: n.std,
+                }
+            }
+        }
+    }
+
+    /// The transform and normalisation as the data crate's types.
+    ///
+    /// # Errors
+    /// `Data` for sizes of 0 or a bad mean / std.
+    pub fn transform(&self) -> Result<(ImageTransform, Normalize)> {
+        let t = ImageTransform::eval(self.resize, self.crop);
+        t.validate()?;
+        Ok((t, Normalize::new(&self.mean, &self.std)?))
+    }
+}
+
+/// Readable class names of `cfg`'s data in label order: CIFAR-10's `batches.meta.txt` beside
+/// the batches (the standard ten names without it); an ImageFolder's class-index names, or its
+/// sorted training folder names.
+///
+/// # Errors
+/// `Data` when the class index or the training folder cannot be read.
+pub fn class_names(cfg: &Config) -> Result<Vec<String>> {
+    let root = &cfg.data.root;
+    Ok(match cfg.data.format {
+        DataFormat::Cifar10 => std::fs::read_to_string(root.join("batches.meta.txt"))
+            .ok()
+            .map(|s| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| v.len() == hla_data::CIFAR10_CLASSES.len())
+            .unwrap_or_else(|| hla_data::CIFAR10_CLASSES.map(String::from).to_vec()),
+        DataFormat::Imagefolder => match &cfg.data.class_index {
+            Some(p) => hla_data::folder::read_class_index(p)?
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
+            None => {
+                let dir = root.join("train");
+                let rd = std::fs::read_dir(&dir).map_err(|e| hla_data::DataError::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                let mut v: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                v.sort();
+                v
+            }
+        },
+    })
+}

@@ -1067,8 +1067,32 @@ pub fn restore_learner(cfg: &Config, ck: &Checkpoint, dir: &Path) -> Result<Lear
     Ok(l)
 }
 
+/// Metadata keys of an export that say how to feed it: the preprocessing and the class names.
+pub const PREPROCESS_KEY: &str = "preprocess";
+/// See [`PREPROCESS_KEY`].
+pub const CLASS_NAMES_KEY: &str = "class_names";
+
+/// Stores `cfg`'s evaluation preprocessing and class names in an export (what `hla infer`
+/// needs to read a JPEG).
+///
+/// # Errors
+/// `Data` when the class names cannot be read.
+pub fn add_input_metadata(cfg: &Config, pm: &mut hla_core::export::PackedModel) -> Result<()> {
+    let pre = crate::data::Preprocess::of(cfg);
+    pm.metadata.insert(
+        PREPROCESS_KEY.into(),
+        serde_json::to_string(&pre).expect("plain data serialises"),
+    );
+    let names = crate::data::class_names(cfg)?;
+    pm.metadata.insert(
+        CLASS_NAMES_KEY.into(),
+        serde_json::to_string(&names).expect("strings serialise"),
+    );
+    Ok(())
+}
+
 /// The packed 2-bit model of a finished quantize run (checkpoint + config), with the config's
-/// digest in its metadata.
+/// digest, preprocessing and class names in its metadata.
 ///
 /// # Errors
 /// Checkpoint, method and export errors.
@@ -1081,5 +1105,6 @@ pub fn export_packed(
     let st = method_state(&l)?;
     let mut pm = hla_core::packed::export_model(l.model.as_ref(), st)?;
     pm.metadata.insert("config_sha256".into(), cfg.digest());
+    add_input_metadata(cfg, &mut pm)?;
     Ok(pm)
 }
