@@ -13,7 +13,7 @@
 
 use crate::error::{HlaError, Result};
 use crate::export::PackedModel;
-use crate::ops::{hyperspherical::divide_by_patch_norm, patch_norm};
+use crate::ops::hyperspherical::divide_by_patch_norm;
 use crate::packed::{load_packed, PackedHook};
 use hla_autograd::{ops, AutogradError, Conv2dParams, Par, Tape, Var};
 use hla_models::{LayerHook, Mode, Model};
@@ -337,14 +337,14 @@ impl A8Hook {
     }
 }
 
-/// Quantises a 4-D input, runs the integer conv, and returns `(y, dequantised input)`.
+/// Quantises a 4-D input, runs the integer conv, and returns `(y, quantised input)`.
 fn int_conv(
     l: &mut A8Layer,
     x4: ndarray::ArrayView4<f32>,
     p: &Conv2dParams,
     isa: Int8Isa,
     par: Par,
-) -> std::result::Result<(Array4<f32>, Array4<f32>), AutogradError> {
+) -> std::result::Result<(Array4<f32>, Array4<u8>), AutogradError> {
     let xs = x4.as_standard_layout();
     let mut q = Array4::<u8>::zeros(xs.dim());
     quantize_u8(
@@ -371,8 +371,63 @@ fn int_conv(
         zero: act.zero,
     };
     let y = ternary_conv2d_u8(&qi, &w, p, isa, par)?;
-    let (s, z) = (act.scale, act.zero as f32);
-    Ok((y, q.mapv(|v| s * (v as f32 - z))))
+    Ok((y, q))
+}
+
+/// HLA's patch norms `sqrt(Σ_patch x² + eps)` `[n, groups, h_out, w_out]` of the quantised
+/// input `x = s·(q − z)`: the integer squares summed over each group's channels, then over the
+/// k×k window (padding is the zero point, which adds 0), exact in u64, scaled by s² in f64.
+fn quantised_patch_norms(
+    q: &Array4<u8>,
+    act: ActQuant,
+    (kh, kw): (usize, usize),
+    p: &Conv2dParams,
+    eps_x: f64,
+) -> std::result::Result<Array4<f32>, AutogradError> {
+    let (n, c, h, w) = q.dim();
+    let g = p.groups.max(1);
+    let (ho, wo) = p.output_hw(h, w, kh, kw)?;
+    let cg = c / g;
+    let z = act.zero as i32;
+    let s2 = (act.scale as f64) * (act.scale as f64);
+    let qs = q.as_slice().expect("fresh array is contiguous");
+    let mut out = Array4::<f32>::zeros((n, g, ho, wo));
+    let os = out.as_slice_mut().expect("fresh array is contiguous");
+    let mut sq = vec![0u64; h * w];
+    for i in 0..n {
+        for gi in 0..g {
+            sq.iter_mut().for_each(|v| *v = 0);
+            for ci in gi * cg..(gi + 1) * cg {
+                let plane = &qs[(i * c + ci) * h * w..][..h * w];
+                for (acc, &v) in sq.iter_mut().zip(plane) {
+                    let d = v as i32 - z;
+                    *acc += (d * d) as u64;
+                }
+            }
+            let o = &mut os[(i * g + gi) * ho * wo..][..ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut t = 0u64;
+                    for ky in 0..kh {
+                        let iy =
+                            (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize;
+                        if iy < 0 || iy as usize >= h {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
+                                - p.padding.1 as isize;
+                            if ix >= 0 && (ix as usize) < w {
+                                t += sq[iy as usize * w + ix as usize];
+                            }
+                        }
+                    }
+                    o[oy * wo + ox] = (s2 * t as f64 + eps_x).sqrt() as f32;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn as4(a: &ArrayD<f32>) -> std::result::Result<ndarray::ArrayView4<'_, f32>, AutogradError> {
@@ -398,16 +453,16 @@ impl LayerHook for A8Hook {
         let Some(l) = self.layers.get_mut(layer) else {
             return self.base.conv2d(tape, layer, x, w, p, mode);
         };
-        let kernel = l.kernel;
-        let (y, xd) = int_conv(l, as4(tape.value(x))?, p, self.isa, self.par)?;
+        let (kernel, act) = (l.kernel, l.act);
+        let (y, q) = int_conv(l, as4(tape.value(x))?, p, self.isa, self.par)?;
         let mut y = tape.constant(y.into_dyn());
         let e = self
             .base
             .entry(layer)
             .expect("calibrated layers are packed layers");
         if e.input_norm {
-            let xd = tape.constant(xd.into_dyn());
-            let xn = patch_norm(tape, xd, kernel, p, self.base.eps_x())?;
+            let xn = quantised_patch_norms(&q, act, kernel, p, self.base.eps_x())?;
+            let xn = tape.constant(xn.into_dyn());
             y = divide_by_patch_norm(tape, y, xn)?;
         }
         if let (true, Some(g)) = (e.hyperspherical, &e.gain) {
@@ -448,7 +503,9 @@ impl LayerHook for A8Hook {
             .into_shape_with_order((1, k, 1, n))
             .expect("k·n elements");
         let p1 = Conv2dParams::new(1, 0);
-        let (y, xd) = int_conv(l, x4.view(), &p1, self.isa, self.par)?;
+        let act = l.act;
+        let (y, q) = int_conv(l, x4.view(), &p1, self.isa, self.par)?;
+        let xd = q.mapv(|v| act.scale * (v as f32 - act.zero as f32));
         let rows = y.shape()[1];
         let y2 = y
             .into_shape_with_order((rows, n))
@@ -510,6 +567,38 @@ mod tests {
                     zero: 0
                 }
             );
+        }
+    }
+
+    /// The integer patch norms equal the tape's `patch_norm` of the dequantised input (strides,
+    /// padding, groups, a zero point) up to f32 rounding.
+    #[test]
+    fn quantised_patch_norms_match_patch_norm() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let act = ActQuant {
+            scale: 0.02,
+            zero: 17,
+        };
+        for p in [
+            Conv2dParams::new(1, 1),
+            Conv2dParams::new(2, 1),
+            Conv2dParams {
+                groups: 3,
+                ..Conv2dParams::new(1, 0)
+            },
+        ] {
+            let q = Array4::from_shape_fn((2, 6, 7, 7), |_| rng.random::<u8>());
+            let got = quantised_patch_norms(&q, act, (3, 3), &p, 1e-4).unwrap();
+            let xd = q.mapv(|v| act.scale * (v as f32 - act.zero as f32));
+            let mut tape = Tape::<f32>::no_grad();
+            let xv = tape.constant(xd.into_dyn());
+            let want = crate::ops::patch_norm(&mut tape, xv, (3, 3), &p, 1e-4).unwrap();
+            let want = tape.value(want);
+            assert_eq!(got.shape(), want.shape());
+            for (a, b) in got.iter().zip(want.iter()) {
+                assert!((a - b).abs() <= 1e-5 * b.abs(), "{a} vs {b}");
+            }
         }
     }
 }
