@@ -41,8 +41,15 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         nesterov: false,
         ..Default::default()
     };
+    let threads = ctx.threads();
+    if a.path == BenchPath::Ternary {
+        if a.what == BenchWhat::Train {
+            bail!("--path ternary measures inference only (--what infer)");
+        }
+        return bench_ternary(ctx, a, model, x, (classes, size, threads));
+    }
     let mut l = match a.path {
-        BenchPath::Fp => Learner::new(model, None, &cfg),
+        BenchPath::Fp | BenchPath::Ternary => Learner::new(model, None, &cfg),
         BenchPath::Hla => {
             cfg.method = hla_core::Method::Hla;
             cfg.stage1_epochs_per_stage = 1.0;
@@ -57,7 +64,6 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             Learner::new(model, Some(st), &cfg)
         }
     };
-    let threads = ctx.threads();
     ctx.ui.info(format!(
         "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, {:?} path, {threads} threads, {} timed iterations",
         a.arch, a.batch, a.path, a.iters
@@ -97,5 +103,74 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     res.insert("image_size".into(), size.into());
     ctx.ui
         .result(lines.join("\n"), serde_json::Value::Object(res));
+    Ok(())
+}
+
+/// `--path ternary`: the f32 network, then its TWN export decoded (W2/A32) and through the
+/// integer kernels (W2A8, calibrated on the benchmark batch), one after the other in this run.
+fn bench_ternary(
+    ctx: &Ctx,
+    a: &BenchArgs,
+    mut model: Box<dyn hla_models::Model>,
+    x: Array4<f32>,
+    (classes, size, threads): (usize, usize, usize),
+) -> Result<()> {
+    let cfg = hla_core::HlaConfig {
+        method: hla_core::Method::Twn,
+        ..Default::default()
+    };
+    let st = hla_core::method::MethodState::new(cfg, model.as_ref())?;
+    st.prepare_weights(model.as_mut())?;
+    let mut pm = hla_core::packed::export_model(model.as_ref(), &st)?;
+    let isa = hla_tensor::ternary_conv::Int8Isa::detect();
+    ctx.ui.info(format!(
+        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, ternary inference ({} integer kernel), {threads} threads, {} timed iterations",
+        a.arch, a.batch, isa.name(), a.iters
+    ));
+    let xd = x.into_dyn();
+    let f32_s = timed(a.iters, || {
+        eval::logits(model.as_mut(), None, xd.clone())?;
+        Ok(())
+    })?;
+    let mut exact = hla_core::packed::load_packed(model.as_mut(), &pm)?;
+    let w2_s = timed(a.iters, || {
+        exact.eval_logits(model.as_mut(), xd.clone())?;
+        Ok(())
+    })?;
+    hla_core::a8::calibrate(model.as_mut(), &pm, [xd.clone()])?.store(&mut pm);
+    let mut a8 = hla_core::a8::load_a8(model.as_mut(), &pm)?;
+    let a8_s = timed(a.iters, || {
+        a8.eval_logits(model.as_mut(), xd.clone())?;
+        Ok(())
+    })?;
+    let ips = |s: f64| a.batch as f64 / s;
+    let lines = [
+        format!(
+            "f32 inference:   {:8.1} ms/batch, {:8.1} images/s",
+            1e3 * f32_s,
+            ips(f32_s)
+        ),
+        format!(
+            "W2/A32 (exact):  {:8.1} ms/batch, {:8.1} images/s",
+            1e3 * w2_s,
+            ips(w2_s)
+        ),
+        format!(
+            "W2A8 ({}): {:8.1} ms/batch, {:8.1} images/s  ({:.2}x f32)",
+            isa.name(),
+            1e3 * a8_s,
+            ips(a8_s),
+            f32_s / a8_s
+        ),
+    ];
+    ctx.ui.result(
+        lines.join("\n"),
+        serde_json::json!({
+            "event": "result", "command": "bench", "path": "ternary", "arch": a.arch,
+            "batch": a.batch, "threads": threads, "image_size": size, "kernel": isa.name(),
+            "f32_images_per_s": ips(f32_s), "w2a32_images_per_s": ips(w2_s),
+            "w2a8_images_per_s": ips(a8_s),
+        }),
+    );
     Ok(())
 }

@@ -166,6 +166,9 @@ pub enum BenchPath {
     Fp,
     /// HLA stage-2 layers (normalisation + ternary STE + L_d).
     Hla,
+    /// Inference of an exported ternary model (TWN quantisation of the benchmarked network):
+    /// f32 network, W2/A32 (decoded weights) and W2A8 (integer kernels) in one run.
+    Ternary,
 }
 
 /// `hla bench`.

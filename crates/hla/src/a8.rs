@@ -352,6 +352,7 @@ fn int_conv(
         l.act.scale,
         l.act.zero,
         q.as_slice_mut().expect("fresh array"),
+        par,
     );
     let (act, kernel) = (l.act, l.kernel);
     l.ensure_packed(p.groups)?;

@@ -799,7 +799,7 @@ mod tests {
             .collect();
         let (scale, zero) = (4.0 / 255.0, 64u8);
         let mut xq = vec![0u8; x.len()];
-        quantize_u8(&x, scale, zero, &mut xq);
+        quantize_u8(&x, scale, zero, &mut xq, Par::Seq);
         let k = c * kk * kk;
         let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
         let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();

@@ -115,19 +115,26 @@ pub fn ternary_gemm_u8(
 }
 
 /// Quantises activations to `u8` with step `scale` and zero point `zero` (x ≈ scale·(q − zero);
-/// `zero = 0` for post-ReLU inputs): `q = round(x / scale) + zero` clamped to 0..=255 (NaN gives
-/// `zero`).
-pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+/// `zero = 0` for post-ReLU inputs): `q = ⌊x / scale + zero + ½⌋` clamped to 0..=255 (round half
+/// up; NaN gives `zero`). Branch-free so it vectorises; split over the rayon pool in blocks
+/// with `Par::Rayon` (each element is independent, so the bits do not depend on the split).
+pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8], par: Par) {
     let inv = 1.0 / scale;
-    let z = zero as f32;
-    for (o, &v) in out.iter_mut().zip(x) {
-        let r = (v * inv).round();
-        *o = if r.is_nan() {
-            zero
-        } else {
-            (r + z).clamp(0.0, 255.0) as u8
-        };
-    }
+    let z = zero as f32 + 0.5;
+    let n = out.len().min(x.len());
+    crate::for_each_chunk(
+        par,
+        &mut out[..n],
+        1 << 14,
+        || (),
+        |_, i, o| {
+            let src = &x[i << 14..][..o.len()];
+            for (o, &v) in o.iter_mut().zip(src) {
+                let v = if v.is_nan() { 0.0 } else { v };
+                *o = (v * inv + z).clamp(0.0, 255.5) as u8; // truncation of a value >= 0 is ⌊·⌋
+            }
+        },
+    );
 }
 
 #[cfg(test)]
@@ -188,10 +195,22 @@ mod tests {
     #[test]
     fn quantize_rounds_and_clamps() {
         let mut q = [9u8; 4];
-        quantize_u8(&[-1.0, f32::NAN, 0.5, 1e9], 0.25, 0, &mut q);
+        quantize_u8(&[-1.0, f32::NAN, 0.5, 1e9], 0.25, 0, &mut q, Par::Seq);
         assert_eq!(q, [0, 0, 2, 255]);
-        quantize_u8(&[-1.0, f32::NAN, 0.5, -1e9], 0.25, 10, &mut q);
+        quantize_u8(&[-1.0, f32::NAN, 0.5, -1e9], 0.25, 10, &mut q, Par::Seq);
         assert_eq!(q, [6, 10, 12, 0]);
+        // halves round up; 254.6 rounds to 255, not past it
+        let mut q = [0u8; 4];
+        quantize_u8(&[0.125, -0.125, 63.65, 63.9], 0.25, 1, &mut q, Par::Seq);
+        assert_eq!(q, [2, 1, 255, 255]);
+        // the rayon split gives the same bytes
+        let x: Vec<f32> = (0..100_000)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
+        let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+        quantize_u8(&x, 0.03, 100, &mut a, Par::Seq);
+        quantize_u8(&x, 0.03, 100, &mut b, Par::Rayon);
+        assert_eq!(a, b);
     }
 
     #[test]
