@@ -1,7 +1,7 @@
 //! A tiny train → quantize → export → eval chain on the shipped CIFAR-10 subset, for each
 //! quantisation method, checking the files written and the numbers reported.
 
-use crate::util::{run_in, scratch, shipped_cifar};
+use crate::util::{assert_one_error_line, run_in, scratch, shipped_cifar};
 use std::path::Path;
 
 /// A config small enough to train in seconds: 128 training images, 64 test images, one
@@ -154,7 +154,70 @@ fn train_quantize_export_eval_chain() {
             r["test_top1"].as_f64().unwrap(),
             "{method}: {evc}"
         );
+        // W2A8: the export carries its calibration; 8-bit activations move few predictions.
+        let a8 = result_json(&run_in(
+            &d,
+            &["--json", "eval", "--a8", &file.display().to_string()],
+        ));
+        assert!(a8["kind"].as_str().unwrap().contains("W2A8"), "{a8}");
+        let (t_a8, t_ex) = (
+            a8["test_top1"].as_f64().unwrap(),
+            ev["test_top1"].as_f64().unwrap(),
+        );
+        assert!(
+            (t_a8 - t_ex).abs() <= 5.0,
+            "{method}: W2A8 {t_a8} vs exact {t_ex}"
+        );
+        infer_on_shipped_jpegs(&d, &file, method);
     }
+}
+
+/// `hla infer` on the shipped JPEG copies of CIFAR-10 test images (one class folder): one
+/// prediction per image with the CIFAR-10 class names, probabilities descending and summing
+/// to at most 1; the W2A8 and exact paths agree on most top-1 classes; a missing input is one
+/// error line.
+fn infer_on_shipped_jpegs(d: &std::path::Path, model: &std::path::Path, method: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-jpeg/val/cat");
+    let images = std::fs::read_dir(&dir).unwrap().count();
+    let preds = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let m = model.display().to_string();
+        let dd = dir.display().to_string();
+        let mut args = vec!["--json", "infer", m.as_str(), dd.as_str(), "--top-k", "3"];
+        args.extend_from_slice(extra);
+        let out = run_in(d, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let v: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["event"] == "prediction")
+            .collect();
+        assert_eq!(v.len(), images, "{text}");
+        v
+    };
+    let (a8, exact) = (preds(&[]), preds(&["--exact"]));
+    let names = hla_data::CIFAR10_CLASSES;
+    let mut agree = 0;
+    for (a, e) in a8.iter().zip(&exact) {
+        let top = a["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let p: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+        assert!(p.windows(2).all(|w| w[0] >= w[1]) && p.iter().sum::<f64>() <= 1.0 + 1e-9);
+        assert!(top
+            .iter()
+            .all(|t| names.contains(&t["name"].as_str().unwrap())));
+        agree += (top[0]["class"] == e["top"][0]["class"]) as usize;
+    }
+    assert!(
+        4 * agree >= 3 * images,
+        "{method}: W2A8 and exact agree on {agree}/{images}"
+    );
+    let bad = run_in(d, &["infer", &model.display().to_string(), "nowhere.jpg"]);
+    assert_one_error_line(&bad, &["nowhere.jpg"]);
 }
 
 #[test]

@@ -219,7 +219,7 @@ struct Packed {
 
 impl A8Layer {
     fn ensure_packed(&mut self, groups: usize) -> std::result::Result<(), AutogradError> {
-        if self.packed.as_ref().map_or(true, |p| p.groups != groups) {
+        if self.packed.as_ref().is_none_or(|p| p.groups != groups) {
             let (kh, kw) = self.kernel;
             let cg = self.k / (kh * kw).max(1);
             let codes = PackedCodes::for_conv(&self.codes_i8, [self.rows, cg, kh, kw], groups)?;

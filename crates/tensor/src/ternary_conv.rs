@@ -278,11 +278,11 @@ pub fn ternary_conv2d_u8(
         && c % g == 0
         && pc.k == (c / g) * kh * kw
         && w.alpha.len() == c_out
-        && w.alpha_neg.map_or(true, |a| a.len() == c_out)
+        && w.alpha_neg.is_none_or(|a| a.len() == c_out)
         && w.alpha_neg.is_some() == w.magnitudes.is_some()
         && w.magnitudes
-            .map_or(true, |m| m.rows() == c_out && m.k == pc.k && m.groups == g)
-        && w.bias.map_or(true, |b| b.len() == c_out);
+            .is_none_or(|m| m.rows() == c_out && m.k == pc.k && m.groups == g)
+        && w.bias.is_none_or(|b| b.len() == c_out);
     if !ok {
         return Err(TensorError::ShapeMismatch {
             op: "ternary_conv2d_u8",
