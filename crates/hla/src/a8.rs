@@ -466,13 +466,7 @@ impl LayerHook for A8Hook {
             let xn = tape.constant(xn.into_dyn());
             y = divide_by_patch_norm(tape, y, xn)?;
         }
-        if let (true, Some(g)) = (e.hyperspherical, &e.gain) {
-            let n = g.len();
-            let gv = tape.constant(g.clone());
-            let g4 = ops::reshape(tape, gv, &[1, n, 1, 1])?;
-            y = ops::mul(tape, y, g4)?;
-        }
-        Ok(y)
+        Ok(e.apply_conv_gain(tape, y)?)
     }
 
     fn linear(

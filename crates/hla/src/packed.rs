@@ -129,6 +129,25 @@ pub fn export_model(model: &dyn Model, st: &MethodState) -> Result<PackedModel> 
     Ok(pm)
 }
 
+impl PackedEntry {
+    /// `y · gain` per output channel (`[n, c_out, h, w]`) for HLA layers with an A18 gain.
+    pub(crate) fn apply_conv_gain(
+        &self,
+        tape: &mut Tape<f32>,
+        y: Var,
+    ) -> std::result::Result<Var, hla_autograd::AutogradError> {
+        match (self.hyperspherical, &self.gain) {
+            (true, Some(g)) => {
+                let n = g.len();
+                let gv = tape.constant(g.clone());
+                let g4 = ops::reshape(tape, gv, &[1, n, 1, 1])?;
+                ops::mul(tape, y, g4)
+            }
+            _ => Ok(y),
+        }
+    }
+}
+
 /// Per-layer data of the packed hook.
 #[derive(Debug)]
 pub(crate) struct PackedEntry {
@@ -306,18 +325,12 @@ impl LayerHook for PackedHook {
             return Ok(ops::conv2d(tape, x, w_model, None, p)?);
         };
         let w = tape.constant(e.weight.clone());
-        let mut y = if e.input_norm {
+        let y = if e.input_norm {
             normalized_conv2d(tape, x, w, p, self.eps_x)?
         } else {
             ops::conv2d(tape, x, w, None, p)?
         };
-        if let (true, Some(g)) = (e.hyperspherical, &e.gain) {
-            let n = g.len();
-            let gv = tape.constant(g.clone());
-            let g4 = ops::reshape(tape, gv, &[1, n, 1, 1])?;
-            y = ops::mul(tape, y, g4)?;
-        }
-        Ok(y)
+        Ok(e.apply_conv_gain(tape, y)?)
     }
 
     fn linear(
