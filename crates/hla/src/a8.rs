@@ -23,6 +23,8 @@ use ndarray::{Array4, ArrayD};
 use std::collections::BTreeMap;
 
 /// Metadata key of the calibration in an export.
+///
+/// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 pub const CALIBRATION_KEY: &str = "a8_calibration";
 
 /// Step and zero point of one layer's 8-bit input: `x ≈ scale·(q − zero)`.
