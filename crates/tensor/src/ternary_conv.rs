@@ -201,6 +201,11 @@ impl PackedCodes {
         m
     }
 
+    /// The `k` codes of row `r` of group `gi` (im2col order).
+    fn code_row(&self, gi: usize, r: usize) -> &[i8] {
+        &self.data[(gi * self.rows_padded + r) * self.quads * 4..][..self.k]
+    }
+
     /// Output channels (`c_out`).
     pub fn rows(&self) -> usize {
         self.groups * self.rows_per_group
@@ -299,19 +304,24 @@ pub fn ternary_conv2d_u8(
         return Ok(y);
     }
     let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let cg = c / g;
     let direct = pc
         .direct
         .as_ref()
         .filter(|d| d.kernel == (kh, kw) && p.stride == (1, 1) && p.dilation == (1, 1));
+    // One input channel per group (depthwise): shifted adds over the padded plane instead of a
+    // product whose rows would be padded from 1 to MR.
+    let depthwise = g > 1 && cg == 1;
+    let (hp, wp) = (h + 2 * p.padding.0, wd + 2 * p.padding.1);
     // The product's geometry: `mp` padded positions, the byte offset of each quad's operand
     // in the patch buffer, and where output (oy, ox) sits among the positions.
     let (mp, offs, buf_len, pos_row) = match direct {
+        _ if depthwise => (m.div_ceil(NR) * NR, Vec::new(), hp * wp, wo),
         // Positions p' = oy·w_p + ox over the padded plane's width (ox >= wo are discarded):
         // the operand of tap (ky, kx) is the padded plane shifted by ky·w_p + kx.
         Some(d) => {
-            let wp = wd + 2 * p.padding.1;
             let mp = (ho * wp).div_ceil(NR) * NR;
-            let plen = ((h + 2 * p.padding.0) * wp).max(mp + (kh - 1) * wp + kw);
+            let plen = (hp * wp).max(mp + (kh - 1) * wp + kw);
             let mut offs = Vec::with_capacity(kh * kw * d.channel_quads);
             for t in 0..kh * kw {
                 for cq in 0..d.channel_quads {
@@ -326,7 +336,6 @@ pub fn ternary_conv2d_u8(
             (mp, offs, pc.quads * mp * 4, wo)
         }
     };
-    let cg = c / g;
     let rows = pc.rows_padded * mp;
     crate::for_each_chunk(
         par,
@@ -341,46 +350,67 @@ pub fn ternary_conv2d_u8(
             let sample = &xs[i * c * h * wd..(i + 1) * c * h * wd];
             for gi in 0..g {
                 let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
-                match direct {
-                    Some(_) => pad_quads(
-                        xg,
-                        (cg, h, wd),
-                        p.padding,
-                        buf_len / 4 / cg.div_ceil(4),
-                        &mut s.quads,
-                    ),
-                    None => im2col_quads(
-                        xg,
-                        (cg, h, wd),
-                        (kh, kw),
+                if depthwise {
+                    for (yy, row) in xg.chunks_exact(wd).enumerate() {
+                        let at = (yy + p.padding.0) * wp + p.padding.1;
+                        s.quads[at..at + wd].copy_from_slice(row);
+                    }
+                    let geo = DwGeometry {
+                        wp,
+                        kernel: (kh, kw),
                         p,
-                        (ho, wo),
-                        x.zero,
-                        mp,
-                        &mut s.quads,
-                    ),
-                }
-                gemm_group(
-                    isa,
-                    pc,
-                    direct.is_some(),
-                    gi,
-                    &s.quads,
-                    &offs,
-                    mp,
-                    &mut s.acc,
-                );
-                if let Some(mc) = w.magnitudes {
+                        out: (ho, wo),
+                    };
+                    for r in 0..pc.rows_per_group {
+                        let acc = &mut s.acc[r * mp..r * mp + m];
+                        depthwise_row(pc.code_row(gi, r), &s.quads, &geo, acc);
+                        if let Some(mc) = w.magnitudes {
+                            let acc = &mut s.acc_abs[r * mp..r * mp + m];
+                            depthwise_row(mc.code_row(gi, r), &s.quads, &geo, acc);
+                        }
+                    }
+                } else {
+                    match direct {
+                        Some(_) => pad_quads(
+                            xg,
+                            (cg, h, wd),
+                            p.padding,
+                            buf_len / 4 / cg.div_ceil(4),
+                            &mut s.quads,
+                        ),
+                        None => im2col_quads(
+                            xg,
+                            (cg, h, wd),
+                            (kh, kw),
+                            p,
+                            (ho, wo),
+                            x.zero,
+                            mp,
+                            &mut s.quads,
+                        ),
+                    }
                     gemm_group(
                         isa,
-                        mc,
+                        pc,
                         direct.is_some(),
                         gi,
                         &s.quads,
                         &offs,
                         mp,
-                        &mut s.acc_abs,
+                        &mut s.acc,
                     );
+                    if let Some(mc) = w.magnitudes {
+                        gemm_group(
+                            isa,
+                            mc,
+                            direct.is_some(),
+                            gi,
+                            &s.quads,
+                            &offs,
+                            mp,
+                            &mut s.acc_abs,
+                        );
+                    }
                 }
                 let z = x.zero as i32;
                 for r in 0..pc.rows_per_group {
@@ -419,6 +449,45 @@ pub fn ternary_conv2d_u8(
         },
     );
     Ok(y)
+}
+
+/// Where a depthwise channel's taps read in its padded plane.
+struct DwGeometry<'a> {
+    wp: usize,
+    kernel: (usize, usize),
+    p: &'a Conv2dParams,
+    out: (usize, usize),
+}
+
+/// One depthwise output channel, exactly: `acc[oy·wo + ox] = Σ_taps code · plane[tap position]`
+/// over the padded plane (row width `wp`), each non-zero tap one shifted add or subtract of
+/// whole output rows.
+fn depthwise_row(codes: &[i8], plane: &[u8], g: &DwGeometry, acc: &mut [i32]) {
+    let (kh, kw) = g.kernel;
+    let (ho, wo) = g.out;
+    let ((sh, sw), (dh, dw)) = (g.p.stride, g.p.dilation);
+    acc.fill(0);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let c = codes[ky * kw + kx] as i32;
+            if c == 0 {
+                continue;
+            }
+            for oy in 0..ho {
+                let src = &plane[(oy * sh + ky * dh) * g.wp + kx * dw..];
+                let dst = &mut acc[oy * wo..(oy + 1) * wo];
+                if sw == 1 {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d += c * v as i32;
+                    }
+                } else {
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        *d += c * src[ox * sw] as i32;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Writes one input `[c, h, w]` into the direct path's buffer: per channel quad a plane of
@@ -719,7 +788,9 @@ mod tests {
             (5, 4, 7, 1, Conv2dParams::new(1, 0)),
             (4, 6, 10, 3, dil(2, 1, 2)),
             (8, 12, 6, 3, grp(4, 1, 1)),
-            (6, 6, 9, 3, grp(6, 2, 1)), // depthwise
+            (6, 6, 9, 3, grp(6, 2, 1)), // depthwise, stride 2
+            (6, 6, 9, 3, grp(6, 1, 1)), // depthwise, stride 1
+            (4, 8, 7, 3, grp(4, 1, 1)), // depthwise, channel multiplier 2
             (33, 7, 5, 1, grp(1, 1, 0)),
             (64, 5, 6, 3, Conv2dParams::new(1, 1)), // k = 576 > 64 quads·4 (i16 flushes)
         ];
@@ -742,7 +813,7 @@ mod tests {
             ] {
                 let mc = pc.magnitudes();
                 let q = Array4::from_shape_fn((n, c, hw, hw), |_| {
-                    if ci == 7 {
+                    if ci == 9 {
                         255
                     } else {
                         rng.random::<u8>()
