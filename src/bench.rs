@@ -138,38 +138,47 @@ fn bench_ternary(
         Ok(())
     })?;
     hla_core::a8::calibrate(model.as_mut(), &pm, [xd.clone()])?.store(&mut pm);
-    let mut a8 = hla_core::a8::load_a8(model.as_mut(), &pm)?;
-    let a8_s = timed(a.iters, || {
-        a8.eval_logits(model.as_mut(), xd.clone())?;
-        Ok(())
-    })?;
     let ips = |s: f64| a.batch as f64 / s;
-    let lines = [
+    let mut lines = vec![
         format!(
-            "f32 inference:   {:8.1} ms/batch, {:8.1} images/s",
+            "f32 inference:       {:8.1} ms/batch, {:8.1} images/s",
             1e3 * f32_s,
             ips(f32_s)
         ),
         format!(
-            "W2/A32 (exact):  {:8.1} ms/batch, {:8.1} images/s",
+            "W2/A32 (exact):      {:8.1} ms/batch, {:8.1} images/s",
             1e3 * w2_s,
             ips(w2_s)
         ),
-        format!(
-            "W2A8 ({}): {:8.1} ms/batch, {:8.1} images/s  ({:.2}x f32)",
-            isa.name(),
+    ];
+    // every SIMD kernel this CPU has, the detected (best) one last
+    let mut a8_ips = serde_json::Map::new();
+    let mut a8_s = f64::NAN;
+    let kernels = hla_tensor::ternary_conv::Int8Isa::available();
+    let skip = usize::from(kernels.len() > 1); // the scalar kernel only when it is the only one
+    for k in kernels.into_iter().skip(skip) {
+        let mut a8 =
+            hla_core::a8::load_a8(model.as_mut(), &pm)?.with_kernel(k, hla_autograd::Par::Rayon);
+        a8_s = timed(a.iters, || {
+            a8.eval_logits(model.as_mut(), xd.clone())?;
+            Ok(())
+        })?;
+        lines.push(format!(
+            "W2A8 ({:>11}):  {:8.1} ms/batch, {:8.1} images/s  ({:.2}x f32)",
+            k.name(),
             1e3 * a8_s,
             ips(a8_s),
             f32_s / a8_s
-        ),
-    ];
+        ));
+        a8_ips.insert(k.name().into(), ips(a8_s).into());
+    }
     ctx.ui.result(
         lines.join("\n"),
         serde_json::json!({
             "event": "result", "command": "bench", "path": "ternary", "arch": a.arch,
             "batch": a.batch, "threads": threads, "image_size": size, "kernel": isa.name(),
             "f32_images_per_s": ips(f32_s), "w2a32_images_per_s": ips(w2_s),
-            "w2a8_images_per_s": ips(a8_s),
+            "w2a8_images_per_s": ips(a8_s), "w2a8_by_kernel": a8_ips,
         }),
     );
     Ok(())
