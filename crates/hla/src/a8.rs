@@ -366,7 +366,8 @@ fn int_conv(
         alpha: &l.alpha,
         alpha_neg: l.alpha_neg.as_deref(),
         bias: None,
-        relu: false,
+        norms: None,
+        act: hla_tensor::ternary_conv::Activation::None,
     };
     let qi = QuantInput {
         q: q.view(),

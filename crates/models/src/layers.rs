@@ -401,6 +401,43 @@ impl Act {
     }
 }
 
+/// `act(bn(conv(x)))`: in evaluation, a quantisable bias-free conv is offered to the hook's
+/// fused path first ([`crate::LayerHook::conv_bn_act`]); otherwise, or when it declines, the
+/// three are computed one after the other.
+pub(crate) fn conv_bn_act<F: Float>(
+    conv: &Conv2d<F>,
+    bn: &mut BatchNorm2d<F>,
+    act: Act,
+    tape: &mut Tape<F>,
+    x: Var,
+    mode: Mode,
+    hook: &mut Hook<F>,
+) -> Result<Var> {
+    if let (Mode::Eval, true, None, Some(h)) =
+        (mode, conv.quantisable, &conv.bias, hook.as_deref_mut())
+    {
+        let s = &bn.state;
+        let e = crate::model::BnEval {
+            weight: bn.weight.value(),
+            bias: bn.bias.value(),
+            running_mean: &s.running_mean,
+            running_var: &s.running_var,
+            eps: s.eps,
+        };
+        let fa = match act {
+            Act::Relu => crate::model::FusedAct::Relu,
+            Act::Relu6 => crate::model::FusedAct::Relu6,
+            Act::None => crate::model::FusedAct::None,
+        };
+        if let Some(y) = h.conv_bn_act(tape, &conv.name, x, &conv.params, &e, fa)? {
+            return Ok(y);
+        }
+    }
+    let y = conv.forward(tape, x, mode, hook)?;
+    let y = bn.forward(tape, y, mode)?;
+    act.forward(tape, y)
+}
+
 /// Conv → BatchNorm → activation (torchvision's `Conv2dNormActivation`, named `<name>.0`,
 /// `<name>.1`).
 #[derive(Debug)]
@@ -432,9 +469,7 @@ impl<F: Float> ConvBnAct<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        let y = self.conv.forward(tape, x, mode, hook)?;
-        let y = self.bn.forward(tape, y, mode)?;
-        self.act.forward(tape, y)
+        conv_bn_act(&self.conv, &mut self.bn, self.act, tape, x, mode, hook)
     }
 }
 

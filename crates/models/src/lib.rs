@@ -24,8 +24,8 @@ pub use io::{
 };
 pub use mobilenet_v2::MobileNetV2;
 pub use model::{
-    copy_state, BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, Model,
-    Module, QuantLayerInfo, StateMut, StateRef,
+    copy_state, BnEval, BufferMut, BufferRef, Collector, CollectorMut, FusedAct, LayerHook,
+    LayerKind, Mode, Model, Module, QuantLayerInfo, StateMut, StateRef,
 };
 pub use resnet::{BlockKind, ResNet};
 pub use resnet_cifar::{CifarResNet, ShortcutKind};

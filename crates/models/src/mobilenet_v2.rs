@@ -9,7 +9,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook, Linear, LinearInit,
+    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook, Linear,
+    LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
@@ -96,8 +97,7 @@ impl<F: Float> InvertedResidual<F> {
             y = e.forward(tape, y, mode, hook)?;
         }
         let y = self.dw.forward(tape, y, mode, hook)?;
-        let y = self.project.forward(tape, y, mode, hook)?;
-        let y = self.bn.forward(tape, y, mode)?;
+        let y = conv_bn_act(&self.project, &mut self.bn, Act::None, tape, y, mode, hook)?;
         if self.use_res {
             Ok(ops::add(tape, x, y)?)
         } else {

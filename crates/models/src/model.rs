@@ -34,6 +34,22 @@ pub trait LayerHook<F: Float = f32> {
         p: &Conv2dParams,
         mode: Mode,
     ) -> Result<Var>;
+    /// Evaluation only: may compute `act(bn(conv(x)))` of a quantisable conv followed by its
+    /// BatchNorm in one go (BN folded into the layer's output scale and shift, the activation
+    /// fused), or return `None` to let the model call [`LayerHook::conv2d`], the BatchNorm and
+    /// the activation one after the other. The default declines.
+    #[allow(clippy::too_many_arguments)] // the conv's operands plus the BN and activation
+    fn conv_bn_act(
+        &mut self,
+        _tape: &mut Tape<F>,
+        _layer: &str,
+        _x: Var,
+        _p: &Conv2dParams,
+        _bn: &BnEval<'_, F>,
+        _act: FusedAct,
+    ) -> Result<Option<Var>> {
+        Ok(None)
+    }
     /// Must return `y = x·w'ᵀ + b` for this layer, `x` `[n, in]`, `w` `[out, in]`, `b` `[out]`.
     fn linear(
         &mut self,
@@ -44,6 +60,33 @@ pub trait LayerHook<F: Float = f32> {
         b: Option<Var>,
         mode: Mode,
     ) -> Result<Var>;
+}
+
+/// A BatchNorm in evaluation mode, as [`LayerHook::conv_bn_act`] sees it:
+/// `y = γ·(x − mean)/sqrt(var + eps) + β` per channel.
+#[derive(Clone, Copy, Debug)]
+pub struct BnEval<'a, F: Float = f32> {
+    /// γ `[c]`.
+    pub weight: &'a ndarray::ArrayD<F>,
+    /// β `[c]`.
+    pub bias: &'a ndarray::ArrayD<F>,
+    /// Running mean `[c]`.
+    pub running_mean: &'a Array1<F>,
+    /// Running (unbiased) variance `[c]`.
+    pub running_var: &'a Array1<F>,
+    /// Added to the variance.
+    pub eps: F,
+}
+
+/// The activation after a fused conv + BatchNorm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedAct {
+    /// None (a linear bottleneck, or a residual add follows).
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)`.
+    Relu6,
 }
 
 /// Kind of a quantisable layer.

@@ -7,7 +7,9 @@ use hla_autograd::{ops, Float, Pool2dParams, Tape, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
+use crate::layers::{
+    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+};
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
 
@@ -99,17 +101,11 @@ impl<F: Float> Block<F> {
         let last = self.convs.len() - 1;
         let mut y = x;
         for (i, (conv, bn)) in self.convs.iter_mut().enumerate() {
-            y = conv.forward(tape, y, mode, hook)?;
-            y = bn.forward(tape, y, mode)?;
-            if i != last {
-                y = ops::relu(tape, y)?;
-            }
+            let act = if i != last { Act::Relu } else { Act::None };
+            y = conv_bn_act(conv, bn, act, tape, y, mode, hook)?;
         }
         let s = match &mut self.downsample {
-            Some((conv, bn)) => {
-                let s = conv.forward(tape, x, mode, hook)?;
-                bn.forward(tape, s, mode)?
-            }
+            Some((conv, bn)) => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
             None => x,
         };
         let y = ops::add(tape, y, s)?;

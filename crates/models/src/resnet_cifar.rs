@@ -9,7 +9,9 @@ use hla_autograd::{ops, Float, Tape, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit};
+use crate::layers::{
+    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+};
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::shortcut_a::shortcut_a;
 use crate::{ModelError, Result};
@@ -107,18 +109,12 @@ impl<F: Float> CifarBlock<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        let y = self.conv1.forward(tape, x, mode, hook)?;
-        let y = self.bn1.forward(tape, y, mode)?;
-        let y = ops::relu(tape, y)?;
-        let y = self.conv2.forward(tape, y, mode, hook)?;
-        let y = self.bn2.forward(tape, y, mode)?;
+        let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
+        let y = conv_bn_act(&self.conv2, &mut self.bn2, Act::None, tape, y, mode, hook)?;
         let s = match &mut self.shortcut {
             Shortcut::Identity => x,
             Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
-            Shortcut::B { conv, bn } => {
-                let s = conv.forward(tape, x, mode, hook)?;
-                bn.forward(tape, s, mode)?
-            }
+            Shortcut::B { conv, bn } => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
         };
         let y = ops::add(tape, y, s)?;
         Ok(ops::relu(tape, y)?)

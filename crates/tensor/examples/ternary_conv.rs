@@ -55,7 +55,8 @@ fn main() {
             alpha: &alpha,
             alpha_neg: None,
             bias: None,
-            relu: false,
+            norms: None,
+            act: hla_tensor::ternary_conv::Activation::None,
         };
         let x = QuantInput {
             q: q.view(),

@@ -248,8 +248,48 @@ pub struct TernaryConv<'a> {
     pub alpha_neg: Option<&'a [f32]>,
     /// Added after scaling, `[c_out]` (a folded BatchNorm's shift).
     pub bias: Option<&'a [f32]>,
-    /// Fused `max(y, 0)`.
-    pub relu: bool,
+    /// Per-position divisors `[n, groups, h_out, w_out]` applied before the bias (HLA's patch
+    /// norms of the input, so BN can be folded into `alpha` and `bias`).
+    pub norms: Option<&'a [f32]>,
+    /// Fused activation.
+    pub act: Activation,
+}
+
+/// The activation fused into the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    /// Applies the activation to one value (NaN stays NaN).
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+            Activation::Relu6 => {
+                if v < 0.0 {
+                    0.0
+                } else if v > 6.0 {
+                    6.0
+                } else {
+                    v
+                }
+            }
+        }
+    }
 }
 
 /// Per-task scratch: the k-quad patches and the i32 products.
@@ -297,6 +337,13 @@ pub fn ternary_conv2d_u8(
     }
     let (ho, wo) = p.output_hw(h, wd, kh, kw)?;
     let m = ho * wo;
+    if w.norms.is_some_and(|nm| nm.len() != n * g * m) {
+        return Err(TensorError::ShapeMismatch {
+            op: "ternary_conv2d_u8 (norms)",
+            lhs: vec![w.norms.map_or(0, |nm| nm.len())],
+            rhs: vec![n, g, ho, wo],
+        });
+    }
     let xq = x.q.as_standard_layout();
     let xs = xq.as_slice().expect("standard layout is contiguous");
     let mut y = Array4::<f32>::zeros((n, c_out, ho, wo));
@@ -413,6 +460,8 @@ pub fn ternary_conv2d_u8(
                     }
                 }
                 let z = x.zero as i32;
+                // HLA's patch norms of this sample and group, one per output position
+                let norms = w.norms.map(|nm| &nm[(i * g + gi) * m..][..m]);
                 for r in 0..pc.rows_per_group {
                     let j = gi * pc.rows_per_group + r;
                     let b = w.bias.map_or(0.0, |b| b[j]);
@@ -426,22 +475,21 @@ pub fn ternary_conv2d_u8(
                         let o = &mut out[j * m + oy * wo..][..wo];
                         let at = r * mp + oy * pos_row;
                         let acc = &s.acc[at..at + wo];
-                        match an {
-                            Some(an) => {
-                                let abs = &s.acc_abs[at..at + wo];
-                                for ((o, &a), &b2) in o.iter_mut().zip(acc).zip(abs) {
-                                    let (a, b2) = (a - za, b2 - zb);
-                                    let v =
-                                        ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32 + b;
-                                    *o = if w.relu && v < 0.0 { 0.0 } else { v };
+                        let abs = an.map(|_| &s.acc_abs[at..at + wo]);
+                        let nrow = norms.map(|nm| &nm[oy * wo..(oy + 1) * wo]);
+                        for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
+                            let a = a - za;
+                            let mut v = match (an, abs) {
+                                (Some(an), Some(abs)) => {
+                                    let b2 = abs[ox] - zb;
+                                    ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32
                                 }
+                                _ => ap * a as f32,
+                            };
+                            if let Some(nr) = nrow {
+                                v /= nr[ox];
                             }
-                            None => {
-                                for (o, &a) in o.iter_mut().zip(acc) {
-                                    let v = ap * (a - za) as f32 + b;
-                                    *o = if w.relu && v < 0.0 { 0.0 } else { v };
-                                }
-                            }
+                            *o = w.act.apply(v + b);
                         }
                     }
                 }
@@ -837,7 +885,8 @@ mod tests {
                                 alpha: &alpha,
                                 alpha_neg: an,
                                 bias: None,
-                                relu: false,
+                                norms: None,
+                                act: Activation::None,
                             };
                             let y = ternary_conv2d_u8(&x, &w, &p, isa, par).unwrap();
                             assert_eq!(y.dim(), want.dim());
@@ -884,7 +933,8 @@ mod tests {
             alpha: &alpha,
             alpha_neg: None,
             bias: Some(&bias),
-            relu: true,
+            norms: None,
+            act: Activation::Relu,
         };
         let xin = QuantInput {
             q: q4.view(),
@@ -896,7 +946,7 @@ mod tests {
         let wd = Array4::from_shape_fn((c_out, c, kk, kk), |(j, ci, a, b)| {
             alpha[j] * codes[((j * c + ci) * kk + a) * kk + b] as f32
         });
-        let b1 = ndarray::Array1::from(bias);
+        let b1 = ndarray::Array1::from(bias.clone());
         let want = crate::conv2d(xd.view(), wd.view(), Some(b1.view()), &p, Par::Seq).unwrap();
         for (a, b) in y.iter().zip(want.iter()) {
             assert!(
@@ -904,6 +954,27 @@ mod tests {
                 "{a} vs {b}"
             );
         }
+        // per-position divisors before the bias, and ReLU6
+        let plain = crate::conv2d(xd.view(), wd.view(), None, &p, Par::Seq).unwrap();
+        let norms: Vec<f32> = (0..n * hw * hw)
+            .map(|_| rng.random_range(0.5f32..2.0))
+            .collect();
+        let w6 = TernaryConv {
+            norms: Some(&norms),
+            act: Activation::Relu6,
+            ..w
+        };
+        let y6 = ternary_conv2d_u8(&xin, &w6, &p, Int8Isa::detect(), Par::Seq).unwrap();
+        for ((i, j, oy, ox), &a) in y6.indexed_iter() {
+            let v = plain[[i, j, oy, ox]] / norms[(i * hw + oy) * hw + ox] + b1[j];
+            let want = v.clamp(0.0, 6.0);
+            assert!((a - want).abs() <= 1e-5 * (1.0 + v.abs()), "{a} vs {want}");
+        }
+        let bad = TernaryConv {
+            norms: Some(&norms[1..]),
+            ..w
+        };
+        assert!(ternary_conv2d_u8(&xin, &bad, &p, Int8Isa::Scalar, Par::Seq).is_err());
     }
 
     #[test]
@@ -920,7 +991,8 @@ mod tests {
             alpha: &[1.0, 1.0],
             alpha_neg: None,
             bias: None,
-            relu: false,
+            norms: None,
+            act: Activation::None,
         };
         let x = QuantInput {
             q: q.view(),
