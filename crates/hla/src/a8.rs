@@ -16,8 +16,10 @@ use crate::export::PackedModel;
 use crate::ops::hyperspherical::divide_by_patch_norm;
 use crate::packed::{load_packed, PackedHook};
 use hla_autograd::{ops, AutogradError, Conv2dParams, Par, Tape, Var};
-use hla_models::{LayerHook, Mode, Model};
-use hla_tensor::ternary_conv::{ternary_conv2d_u8, Int8Isa, PackedCodes, QuantInput, TernaryConv};
+use hla_models::{BnEval, FusedAct, LayerHook, Mode, Model};
+use hla_tensor::ternary_conv::{
+    ternary_conv2d_u8, Activation, Int8Isa, PackedCodes, QuantInput, TernaryConv,
+};
 use hla_tensor::ternary_gemm::quantize_u8;
 use ndarray::{Array4, ArrayD};
 use std::collections::BTreeMap;
@@ -246,6 +248,8 @@ pub struct A8Hook {
     layers: BTreeMap<String, A8Layer>,
     isa: Int8Isa,
     par: Par,
+    fuse: bool,
+    fused: usize,
 }
 
 /// Loads `pm` into `model` like [`load_packed`] and returns the W2A8 hook over its calibration,
@@ -305,6 +309,8 @@ pub fn load_a8(model: &mut dyn Model, pm: &PackedModel) -> Result<A8Hook> {
         layers,
         isa: Int8Isa::detect(),
         par: Par::Rayon,
+        fuse: true,
+        fused: 0,
     })
 }
 
@@ -316,6 +322,23 @@ impl A8Hook {
         self.isa = isa;
         self.par = par;
         self
+    }
+
+    /// Whether a BatchNorm after a quantised conv is folded into the kernel's epilogue (and the
+    /// activation fused) in evaluation — on by default; off runs BN and activation as the
+    /// model's own f32 ops (tests compare both).
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn with_bn_folding(mut self, fuse: bool) -> Self {
+        self.fuse = fuse;
+        self
+    }
+
+    /// How many conv → BN (→ activation) calls ran fused so far.
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn fused_calls(&self) -> usize {
+        self.fused
     }
 
     /// The integer kernel in use.
@@ -339,14 +362,18 @@ impl A8Hook {
     }
 }
 
-/// Quantises a 4-D input, runs the integer conv, and returns `(y, quantised input)`.
-fn int_conv(
-    l: &mut A8Layer,
-    x4: ndarray::ArrayView4<f32>,
-    p: &Conv2dParams,
-    isa: Int8Isa,
-    par: Par,
-) -> std::result::Result<(Array4<f32>, Array4<u8>), AutogradError> {
+/// What the integer conv applies after the products: per-channel scales (α, or α folded with
+/// the gain and a BatchNorm), a shift, per-position norms and an activation.
+struct Epilogue<'a> {
+    alpha: &'a [f32],
+    alpha_neg: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+    norms: Option<&'a [f32]>,
+    act: Activation,
+}
+
+/// Quantises a 4-D input with the layer's grid.
+fn quantise(l: &A8Layer, x4: ndarray::ArrayView4<f32>, par: Par) -> Array4<u8> {
     let xs = x4.as_standard_layout();
     let mut q = Array4::<u8>::zeros(xs.dim());
     quantize_u8(
@@ -356,25 +383,55 @@ fn int_conv(
         q.as_slice_mut().expect("fresh array"),
         par,
     );
-    let (act, kernel) = (l.act, l.kernel);
+    q
+}
+
+/// The integer conv of a quantised input with epilogue `ep`.
+fn run_conv(
+    l: &mut A8Layer,
+    q: &Array4<u8>,
+    p: &Conv2dParams,
+    ep: &Epilogue,
+    (isa, par): (Int8Isa, Par),
+) -> std::result::Result<Array4<f32>, AutogradError> {
     l.ensure_packed(p.groups)?;
     let pk = l.packed.as_ref().expect("packed above");
     let w = TernaryConv {
         codes: &pk.codes,
         magnitudes: pk.magnitudes.as_ref(),
-        kernel,
-        alpha: &l.alpha,
-        alpha_neg: l.alpha_neg.as_deref(),
-        bias: None,
-        norms: None,
-        act: hla_tensor::ternary_conv::Activation::None,
+        kernel: l.kernel,
+        alpha: ep.alpha,
+        alpha_neg: ep.alpha_neg,
+        bias: ep.bias,
+        norms: ep.norms,
+        act: ep.act,
     };
     let qi = QuantInput {
         q: q.view(),
-        scale: act.scale,
-        zero: act.zero,
+        scale: l.act.scale,
+        zero: l.act.zero,
     };
-    let y = ternary_conv2d_u8(&qi, &w, p, isa, par)?;
+    Ok(ternary_conv2d_u8(&qi, &w, p, isa, par)?)
+}
+
+/// Quantises a 4-D input, runs the integer conv (α only), and returns `(y, quantised input)`.
+fn int_conv(
+    l: &mut A8Layer,
+    x4: ndarray::ArrayView4<f32>,
+    p: &Conv2dParams,
+    isa: Int8Isa,
+    par: Par,
+) -> std::result::Result<(Array4<f32>, Array4<u8>), AutogradError> {
+    let q = quantise(l, x4, par);
+    let (alpha, alpha_neg) = (l.alpha.clone(), l.alpha_neg.clone());
+    let ep = Epilogue {
+        alpha: &alpha,
+        alpha_neg: alpha_neg.as_deref(),
+        bias: None,
+        norms: None,
+        act: Activation::None,
+    };
+    let y = run_conv(l, &q, p, &ep, (isa, par))?;
     Ok((y, q))
 }
 
@@ -470,6 +527,75 @@ impl LayerHook for A8Hook {
             y = divide_by_patch_norm(tape, y, xn)?;
         }
         Ok(e.apply_conv_gain(tape, y)?)
+    }
+
+    fn conv_bn_act(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, f32>,
+        act: FusedAct,
+    ) -> hla_models::Result<Option<Var>> {
+        let Some(l) = self.layers.get_mut(layer) else {
+            return Ok(None);
+        };
+        let e = self
+            .base
+            .entry(layer)
+            .expect("calibrated layers are packed layers");
+        let c = l.alpha.len();
+        let lens = [
+            bn.weight.len(),
+            bn.bias.len(),
+            bn.running_mean.len(),
+            bn.running_var.len(),
+        ];
+        if !self.fuse || lens.iter().any(|&n| n != c) {
+            return Ok(None);
+        }
+        // y = s_j·(gain_j·conv_j) + t_j with s = γ/sqrt(var + eps), t = β − mean·s (f64)
+        let gain = match (e.hyperspherical, &e.gain) {
+            (true, Some(g)) => Some(g),
+            _ => None,
+        };
+        let mut scale = vec![0f64; c];
+        let mut shift = vec![0f32; c];
+        for j in 0..c {
+            let s = bn.weight[j] as f64 / (bn.running_var[j] as f64 + bn.eps as f64).sqrt();
+            shift[j] = (bn.bias[j] as f64 - bn.running_mean[j] as f64 * s) as f32;
+            scale[j] = s * gain.map_or(1.0, |g| g.as_slice().map_or(1.0, |g| g[j] as f64));
+        }
+        let fold = |a: &[f32]| -> Vec<f32> {
+            a.iter()
+                .zip(&scale)
+                .map(|(&a, &s)| (a as f64 * s) as f32)
+                .collect()
+        };
+        let alpha = fold(&l.alpha);
+        let alpha_neg = l.alpha_neg.as_deref().map(fold);
+        let q = quantise(l, as4(tape.value(x))?, self.par);
+        let norms = if e.input_norm {
+            let nm = quantised_patch_norms(&q, l.act, l.kernel, p, self.base.eps_x())?;
+            Some(nm.into_raw_vec_and_offset().0)
+        } else {
+            None
+        };
+        let ep = Epilogue {
+            alpha: &alpha,
+            alpha_neg: alpha_neg.as_deref(),
+            bias: Some(&shift),
+            norms: norms.as_deref(),
+            act: match act {
+                FusedAct::None => Activation::None,
+                FusedAct::Relu => Activation::Relu,
+                FusedAct::Relu6 => Activation::Relu6,
+            },
+        };
+        let y = run_conv(l, &q, p, &ep, (self.isa, self.par))?;
+        self.fused += 1;
+        Ok(Some(tape.constant(y.into_dyn())))
     }
 
     fn linear(

@@ -246,6 +246,15 @@ fn check_a8(
     }
     let got = first.unwrap();
     let l2 = |a: &ArrayD<f32>| a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    // BN folded into the epilogue (the default) against BN and activation as separate f32 ops:
+    // the same function up to float reassociation
+    let mut h = load_a8(model, &back).unwrap().with_bn_folding(false);
+    let unfused = h.eval_logits(model, x.clone()).unwrap();
+    assert_eq!(h.fused_calls(), 0);
+    let mut h = load_a8(model, &back).unwrap();
+    h.eval_logits(model, x.clone()).unwrap();
+    let fold_err = l2(&(&got - &unfused)) / l2(&unfused);
+    assert!(fold_err < 1e-3, "BN folding moved the logits by {fold_err}");
     let err = l2(&(&got - want)) / l2(want);
     assert!(err < 0.05 && got != *want, "relative error {err}");
 }
