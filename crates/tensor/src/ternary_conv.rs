@@ -477,19 +477,31 @@ pub fn ternary_conv2d_u8(
                         let acc = &s.acc[at..at + wo];
                         let abs = an.map(|_| &s.acc_abs[at..at + wo]);
                         let nrow = norms.map(|nm| &nm[oy * wo..(oy + 1) * wo]);
-                        for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
-                            let a = a - za;
-                            let mut v = match (an, abs) {
-                                (Some(an), Some(abs)) => {
-                                    let b2 = abs[ox] - zb;
-                                    ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32
+                        // the common case (symmetric scales, no norms) as a branch-free loop
+                        match (an, abs, nrow) {
+                            (None, _, None) => match w.act {
+                                Activation::None => finish(o, acc, za, ap, b, |v| v),
+                                Activation::Relu => finish(o, acc, za, ap, b, |v| v.max(0.0)),
+                                Activation::Relu6 => {
+                                    finish(o, acc, za, ap, b, |v| v.max(0.0).min(6.0))
                                 }
-                                _ => ap * a as f32,
-                            };
-                            if let Some(nr) = nrow {
-                                v /= nr[ox];
+                            },
+                            _ => {
+                                for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
+                                    let a = a - za;
+                                    let mut v = match (an, abs) {
+                                        (Some(an), Some(abs)) => {
+                                            let b2 = abs[ox] - zb;
+                                            ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32
+                                        }
+                                        _ => ap * a as f32,
+                                    };
+                                    if let Some(nr) = nrow {
+                                        v /= nr[ox];
+                                    }
+                                    *o = w.act.apply(v + b);
+                                }
                             }
-                            *o = w.act.apply(v + b);
                         }
                     }
                 }
@@ -497,6 +509,16 @@ pub fn ternary_conv2d_u8(
         },
     );
     Ok(y)
+}
+
+/// `o = act(ap·(acc − za) + b)` over one output row. `f32::max` / `min` return the non-NaN
+/// operand, so unlike [`Activation::apply`] a NaN would become 0 here; the products of integer
+/// sums and finite scales are never NaN.
+#[inline]
+fn finish(o: &mut [f32], acc: &[i32], za: i32, ap: f32, b: f32, act: impl Fn(f32) -> f32) {
+    for (o, &a) in o.iter_mut().zip(acc) {
+        *o = act(ap * (a - za) as f32 + b);
+    }
 }
 
 /// Where a depthwise channel's taps read in its padded plane.
@@ -550,8 +572,22 @@ fn pad_quads(
     buf: &mut [u8],
 ) {
     let wp = w + 2 * padding.1;
-    for ci in 0..c {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
+    let hw = h * w;
+    // four channels at a time: one 4-byte store per position
+    let full = c / 4;
+    for cq in 0..full {
+        let p = |r: usize| &x[(4 * cq + r) * hw..(4 * cq + r + 1) * hw];
+        let (p0, p1, p2, p3) = (p(0), p(1), p(2), p(3));
+        for yy in 0..h {
+            let dst = &mut buf[(cq * plen + (yy + padding.0) * wp + padding.1) * 4..][..w * 4];
+            for (xx, d) in dst.chunks_exact_mut(4).enumerate() {
+                let i = yy * w + xx;
+                d.copy_from_slice(&[p0[i], p1[i], p2[i], p3[i]]);
+            }
+        }
+    }
+    for ci in 4 * full..c {
+        let plane = &x[ci * hw..(ci + 1) * hw];
         let base = (ci / 4) * plen;
         let r = ci % 4;
         for yy in 0..h {
