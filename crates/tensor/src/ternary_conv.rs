@@ -279,15 +279,7 @@ impl Activation {
                     v
                 }
             }
-            Activation::Relu6 => {
-                if v < 0.0 {
-                    0.0
-                } else if v > 6.0 {
-                    6.0
-                } else {
-                    v
-                }
-            }
+            Activation::Relu6 => v.clamp(0.0, 6.0),
         }
     }
 }
@@ -483,7 +475,7 @@ pub fn ternary_conv2d_u8(
                                 Activation::None => finish(o, acc, za, ap, b, |v| v),
                                 Activation::Relu => finish(o, acc, za, ap, b, |v| v.max(0.0)),
                                 Activation::Relu6 => {
-                                    finish(o, acc, za, ap, b, |v| v.max(0.0).min(6.0))
+                                    finish(o, acc, za, ap, b, |v| v.clamp(0.0, 6.0))
                                 }
                             },
                             _ => {
@@ -511,9 +503,9 @@ pub fn ternary_conv2d_u8(
     Ok(y)
 }
 
-/// `o = act(ap·(acc − za) + b)` over one output row. `f32::max` / `min` return the non-NaN
-/// operand, so unlike [`Activation::apply`] a NaN would become 0 here; the products of integer
-/// sums and finite scales are never NaN.
+/// `o = act(ap·(acc − za) + b)` over one output row. `f32::max` returns the non-NaN operand,
+/// so unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of
+/// integer sums and finite scales are never NaN.
 #[inline]
 fn finish(o: &mut [f32], acc: &[i32], za: i32, ap: f32, b: f32, act: impl Fn(f32) -> f32) {
     for (o, &a) in o.iter_mut().zip(acc) {
