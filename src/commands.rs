@@ -131,6 +131,7 @@ fn options(ctx: &Ctx, stop_after: Option<usize>) -> RunOptions {
         threads: ctx.threads(),
         stop_after_epochs: stop_after,
         stop: interrupt::flag(),
+        group: None,
     }
 }
 

@@ -5,6 +5,7 @@ use ndarray::{ArrayD, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::{AutogradError, Float, Par, Result};
+use hla_tensor::group::Group;
 
 /// The broadcast shape of `a` and `b`: align trailing dimensions; each pair must be equal or
 /// contain a 1 (NumPy's rule).
@@ -131,6 +132,51 @@ pub(crate) fn sum_to_shape<F: Float>(mut g: ArrayD<F>, shape: &[usize]) -> Array
         }
     }
     g
+}
+
+/// [`sum_to_shape`] of a gradient whose axis 0 is the batch, split over the ranks of `group`:
+/// the fold over axis 0 (a left fold from zero in sample order, as `sum_axis` does it)
+/// continues across the ranks in rank order, then the other axes are reduced locally; every
+/// rank gets the single-process bits. An operand that lacks axis 0 or has 1 there.
+///
+/// # Errors
+/// `Tensor(Comm)` for a failed transfer.
+pub(crate) fn sum_to_shape_in<F: Float>(
+    g: ArrayD<F>,
+    shape: &[usize],
+    group: &Group,
+) -> Result<ArrayD<F>> {
+    if g.ndim() == 1 {
+        // `sum_axis` of a vector is an unrolled sum, not a fold that splits: sum the gathered
+        // batch instead (one value per sample).
+        let all = group.gather("broadcast_backward", &g.iter().copied().collect::<Vec<_>>())?;
+        return Ok(sum_to_shape(
+            ArrayD::from_shape_vec(IxDyn(&[all.len()]), all).expect("1-D"),
+            shape,
+        ));
+    }
+    let g = g.as_standard_layout();
+    let mut dims = g.shape().to_vec();
+    dims.remove(0);
+    let mut acc = ArrayD::<F>::zeros(IxDyn(&dims));
+    let state = acc.as_slice_mut().expect("fresh array is contiguous");
+    let xs = g.as_slice().expect("standard layout is contiguous");
+    let per = state.len();
+    group.chain("broadcast_backward", state, |st, _| {
+        if per > 0 {
+            for sample in xs.chunks_exact(per) {
+                for (a, &v) in st.iter_mut().zip(sample) {
+                    *a = *a + v;
+                }
+            }
+        }
+    })?;
+    let lead = if shape.len() < g.ndim() {
+        acc
+    } else {
+        acc.insert_axis(Axis(0))
+    };
+    Ok(sum_to_shape(lead, shape))
 }
 
 #[cfg(test)]

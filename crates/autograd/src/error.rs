@@ -7,6 +7,15 @@ pub type Result<T, E = AutogradError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AutogradError {
+    /// Occurs when an op would mix or reduce the samples of a batch split over data-parallel
+    /// ranks in a way that has no cross-rank form (e.g. a sum over the batch axis).
+    #[error("{op}: not supported in data-parallel training: {reason}")]
+    DataParallel {
+        /// Name of the op.
+        op: &'static str,
+        /// What the op would do to the batch axis.
+        reason: String,
+    },
     /// Occurs when `op` cannot combine its operands' shapes (e.g. non-broadcastable operands,
     /// inner dimensions of a matmul that differ).
     #[error("{op}: shape mismatch, lhs {lhs:?} vs rhs {rhs:?}")]

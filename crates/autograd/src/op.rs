@@ -43,7 +43,7 @@ pub(crate) enum Op<F: Float> {
     NormalizeRows { v: Var, inv_norm: Array1<F> },
     Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
     Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
-    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
+    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize },
     BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
     Relu6 { x: Var },
@@ -168,10 +168,10 @@ impl<F: Float> Op<F> {
     /// `*_backward` in the op's own file.
     pub(crate) fn backward(self, bw: &mut Backprop<'_, F>, dy: ArrayD<F>) -> Result<()> {
         match self {
-            Op::Add { a, b } => ops::add::add_backward(bw, a, b, dy),
-            Op::Sub { a, b } => ops::sub::sub_backward(bw, a, b, dy),
-            Op::Mul { a, b } => ops::mul::mul_backward(bw, a, b, dy),
-            Op::Div { a, b } => ops::div::div_backward(bw, a, b, dy),
+            Op::Add { a, b } => return ops::add::add_backward(bw, a, b, dy),
+            Op::Sub { a, b } => return ops::sub::sub_backward(bw, a, b, dy),
+            Op::Mul { a, b } => return ops::mul::mul_backward(bw, a, b, dy),
+            Op::Div { a, b } => return ops::div::div_backward(bw, a, b, dy),
             Op::Neg { x } => ops::neg::neg_backward(bw, x, dy),
             Op::AddScalar { x } => ops::add_scalar::add_scalar_backward(bw, x, dy),
             Op::MulScalar { x, s } => ops::mul_scalar::mul_scalar_backward(bw, x, s, dy),
@@ -201,9 +201,11 @@ impl<F: Float> Op<F> {
                 beta,
                 mean,
                 inv_std,
+                count,
             } => {
                 let inputs = (x, gamma, beta);
-                return ops::batch_norm::batch_norm_train_backward(bw, inputs, mean, inv_std, dy);
+                let stats = (mean, inv_std, count);
+                return ops::batch_norm::batch_norm_train_backward(bw, inputs, stats, dy);
             }
             Op::BatchNorm2dEval {
                 x,

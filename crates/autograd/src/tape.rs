@@ -14,6 +14,7 @@ use ndarray::{ArrayD, IxDyn};
 use crate::broadcast::add_in_place;
 use crate::op::Op;
 use crate::{AutogradError, Float, Par, Param, ParamId, Result};
+use hla_tensor::group::Group;
 
 /// Handle to a value recorded on a [`Tape`]: an index into it, cheap to copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +36,9 @@ pub(crate) struct Node<F: Float> {
     pub(crate) requires_grad: bool,
     /// The op that produced the value; `None` for leaves, parameters and constants.
     pub(crate) op: Option<Op<F>>,
+    /// Whether axis 0 of the value is the batch (the input batch and everything computed from
+    /// it): with a data-parallel group, reductions over that axis run across the ranks.
+    pub(crate) batched: bool,
 }
 
 /// Append-only record of a forward pass.
@@ -50,6 +54,7 @@ pub struct Tape<F: Float> {
     grad_enabled: bool,
     differentiated: bool,
     par: Par,
+    group: Option<Group>,
 }
 
 impl<F: Float> Default for Tape<F> {
@@ -68,6 +73,7 @@ impl<F: Float> Tape<F> {
             grad_enabled: true,
             differentiated: false,
             par: Par::default(),
+            group: None,
         }
     }
 
@@ -93,6 +99,66 @@ impl<F: Float> Tape<F> {
     /// The parallelism passed to kernels.
     pub fn par(&self) -> Par {
         self.par
+    }
+
+    /// Makes this tape one rank's part of a data-parallel step: it holds rows
+    /// [`Group::rows`] of the global batch, and every reduction over the batch (batch-norm
+    /// statistics, weight and bias gradients, the loss) runs across the group in the
+    /// single-process order, so every rank computes the bits of the whole batch.
+    pub fn set_group(&mut self, group: Option<Group>) {
+        self.group = group;
+    }
+
+    /// The data-parallel group (`None`: one process, or one rank).
+    pub fn group(&self) -> Option<&Group> {
+        self.group.as_ref().filter(|g| g.size() > 1)
+    }
+
+    /// Where this rank's `n` rows sit in the global batch: `(first row, global rows)`;
+    /// `(0, n)` without a group. A collective: every rank of the group must call it.
+    ///
+    /// # Errors
+    /// `Tensor(Comm)` for a failed transfer.
+    pub fn global_rows(&self, n: usize) -> Result<(usize, usize)> {
+        let Some(g) = self.group() else {
+            return Ok((0, n));
+        };
+        let counts = g.gather("global_rows", &[n as f64])?;
+        let start = counts[..g.rank()].iter().map(|&c| c as usize).sum();
+        Ok((start, counts.iter().map(|&c| c as usize).sum()))
+    }
+
+    /// A constant whose axis 0 is the batch (the input images): values computed from it are
+    /// batched too, which is what data-parallel reductions go by ([`Tape::set_group`]).
+    pub fn batch_input(&mut self, value: ArrayD<F>) -> Var {
+        let v = self.constant(value);
+        self.nodes[v.0].batched = true;
+        v
+    }
+
+    /// Whether axis 0 of `v` is the batch (see [`Tape::batch_input`]).
+    pub fn is_batched(&self, v: Var) -> bool {
+        self.nodes.get(v.0).is_some_and(|n| n.batched)
+    }
+
+    /// Refuses, with a data-parallel group, an op on the batched `v` that does not keep the
+    /// batch on axis 0 sample by sample (`keeps` false): such an op has no cross-rank form.
+    ///
+    /// # Errors
+    /// `DataParallel` naming `op`.
+    pub(crate) fn check_batch_axis(&self, op: &'static str, v: Var, keeps: bool) -> Result<()> {
+        if self.group().is_some() && self.is_batched(v) && !keeps {
+            return Err(AutogradError::DataParallel {
+                op,
+                reason: "it would mix or reduce the batch axis (axis 0) of a batched value".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks an op's output as not batched (a reduction over the batch, e.g. the loss).
+    pub(crate) fn unbatch(&mut self, v: Var) {
+        self.nodes[v.0].batched = false;
     }
 
     /// Number of values recorded so far.
@@ -184,11 +250,14 @@ impl<F: Float> Tape<F> {
         op: impl FnOnce() -> Op<F>,
     ) -> Var {
         let value = standard(value);
-        if self.any_requires_grad(inputs) {
+        let batched = inputs.iter().any(|v| self.is_batched(*v));
+        let v = if self.any_requires_grad(inputs) {
             self.push_node(Arc::new(value), true, Some(op()))
         } else {
             self.push_node(Arc::new(value), false, None)
-        }
+        };
+        self.nodes[v.0].batched = batched;
+        v
     }
 
     /// A constant sharing the storage of `v` (no copy): what [`crate::ops::detach`] returns.
@@ -202,6 +271,7 @@ impl<F: Float> Tape<F> {
             value,
             requires_grad,
             op,
+            batched: false,
         });
         Var(self.nodes.len() - 1)
     }
@@ -258,6 +328,7 @@ impl<F: Float> Tape<F> {
             grads[out.0] = Some(standard(seed));
         }
         let par = self.par;
+        let group = self.group().cloned();
         for id in (0..=out.0).rev() {
             let Some(dy) = grads[id].take() else {
                 continue; // not on a path from `out`
@@ -274,6 +345,7 @@ impl<F: Float> Tape<F> {
                 grads: &mut grads,
                 out: Var(id),
                 par,
+                group: group.as_ref(),
             };
             op.backward(&mut bw, dy)?;
         }
@@ -302,6 +374,8 @@ pub(crate) struct Backprop<'a, F: Float> {
     pub(crate) out: Var,
     /// Parallelism for kernels.
     pub(crate) par: Par,
+    /// The data-parallel group of the tape (`None` for one process).
+    pub(crate) group: Option<&'a Group>,
 }
 
 impl<F: Float> Backprop<'_, F> {
@@ -318,6 +392,32 @@ impl<F: Float> Backprop<'_, F> {
     /// Whether `v` takes a gradient (backward skips computing gradients nobody needs).
     pub(crate) fn needs(&self, v: Var) -> bool {
         self.nodes[v.0].requires_grad
+    }
+
+    /// Whether axis 0 of `v` is the batch.
+    pub(crate) fn batched(&self, v: Var) -> bool {
+        self.nodes[v.0].batched
+    }
+
+    /// The gradient `g` of this op's output summed down to the shape of operand `v`
+    /// ([`sum_to_shape`](crate::broadcast::sum_to_shape)). When the output is batched, `v` is
+    /// not (a parameter broadcast over the batch) and a data-parallel group is set, the fold
+    /// over samples runs across the ranks in rank order and the rest locally: the
+    /// single-process bits on every rank.
+    ///
+    /// # Errors
+    /// `Tensor(Comm)` for a failed transfer.
+    pub(crate) fn reduce_to(&self, g: ArrayD<F>, v: Var) -> Result<ArrayD<F>> {
+        let shape = self.value(v).shape();
+        let over_batch = g.ndim() > 0
+            && g.shape() != shape
+            && (shape.len() < g.ndim() || shape[0] == 1)
+            && self.batched(self.out)
+            && !self.batched(v);
+        match self.group {
+            Some(group) if over_batch => crate::broadcast::sum_to_shape_in(g, shape, group),
+            _ => Ok(crate::broadcast::sum_to_shape(g, shape)),
+        }
     }
 
     /// Adds `g` into the gradient slot of `v` (in place when the slot is already filled, so a

@@ -19,13 +19,34 @@ use crate::error::{DataError, Result};
 use crate::folder::ErrorPolicy;
 use crate::seed::{rng_for, shuffle, Purpose};
 
-/// Which part of each epoch this process reads in data-parallel training: `rank` of `world`.
+/// Which part of each global batch this process reads in data-parallel training: `rank` of
+/// `world`. The batch size, the sample order and every augmentation are those of the
+/// single-process run; each batch is cut into contiguous slices in rank order
+/// ([`Shard::rows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
     /// This process's index, `0..world`.
     pub rank: usize,
     /// Number of processes.
     pub world: usize,
+}
+
+/// Slices of a batch start on multiples of this many samples (the weight-gradient chunk of
+/// the convolution kernels, `hla_tensor::DW_CHUNK`, whose fold the ranks continue).
+pub const SHARD_ALIGN: usize = 8;
+
+impl Shard {
+    /// The rows of a global batch of `n` samples this shard reads: the batch is cut into
+    /// chunks of [`SHARD_ALIGN`] samples, dealt out contiguously in rank order, the first
+    /// `chunks % world` shards taking one more (shards past the chunk count read none).
+    pub fn rows(&self, n: usize) -> std::ops::Range<usize> {
+        let world = self.world.max(1);
+        let chunks = n.div_ceil(SHARD_ALIGN);
+        let (q, extra) = (chunks / world, chunks % world);
+        let first = self.rank * q + self.rank.min(extra);
+        let mine = q + usize::from(self.rank < extra);
+        (first * SHARD_ALIGN).min(n)..((first + mine) * SHARD_ALIGN).min(n)
+    }
 }
 
 impl Default for Shard {
@@ -170,9 +191,8 @@ impl Loader {
         self.inner.skipped.load(Ordering::Relaxed)
     }
 
-    /// This shard's sample order for `epoch`: the permutation drawn from
-    /// `(seed, Purpose::Shuffle, epoch)` (or index order), cut to a multiple of `world`, then
-    /// every `world`-th element starting at `rank` (PyTorch `DistributedSampler(drop_last=True)`).
+    /// The sample order of `epoch` (the same for every shard): the permutation drawn from
+    /// `(seed, Purpose::Shuffle, epoch)`, or index order.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let cfg = &self.inner.cfg;
         let n = self.inner.dataset.len();
@@ -180,22 +200,15 @@ impl Loader {
         if cfg.shuffle {
             shuffle(&mut rng_for(cfg.seed, Purpose::Shuffle, epoch, 0), &mut all);
         }
-        let Shard { rank, world } = cfg.shard;
-        let usable = n / world * world;
-        all[..usable]
-            .iter()
-            .skip(rank)
-            .step_by(world)
-            .copied()
-            .collect()
+        all
     }
 
-    /// Samples this shard reads per epoch.
+    /// Samples per epoch (of all shards together).
     pub fn samples_per_epoch(&self) -> usize {
-        self.inner.dataset.len() / self.inner.cfg.shard.world
+        self.inner.dataset.len()
     }
 
-    /// Batches per epoch for this shard.
+    /// Batches per epoch (global batches: every shard reads its slice of each).
     pub fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.samples_per_epoch(), self.inner.cfg.batch_size);
         if self.inner.cfg.drop_last {
@@ -203,6 +216,13 @@ impl Loader {
         } else {
             n.div_ceil(b)
         }
+    }
+
+    /// The data-set indices of global batch `pos` of `epoch` that this shard reads.
+    pub fn shard_indices(&self, order: &[usize], pos: usize) -> Vec<usize> {
+        let b = self.inner.cfg.batch_size;
+        let idx = &order[(pos * b).min(order.len())..((pos + 1) * b).min(order.len())];
+        idx[self.inner.cfg.shard.rows(idx.len())].to_vec()
     }
 
     /// Iterates over all batches of `epoch`.
@@ -264,9 +284,8 @@ impl Loader {
     }
 
     fn batch_at(&self, epoch: u64, order: &[usize], pos: usize) -> Result<Batch> {
-        let b = self.inner.cfg.batch_size;
-        let idx = &order[pos * b..((pos + 1) * b).min(order.len())];
-        let mut batch = self.load_batch(epoch, idx)?;
+        let idx = self.shard_indices(order, pos);
+        let mut batch = self.load_batch(epoch, &idx)?;
         batch.position = pos;
         Ok(batch)
     }

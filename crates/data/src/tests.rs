@@ -893,21 +893,51 @@ fn resume_mid_epoch_gives_the_remaining_batches() {
 #[test]
 fn shards_partition_the_epoch() {
     let ds = cifar_train_subset(103);
-    let orders: Vec<Vec<usize>> = (0..3)
+    // 103 samples in batches of 40: 40, 40, 23. Three shards read 2, 2 and 1 chunks of 8 of a
+    // full batch, and 8, 8, 7 samples of the last one; together, in rank order, every batch
+    // of the single-process run, pixels included.
+    let one = LoaderConfig {
+        batch_size: 40,
+        seed: 1,
+        prefetch: 0,
+        ..Default::default()
+    };
+    let whole: Vec<Batch> = Loader::new(ds.clone(), one.clone())
+        .unwrap()
+        .epoch(0)
+        .map(|b| b.unwrap())
+        .collect();
+    let shards: Vec<Vec<Batch>> = (0..3)
         .map(|rank| {
             let cfg = LoaderConfig {
                 shard: Shard { rank, world: 3 },
-                seed: 1,
-                ..Default::default()
+                ..one.clone()
             };
-            Loader::new(ds.clone(), cfg).unwrap().order(0)
+            let l = Loader::new(ds.clone(), cfg).unwrap();
+            assert_eq!(l.batches_per_epoch(), 3);
+            l.epoch(0).map(|b| b.unwrap()).collect()
         })
         .collect();
-    assert!(orders.iter().all(|o| o.len() == 34));
-    let mut all: Vec<usize> = orders.concat();
-    all.sort_unstable();
-    all.dedup();
-    assert_eq!(all.len(), 102);
+    let sizes: Vec<Vec<usize>> = shards
+        .iter()
+        .map(|s| s.iter().map(|b| b.labels.len()).collect())
+        .collect();
+    assert_eq!(sizes, vec![vec![16, 16, 8], vec![16, 16, 8], vec![8, 8, 7]]);
+    for (pos, w) in whole.iter().enumerate() {
+        let idx: Vec<usize> = shards.iter().flat_map(|s| s[pos].indices.clone()).collect();
+        assert_eq!(idx, w.indices, "batch {pos}");
+        let px: Vec<f32> = shards
+            .iter()
+            .flat_map(|s| s[pos].images.iter().copied().collect::<Vec<_>>())
+            .collect();
+        assert!(px
+            .iter()
+            .zip(w.images.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    // Too few chunks for every shard: the last ones read none.
+    assert_eq!(Shard { rank: 2, world: 4 }.rows(20), 16..20);
+    assert_eq!(Shard { rank: 3, world: 4 }.rows(20), 20..20);
     let bad = LoaderConfig {
         shard: Shard { rank: 3, world: 3 },
         ..Default::default()

@@ -50,6 +50,7 @@ fn checkpoint_seed(repo: &Path) -> Result<Vec<u8>, String> {
         threads: 1,
         stop_after_epochs: None,
         stop: hla_train::StopFlag::default(),
+        group: None,
     };
     hla_train::run::train(&cfg, &dir, None, &opts, &mut hla_train::run::Silent).map_err(s)?;
     std::fs::read(dir.join("checkpoint.safetensors")).map_err(s)

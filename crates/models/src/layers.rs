@@ -5,7 +5,7 @@
 use hla_autograd::ops;
 use hla_autograd::ops::BatchNormState;
 use hla_autograd::{Conv2dParams, Float, Param, Tape, Var};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -514,7 +514,18 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
-        let shape = tape.shape(x).to_vec();
+        // With a data-parallel group, the mask of the global batch is drawn (the same stream
+        // as one process) and this rank keeps its rows.
+        let mut shape = tape.shape(x).to_vec();
+        let n = shape.first().copied().unwrap_or(1);
+        let (start, total) = if tape.is_batched(x) {
+            tape.global_rows(n)?
+        } else {
+            (0, n)
+        };
+        if let Some(d) = shape.first_mut() {
+            *d = total;
+        }
         let rng = &mut self.rng;
         let mask = ArrayD::from_shape_simple_fn(IxDyn(&shape), || {
             if rng.random::<f32>() < keep {
@@ -523,6 +534,12 @@ impl Dropout {
                 F::zero()
             }
         });
+        let mask = if shape.is_empty() || total == n {
+            mask
+        } else {
+            mask.slice_axis(Axis(0), (start..start + n).into())
+                .to_owned()
+        };
         let m = tape.constant(mask);
         Ok(ops::mul(tape, x, m)?)
     }

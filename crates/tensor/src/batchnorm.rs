@@ -5,8 +5,8 @@
 //! and one the compiler vectorises. Channels are independent, so they are spread over the rayon
 //! pool without changing any result.
 
-use crate::lanes::Lanes;
-use crate::{Float, Par};
+use crate::group::{channel_lanes, Group};
+use crate::{Float, Par, Result};
 use ndarray::{Array1, ArrayView4};
 
 /// The `n` planes of channel `ch` of a contiguous `[n, c, h·w]` buffer, in sample order.
@@ -20,32 +20,55 @@ fn channel_planes<F>(xs: &[F], c: usize, hw: usize, ch: usize) -> impl Iterator<
 /// # Shapes
 /// `x`: `[n, c, h, w]` → `(mean [c], var [c])`. With `n·h·w == 0` both are NaN.
 pub fn channel_mean_var<F: Float>(x: ArrayView4<F>, par: Par) -> (Array1<F>, Array1<F>) {
+    let (mean, var, _) = channel_mean_var_in(x, par, None).expect("no transfer without a group");
+    (mean, var)
+}
+
+/// [`channel_mean_var`] over a batch split across the ranks of `group` (synchronised batch
+/// norm): both passes' lane sums continue across the ranks in rank order, `m` is the global
+/// count, and every rank gets the single-process bits. Also returns `m`.
+///
+/// # Errors
+/// `Comm` for a failed transfer.
+pub fn channel_mean_var_in<F: Float>(
+    x: ArrayView4<F>,
+    par: Par,
+    group: Option<&Group>,
+) -> Result<(Array1<F>, Array1<F>, usize)> {
+    const OP: &str = "batch_norm2d_stats";
     let (n, c, h, w) = x.dim();
     let hw = h * w;
-    let m = F::from_f64((n * hw) as f64);
-    if n * hw == 0 {
-        return (
-            Array1::from_elem(c, F::nan()),
-            Array1::from_elem(c, F::nan()),
-        );
+    let count = match group.filter(|g| g.size() > 1) {
+        Some(g) => g.sum_count(OP, n * hw)?,
+        None => n * hw,
+    };
+    if count == 0 {
+        let nan = Array1::from_elem(c, F::nan());
+        return Ok((nan.clone(), nan, 0));
     }
+    let m = F::from_f64(count as f64);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
-    let stats: Vec<(F, F)> = crate::map_range(par, c, |ch| {
-        let mut s = Lanes::new();
-        for p in channel_planes(xs, c, hw, ch) {
-            s.add(p);
+    let planes = |ch| {
+        (hw > 0)
+            .then(|| channel_planes(xs, c, hw, ch))
+            .into_iter()
+            .flatten()
+    };
+    let sums = channel_lanes::<F, 1>(group, OP, c, par, |ch, s| {
+        for p in planes(ch) {
+            s[0].add(p);
         }
-        let mu = s.total() / m;
-        let mut q = Lanes::new();
-        for p in channel_planes(xs, c, hw, ch) {
-            q.add_map(p, |v| (v - mu) * (v - mu));
+    })?;
+    let mean: Array1<F> = sums.into_iter().map(|[s]| s.total() / m).collect();
+    let sq = channel_lanes::<F, 1>(group, OP, c, par, |ch, q| {
+        let mu = mean[ch];
+        for p in planes(ch) {
+            q[0].add_map(p, |v| (v - mu) * (v - mu));
         }
-        (mu, q.total() / m)
-    });
-    let mean = stats.iter().map(|s| s.0).collect::<Array1<F>>();
-    let var = stats.iter().map(|s| s.1).collect::<Array1<F>>();
-    (mean, var)
+    })?;
+    let var = sq.into_iter().map(|[q]| q.total() / m).collect();
+    Ok((mean, var, count))
 }
 
 #[cfg(test)]

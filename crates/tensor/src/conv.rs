@@ -24,7 +24,7 @@ use crate::conv_direct::{
     pack_weights, transpose_weights, Direct, Isa,
 };
 use crate::gemm::{gemm_slices, Mat};
-use crate::lanes::Lanes;
+use crate::group::{channel_lanes, Group};
 use crate::{for_each_chunk, Float, Par, Result, TensorError};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
@@ -497,7 +497,7 @@ fn dot<F: Float>(a: &[F], b: &[F]) -> F {
 }
 
 /// Direct depthwise weight gradient of one (sample, output plane): `dwk[ki, kj] += Σ dy·x[..]`.
-fn dw_plane_backward_weight<F: Float>(g: &Geom, x: &[F], dy: &[F], dwk: &mut [F]) {
+fn dw_plane_terms<F: Float>(g: &Geom, x: &[F], dy: &[F], terms: &mut [F]) {
     for ki in 0..g.kh {
         for kj in 0..g.kw {
             let (off, lo, hi) = g.col_range(kj);
@@ -517,8 +517,7 @@ fn dw_plane_backward_weight<F: Float>(g: &Geom, x: &[F], dy: &[F], dwk: &mut [F]
                     s = s + t;
                 }
             }
-            let v = &mut dwk[ki * g.kw + kj];
-            *v = *v + s;
+            terms[ki * g.kw + kj] = s;
         }
     }
 }
@@ -797,7 +796,27 @@ pub fn conv2d_backward_weight<F: Float>(
     p: &Conv2dParams,
     par: Par,
 ) -> Result<Array4<F>> {
+    conv2d_backward_weight_in(x, dy, k_hw, p, par, None)
+}
+
+/// [`conv2d_backward_weight`] of a batch split over the ranks of `group` (this rank holds
+/// `x` and `dy` of its rows, [`Group::rows`]): the chunk partials are computed locally and
+/// their fold in chunk order continues across the ranks ([`Group::chain`]), so every rank
+/// gets the single-process bits of the whole batch. Depthwise: the per-sample terms are
+/// computed locally, their sum in sample order runs across the ranks.
+///
+/// # Errors
+/// As [`conv2d_backward_weight`]; `Comm` for a failed transfer.
+pub fn conv2d_backward_weight_in<F: Float>(
+    x: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    k_hw: (usize, usize),
+    p: &Conv2dParams,
+    par: Par,
+    group: Option<&Group>,
+) -> Result<Array4<F>> {
     let op = "conv2d_backward_weight";
+    let group = group.filter(|g| g.size() > 1);
     let xd = dims4(&x);
     let dyd = dims4(&dy);
     if p.groups == 0 || (xd[1] % p.groups, dyd[1] % p.groups) != (0, 0) {
@@ -828,20 +847,51 @@ pub fn conv2d_backward_weight<F: Float>(
     if g.depthwise() {
         // Each output channel is independent: parallel over channels, samples summed in order.
         let kk = g.kh * g.kw;
+        let Some(group) = group else {
+            for_each_chunk(
+                par,
+                dws,
+                kk,
+                || vec![F::zero(); kk],
+                |t, co, dwk| {
+                    let ci = co / g.cout_g;
+                    for s in 0..g.n {
+                        let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
+                        let dy_c = &dys[s * g.out_sample() + co * np..][..np];
+                        dw_plane_terms(&g, x_c, dy_c, t);
+                        for (d, &v) in dwk.iter_mut().zip(t.iter()) {
+                            *d = *d + v;
+                        }
+                    }
+                },
+            );
+            return Ok(dw);
+        };
+        // The per-sample terms `[c_out, n, k_h·k_w]` in parallel, then their sum across ranks.
+        let mut terms = vec![F::zero(); g.c_out * g.n * kk];
         for_each_chunk(
             par,
-            dws,
-            kk,
+            &mut terms,
+            g.n * kk,
             || (),
-            |_, co, dwk| {
+            |_, co, tc| {
                 let ci = co / g.cout_g;
-                for s in 0..g.n {
+                for (s, t) in tc.chunks_exact_mut(kk).enumerate() {
                     let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
                     let dy_c = &dys[s * g.out_sample() + co * np..][..np];
-                    dw_plane_backward_weight(&g, x_c, dy_c, dwk);
+                    dw_plane_terms(&g, x_c, dy_c, t);
                 }
             },
         );
+        group.chain(op, dws, |acc, _| {
+            for (dwk, tc) in acc.chunks_exact_mut(kk).zip(terms.chunks_exact(g.n * kk)) {
+                for t in tc.chunks_exact(kk) {
+                    for (d, &v) in dwk.iter_mut().zip(t) {
+                        *d = *d + v;
+                    }
+                }
+            }
+        })?;
         return Ok(dw);
     }
 
@@ -924,13 +974,21 @@ pub fn conv2d_backward_weight<F: Float>(
             },
         );
     }
-    // Chunk partials summed in chunk order.
-    let (first, rest) = partials.split_at(wlen);
-    dws.copy_from_slice(first);
-    for part in rest.chunks_exact(wlen) {
-        for (d, &v) in dws.iter_mut().zip(part) {
-            *d = *d + v;
+    // Chunk partials summed in chunk order (the first chunk of the batch is copied).
+    let fold = |acc: &mut [F], first: bool| {
+        let mut parts = partials.chunks_exact(wlen);
+        if first {
+            acc.copy_from_slice(parts.next().expect("n > 0 gives a chunk"));
         }
+        for part in parts {
+            for (d, &v) in acc.iter_mut().zip(part) {
+                *d = *d + v;
+            }
+        }
+    };
+    match group {
+        Some(group) => group.chain(op, dws, fold)?,
+        None => fold(dws, true),
     }
     Ok(dw)
 }
@@ -942,21 +1000,31 @@ pub fn conv2d_backward_weight<F: Float>(
 /// # Shapes
 /// `dy`: `[n, c_out, h_out, w_out]` → `[c_out]`.
 pub fn conv2d_backward_bias<F: Float>(dy: ArrayView4<F>, par: Par) -> Array1<F> {
-    let (n, c, h, w) = dy.dim();
+    conv2d_backward_bias_in(dy, par, None).expect("no transfer without a group")
+}
+
+/// [`conv2d_backward_bias`] of a batch split over the ranks of `group`: each channel's lane
+/// sums continue across the ranks in rank order (see [`crate::group::channel_lanes`]).
+///
+/// # Errors
+/// `Comm` for a failed transfer.
+pub fn conv2d_backward_bias_in<F: Float>(
+    dy: ArrayView4<F>,
+    par: Par,
+    group: Option<&Group>,
+) -> Result<Array1<F>> {
+    let (_, c, h, w) = dy.dim();
     let hw = h * w;
-    if n * hw == 0 {
-        return Array1::zeros(c);
-    }
     let dy = dy.as_standard_layout();
     let ds = dy.as_slice().expect("standard layout is contiguous");
-    let db: Vec<F> = crate::map_range(par, c, |ch| {
-        let mut acc = Lanes::new();
-        for p in ds.chunks_exact(hw).skip(ch).step_by(c) {
-            acc.add(p);
+    let sums = channel_lanes::<F, 1>(group, "conv2d_backward_bias", c, par, |ch, acc| {
+        if hw > 0 {
+            for p in ds.chunks_exact(hw).skip(ch).step_by(c) {
+                acc[0].add(p);
+            }
         }
-        acc.total()
-    });
-    Array1::from_vec(db)
+    })?;
+    Ok(sums.into_iter().map(|[l]| l.total()).collect())
 }
 
 #[cfg(test)]

@@ -72,6 +72,14 @@ pub enum TensorError {
         /// Number of classes (columns of the logits).
         classes: usize,
     },
+    /// Occurs when a transfer between the ranks of a data-parallel group fails.
+    #[error("{op}: data-parallel transfer failed: {reason}")]
+    Comm {
+        /// The op whose reduction failed.
+        op: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Result alias of this crate.

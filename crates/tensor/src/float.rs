@@ -25,6 +25,15 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     /// Converts to `f64` (exact).
     fn to_f64(self) -> f64;
+    /// Size of one value in bytes.
+    const BYTES: usize;
+    /// Appends the little-endian bytes of `self` (for transfers between ranks).
+    fn write_le(self, out: &mut Vec<u8>);
+    /// The value of `BYTES` little-endian bytes.
+    ///
+    /// # Panics
+    /// If `b` is not `BYTES` long (a caller bug).
+    fn read_le(b: &[u8]) -> Self;
     /// Raw `C ← α·A·B + β·C` with element strides, `A: [m, k]`, `B: [k, n]`, `C: [m, n]`.
     /// When `beta == 0`, `C` is not read.
     ///
@@ -51,6 +60,13 @@ pub trait Float:
 }
 
 impl Float for f32 {
+    const BYTES: usize = std::mem::size_of::<f32>();
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(b: &[u8]) -> Self {
+        f32::from_le_bytes(b.try_into().expect("read_le: BYTES bytes"))
+    }
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -81,6 +97,13 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    const BYTES: usize = std::mem::size_of::<f64>();
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(b: &[u8]) -> Self {
+        f64::from_le_bytes(b.try_into().expect("read_le: BYTES bytes"))
+    }
     fn from_f64(v: f64) -> Self {
         v
     }

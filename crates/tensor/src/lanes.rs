@@ -27,6 +27,18 @@ impl<F: Float> Lanes<F> {
         Lanes([F::zero(); LANES])
     }
 
+    /// The partial sums, lane by lane (to pass a running sum to another rank).
+    #[inline]
+    pub fn to_array(self) -> [F; LANES] {
+        self.0
+    }
+
+    /// Partial sums taken up again from [`Lanes::to_array`].
+    #[inline]
+    pub fn from_array(a: [F; LANES]) -> Self {
+        Lanes(a)
+    }
+
     /// Adds `f(v)` for every `v` of `s`, element `j` to lane `j % LANES`.
     #[inline(always)]
     pub fn add_map(&mut self, s: &[F], f: impl Fn(F) -> F) {

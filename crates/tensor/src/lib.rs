@@ -16,6 +16,7 @@ mod conv_direct;
 mod error;
 mod float;
 mod gemm;
+pub mod group;
 pub mod lanes;
 mod pool;
 mod softmax;
@@ -25,10 +26,10 @@ pub mod ternary_gemm;
 mod testutil;
 
 pub use activation::{relu, relu6, relu6_backward, relu_backward};
-pub use batchnorm::channel_mean_var;
+pub use batchnorm::{channel_mean_var, channel_mean_var_in};
 pub use conv::{
-    conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, Conv2dParams,
-    DW_CHUNK,
+    conv2d, conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
+    conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams, DW_CHUNK,
 };
 pub use error::{Result, TensorError};
 pub use float::Float;

@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             l.train_step(batch.images.into_dyn(), &batch.labels, lr)?;
             if l.state().expect("HLA").algo.segment_complete() {
                 let (m, hook) = l.parts(); // a sub-stage or stage 2 ends: evaluate it
-                bn::recalibrate_bn(m, hook, &data.train, 8, 1_000_000 + epoch)?;
+                bn::recalibrate_bn(m, hook, &data.train, 8, 1_000_000 + epoch, None)?;
                 let (m, hook) = l.parts();
                 let ev = eval::evaluate(m, hook, &data.test)?;
                 let q = l.state().expect("HLA").metrics(l.model.as_ref())?;

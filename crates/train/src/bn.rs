@@ -6,6 +6,7 @@ use crate::error::{Result, TrainError};
 use hla_autograd::Tape;
 use hla_data::Loader;
 use hla_models::{BufferMut, BufferRef, LayerHook, Mode, Model};
+use hla_tensor::group::Group;
 use ndarray::Array1;
 use std::collections::HashMap;
 
@@ -27,6 +28,7 @@ pub fn recalibrate_bn(
     train: &Loader,
     batches: usize,
     data_epoch: u64,
+    group: Option<&Group>,
 ) -> Result<()> {
     if batches == 0 {
         return Ok(());
@@ -69,7 +71,8 @@ pub fn recalibrate_bn(
         let batch = batch?;
         let before = snapshot(model);
         let mut tape = Tape::<f32>::no_grad();
-        let x = tape.constant(batch.images.into_dyn());
+        tape.set_group(group.cloned());
+        let x = tape.batch_input(batch.images.into_dyn());
         model.forward(
             &mut tape,
             x,

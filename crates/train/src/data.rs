@@ -6,7 +6,7 @@ use crate::config::{BadImagePolicy, Config, DataFormat};
 use crate::error::{Result, TrainError};
 use hla_data::{
     Cifar10, Dataset, ErrorPolicy, ImageFolder, ImageFolderOptions, ImageSet, ImageTransform,
-    Loader, LoaderConfig, Normalize, PixelTransform,
+    Loader, LoaderConfig, Normalize, PixelTransform, Shard,
 };
 use ndarray::ArrayViewMut3;
 use rand_chacha::ChaCha8Rng;
@@ -88,6 +88,15 @@ impl Data {
 
 /// Opens the data sets named by the config and builds both loaders.
 pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
+    load_data_sharded(cfg, threads, Shard::default())
+}
+
+/// [`load_data`] for one rank of a data-parallel run: the training loader reads `shard`'s
+/// slice of every global batch (the test loader reads everything).
+///
+/// # Errors
+/// As [`load_data`].
+pub fn load_data_sharded(cfg: &Config, threads: usize, shard: Shard) -> Result<Data> {
     let root = &cfg.data.root;
     let policy = match cfg.data.on_bad_image {
         BadImagePolicy::Error => ErrorPolicy::Error,
@@ -152,7 +161,13 @@ pub fn load_data(cfg: &Config, threads: usize) -> Result<Data> {
         on_error: policy,
         ..LoaderConfig::default()
     };
-    let train = Loader::new(train, base.clone())?;
+    let train = Loader::new(
+        train,
+        LoaderConfig {
+            shard,
+            ..base.clone()
+        },
+    )?;
     let test = Loader::new(
         test,
         LoaderConfig {

@@ -140,6 +140,9 @@ pub struct MetricsWriter {
     jsonl: PathBuf,
     csv: PathBuf,
     records: Vec<EpochRecord>,
+    /// Whether the files are written (false: records kept in memory only, for the ranks of a
+    /// data-parallel run other than rank 0).
+    write: bool,
 }
 
 impl MetricsWriter {
@@ -149,9 +152,42 @@ impl MetricsWriter {
             jsonl: dir.join("metrics.jsonl"),
             csv: dir.join("metrics.csv"),
             records: Vec::new(),
+            write: true,
         };
         w.rewrite()?;
         Ok(w)
+    }
+
+    /// [`MetricsWriter::create`], or for `write = false` the same without touching the files.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn create_for(dir: &Path, write: bool) -> Result<Self> {
+        if write {
+            return Self::create(dir);
+        }
+        Ok(MetricsWriter {
+            jsonl: dir.join("metrics.jsonl"),
+            csv: dir.join("metrics.csv"),
+            records: Vec::new(),
+            write: false,
+        })
+    }
+
+    /// [`MetricsWriter::resume`], or for `write = false` the records only.
+    ///
+    /// # Errors
+    /// As [`MetricsWriter::resume`].
+    pub fn resume_for(dir: &Path, keep: usize, write: bool) -> Result<Self> {
+        if write {
+            return Self::resume(dir, keep);
+        }
+        Ok(MetricsWriter {
+            jsonl: dir.join("metrics.jsonl"),
+            csv: dir.join("metrics.csv"),
+            records: Self::resume_read(dir, keep)?,
+            write: false,
+        })
     }
 
     /// Re-opens the files of an interrupted run, keeping only its first `keep` records (those
@@ -161,6 +197,7 @@ impl MetricsWriter {
             jsonl: dir.join("metrics.jsonl"),
             csv: dir.join("metrics.csv"),
             records: Self::resume_read(dir, keep)?,
+            write: true,
         };
         w.rewrite()?;
         Ok(w)
@@ -212,6 +249,10 @@ impl MetricsWriter {
 
     /// Appends one record to both files.
     pub fn push(&mut self, r: EpochRecord) -> Result<()> {
+        if !self.write {
+            self.records.push(r);
+            return Ok(());
+        }
         let append = |p: &Path, line: String| -> Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .append(true)

@@ -11,7 +11,7 @@
 
 use crate::checkpoint::{self, Checkpoint, RunState, Tensor, LATEST};
 use crate::config::{Config, TrainMode};
-use crate::data::{load_data, Data};
+use crate::data::{load_data_sharded, Data};
 use crate::error::{Result, TrainError};
 use crate::eval::evaluate;
 use crate::metrics::{EpochRecord, LayerRecord, MetricsWriter, SimRecord};
@@ -20,7 +20,9 @@ use crate::step::{EpochStats, Learner};
 use hla_core::algorithm::Phase;
 use hla_core::method::{HookMode, MethodCheckpoint, MethodState};
 use hla_core::Method;
+use hla_data::Shard;
 use hla_models::Model;
+use hla_tensor::group::{shard_rows, Group};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +80,51 @@ pub struct RunOptions {
     pub stop_after_epochs: Option<usize>,
     /// Stop request from outside.
     pub stop: StopFlag,
+    /// Data-parallel group (`None`: one process). Every rank runs the same call with the same
+    /// config and directory; each reads its slice of every global batch, the reductions run
+    /// across the ranks in the single-process order (bit-identical results), and only rank 0
+    /// writes to the run directory.
+    pub group: Option<Group>,
+}
+
+impl RunOptions {
+    /// Whether this process writes the run directory (rank 0, or the only process).
+    pub fn writes(&self) -> bool {
+        !matches!(&self.group, Some(g) if g.rank() != 0)
+    }
+
+    /// This process's slice of the training data.
+    pub fn shard(&self) -> Shard {
+        self.group.as_ref().map_or(Shard::default(), |g| Shard {
+            rank: g.rank(),
+            world: g.size(),
+        })
+    }
+}
+
+/// Loads the run's data for this process and checks that every global batch gives each rank
+/// at least one sample (a rank without samples has nothing to compute its part with).
+fn load_run_data(cfg: &Config, opts: &RunOptions) -> Result<Data> {
+    let data = load_data_sharded(cfg, opts.threads, opts.shard())?;
+    if let Some(g) = &opts.group {
+        let (n, b) = (data.train.samples_per_epoch(), cfg.data.batch_size);
+        let last = if cfg.data.drop_last || n % b == 0 {
+            b
+        } else {
+            n % b
+        };
+        for size in [b.min(n), last] {
+            let end = (0..g.size()).map(|r| shard_rows(size, r, g.size()));
+            if let Some(r) = end.clone().position(|r| r.is_empty()) {
+                return Err(TrainError::Mismatch(format!(
+                    "data-parallel run on {} ranks: a batch of {size} samples leaves rank {r} without samples (slices of {}); use fewer ranks, a larger data.batch_size or data.drop_last = true",
+                    g.size(),
+                    shard_rows(size, 0, g.size()).len()
+                )));
+            }
+        }
+    }
+    Ok(data)
 }
 
 /// Final numbers of a finished run.
@@ -300,7 +347,8 @@ impl Loop<'_> {
         let t0 = Instant::now();
         if recalibrate > 0 {
             let (m, h) = l.parts();
-            crate::bn::recalibrate_bn(m, h, &self.data.train, recalibrate, 1_000_000 + data_epoch)?;
+            let (train, group) = (&self.data.train, self.opts.group.as_ref());
+            crate::bn::recalibrate_bn(m, h, train, recalibrate, 1_000_000 + data_epoch, group)?;
         }
         let ev = {
             let (m, h) = l.parts();
@@ -371,6 +419,10 @@ impl Loop<'_> {
         finished: bool,
         metrics_records: usize,
     ) -> Result<PathBuf> {
+        let path = self.dir.join(LATEST);
+        if !self.opts.writes() {
+            return Ok(path);
+        }
         let method_state = match &l.method {
             Some(st) => {
                 let mc = st.checkpoint();
@@ -415,7 +467,6 @@ impl Loop<'_> {
             },
             tensors,
         };
-        let path = self.dir.join(LATEST);
         ck.save(&path)?;
         Ok(path)
     }
@@ -588,12 +639,13 @@ pub fn train(
 ) -> Result<RunEnd> {
     let hs = cfg.train.mode == TrainMode::Hyperspherical;
     let phase = if hs { "hyperspherical" } else { "fp" };
-    let data = load_data(cfg, opts.threads)?;
+    let data = load_run_data(cfg, opts)?;
     report_data_warnings(&data, obs);
     let model = build_model(cfg)?;
     let lr = cfg.train.lr.unwrap_or(cfg.hla.lr);
     let mut l = Learner::new(model, None, &cfg.hla);
     l.label_smoothing = cfg.train.label_smoothing;
+    l.group = opts.group.clone();
     let (mut pos, mut metrics) = match resume {
         Some(ck) => {
             refuse_finished(ck, dir)?;
@@ -605,7 +657,8 @@ pub fn train(
                 pos.epoch + 1,
                 pos.batch
             ));
-            (pos, MetricsWriter::resume(dir, ck.state.metrics_records)?)
+            let m = MetricsWriter::resume_for(dir, ck.state.metrics_records, opts.writes())?;
+            (pos, m)
         }
         None => {
             if hs {
@@ -613,7 +666,10 @@ pub fn train(
                 st.prepare_weights(l.model.as_mut())?;
                 l.method = Some(st);
             }
-            (Position::default(), MetricsWriter::create(dir)?)
+            (
+                Position::default(),
+                MetricsWriter::create_for(dir, opts.writes())?,
+            )
         }
     };
     let epochs = cfg.train.epochs;
@@ -659,8 +715,10 @@ pub fn train(
             return Ok(RunEnd::StoppedEarly { epochs: ran });
         }
     }
-    let weights = dir.join("model.safetensors");
-    hla_models::save_safetensors(l.model.as_ref(), &weights)?;
+    if opts.writes() {
+        let weights = dir.join("model.safetensors");
+        hla_models::save_safetensors(l.model.as_ref(), &weights)?;
+    }
     let records = metrics.records().to_vec();
     let last = records.last().cloned().unwrap_or_default();
     Ok(RunEnd::Finished(RunSummary {
@@ -820,6 +878,7 @@ fn fork_stage1(
     dir: &Path,
     src: &Path,
     spe: usize,
+    write: bool,
 ) -> Result<(Learner, Position, MetricsWriter)> {
     let ck = Checkpoint::load(src)?;
     let src_cfg_path = src.join(RESOLVED);
@@ -847,9 +906,12 @@ fn fork_stage1(
         .map_err(|e| TrainError::checkpoint(src, e.to_string()))?;
     st.set_algo(algo);
     let pos = position_of(&ck)?;
-    let mut metrics = MetricsWriter::create(dir)?;
+    let mut metrics = MetricsWriter::create_for(dir, write)?;
     for r in MetricsWriter::resume_read(src, ck.state.metrics_records)? {
         metrics.push(r)?;
+    }
+    if !write {
+        return Ok((l, pos, metrics));
     }
     // The stage-1 histograms (start, every sub-stage end, end of stage 1) of the source run.
     let entries = std::fs::read_dir(src).map_err(|e| TrainError::io(src, "cannot list", e))?;
@@ -886,7 +948,7 @@ pub fn quantize(
     obs: &mut dyn Observer,
 ) -> Result<RunEnd> {
     let method = cfg.hla.method;
-    let data = load_data(cfg, opts.threads)?;
+    let data = load_run_data(cfg, opts)?;
     report_data_warnings(&data, obs);
     let spe = data.train.batches_per_epoch();
     let (mut l, mut pos, mut metrics) = match (resume, &cfg.quantize.stage1_from) {
@@ -905,12 +967,12 @@ pub fn quantize(
                 pos.batch,
                 pos.step
             ));
-            let m = MetricsWriter::resume(dir, ck.state.metrics_records)?;
+            let m = MetricsWriter::resume_for(dir, ck.state.metrics_records, opts.writes())?;
             (l, pos, m)
         }
         (None, Some(src)) => {
             obs.info(&format!("stage 2 from the stage-1 run {}", src.display()));
-            fork_stage1(cfg, dir, src, spe)?
+            fork_stage1(cfg, dir, src, spe, opts.writes())?
         }
         (None, None) => {
             let mut l = quantize_learner(cfg, true)?;
@@ -919,12 +981,17 @@ pub fn quantize(
                 .as_ref()
                 .expect("a quantize learner has a method state");
             st.prepare_weights(l.model.as_mut())?;
-            if cfg.report.plots {
+            if cfg.report.plots && opts.writes() {
                 save_hist(dir, cfg, &l, "start", false)?;
             }
-            (l, Position::default(), MetricsWriter::create(dir)?)
+            (
+                l,
+                Position::default(),
+                MetricsWriter::create_for(dir, opts.writes())?,
+            )
         }
     };
+    l.group = opts.group.clone();
     method_state_mut(&mut l)?
         .algo
         .set_steps_per_epoch(spe as u64)?;
@@ -985,7 +1052,8 @@ pub fn quantize(
         if epoch_over {
             pos.next_epoch();
         }
-        if cfg.report.plots && ended && plan.phase == Phase::Stage1 {
+        let plots = cfg.report.plots && opts.writes();
+        if plots && ended && plan.phase == Phase::Stage1 {
             // Figure 1 over time: the end of every sub-stage (the start of the next one;
             // `hist-start` is the start of the first), and the end of stage 1.
             if let Some(tp) = plan.t_pct {
@@ -997,7 +1065,7 @@ pub fn quantize(
         }
         if done {
             finalize_mode(&mut l);
-            if cfg.report.plots {
+            if plots {
                 save_hist(dir, cfg, &l, "ternary", true)?;
             }
         }

@@ -10,6 +10,7 @@ use hla_core::algorithm::SegmentPlan;
 use hla_core::method::MethodState;
 use hla_core::HlaConfig;
 use hla_models::{LayerHook, Mode, Model};
+use hla_tensor::group::Group;
 use ndarray::ArrayD;
 
 /// The SGD optimizer of a model's own parameters and their groups, in `model.params()` order:
@@ -48,7 +49,7 @@ pub struct StepStats {
     pub ld: f64,
     /// Correct top-1 predictions in the batch.
     pub correct: usize,
-    /// Batch size.
+    /// Batch size (of the global batch in a data-parallel step).
     pub n: usize,
     /// Learning rate used.
     pub lr: f64,
@@ -102,6 +103,9 @@ pub struct Learner {
     pub groups: Vec<ParamGroup>,
     /// Label smoothing of the cross-entropy (0 = none).
     pub label_smoothing: f64,
+    /// Data-parallel group: each step's batch is this rank's slice of the global batch, and
+    /// the step computes the single-process result of the whole batch (`None`: one process).
+    pub group: Option<Group>,
 }
 
 impl Learner {
@@ -114,6 +118,7 @@ impl Learner {
             sgd,
             groups,
             label_smoothing: 0.0,
+            group: None,
         }
     }
 
@@ -173,10 +178,20 @@ impl Learner {
             st.before_step(model)?;
         }
         let mut tape = Tape::<f32>::new();
-        let xv = tape.constant(x);
+        tape.set_group(self.group.clone());
+        let xv = tape.batch_input(x);
         let hook = self.method.as_mut().and_then(|st| st.hook_mut());
         let logits = model.forward(&mut tape, xv, Mode::Train, hook)?;
-        let (correct, _) = topk_hits(tape.value(logits), labels, 1);
+        let (mut correct, _) = topk_hits(tape.value(logits), labels, 1);
+        let mut n = labels.len();
+        if let Some(g) = tape.group() {
+            correct = g
+                .sum_count("train_step", correct)
+                .map_err(hla_autograd::AutogradError::from)?;
+            n = g
+                .sum_count("train_step", n)
+                .map_err(hla_autograd::AutogradError::from)?;
+        }
         let ce = ops::cross_entropy(&mut tape, logits, labels, self.label_smoothing as f32)?;
         let ld = match self.method.as_mut() {
             Some(st) => st.extra_loss(&mut tape)?,
@@ -226,7 +241,7 @@ impl Learner {
             ce: cv,
             ld: dv,
             correct,
-            n: labels.len(),
+            n,
             lr,
         })
     }

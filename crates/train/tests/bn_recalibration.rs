@@ -158,7 +158,7 @@ fn recalibration_is_the_plain_average_of_batch_statistics() {
     let loader = loader();
     for momentum in [0.1f32, 0.25, 1.0] {
         let mut m = net(momentum);
-        recalibrate_bn(&mut m, None, &loader, 3, 7).unwrap();
+        recalibrate_bn(&mut m, None, &loader, 3, 7, None).unwrap();
         let (mean, var) = by_hand(&loader, 7, 3);
         for c in 0..3 {
             let (gm, gv) = (m.bn.running_mean[c] as f64, m.bn.running_var[c] as f64);
@@ -183,10 +183,10 @@ fn recalibration_is_the_plain_average_of_batch_statistics() {
 fn zero_batches_change_nothing_and_a_missing_momentum_is_an_error() {
     let loader = loader();
     let mut m = net(0.1);
-    recalibrate_bn(&mut m, None, &loader, 0, 0).unwrap();
+    recalibrate_bn(&mut m, None, &loader, 0, 0, None).unwrap();
     assert_eq!(m.bn.running_mean[0], 7.0);
     m.bn.momentum = 0.0;
-    let e = recalibrate_bn(&mut m, None, &loader, 2, 0)
+    let e = recalibrate_bn(&mut m, None, &loader, 2, 0, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("momentum 0") && e.contains("`bn`"), "{e}");

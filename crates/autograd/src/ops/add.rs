@@ -2,7 +2,7 @@
 
 use ndarray::ArrayD;
 
-use crate::broadcast::{binary_map, sum_to_shape};
+use crate::broadcast::binary_map;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -25,17 +25,22 @@ pub fn add<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
 }
 
 /// `da = Σ_bcast dy`, `db = Σ_bcast dy` (each summed over the axes it was broadcast along).
-pub(crate) fn add_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
-    let (sa, sb) = (bw.value(a).shape().to_vec(), bw.value(b).shape().to_vec());
+pub(crate) fn add_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    a: Var,
+    b: Var,
+    dy: ArrayD<F>,
+) -> Result<()> {
     match (bw.needs(a), bw.needs(b)) {
         (true, true) => {
-            bw.add(a, sum_to_shape(dy.clone(), &sa));
-            bw.add(b, sum_to_shape(dy, &sb));
+            bw.add(a, bw.reduce_to(dy.clone(), a)?);
+            bw.add(b, bw.reduce_to(dy, b)?);
         }
-        (true, false) => bw.add(a, sum_to_shape(dy, &sa)),
-        (false, true) => bw.add(b, sum_to_shape(dy, &sb)),
+        (true, false) => bw.add(a, bw.reduce_to(dy, a)?),
+        (false, true) => bw.add(b, bw.reduce_to(dy, b)?),
         (false, false) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::broadcast::PAR_MIN_LEN;
-use hla_tensor::lanes::Lanes;
+use hla_tensor::group::channel_lanes;
 
 use crate::op::Op;
 use crate::tape::Backprop;
@@ -92,7 +92,12 @@ pub fn batch_norm2d<F: Float>(
     }
     let inputs = [x, gamma, beta];
     if train {
-        let count = n * h * w;
+        // With a data-parallel group the statistics are those of the global batch.
+        let (mean, var, count) = match tape.group() {
+            Some(g) => hla_tensor::channel_mean_var_in(xv, tape.par(), Some(g))?,
+            None if n * h * w < 2 => (Array1::zeros(0), Array1::zeros(0), n * h * w),
+            None => hla_tensor::channel_mean_var_in(xv, tape.par(), None)?,
+        };
         if count < 2 {
             return Err(AutogradError::BadShape {
                 op: OP,
@@ -100,7 +105,6 @@ pub fn batch_norm2d<F: Float>(
                 expected: "more than one value per channel in train mode".into(),
             });
         }
-        let (mean, var) = hla_tensor::channel_mean_var(xv, tape.par());
         // x̂ is not kept: backward recomputes it from x (on the tape), mean and inv_std, so a
         // training step holds one activation-sized tensor less per batch-norm layer.
         let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());
@@ -120,6 +124,7 @@ pub fn batch_norm2d<F: Float>(
                 beta,
                 mean,
                 inv_std,
+                count,
             }),
         )
     } else {
@@ -193,8 +198,7 @@ fn forward<F: Float>(
 pub(crate) fn batch_norm_train_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
-    mean: Array1<F>,
-    inv_std: Array1<F>,
+    (mean, inv_std, count): (Array1<F>, Array1<F>, usize),
     dy: ArrayD<F>,
 ) -> Result<()> {
     let mut dy = grad4(dy);
@@ -202,32 +206,38 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     let gv = as1(OP, bw.value(gamma))?;
     let (n, c, h, w) = xv.dim();
     let hw = h * w;
-    if n * hw == 0 || c == 0 {
+    if bw.group.is_none() && (n * hw == 0 || c == 0) {
         bw.add(x, dy.into_dyn());
         bw.add(gamma, ArrayD::zeros(vec![c]));
         bw.add(beta, ArrayD::zeros(vec![c]));
         return Ok(());
     }
-    let m = F::from_f64((n * hw) as f64);
+    // `count` = n·h·w of the global batch (of this tape's batch without a group).
+    let m = F::from_f64(count as f64);
     let xs = xv.as_slice().expect("tape values are in standard layout");
-    let sums = {
+    let sums: Vec<(F, F)> = {
         let ds = dy.as_slice().expect("gradients are in standard layout");
-        let channel = |ch: usize| {
+        let par = if xs.len() >= PAR_MIN_LEN {
+            bw.par
+        } else {
+            Par::Seq
+        };
+        let lanes = channel_lanes::<F, 2>(bw.group, OP, c, par, |ch, [db, dg]| {
+            if hw == 0 {
+                return;
+            }
             let (mu, s) = (mean[ch], inv_std[ch]);
-            let (mut db, mut dg) = (Lanes::new(), Lanes::new());
             let d_planes = ds.chunks_exact(hw).skip(ch).step_by(c);
             let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
             for (d, xp) in d_planes.zip(x_planes) {
                 db.add_map(d, |v| v);
                 dg.add_dot_map(d, xp, |v| (v - mu) * s);
             }
-            (dg.total(), db.total())
-        };
-        if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-            (0..c).into_par_iter().map(channel).collect::<Vec<_>>()
-        } else {
-            (0..c).map(channel).collect::<Vec<_>>()
-        }
+        })?;
+        lanes
+            .into_iter()
+            .map(|[db, dg]| (dg.total(), db.total()))
+            .collect()
     };
     if bw.needs(x) {
         let ds = dy.as_slice_mut().expect("gradients are in standard layout");

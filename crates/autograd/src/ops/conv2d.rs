@@ -40,7 +40,8 @@ pub fn conv2d<F: Float>(
 }
 
 /// `dx = conv2d_backward_input(dy, w)` (col2im), `dw = conv2d_backward_weight(x, dy)` (per-sample
-/// partials summed in sample order), `db = Σ_{n,h,w} dy`; each only if needed. `x` and `w` are
+/// partials summed in sample order), `db = Σ_{n,h,w} dy`; each only if needed. With a
+/// data-parallel group, `dw` and `db` are summed over the whole batch across the ranks. `x` and `w` are
 /// read from the tape, nothing was copied at record time.
 pub(crate) fn conv2d_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
@@ -66,19 +67,25 @@ pub(crate) fn conv2d_backward<F: Float>(
         None
     };
     let dw = if bw.needs(w) {
-        Some(hla_tensor::conv2d_backward_weight(
+        Some(hla_tensor::conv2d_backward_weight_in(
             xv,
             dy.view(),
             (kh, kw),
             p,
             bw.par,
+            bw.group,
         )?)
     } else {
         None
     };
-    let db = b
-        .filter(|&b| bw.needs(b))
-        .map(|_| hla_tensor::conv2d_backward_bias(dy.view(), bw.par));
+    let db = match b.filter(|&b| bw.needs(b)) {
+        Some(_) => Some(hla_tensor::conv2d_backward_bias_in(
+            dy.view(),
+            bw.par,
+            bw.group,
+        )?),
+        None => None,
+    };
     if let Some(dx) = dx {
         bw.add(x, dx.into_dyn());
     }

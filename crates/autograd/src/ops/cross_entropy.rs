@@ -2,16 +2,17 @@
 //! `F.cross_entropy(logits, labels, label_smoothing = ε)`, reduction `mean`):
 //! `L = (1/n) Σ_i [ −(1 − ε)·log p_i[y_i] − (ε/k) Σ_j log p_i[j] ]`, `p_i = softmax(logits_i)`.
 
-use ndarray::{Array2, ArrayD};
+use ndarray::{s, Array2, ArrayD};
 
 use crate::op::Op;
 use crate::tape::{scalar, Backprop};
 use crate::views::as2;
-use crate::{Float, Result, Tape, Var};
+use crate::{AutogradError, Float, Result, Tape, Var};
 
 const OP: &str = "cross_entropy";
 
-/// The mean loss as a 0-dimensional value.
+/// The mean loss as a 0-dimensional value. With a data-parallel group (and batched logits),
+/// the mean over the global batch, the same on every rank.
 ///
 /// # Shapes
 /// `logits`: `[n, k]`, `labels`: `n` values in `0..k` → `[]`.
@@ -25,11 +26,36 @@ pub fn cross_entropy<F: Float>(
     label_smoothing: F,
 ) -> Result<Var> {
     let lv = as2(OP, tape.checked(logits, OP)?)?;
-    let (loss, dlogits) = hla_tensor::cross_entropy(lv, labels, label_smoothing)?;
-    Ok(tape.push_op(scalar(loss), &[logits], || Op::CrossEntropy {
+    let (loss, dlogits) = match tape.group() {
+        Some(g) if tape.is_batched(logits) => {
+            // The mean over the global batch: gather every rank's logits and labels (small),
+            // compute what one process would, keep this rank's rows of the gradient.
+            let k = lv.ncols();
+            let (start, _) = tape.global_rows(lv.nrows())?;
+            let rows = g.gather(OP, lv.as_standard_layout().as_slice().expect("standard"))?;
+            let labs: Vec<f64> = labels.iter().map(|&l| l as f64).collect();
+            let labs: Vec<usize> = g.gather(OP, &labs)?.iter().map(|&l| l as usize).collect();
+            let n_all = rows.len() / k.max(1);
+            if n_all * k != rows.len() || n_all != labs.len() {
+                return Err(AutogradError::BadShape {
+                    op: OP,
+                    shape: vec![rows.len()],
+                    expected: format!("{} gathered rows of {k} logits", labs.len()),
+                });
+            }
+            let all = Array2::from_shape_vec((n_all, k), rows).expect("checked above");
+            let (loss, d) = hla_tensor::cross_entropy(all.view(), &labs, label_smoothing)?;
+            let mine = d.slice(s![start..start + lv.nrows(), ..]).to_owned();
+            (loss, mine)
+        }
+        _ => hla_tensor::cross_entropy(lv, labels, label_smoothing)?,
+    };
+    let y = tape.push_op(scalar(loss), &[logits], || Op::CrossEntropy {
         logits,
         dlogits,
-    }))
+    });
+    tape.unbatch(y);
+    Ok(y)
 }
 
 /// `dlogits = dL · (softmax − target) / n`; the kernel computed `(softmax − target)/n` in the

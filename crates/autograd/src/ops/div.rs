@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::broadcast::{binary_map, sum_to_shape};
+use crate::broadcast::binary_map;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -25,7 +25,12 @@ pub fn div<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
 }
 
 /// `da = Σ_bcast dy / b`, `db = −Σ_bcast dy ⊙ a / b²`.
-pub(crate) fn div_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
+pub(crate) fn div_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    a: Var,
+    b: Var,
+    dy: ArrayD<F>,
+) -> Result<()> {
     let da_of = |mut d: ArrayD<F>, b: &ArrayD<F>| {
         d.zip_mut_with(b, |d, &b| *d = *d / b);
         d
@@ -37,24 +42,24 @@ pub(crate) fn div_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, d
             .for_each(|d, &a, &b| *d = -*d * a / (b * b));
         d
     };
-    let (sa, sb) = (bw.value(a).shape().to_vec(), bw.value(b).shape().to_vec());
     match (bw.needs(a), bw.needs(b)) {
         (true, true) => {
             let da = da_of(dy.clone(), bw.value(b));
             let db = db_of(dy, bw.value(a), bw.value(b));
-            bw.add(a, sum_to_shape(da, &sa));
-            bw.add(b, sum_to_shape(db, &sb));
+            bw.add(a, bw.reduce_to(da, a)?);
+            bw.add(b, bw.reduce_to(db, b)?);
         }
         (true, false) => {
             let da = da_of(dy, bw.value(b));
-            bw.add(a, sum_to_shape(da, &sa));
+            bw.add(a, bw.reduce_to(da, a)?);
         }
         (false, true) => {
             let db = db_of(dy, bw.value(a), bw.value(b));
-            bw.add(b, sum_to_shape(db, &sb));
+            bw.add(b, bw.reduce_to(db, b)?);
         }
         (false, false) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]

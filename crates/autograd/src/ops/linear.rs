@@ -1,6 +1,6 @@
 //! Fully connected layer, `Y = X·Wᵀ + b` (PyTorch's `nn.Linear` layout).
 
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::{Array2, ArrayD, ArrayView2, Axis};
 
 use crate::linalg::gemm;
 use crate::op::Op;
@@ -64,15 +64,34 @@ pub(crate) fn linear_backward<F: Float>(
     } else {
         None
     };
+    // With a data-parallel group, dW and db need the whole batch: the rows of X and dY are
+    // gathered (a classifier's inputs and outputs are small) and every rank computes what one
+    // process would.
+    let gathered = match bw.group {
+        Some(g) if bw.batched(bw.out) && (bw.needs(w) || b.is_some_and(|b| bw.needs(b))) => {
+            let rows = |v: ArrayView2<'_, F>| -> Result<Array2<F>> {
+                let cols = v.ncols();
+                let all = g.gather(OP, v.as_standard_layout().as_slice().expect("standard"))?;
+                Ok(Array2::from_shape_vec((all.len() / cols.max(1), cols), all)
+                    .expect("whole rows"))
+            };
+            Some((rows(xv)?, rows(dy2)?))
+        }
+        _ => None,
+    };
+    let (xa, dya) = match &gathered {
+        Some((x, d)) => (x.view(), d.view()),
+        None => (xv, dy2),
+    };
     let dw = if bw.needs(w) {
         let mut dw = Array2::zeros(wv.raw_dim());
         // dW[out, in] = dYᵀ[out, n] · X[n, in]
-        gemm(F::one(), dy2.t(), xv, F::zero(), dw.view_mut())?;
+        gemm(F::one(), dya.t(), xa, F::zero(), dw.view_mut())?;
         Some(dw)
     } else {
         None
     };
-    let db = b.filter(|&b| bw.needs(b)).map(|_| dy2.sum_axis(Axis(0)));
+    let db = b.filter(|&b| bw.needs(b)).map(|_| dya.sum_axis(Axis(0)));
     if let Some(dx) = dx {
         bw.add(x, dx.into_dyn());
     }

@@ -19,6 +19,9 @@ const OP: &str = "matmul";
 pub fn matmul<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
     let av = as2(OP, tape.checked(a, OP)?)?;
     let bv = as2(OP, tape.checked(b, OP)?)?;
+    // dB = Aᵀ·dY would sum over a batched A's rows on this rank only.
+    let keeps = !(tape.is_batched(a) && !tape.is_batched(b) && tape.requires_grad(b));
+    tape.check_batch_axis(OP, a, keeps)?;
     if av.ncols() != bv.nrows() {
         return Err(AutogradError::ShapeMismatch {
             op: OP,

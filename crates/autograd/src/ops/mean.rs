@@ -15,6 +15,7 @@ const OP: &str = "mean";
 /// `BadAxes` if an axis repeats or is out of range.
 pub fn mean<F: Float>(tape: &mut Tape<F>, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
     let xv = tape.checked(x, OP)?;
+    tape.check_batch_axis(OP, x, !axes.contains(&0))?;
     let sorted = sorted_axes(OP, axes, xv.shape())?;
     let count: usize = sorted.iter().map(|&a| xv.shape()[a]).product();
     let inv = F::one() / F::from_f64(count as f64);

@@ -2,7 +2,7 @@
 
 use ndarray::ArrayD;
 
-use crate::broadcast::{binary_map, sum_to_shape};
+use crate::broadcast::binary_map;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -26,29 +26,34 @@ pub fn mul<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
 
 /// `da = Σ_bcast dy ⊙ b`, `db = Σ_bcast dy ⊙ a`. Operands are read from the tape (nothing
 /// is copied at record time); `dy` is reused in place for the last gradient computed.
-pub(crate) fn mul_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
+pub(crate) fn mul_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    a: Var,
+    b: Var,
+    dy: ArrayD<F>,
+) -> Result<()> {
     let times = |mut d: ArrayD<F>, by: &ArrayD<F>| {
         d.zip_mut_with(by, |d, &x| *d = *d * x);
         d
     };
-    let (sa, sb) = (bw.value(a).shape().to_vec(), bw.value(b).shape().to_vec());
     match (bw.needs(a), bw.needs(b)) {
         (true, true) => {
             let da = times(dy.clone(), bw.value(b));
             let db = times(dy, bw.value(a));
-            bw.add(a, sum_to_shape(da, &sa));
-            bw.add(b, sum_to_shape(db, &sb));
+            bw.add(a, bw.reduce_to(da, a)?);
+            bw.add(b, bw.reduce_to(db, b)?);
         }
         (true, false) => {
             let da = times(dy, bw.value(b));
-            bw.add(a, sum_to_shape(da, &sa));
+            bw.add(a, bw.reduce_to(da, a)?);
         }
         (false, true) => {
             let db = times(dy, bw.value(a));
-            bw.add(b, sum_to_shape(db, &sb));
+            bw.add(b, bw.reduce_to(db, b)?);
         }
         (false, false) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ const OP: &str = "permute";
 /// `BadAxes` if `axes` is not a permutation of `0..ndim`.
 pub fn permute<F: Float>(tape: &mut Tape<F>, x: Var, axes: &[usize]) -> Result<Var> {
     let xv = tape.checked(x, OP)?;
+    tape.check_batch_axis(OP, x, axes.first() == Some(&0))?;
     let mut seen = vec![false; xv.ndim()];
     let valid = axes.len() == xv.ndim()
         && axes

@@ -14,6 +14,7 @@ const OP: &str = "reshape";
 /// `BadShape` if the element counts differ.
 pub fn reshape<F: Float>(tape: &mut Tape<F>, x: Var, shape: &[usize]) -> Result<Var> {
     let xv = tape.checked(x, OP)?;
+    tape.check_batch_axis(OP, x, shape.first() == xv.shape().first())?;
     if xv.len() != shape.iter().product::<usize>() {
         return Err(AutogradError::BadShape {
             op: OP,

@@ -2,7 +2,7 @@
 
 use ndarray::ArrayD;
 
-use crate::broadcast::{binary_map, sum_to_shape};
+use crate::broadcast::binary_map;
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{Float, Result, Tape, Var};
@@ -25,22 +25,27 @@ pub fn sub<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
 }
 
 /// `da = Σ_bcast dy`, `db = −Σ_bcast dy`.
-pub(crate) fn sub_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
-    let (sa, sb) = (bw.value(a).shape().to_vec(), bw.value(b).shape().to_vec());
-    let negated = |d: ArrayD<F>| {
-        let mut d = sum_to_shape(d, &sb);
+pub(crate) fn sub_backward<F: Float>(
+    bw: &mut Backprop<'_, F>,
+    a: Var,
+    b: Var,
+    dy: ArrayD<F>,
+) -> Result<()> {
+    let negated = |bw: &Backprop<'_, F>, d: ArrayD<F>| -> Result<ArrayD<F>> {
+        let mut d = bw.reduce_to(d, b)?;
         d.mapv_inplace(|v| -v);
-        d
+        Ok(d)
     };
     match (bw.needs(a), bw.needs(b)) {
         (true, true) => {
-            bw.add(a, sum_to_shape(dy.clone(), &sa));
-            bw.add(b, negated(dy));
+            bw.add(a, bw.reduce_to(dy.clone(), a)?);
+            bw.add(b, negated(bw, dy)?);
         }
-        (true, false) => bw.add(a, sum_to_shape(dy, &sa)),
-        (false, true) => bw.add(b, negated(dy)),
+        (true, false) => bw.add(a, bw.reduce_to(dy, a)?),
+        (false, true) => bw.add(b, negated(bw, dy)?),
         (false, false) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -72,6 +72,7 @@ pub(crate) fn expand_grad<F: Float>(
 /// `BadAxes` if an axis repeats or is out of range.
 pub fn sum<F: Float>(tape: &mut Tape<F>, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
     let xv = tape.checked(x, OP)?;
+    tape.check_batch_axis(OP, x, !axes.contains(&0))?;
     let sorted = sorted_axes(OP, axes, xv.shape())?;
     let y = reduce_sum(xv, &sorted, keepdim);
     Ok(tape.push_op(y, &[x], || Op::Sum {
