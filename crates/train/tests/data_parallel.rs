@@ -160,3 +160,142 @@ fn mobilenet_v2_fp_and_hla_steps_are_bit_identical_on_2_and_4_ranks() {
         check(case, &[2, 4]);
     }
 }
+
+/// A small HLA run on the shipped CIFAR-10 subset: ResNet-8, two stage-1 sub-stages of half an
+/// epoch and one stage-2 epoch of batches of 32, BN re-estimated before every evaluation.
+fn run_cfg(train_limit: usize) -> hla_train::Config {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cifar10");
+    toml::from_str(&format!(
+        "name = \"dp\"\nseed = 5\n[model]\narch = \"resnet8\"\nnum_classes = 10\n\
+         [data]\nformat = \"cifar10\"\nroot = {:?}\ntrain_limit = {train_limit}\ntest_limit = 40\n\
+         batch_size = 32\neval_batch_size = 20\ndrop_last = false\n\
+         [hla]\nmethod = \"hla\"\nt_start_pct = 30\nt_step_pct = 20\nt_end_pct = 50\n\
+         stage1_epochs_per_stage = 0.5\nsgdr_t0_epochs = 0.5\nstage2_epochs = 1.0\n\
+         bn_recalibrate_batches = 2\n[report]\nplots = true\n",
+        root.display().to_string()
+    ))
+    .unwrap()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("hla-dp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn opts(group: Option<Group>, stop_after: Option<usize>) -> hla_train::RunOptions {
+    hla_train::RunOptions {
+        threads: 1,
+        stop_after_epochs: stop_after,
+        stop: hla_train::StopFlag::default(),
+        group,
+    }
+}
+
+fn summary(end: hla_train::RunEnd) -> hla_train::run::RunSummary {
+    match end {
+        hla_train::RunEnd::Finished(s) => s,
+        other => panic!("run did not finish: {other:?}"),
+    }
+}
+
+/// `hla quantize` on two in-process ranks sharing one run directory: stopped after the first
+/// epoch and resumed with the same two ranks, it ends with the single-process model hash and
+/// records (losses, accuracies, sparsity; the last batch of 16 is split 8 + 8). Four ranks
+/// cannot split that last batch and are refused with a clear error.
+#[test]
+fn hla_quantize_run_on_two_ranks_with_resume_matches_one_process() {
+    let cfg = run_cfg(80);
+    let one = summary(
+        hla_train::run::quantize(
+            &cfg,
+            &scratch("one"),
+            None,
+            &opts(None, None),
+            &mut hla_train::run::Silent,
+        )
+        .unwrap(),
+    );
+    let dir = scratch("two");
+    let ranks = |stop: Option<usize>, resume: bool| -> Vec<hla_train::RunEnd> {
+        let hs: Vec<_> = local_groups(2)
+            .into_iter()
+            .map(|g| {
+                let (cfg, dir) = (cfg.clone(), dir.clone());
+                std::thread::spawn(move || {
+                    let ck = resume.then(|| {
+                        hla_train::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors"))
+                            .unwrap()
+                    });
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let o = opts(Some(g), stop);
+                        hla_train::run::quantize(
+                            &cfg,
+                            &dir,
+                            ck.as_ref(),
+                            &o,
+                            &mut hla_train::run::Silent,
+                        )
+                        .unwrap()
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    for end in ranks(Some(1), false) {
+        assert!(
+            matches!(end, hla_train::RunEnd::StoppedEarly { epochs: 1 }),
+            "{end:?}"
+        );
+    }
+    for end in ranks(None, true) {
+        let s = summary(end);
+        assert_eq!(s.hash, one.hash);
+        assert_eq!(s.records.len(), one.records.len());
+        for (a, b) in s.records.iter().zip(&one.records) {
+            let key = |r: &hla_train::metrics::EpochRecord| {
+                (
+                    r.step,
+                    r.train_loss.to_bits(),
+                    r.train_top1.to_bits(),
+                    r.test_top1.to_bits(),
+                    r.sparsity.map(f64::to_bits),
+                )
+            };
+            assert_eq!(key(a), key(b), "record {} of {}", a.epoch, a.phase);
+        }
+    }
+    assert!(dir.join("metrics.jsonl").is_file() && dir.join("hist-ternary.json").is_file());
+
+    let four: Vec<_> = local_groups(4)
+        .into_iter()
+        .map(|g| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let dir = scratch(&format!("four-{}", g.rank()));
+                hla_train::run::quantize(
+                    &cfg,
+                    &dir,
+                    None,
+                    &opts(Some(g), None),
+                    &mut hla_train::run::Silent,
+                )
+                .err()
+                .map(|e| e.to_string())
+            })
+        })
+        .collect();
+    for h in four {
+        let e = h
+            .join()
+            .unwrap()
+            .expect("4 ranks cannot split a batch of 16");
+        assert!(e.contains("leaves rank 2 without samples"), "{e}");
+    }
+}
