@@ -131,7 +131,7 @@ fn options(ctx: &Ctx, stop_after: Option<usize>) -> RunOptions {
         threads: ctx.threads(),
         stop_after_epochs: stop_after,
         stop: interrupt::flag(),
-        group: None,
+        group: ctx.group.clone(),
     }
 }
 
@@ -182,8 +182,21 @@ fn in_run_dir(
     f: RunFn,
     title: impl Fn(&RunSummary) -> String,
 ) -> Result<RunSummary> {
+    // Under MPI every rank has validated the inputs before rank 0 creates the directory the
+    // others then read from.
+    let barrier = |what| -> Result<()> {
+        match &ctx.group {
+            Some(g) => Ok(g.barrier(what)?),
+            None => Ok(()),
+        }
+    };
+    let writes = ctx.group.as_ref().is_none_or(|g| g.rank() == 0);
     if p.resume.is_none() {
-        rundir::create(&p.dir, &p.cfg)?;
+        barrier("prepare")?;
+        if writes {
+            rundir::create(&p.dir, &p.cfg)?;
+        }
+        barrier("create")?;
     }
     let mut obs = UiObserver::new(ctx.ui);
     let end = f(
@@ -194,7 +207,9 @@ fn in_run_dir(
         &mut obs,
     )?;
     let out = finished(end, &p.dir)?;
-    report::write_run_report(&p.dir, &p.cfg, &title(&out), &out.records, &[])?;
+    if writes {
+        report::write_run_report(&p.dir, &p.cfg, &title(&out), &out.records, &[])?;
+    }
     Ok(out)
 }
 

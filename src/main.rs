@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod demo;
+mod dist;
 mod explain;
 mod infer;
 mod interrupt;
@@ -29,6 +30,8 @@ pub struct Ctx {
     pub global: cli::GlobalOpts,
     /// Output mode.
     pub ui: Ui,
+    /// Data-parallel group under `mpirun` (`None`: one process).
+    pub group: Option<hla_tensor::group::Group>,
 }
 
 impl Ctx {
@@ -51,7 +54,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("cannot start {t} threads: {e}"))?;
     }
-    let mode = if cli.global.json {
+    let dist = dist::Dist::init()?;
+    RANK.store(dist.rank(), std::sync::atomic::Ordering::Relaxed);
+    if dist.group.is_some() && !matches!(cli.command, Command::Train(_) | Command::Quantize(_)) {
+        anyhow::bail!("only `hla train` and `hla quantize` run on several MPI ranks");
+    }
+    let mode = if dist.rank() > 0 {
+        OutputMode::Quiet
+    } else if cli.global.json {
         OutputMode::Json
     } else if cli.global.quiet {
         OutputMode::Quiet
@@ -61,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
         global: cli.global,
         ui: Ui { mode },
+        group: dist.group.clone(),
     };
     match cli.command {
         Command::Train(a) => commands::train(&ctx, &a.run),
@@ -75,6 +86,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(a) => explain::explain(&ctx, &a),
     }
 }
+
+/// This process's MPI rank (0 without MPI), for error lines.
+static RANK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Keeps freed activation buffers inside the process between training steps.
 ///
@@ -103,7 +117,10 @@ fn main() -> ExitCode {
             }
             // `{:#}` joins the context chain on one line: "outer: inner: root cause".
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            match RANK.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => eprintln!("error: {msg}"),
+                r => eprintln!("error (rank {r}): {msg}"),
+            }
             if e.downcast_ref::<interrupt::Interrupted>().is_some() {
                 ExitCode::from(130)
             } else {

@@ -14,6 +14,9 @@ mod errors;
 mod explain;
 #[path = "imagefolder.rs"]
 mod imagefolder;
+#[cfg(feature = "mpi")]
+#[path = "mpi.rs"]
+mod mpi;
 #[path = "pipeline.rs"]
 mod pipeline;
 #[path = "resume.rs"]

@@ -301,7 +301,16 @@ impl Loop<'_> {
         let mut stats = pos.stats();
         let mut end = EpochEnd::Completed;
         for batch in loader.epoch_from(data_epoch, pos.batch)? {
-            if self.opts.stop.is_requested() {
+            // Ranks stop together: at the first step boundary where any of them was asked to.
+            let stop = self.opts.stop.is_requested();
+            let stop = match &self.opts.group {
+                Some(g) => {
+                    let n = g.sum_count("stop", usize::from(stop));
+                    n.map_err(hla_autograd::AutogradError::from)? > 0
+                }
+                None => stop,
+            };
+            if stop {
                 end = EpochEnd::Interrupted;
                 break;
             }
