@@ -43,7 +43,7 @@ pub(crate) enum Op<F: Float> {
     NormalizeRows { v: Var, inv_norm: Array1<F> },
     Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
     Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
-    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize },
+    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize, synced: bool },
     BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
     Relu6 { x: Var },
@@ -202,9 +202,10 @@ impl<F: Float> Op<F> {
                 mean,
                 inv_std,
                 count,
+                synced,
             } => {
                 let inputs = (x, gamma, beta);
-                let stats = (mean, inv_std, count);
+                let stats = (mean, inv_std, count, synced);
                 return ops::batch_norm::batch_norm_train_backward(bw, inputs, stats, dy);
             }
             Op::BatchNorm2dEval {

@@ -55,6 +55,7 @@ pub struct Tape<F: Float> {
     differentiated: bool,
     par: Par,
     group: Option<Group>,
+    local_bn: bool,
 }
 
 impl<F: Float> Default for Tape<F> {
@@ -74,6 +75,7 @@ impl<F: Float> Tape<F> {
             differentiated: false,
             par: Par::default(),
             group: None,
+            local_bn: false,
         }
     }
 
@@ -107,6 +109,19 @@ impl<F: Float> Tape<F> {
     /// single-process order, so every rank computes the bits of the whole batch.
     pub fn set_group(&mut self, group: Option<Group>) {
         self.group = group;
+    }
+
+    /// With a group: normalise batch-norm layers with this rank's own statistics (`true`,
+    /// PyTorch DDP's default; the affine parameters' gradients are still summed across the
+    /// ranks) instead of the global batch's (`false`, the default: bit-identical to one
+    /// process).
+    pub fn set_local_batch_norm(&mut self, local: bool) {
+        self.local_bn = local;
+    }
+
+    /// The group batch-norm statistics are reduced over (`None` for per-rank statistics).
+    pub fn batch_norm_group(&self) -> Option<&Group> {
+        self.group().filter(|_| !self.local_bn)
     }
 
     /// The data-parallel group (`None`: one process, or one rank).

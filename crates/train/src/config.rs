@@ -180,6 +180,17 @@ pub struct TrainConfig {
     /// Label smoothing of the cross-entropy in this phase (0 = none).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Data-parallel runs (`hla train` and `hla quantize` under `mpirun`): BatchNorm statistics
+    /// of the global batch, reduced across the ranks in the single-process order, so the run is
+    /// bit-identical to one process (`true`); `false` normalises with each rank's own slice
+    /// (PyTorch DDP's default: no transfer in the forward pass, a different result, per-rank
+    /// running statistics of which rank 0's are saved).
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub sync_bn: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `[quantize]`: which method `hla quantize` runs and from where.

@@ -356,7 +356,9 @@ impl Loop<'_> {
         let t0 = Instant::now();
         if recalibrate > 0 {
             let (m, h) = l.parts();
-            let (train, group) = (&self.data.train, self.opts.group.as_ref());
+            // Per-rank BN statistics (`train.sync_bn = false`) are re-estimated per rank too.
+            let group = self.opts.group.as_ref().filter(|_| self.cfg.train.sync_bn);
+            let train = &self.data.train;
             crate::bn::recalibrate_bn(m, h, train, recalibrate, 1_000_000 + data_epoch, group)?;
         }
         let ev = {
@@ -655,6 +657,7 @@ pub fn train(
     let mut l = Learner::new(model, None, &cfg.hla);
     l.label_smoothing = cfg.train.label_smoothing;
     l.group = opts.group.clone();
+    l.local_bn = !cfg.train.sync_bn;
     let (mut pos, mut metrics) = match resume {
         Some(ck) => {
             refuse_finished(ck, dir)?;
@@ -1001,6 +1004,7 @@ pub fn quantize(
         }
     };
     l.group = opts.group.clone();
+    l.local_bn = !cfg.train.sync_bn;
     method_state_mut(&mut l)?
         .algo
         .set_steps_per_epoch(spe as u64)?;

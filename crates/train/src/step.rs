@@ -106,6 +106,9 @@ pub struct Learner {
     /// Data-parallel group: each step's batch is this rank's slice of the global batch, and
     /// the step computes the single-process result of the whole batch (`None`: one process).
     pub group: Option<Group>,
+    /// With a group: per-rank BatchNorm statistics (`train.sync_bn = false`) instead of the
+    /// global batch's.
+    pub local_bn: bool,
 }
 
 impl Learner {
@@ -119,6 +122,7 @@ impl Learner {
             groups,
             label_smoothing: 0.0,
             group: None,
+            local_bn: false,
         }
     }
 
@@ -179,6 +183,7 @@ impl Learner {
         }
         let mut tape = Tape::<f32>::new();
         tape.set_group(self.group.clone());
+        tape.set_local_batch_norm(self.local_bn);
         let xv = tape.batch_input(x);
         let hook = self.method.as_mut().and_then(|st| st.hook_mut());
         let logits = model.forward(&mut tape, xv, Mode::Train, hook)?;

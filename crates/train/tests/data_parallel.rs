@@ -299,3 +299,48 @@ fn hla_quantize_run_on_two_ranks_with_resume_matches_one_process() {
         assert!(e.contains("leaves rank 2 without samples"), "{e}");
     }
 }
+
+/// Bits of every parameter (not the BN running statistics) of a model.
+fn param_bits(m: &dyn Model) -> Vec<u32> {
+    m.params()
+        .iter()
+        .flat_map(|(_, p)| p.value().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Per-rank BatchNorm statistics (`train.sync_bn = false`, DDP's default): the ranks still end
+/// with the same parameters (every gradient, BN's affine ones included, is summed across them),
+/// but not with the single-process ones, and their running statistics differ.
+#[test]
+fn per_rank_batch_norm_keeps_ranks_in_step_but_is_another_result() {
+    let run = |group: Option<Group>, local: bool| {
+        let mut l = Learner::new(
+            hla_models::build("resnet8", 10, 3).unwrap(),
+            None,
+            &HlaConfig::default(),
+        );
+        l.group = group.clone();
+        l.local_bn = local;
+        for step in 0..3 {
+            let (x, y) = global_batch(step, 32, 16);
+            let rows = group.as_ref().map_or(0..32, |g| g.rows(32));
+            let x = x.slice_axis(Axis(0), Slice::from(rows.clone())).to_owned();
+            l.train_step(x, &y[rows], 0.05).unwrap();
+        }
+        (param_bits(l.model.as_ref()), model_hash(l.model.as_ref()))
+    };
+    let one = run(None, true);
+    let hs: Vec<_> = local_groups(2)
+        .into_iter()
+        .map(|g| std::thread::spawn(move || run(Some(g), true)))
+        .collect();
+    let ranks: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(ranks[0].0, ranks[1].0, "parameters agree across ranks");
+    assert_ne!(ranks[0].1, ranks[1].1, "running statistics are per rank");
+    assert_ne!(ranks[0].0, one.0, "per-rank statistics are another result");
+    assert_eq!(
+        run(None, false),
+        one,
+        "without a group the option changes nothing"
+    );
+}

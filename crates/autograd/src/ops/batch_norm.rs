@@ -93,7 +93,8 @@ pub fn batch_norm2d<F: Float>(
     let inputs = [x, gamma, beta];
     if train {
         // With a data-parallel group the statistics are those of the global batch.
-        let (mean, var, count) = match tape.group() {
+        let synced = tape.batch_norm_group().is_some();
+        let (mean, var, count) = match tape.batch_norm_group() {
             Some(g) => hla_tensor::channel_mean_var_in(xv, tape.par(), Some(g))?,
             None if n * h * w < 2 => (Array1::zeros(0), Array1::zeros(0), n * h * w),
             None => hla_tensor::channel_mean_var_in(xv, tape.par(), None)?,
@@ -125,6 +126,7 @@ pub fn batch_norm2d<F: Float>(
                 mean,
                 inv_std,
                 count,
+                synced,
             }),
         )
     } else {
@@ -198,9 +200,11 @@ fn forward<F: Float>(
 pub(crate) fn batch_norm_train_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
-    (mean, inv_std, count): (Array1<F>, Array1<F>, usize),
+    (mean, inv_std, count, synced): (Array1<F>, Array1<F>, usize, bool),
     dy: ArrayD<F>,
 ) -> Result<()> {
+    // Per-rank statistics: this rank's sums give dx; dγ and dβ are summed over the ranks below.
+    let sum_group = if synced { bw.group } else { None };
     let mut dy = grad4(dy);
     let xv = as4(OP, bw.value(x))?;
     let gv = as1(OP, bw.value(gamma))?;
@@ -222,7 +226,7 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         } else {
             Par::Seq
         };
-        let lanes = channel_lanes::<F, 2>(bw.group, OP, c, par, |ch, [db, dg]| {
+        let lanes = channel_lanes::<F, 2>(sum_group, OP, c, par, |ch, [db, dg]| {
             if hw == 0 {
                 return;
             }
@@ -263,8 +267,20 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         }
         bw.add(x, dy.into_dyn());
     }
-    let dgamma: Array1<F> = sums.iter().map(|s| s.0).collect();
-    let dbeta: Array1<F> = sums.iter().map(|s| s.1).collect();
+    let mut dgamma: Array1<F> = sums.iter().map(|s| s.0).collect();
+    let mut dbeta: Array1<F> = sums.iter().map(|s| s.1).collect();
+    if let (Some(g), false) = (bw.group, synced) {
+        // Each rank's totals, summed in rank order (like any other parameter's gradient).
+        let mine: Vec<F> = dgamma.iter().chain(dbeta.iter()).copied().collect();
+        let mut acc = vec![F::zero(); 2 * c];
+        g.chain(OP, &mut acc, |acc, first| {
+            for (a, &v) in acc.iter_mut().zip(&mine) {
+                *a = if first { v } else { *a + v };
+            }
+        })?;
+        dgamma = Array1::from_vec(acc[..c].to_vec());
+        dbeta = Array1::from_vec(acc[c..].to_vec());
+    }
     bw.add(gamma, dgamma.into_dyn());
     bw.add(beta, dbeta.into_dyn());
     Ok(())
