@@ -18,6 +18,7 @@ use crate::lanes::{Lanes, LANES};
 use crate::{Float, Par, Result, TensorError, DW_CHUNK};
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +46,8 @@ pub trait Transport: Send + Sync {
 #[derive(Clone)]
 pub struct Group {
     t: Arc<dyn Transport>,
+    /// Bytes this rank has sent (shared by the clones).
+    sent: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Group {
@@ -80,7 +83,15 @@ fn from_bytes<F: Float>(op: &'static str, b: &[u8], out: &mut Vec<F>) -> Result<
 impl Group {
     /// A group over `transport`.
     pub fn new(transport: Arc<dyn Transport>) -> Group {
-        Group { t: transport }
+        Group {
+            t: transport,
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Bytes this rank has sent so far (to measure what a step costs on the wire).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// This rank, `0..size()`.
@@ -102,6 +113,7 @@ impl Group {
     }
 
     fn send(&self, op: &'static str, to: usize, bytes: &[u8]) -> Result<()> {
+        self.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.t
             .send(to, bytes)
             .map_err(|e| comm_err(op, format!("send to rank {to}: {e}")))
@@ -396,7 +408,11 @@ mod tests {
                 .map(|i| (10 * g.rank() + i) as f64)
                 .collect();
             let all = g.gather("test", &local).unwrap();
+            let before = g.bytes_sent();
             let n = g.sum_count("test", g.rank() + 1).unwrap();
+            // One f64 to rank 0 (ranks 1, 2), or the three counts to each of two ranks (rank 0).
+            let sent = g.bytes_sent() - before;
+            assert_eq!(sent, if g.rank() == 0 { 2 * 3 * 8 } else { 8 });
             g.barrier("test").unwrap();
             (all, n)
         });

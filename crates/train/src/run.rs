@@ -298,6 +298,10 @@ impl Loop<'_> {
         );
         let start = Instant::now();
         let base_seconds = pos.seconds;
+        let (first_batch, sent_before) = (
+            pos.batch,
+            self.opts.group.as_ref().map_or(0, |g| g.bytes_sent()),
+        );
         let mut stats = pos.stats();
         let mut end = EpochEnd::Completed;
         for batch in loader.epoch_from(data_epoch, pos.batch)? {
@@ -340,6 +344,15 @@ impl Loop<'_> {
             }
         }
         pos.seconds = base_seconds + start.elapsed().as_secs_f64();
+        if let Some(g) = &self.opts.group {
+            let steps = (pos.batch - first_batch).max(1) as f64;
+            obs.info(&format!(
+                "data-parallel: rank {} of {} sent {:.2} MB per step",
+                g.rank(),
+                g.size(),
+                (g.bytes_sent() - sent_before) as f64 / steps / 1e6
+            ));
+        }
         Ok(end)
     }
 
