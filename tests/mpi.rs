@@ -1,7 +1,7 @@
 //! Data-parallel runs under `mpirun` (built with `--features mpi`): FP training and HLA
 //! quantisation on 2 and 4 ranks of one machine end with the single-process weights, bit for
-//! bit, also when stopped after an epoch and resumed with the same ranks; a batch the ranks
-//! cannot split is refused by every rank.
+//! bit, also when stopped after an epoch and resumed (on the ranks or by one process); a batch
+//! the ranks cannot split is refused by every rank.
 
 use crate::pipeline::{result_json, tiny_config};
 use crate::util::{run_in, scratch, shipped_cifar};
@@ -65,6 +65,7 @@ fn fp_train_and_hla_quantize_on_2_and_4_ranks_match_one_process() {
     }
 }
 
+/// Stopped on 2 ranks, resumed on 2 ranks or by one process: the single-process weights.
 #[test]
 fn quantize_stopped_and_resumed_on_2_ranks_matches_one_process() {
     let Some(root) = shipped_cifar() else { return };
@@ -94,8 +95,18 @@ fn quantize_stopped_and_resumed_on_2_ranks_matches_one_process() {
     );
     let jl = std::fs::read_to_string(d.join("two/metrics.jsonl")).unwrap();
     assert!(jl.lines().count() >= 1);
+    // The rank count is not part of the result: the same checkpoint resumed by one process.
+    std::fs::create_dir_all(d.join("alone")).unwrap();
+    for e in std::fs::read_dir(d.join("two")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, d.join("alone").join(p.file_name().unwrap())).unwrap();
+    }
     assert_eq!(
         hash(&mpirun(&d, 2, &["--json", "quantize", "--resume", "two"])),
+        one
+    );
+    assert_eq!(
+        hash(&run_in(&d, &["--json", "quantize", "--resume", "alone"])),
         one
     );
 }
