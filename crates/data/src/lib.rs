@@ -64,7 +64,7 @@ pub use dataset::{ArrayDataset, Dataset, ImageSet};
 pub use decode::{decode_rgb, load_rgb};
 pub use error::{DataError, Result};
 pub use folder::{ClassInfo, ErrorPolicy, ImageFolder, ImageFolderOptions};
-pub use loader::{Batch, Batches, Loader, LoaderConfig, Shard};
+pub use loader::{Batch, Batches, Loader, LoaderConfig, Shard, SHARD_ALIGN};
 pub use mnist::Mnist;
 pub use seed::{derive_seed, splitmix64, Purpose};
 pub use transforms::{

@@ -3,7 +3,7 @@
 //! single-process kernel would have used**, so R ranks give the bits of one process.
 //!
 //! The kernels' batch reductions are left folds in sample order (weight-gradient chunk partials
-//! summed in chunk order, [`Lanes`](crate::lanes::Lanes) per-channel sums over the planes of
+//! summed in chunk order, [`Lanes`] per-channel sums over the planes of
 //! samples in order). A left fold splits across ranks as a *chain*: rank 0 folds its samples,
 //! sends the running state to rank 1, which folds its own samples onto it, and so on; the last
 //! rank sends the finished state back to every rank. No step depends on timing or on the MPI

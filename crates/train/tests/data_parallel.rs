@@ -344,3 +344,18 @@ fn per_rank_batch_norm_keeps_ranks_in_step_but_is_another_result() {
         "without a group the option changes nothing"
     );
 }
+
+/// The loader and the kernels cut a global batch the same way (the data crate has its own copy
+/// of the rule: it does not depend on the kernels).
+#[test]
+fn loader_shards_and_group_rows_agree() {
+    assert_eq!(hla_data::SHARD_ALIGN, hla_tensor::DW_CHUNK);
+    for world in 1..=5 {
+        for rank in 0..world {
+            for n in 0..200 {
+                let shard = hla_data::Shard { rank, world };
+                assert_eq!(shard.rows(n), hla_tensor::group::shard_rows(n, rank, world));
+            }
+        }
+    }
+}
