@@ -7,15 +7,15 @@ use anyhow::{bail, Result};
 use hla_train::{eval, Learner};
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
-use std::time::Instant;
 
-fn timed(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up
-    let t = Instant::now();
-    for _ in 0..iters {
-        f()?;
-    }
-    Ok(t.elapsed().as_secs_f64() / iters as f64)
+/// Median seconds per call under the reference scripts' protocol, with `iters` as the least
+/// number of timed runs ([`hla_models::timing`] says why one warm-up is not enough).
+fn timed(iters: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let protocol = hla_models::timing::Protocol {
+        min_reps: iters,
+        ..Default::default()
+    };
+    Ok(protocol.median(f)?.0)
 }
 
 /// `hla bench`.
@@ -65,7 +65,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         }
     };
     ctx.ui.info(format!(
-        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, {:?} path, {threads} threads, {} timed iterations",
+        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, {:?} path, {threads} threads, median of at least {} timed iterations",
         a.arch, a.batch, a.path, a.iters
     ));
     let mut res = serde_json::Map::new();
@@ -124,7 +124,7 @@ fn bench_ternary(
     let mut pm = hla_core::packed::export_model(model.as_ref(), &st)?;
     let isa = hla_tensor::ternary_conv::Int8Isa::detect();
     ctx.ui.info(format!(
-        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, ternary inference ({} integer kernel), {threads} threads, {} timed iterations",
+        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, ternary inference ({} integer kernel), {threads} threads, median of at least {} timed iterations",
         a.arch, a.batch, isa.name(), a.iters
     ));
     let xd = x.into_dyn();

@@ -186,7 +186,8 @@ pub struct BenchArgs {
     /// Number of classes.
     #[arg(long)]
     pub classes: Option<usize>,
-    /// Timed iterations (after one warm-up).
+    /// Least number of timed iterations: after 2 warm-ups, timing goes on until 3 s have passed
+    /// (at most 50 runs) and the median is reported, as in `../shared/bench/torch_models.py`.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
     /// What to measure.

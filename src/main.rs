@@ -45,6 +45,7 @@ impl Ctx {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    hla_tensor::alloc::keep_freed_memory();
     if let Some(t) = cli.global.threads {
         if t == 0 {
             anyhow::bail!("--threads must be at least 1");

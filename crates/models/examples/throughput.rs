@@ -2,48 +2,38 @@
 //! and MobileNetV2 (batch 16, 224×224), the same cases as `../shared/bench/torch_models.py`.
 //!
 //! ```sh
-//! cargo run --release -p hla-models --example throughput -- --threads 2 [--only resnet20] [--reps 3]
+//! cargo run --release -p hla-models --example throughput -- --threads 2 [--only resnet20] [--reps 5]
 //! ```
 //! A training step is forward (train mode) + cross-entropy + backward + an SGD update
 //! (`hla_autograd::optim::Sgd`, momentum 0.9, weight decay 1e-4) of every parameter, like the
 //! PyTorch script.
 
-use std::time::Instant;
-
 use hla_autograd::optim::{Sgd, SgdConfig};
 use hla_autograd::{ops, Tape};
+use hla_models::timing::Protocol;
 use hla_models::{build, Mode};
 use ndarray::{ArrayD, IxDyn};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+fn time(protocol: &Protocol, mut f: impl FnMut()) -> (f64, usize) {
+    protocol
+        .median(|| {
+            f();
+            Ok::<(), ()>(())
+        })
+        .expect("infallible")
 }
 
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
-
-fn bench(arch: &str, batch: usize, hw: usize, classes: usize, reps: usize) {
+fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protocol) {
     let mut model = build(arch, classes, 0).expect("build");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x = ArrayD::from_shape_simple_fn(IxDyn(&[batch, 3, hw, hw]), || {
         StandardNormal.sample(&mut rng)
     });
     let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % classes).collect();
-    let t_inf = time(reps, || {
+    let (t_inf, n_inf) = time(protocol, || {
         let mut tape = Tape::no_grad();
         let xv = tape.constant(x.clone());
         model
@@ -57,7 +47,7 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, reps: usize) {
         nesterov: false,
     });
     let group = sgd.group();
-    let t_train = time(reps, || {
+    let (t_train, n_train) = time(protocol, || {
         let mut tape = Tape::new();
         let xv = tape.constant(x.clone());
         let y = model
@@ -77,11 +67,11 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, reps: usize) {
         sgd.step(0.01, &mut entries).expect("sgd");
     });
     println!(
-        "{{\"bench\":\"{arch}\",\"mode\":\"inference\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_inf:.4},\"img_s\":{:.1}}}",
+        "{{\"bench\":\"{arch}\",\"mode\":\"inference\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_inf:.4},\"img_s\":{:.1},\"reps\":{n_inf}}}",
         batch as f64 / t_inf
     );
     println!(
-        "{{\"bench\":\"{arch}\",\"mode\":\"train_step\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_train:.4},\"img_s\":{:.1}}}",
+        "{{\"bench\":\"{arch}\",\"mode\":\"train_step\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_train:.4},\"img_s\":{:.1},\"reps\":{n_train}}}",
         batch as f64 / t_train
     );
 }
@@ -95,20 +85,27 @@ fn main() {
             .cloned()
     };
     let threads: usize = get("--threads").and_then(|t| t.parse().ok()).unwrap_or(2);
-    let reps: usize = get("--reps").and_then(|t| t.parse().ok()).unwrap_or(3);
+    let mut protocol = Protocol::default();
+    if let Some(r) = get("--reps").and_then(|t| t.parse().ok()) {
+        protocol.min_reps = r;
+    }
     let only = get("--only");
+    hla_tensor::alloc::keep_freed_memory();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .expect("rayon pool");
-    println!("threads {threads}, reps {reps} (median)");
+    println!(
+        "threads {threads}; {} warm-ups, median of at least {} runs (more until {:?}, at most {})",
+        protocol.warmup, protocol.min_reps, protocol.min_time, protocol.max_reps
+    );
     for (arch, batch, hw, classes) in [
         ("resnet20", 128, 32, 10),
         ("resnet18", 16, 224, 1000),
         ("mobilenet_v2", 16, 224, 1000),
     ] {
         if only.is_none() || only.as_deref() == Some(arch) {
-            bench(arch, batch, hw, classes, reps);
+            bench(arch, batch, hw, classes, &protocol);
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod model;
 pub mod resnet;
 pub mod resnet_cifar;
 mod shortcut_a;
+pub mod timing;
 
 pub use error::{ModelError, Result};
 pub use io::{

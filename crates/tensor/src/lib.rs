@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+pub mod alloc;
 mod batchnorm;
 mod conv;
 mod conv_direct;
