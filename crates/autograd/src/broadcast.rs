@@ -42,6 +42,50 @@ pub(crate) const PAR_MIN_LEN: usize = 1 << 16;
 /// scheduling, small enough to balance two threads).
 const PAR_CHUNK: usize = 1 << 14;
 
+/// `(outer, mid, inner)` when `small` is `full` with one run of adjacent axes set to 1 (e.g.
+/// `[n, 1, h, w]` against `[n, c, h, w]`: `(n, c, h·w)`), so that row `r` of `inner` elements of
+/// `full` meets row `r / mid` of `small`. `None` for equal shapes or any other pattern.
+pub(crate) fn row_pattern(full: &[usize], small: &[usize]) -> Option<(usize, usize, usize)> {
+    if full.len() != small.len() {
+        return None;
+    }
+    let first = (0..full.len()).find(|&i| full[i] != small[i])?;
+    let last = (0..full.len()).rev().find(|&i| full[i] != small[i])?;
+    if small[first..=last].iter().any(|&d| d != 1) {
+        return None;
+    }
+    let prod = |d: &[usize]| d.iter().product::<usize>();
+    Some((
+        prod(&full[..first]),
+        prod(&full[first..=last]),
+        prod(&full[last + 1..]),
+    ))
+}
+
+/// `out[r·inner + j] = f(full[r·inner + j], small[(r / mid)·inner + j])` for the
+/// [`row_pattern`] `(_, mid, inner)`, rows in parallel from [`PAR_MIN_LEN`] elements when `par`
+/// allows (each element computed alone: the split cannot change a bit). Writes `full` in place.
+pub(crate) fn rows_in_place<F: Float>(
+    full: &mut [F],
+    small: &[F],
+    (mid, inner): (usize, usize),
+    par: Par,
+    f: impl Fn(F, F) -> F + Sync + Send,
+) {
+    let row = |(r, xs): (usize, &mut [F])| {
+        let ys = &small[(r / mid) * inner..][..inner];
+        xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = f(*x, y));
+    };
+    if inner == 0 {
+        return;
+    }
+    if par == Par::Rayon && full.len() >= PAR_MIN_LEN {
+        full.par_chunks_mut(inner).enumerate().for_each(row);
+    } else {
+        full.chunks_mut(inner).enumerate().for_each(row);
+    }
+}
+
 /// `f(a, b)` element-wise over the broadcast shape, in standard layout; same-shape operands
 /// of at least [`PAR_MIN_LEN`] elements are processed in parallel when `par` allows it.
 pub(crate) fn binary_map<F: Float>(
@@ -63,6 +107,21 @@ pub(crate) fn binary_map<F: Float>(
                 .expect("hla-autograd internal error: element count of a same-shape map"));
         }
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
+    }
+    // one operand broadcast along a run of axes (a conv output over its patch norms): rows
+    if let (Some(xs), Some(ys)) = (a.as_slice(), b.as_slice()) {
+        if let Some((_, mid, inner)) = row_pattern(a.shape(), b.shape()) {
+            let mut out = xs.to_vec();
+            rows_in_place(&mut out, ys, (mid, inner), par, &f);
+            return Ok(ArrayD::from_shape_vec(a.raw_dim(), out)
+                .expect("hla-autograd internal error: element count of a row map"));
+        }
+        if let Some((_, mid, inner)) = row_pattern(b.shape(), a.shape()) {
+            let mut out = ys.to_vec();
+            rows_in_place(&mut out, xs, (mid, inner), par, |y, x| f(x, y));
+            return Ok(ArrayD::from_shape_vec(b.raw_dim(), out)
+                .expect("hla-autograd internal error: element count of a row map"));
+        }
     }
     let shape = IxDyn(&broadcast_shape(op, a.shape(), b.shape())?);
     const BROKEN: &str =
