@@ -1,7 +1,7 @@
 //! Data-parallel runs under `mpirun` (built with `--features mpi`): FP training and HLA
 //! quantisation on 2 and 4 ranks of one machine end with the single-process weights, bit for
 //! bit, also when stopped after an epoch and resumed (on the ranks or by one process); a batch
-//! the ranks cannot split is refused by every rank.
+//! the ranks cannot split is refused before training.
 
 use crate::pipeline::{result_json, tiny_config};
 use crate::util::{run_in, scratch, shipped_cifar};
@@ -112,8 +112,10 @@ fn quantize_stopped_and_resumed_on_2_ranks_matches_one_process() {
 }
 
 /// 100 images in batches of 32: the last batch of 4 is one chunk, which 2 ranks cannot share.
+/// Every rank finds this before training; which ranks get to print depends on how fast
+/// `mpirun` stops the others once the first one exits, so only the refusal itself is asserted.
 #[test]
-fn a_batch_the_ranks_cannot_split_is_refused_by_every_rank() {
+fn a_batch_the_ranks_cannot_split_is_refused_before_training() {
     let Some(root) = shipped_cifar() else { return };
     let d = scratch("mpi-refused");
     let cfg =
@@ -124,5 +126,5 @@ fn a_batch_the_ranks_cannot_split_is_refused_by_every_rank() {
     let err = String::from_utf8_lossy(&out.stderr);
     // The ranks' error lines may interleave on the shared stderr; each names the split.
     assert!(err.contains("leaves rank 1 without samples"), "{err}");
-    assert!(err.contains("(rank 1)"), "{err}");
+    assert!(!d.join("r").join("checkpoint.safetensors").exists());
 }
