@@ -10,6 +10,8 @@ use hla_core::method::MethodState;
 use hla_train::{bn, data, eval, Config, Learner};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // keep freed activation memory for the next batch instead of page-faulting it back in
+    hla_tensor::alloc::keep_freed_memory();
     let root = std::env::args().nth(1).unwrap_or("data/cifar10".into());
     let cfg: Config = toml::from_str(&format!(
         r#"
