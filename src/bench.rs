@@ -94,6 +94,21 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             1e3 * s
         ));
         res.insert("infer_images_per_s".into(), ips.into());
+        if a.path == BenchPath::Fp {
+            // deployment form: BatchNorm folded into each conv, activation fused
+            let s = timed(a.iters, || {
+                let (m, _) = l.parts();
+                let mut fold = hla_models::fold::FoldBn::default();
+                eval::logits(m, Some(&mut fold), x.clone().into_dyn())?;
+                Ok(())
+            })?;
+            let ips = a.batch as f64 / s;
+            lines.push(format!(
+                "inference, BN folded: {:.1} ms/batch, {ips:.1} images/s",
+                1e3 * s
+            ));
+            res.insert("infer_folded_images_per_s".into(), ips.into());
+        }
     }
     res.insert("event".into(), "result".into());
     res.insert("command".into(), "bench".into());
@@ -132,6 +147,11 @@ fn bench_ternary(
         eval::logits(model.as_mut(), None, xd.clone())?;
         Ok(())
     })?;
+    let folded_s = timed(a.iters, || {
+        let mut fold = hla_models::fold::FoldBn::default();
+        eval::logits(model.as_mut(), Some(&mut fold), xd.clone())?;
+        Ok(())
+    })?;
     let mut exact = hla_core::packed::load_packed(model.as_mut(), &pm)?;
     let w2_s = timed(a.iters, || {
         exact.eval_logits(model.as_mut(), xd.clone())?;
@@ -144,6 +164,11 @@ fn bench_ternary(
             "f32 inference:       {:8.1} ms/batch, {:8.1} images/s",
             1e3 * f32_s,
             ips(f32_s)
+        ),
+        format!(
+            "f32, BN folded:      {:8.1} ms/batch, {:8.1} images/s",
+            1e3 * folded_s,
+            ips(folded_s)
         ),
         format!(
             "W2/A32 (exact):      {:8.1} ms/batch, {:8.1} images/s",
@@ -164,11 +189,12 @@ fn bench_ternary(
             Ok(())
         })?;
         lines.push(format!(
-            "W2A8 ({:>11}):  {:8.1} ms/batch, {:8.1} images/s  ({:.2}x f32)",
+            "W2A8 ({:>11}):  {:8.1} ms/batch, {:8.1} images/s  ({:.2}x f32, {:.2}x folded f32)",
             k.name(),
             1e3 * a8_s,
             ips(a8_s),
-            f32_s / a8_s
+            f32_s / a8_s,
+            folded_s / a8_s
         ));
         a8_ips.insert(k.name().into(), ips(a8_s).into());
     }
@@ -177,7 +203,8 @@ fn bench_ternary(
         serde_json::json!({
             "event": "result", "command": "bench", "path": "ternary", "arch": a.arch,
             "batch": a.batch, "threads": threads, "image_size": size, "kernel": isa.name(),
-            "f32_images_per_s": ips(f32_s), "w2a32_images_per_s": ips(w2_s),
+            "f32_images_per_s": ips(f32_s), "f32_folded_images_per_s": ips(folded_s),
+            "w2a32_images_per_s": ips(w2_s),
             "w2a8_images_per_s": ips(a8_s), "w2a8_by_kernel": a8_ips,
         }),
     );

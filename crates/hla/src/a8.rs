@@ -534,6 +534,7 @@ impl LayerHook for A8Hook {
         tape: &mut Tape<f32>,
         layer: &str,
         x: Var,
+        _w: &ArrayD<f32>,
         p: &Conv2dParams,
         bn: &BnEval<'_, f32>,
         act: FusedAct,

@@ -6,7 +6,9 @@
 //! ```
 //! A training step is forward (train mode) + cross-entropy + backward + an SGD update
 //! (`hla_autograd::optim::Sgd`, momentum 0.9, weight decay 1e-4) of every parameter, like the
-//! PyTorch script.
+//! PyTorch script. Inference is timed twice: as training-time evaluation computes it (conv,
+//! BatchNorm and activation one after the other, like PyTorch's eager eval) and in deployment
+//! form (`hla_models::fold::FoldBn`: BN folded into each conv, activation fused).
 
 use hla_autograd::optim::{Sgd, SgdConfig};
 use hla_autograd::{ops, Tape};
@@ -18,12 +20,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 fn time(protocol: &Protocol, mut f: impl FnMut()) -> (f64, usize) {
-    protocol
-        .median(|| {
-            f();
-            Ok::<(), ()>(())
-        })
-        .expect("infallible")
+    let r = protocol.median(|| {
+        f();
+        Ok::<(), std::convert::Infallible>(())
+    });
+    match r {
+        Ok(t) => t,
+        Err(never) => match never {},
+    }
 }
 
 fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protocol) {
@@ -38,6 +42,14 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protoco
         let xv = tape.constant(x.clone());
         model
             .forward(&mut tape, xv, Mode::Eval, None)
+            .expect("forward");
+    });
+    let (t_fold, n_fold) = time(protocol, || {
+        let mut tape = Tape::no_grad();
+        let xv = tape.constant(x.clone());
+        let mut fold = hla_models::fold::FoldBn::default();
+        model
+            .forward(&mut tape, xv, Mode::Eval, Some(&mut fold))
             .expect("forward");
     });
     let mut sgd = Sgd::<f32>::new(SgdConfig {
@@ -69,6 +81,10 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protoco
     println!(
         "{{\"bench\":\"{arch}\",\"mode\":\"inference\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_inf:.4},\"img_s\":{:.1},\"reps\":{n_inf}}}",
         batch as f64 / t_inf
+    );
+    println!(
+        "{{\"bench\":\"{arch}\",\"mode\":\"inference_folded\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_fold:.4},\"img_s\":{:.1},\"reps\":{n_fold}}}",
+        batch as f64 / t_fold
     );
     println!(
         "{{\"bench\":\"{arch}\",\"mode\":\"train_step\",\"batch\":{batch},\"hw\":{hw},\"sec\":{t_train:.4},\"img_s\":{:.1},\"reps\":{n_train}}}",

@@ -401,9 +401,10 @@ impl Act {
     }
 }
 
-/// `act(bn(conv(x)))`: in evaluation, a quantisable bias-free conv is offered to the hook's
-/// fused path first ([`crate::LayerHook::conv_bn_act`]); otherwise, or when it declines, the
-/// three are computed one after the other.
+/// `act(bn(conv(x)))`: in evaluation, a quantisable bias-free conv (any bias-free conv when
+/// the hook [fuses unquantised ones](crate::LayerHook::fuses_unquantised)) is offered to the
+/// hook's fused path first ([`crate::LayerHook::conv_bn_act`]); otherwise, or when it declines,
+/// the three are computed one after the other.
 pub(crate) fn conv_bn_act<F: Float>(
     conv: &Conv2d<F>,
     bn: &mut BatchNorm2d<F>,
@@ -413,24 +414,25 @@ pub(crate) fn conv_bn_act<F: Float>(
     mode: Mode,
     hook: &mut Hook<F>,
 ) -> Result<Var> {
-    if let (Mode::Eval, true, None, Some(h)) =
-        (mode, conv.quantisable, &conv.bias, hook.as_deref_mut())
-    {
-        let s = &bn.state;
-        let e = crate::model::BnEval {
-            weight: bn.weight.value(),
-            bias: bn.bias.value(),
-            running_mean: &s.running_mean,
-            running_var: &s.running_var,
-            eps: s.eps,
-        };
-        let fa = match act {
-            Act::Relu => crate::model::FusedAct::Relu,
-            Act::Relu6 => crate::model::FusedAct::Relu6,
-            Act::None => crate::model::FusedAct::None,
-        };
-        if let Some(y) = h.conv_bn_act(tape, &conv.name, x, &conv.params, &e, fa)? {
-            return Ok(y);
+    if let (Mode::Eval, None, Some(h)) = (mode, &conv.bias, hook.as_deref_mut()) {
+        if conv.quantisable || h.fuses_unquantised() {
+            let s = &bn.state;
+            let e = crate::model::BnEval {
+                weight: bn.weight.value(),
+                bias: bn.bias.value(),
+                running_mean: &s.running_mean,
+                running_var: &s.running_var,
+                eps: s.eps,
+            };
+            let fa = match act {
+                Act::Relu => crate::model::FusedAct::Relu,
+                Act::Relu6 => crate::model::FusedAct::Relu6,
+                Act::None => crate::model::FusedAct::None,
+            };
+            let w = conv.weight.value();
+            if let Some(y) = h.conv_bn_act(tape, &conv.name, x, w, &conv.params, &e, fa)? {
+                return Ok(y);
+            }
         }
     }
     let y = conv.forward(tape, x, mode, hook)?;

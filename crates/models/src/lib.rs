@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fold;
 pub mod init;
 pub mod io;
 pub mod layers;

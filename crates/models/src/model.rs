@@ -37,18 +37,27 @@ pub trait LayerHook<F: Float = f32> {
     /// Evaluation only: may compute `act(bn(conv(x)))` of a quantisable conv followed by its
     /// BatchNorm in one go (BN folded into the layer's output scale and shift, the activation
     /// fused), or return `None` to let the model call [`LayerHook::conv2d`], the BatchNorm and
-    /// the activation one after the other. The default declines.
+    /// the activation one after the other. `w` is the model's own weight
+    /// `[c_out, c_in/groups, k_h, k_w]`. The default declines.
     #[allow(clippy::too_many_arguments)] // the conv's operands plus the BN and activation
     fn conv_bn_act(
         &mut self,
         _tape: &mut Tape<F>,
         _layer: &str,
         _x: Var,
+        _w: &ndarray::ArrayD<F>,
         _p: &Conv2dParams,
         _bn: &BnEval<'_, F>,
         _act: FusedAct,
     ) -> Result<Option<Var>> {
         Ok(None)
+    }
+    /// Whether [`LayerHook::conv_bn_act`] is offered the convs that are not quantisable too
+    /// (the first conv of every model, and any conv a model leaves in full precision): true for
+    /// hooks that fold BatchNorm without quantising ([`crate::fold::FoldBn`]). The default is
+    /// false.
+    fn fuses_unquantised(&self) -> bool {
+        false
     }
     /// Must return `y = x·w'ᵀ + b` for this layer, `x` `[n, in]`, `w` `[out, in]`, `b` `[out]`.
     fn linear(

@@ -203,9 +203,7 @@ impl<F: Float> ResNet<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        let y = self.conv1.forward(tape, x, mode, hook)?;
-        let y = self.bn1.forward(tape, y, mode)?;
-        let y = ops::relu(tape, y)?;
+        let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
         let pool = Pool2dParams {
             kernel: (3, 3),
             stride: (2, 2),

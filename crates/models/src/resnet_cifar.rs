@@ -214,9 +214,7 @@ impl<F: Float> CifarResNet<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        let y = self.conv1.forward(tape, x, mode, hook)?;
-        let y = self.bn1.forward(tape, y, mode)?;
-        let mut y = ops::relu(tape, y)?;
+        let mut y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
         for b in &mut self.blocks {
             y = b.forward(tape, y, mode, hook)?;
         }

@@ -3,6 +3,7 @@
 
 use crate::{Float, Par};
 use ndarray::{ArrayD, ArrayViewD, Zip};
+use std::mem::MaybeUninit;
 
 /// Arrays at least this long are processed on the rayon pool (element-wise, so the result is
 /// the same for any thread count).
@@ -11,6 +12,67 @@ const PAR_MIN: usize = 1 << 15;
 /// Elements per rayon task of the contiguous paths.
 const PAR_CHUNK: usize = 1 << 14;
 
+/// An activation applied to each value: what [`relu`] and [`relu6`] compute, and what the conv
+/// kernels fuse into their epilogue ([`crate::conv2d_act`], [`crate::ternary_conv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)`.
+    Relu6,
+}
+
+impl Activation {
+    /// Applies the activation to one value (NaN stays NaN, −0.0 stays −0.0).
+    #[inline]
+    pub fn apply<F: Float>(self, v: F) -> F {
+        match self {
+            Activation::None => v,
+            Activation::Relu => {
+                if v < F::zero() {
+                    F::zero()
+                } else {
+                    v
+                }
+            }
+            Activation::Relu6 => {
+                let six = F::from_f64(6.0);
+                if v < F::zero() {
+                    F::zero()
+                } else if v > six {
+                    six
+                } else {
+                    v
+                }
+            }
+        }
+    }
+}
+
+/// A fresh vector of `n` elements whose chunk `i` (`PAR_CHUNK` elements, the last shorter) is
+/// written by `fill(i, chunk)`, chunks on the rayon pool with `Par::Rayon`. The vector is not
+/// zeroed first: that memset wrote every output twice. `fill` must write its whole chunk.
+fn collect_chunks<F: Float>(
+    n: usize,
+    par: Par,
+    fill: impl Fn(usize, &mut [MaybeUninit<F>]) + Sync + Send,
+) -> Vec<F> {
+    let mut out = Vec::with_capacity(n);
+    crate::for_each_chunk(
+        par,
+        &mut out.spare_capacity_mut()[..n],
+        PAR_CHUNK,
+        || (),
+        |_, i, o| fill(i, o),
+    );
+    // SAFETY: the callers below zip each chunk with an input slice at least as long and write
+    // every element; a panic in `fill` propagates before this line and the vector stays empty.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `f` applied element-wise. Contiguous inputs go through plain slices split into fixed
 /// blocks (vectorisable loops; ndarray's parallel `Zip` splits per element and was a third of
 /// MobileNetV2's inference time).
@@ -18,18 +80,11 @@ fn map1<F: Float>(x: ArrayViewD<F>, par: Par, f: impl Fn(F) -> F + Sync + Send) 
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match x.as_slice() {
         Some(xs) => {
-            let mut out = vec![F::zero(); xs.len()];
-            crate::for_each_chunk(
-                par,
-                &mut out,
-                PAR_CHUNK,
-                || (),
-                |_, i, o| {
-                    for (o, &v) in o.iter_mut().zip(&xs[i * PAR_CHUNK..]) {
-                        *o = f(v);
-                    }
-                },
-            );
+            let out = collect_chunks(xs.len(), par, |i, o| {
+                for (o, &v) in o.iter_mut().zip(&xs[i * PAR_CHUNK..]) {
+                    o.write(f(v));
+                }
+            });
             ArrayD::from_shape_vec(x.raw_dim(), out).expect("same element count")
         }
         None if par == Par::Rayon => Zip::from(&x).par_map_collect(|&v| f(v)),
@@ -47,19 +102,12 @@ fn map2<F: Float>(
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match (x.as_slice(), y.as_slice()) {
         (Some(xs), Some(ys)) if x.shape() == y.shape() => {
-            let mut out = vec![F::zero(); xs.len()];
-            crate::for_each_chunk(
-                par,
-                &mut out,
-                PAR_CHUNK,
-                || (),
-                |_, i, o| {
-                    let (a, b) = (&xs[i * PAR_CHUNK..], &ys[i * PAR_CHUNK..]);
-                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                        *o = f(a, b);
-                    }
-                },
-            );
+            let out = collect_chunks(xs.len(), par, |i, o| {
+                let (a, b) = (&xs[i * PAR_CHUNK..], &ys[i * PAR_CHUNK..]);
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    o.write(f(a, b));
+                }
+            });
             ArrayD::from_shape_vec(x.raw_dim(), out).expect("same element count")
         }
         _ => {
@@ -75,7 +123,7 @@ fn map2<F: Float>(
 
 /// `y = max(x, 0)` (NaN stays NaN). Shape: any → same.
 pub fn relu<F: Float>(x: ArrayViewD<F>, par: Par) -> ArrayD<F> {
-    map1(x, par, |v| if v < F::zero() { F::zero() } else { v })
+    map1(x, par, |v| Activation::Relu.apply(v))
 }
 
 /// `dx = dy ⊙ 1[x > 0]`. Shapes: `x`, `dy` the same (any) → same.
@@ -95,16 +143,7 @@ pub fn relu_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>, par: Par) ->
 
 /// `y = min(max(x, 0), 6)` (NaN stays NaN). Shape: any → same.
 pub fn relu6<F: Float>(x: ArrayViewD<F>, par: Par) -> ArrayD<F> {
-    let six = F::from_f64(6.0);
-    map1(x, par, |v| {
-        if v < F::zero() {
-            F::zero()
-        } else if v > six {
-            six
-        } else {
-            v
-        }
-    })
+    map1(x, par, |v| Activation::Relu6.apply(v))
 }
 
 /// `dx = dy ⊙ 1[0 < x < 6]`. Shapes: `x`, `dy` the same (any) → same.

@@ -19,6 +19,7 @@
 //! are bit-identical for `Par::Seq` and any number of threads on one machine. (Across machines
 //! `matrixmultiply` may pick a different kernel, so bit identity is not promised there.)
 
+use crate::activation::Activation;
 use crate::conv_direct::{
     backward_input_scatter, backward_weight_samples, conv_sample, detect, flip_transpose,
     pack_weights, transpose_weights, Direct, Isa,
@@ -541,6 +542,26 @@ pub fn conv2d<F: Float>(
     p: &Conv2dParams,
     par: Par,
 ) -> Result<Array4<F>> {
+    conv2d_act(x, w, bias, Activation::None, p, par)
+}
+
+/// `act(conv2d(x, w) + bias)`: [`conv2d`] with the activation applied in the same per-sample
+/// epilogue as the bias, while the sample's output is still in cache (inference with BatchNorm
+/// folded into `w` and `bias`). Bit-identical to [`conv2d`] followed by [`crate::relu`] /
+/// [`crate::relu6`].
+///
+/// # Shapes
+/// As [`conv2d`].
+/// # Errors
+/// As [`conv2d`].
+pub fn conv2d_act<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    act: Activation,
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
     let op = "conv2d";
     let g = Geom::new(op, dims4(&x), dims4(&w), p)?;
     if let Some(b) = &bias {
@@ -629,10 +650,14 @@ pub fn conv2d<F: Float>(
                     );
                 }
             }
-            if let Some(b) = &bias {
-                for (co, &bv) in b.iter().enumerate() {
-                    for v in &mut y_s[co * np..(co + 1) * np] {
-                        *v = *v + bv;
+            match (&bias, act) {
+                (None, Activation::None) => {}
+                (None, act) => y_s.iter_mut().for_each(|v| *v = act.apply(*v)),
+                (Some(b), act) => {
+                    for (co, &bv) in b.iter().enumerate() {
+                        for v in &mut y_s[co * np..(co + 1) * np] {
+                            *v = act.apply(*v + bv);
+                        }
                     }
                 }
             }
@@ -1284,6 +1309,48 @@ mod tests {
                     max_rel_err(&to_f64(&dw), &rdw) < 1e-5,
                     "dw {c:?} no_direct={no_direct} avx2={avx2}"
                 );
+            }
+        }
+    }
+
+    /// The fused epilogue gives exactly the bits of the conv followed by the activation, with
+    /// and without a bias, on every path (direct AVX-512 / AVX2, im2col, depthwise, 1×1).
+    #[test]
+    fn conv2d_act_is_conv2d_then_activation_bit_for_bit() {
+        let mut cs = cases();
+        cs.push(case(2, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1));
+        cs.push(case(2, 16, 12, (9, 8), (3, 3), (2, 2), (1, 1), (1, 1), 1));
+        for (i, c) in cs.into_iter().enumerate() {
+            let p = c.params();
+            let seed = 3000 + 10 * i as u64;
+            // Inputs in (-4, 4) so that ReLU6 clips at both ends.
+            let x = rand_array::<f32, _, _>(c.x_shape(), seed).mapv(|v| 4.0 * v);
+            let w = rand_array::<f32, _, _>(c.w_shape(), seed + 1);
+            let b: Array1<f32> = rand_array(c.c_out, seed + 2);
+            for (no_direct, avx2) in [(false, false), (false, true), (true, false)] {
+                NO_DIRECT.with(|f| f.set(no_direct));
+                FORCE_AVX2.with(|f| f.set(avx2));
+                for bias in [None, Some(b.view())] {
+                    let y = conv2d(x.view(), w.view(), bias, &p, Par::Rayon).unwrap();
+                    for (act, r) in [
+                        (Activation::None, y.clone().into_dyn()),
+                        (Activation::Relu, crate::relu(y.view().into_dyn(), Par::Seq)),
+                        (
+                            Activation::Relu6,
+                            crate::relu6(y.view().into_dyn(), Par::Seq),
+                        ),
+                    ] {
+                        let f = conv2d_act(x.view(), w.view(), bias, act, &p, Par::Rayon).unwrap();
+                        assert_eq!(
+                            bits(&f),
+                            bits(&r),
+                            "{c:?} {act:?} bias={} no_direct={no_direct} avx2={avx2}",
+                            bias.is_some()
+                        );
+                    }
+                }
+                NO_DIRECT.with(|f| f.set(false));
+                FORCE_AVX2.with(|f| f.set(false));
             }
         }
     }

@@ -26,10 +26,10 @@ pub mod ternary_gemm;
 #[cfg(test)]
 mod testutil;
 
-pub use activation::{relu, relu6, relu6_backward, relu_backward};
+pub use activation::{relu, relu6, relu6_backward, relu_backward, Activation};
 pub use batchnorm::{channel_mean_var, channel_mean_var_in};
 pub use conv::{
-    conv2d, conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
+    conv2d, conv2d_act, conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
     conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams, DW_CHUNK,
 };
 pub use error::{Result, TensorError};

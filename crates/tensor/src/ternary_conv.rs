@@ -255,34 +255,7 @@ pub struct TernaryConv<'a> {
     pub act: Activation,
 }
 
-/// The activation fused into the epilogue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// Identity.
-    None,
-    /// `max(y, 0)`.
-    Relu,
-    /// `min(max(y, 0), 6)`.
-    Relu6,
-}
-
-impl Activation {
-    /// Applies the activation to one value (NaN stays NaN).
-    #[inline]
-    pub fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::None => v,
-            Activation::Relu => {
-                if v < 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-            Activation::Relu6 => v.clamp(0.0, 6.0),
-        }
-    }
-}
+pub use crate::activation::Activation;
 
 /// Per-task scratch: the k-quad patches and the i32 products.
 struct Scratch {

@@ -1,0 +1,251 @@
+//! Inference with every BatchNorm folded into the conv before it and the activation fused into
+//! the conv's epilogue: `act(bn(conv(x, w)))` becomes `act(conv(x, w·s) + t)` with
+//! `s = γ/√(var + ε)` and `t = β − mean·s` per output channel, one pass over the activations
+//! instead of three.
+//!
+//! Folding rounds differently from the separate ops (the products `w·s` are rounded once, the
+//! BN's `(y − mean)·s·γ + β` not at all), so logits agree with [`Mode::Eval`] without a hook
+//! to a few ulps, not bit for bit. It is therefore for inference (`hla infer`, `hla bench
+//! --what infer`); training-time evaluation keeps the separate ops so the accuracies of a run
+//! stay reproducible across versions that fold or not.
+
+use crate::model::{BnEval, FusedAct, LayerHook, Mode};
+use crate::Result;
+use hla_autograd::{ops, Conv2dParams, Tape, Var};
+use hla_tensor::{Activation, Float};
+use ndarray::{Array1, ArrayD, Ix4};
+
+/// The [`LayerHook`] of folded inference: pass `Some(&mut FoldBn::default())` to
+/// [`crate::Model::forward`] in [`Mode::Eval`] on a tape that does not record
+/// ([`Tape::no_grad`]). Every conv followed by a BatchNorm is folded (quantisable or not);
+/// other layers compute as without a hook. On a recording tape nothing is folded.
+#[derive(Clone, Debug, Default)]
+pub struct FoldBn {
+    folded: usize,
+}
+
+impl FoldBn {
+    /// Number of conv + BatchNorm pairs folded so far (for tests and reports).
+    pub fn folded(&self) -> usize {
+        self.folded
+    }
+}
+
+/// `(w·s, t)` of the fold, `s` and `t` in f64 so that each result is rounded once.
+fn fold_weights<F: Float>(w: &ArrayD<F>, bn: &BnEval<'_, F>) -> Option<(ArrayD<F>, Array1<F>)> {
+    let c = w.shape().first().copied()?;
+    let lens = [
+        bn.weight.len(),
+        bn.bias.len(),
+        bn.running_mean.len(),
+        bn.running_var.len(),
+    ];
+    if lens.iter().any(|&n| n != c) || w.ndim() != 4 {
+        return None;
+    }
+    let s: Vec<f64> = (0..c)
+        .map(|j| bn.weight[j].to_f64() / (bn.running_var[j].to_f64() + bn.eps.to_f64()).sqrt())
+        .collect();
+    let t = Array1::from_shape_fn(c, |j| {
+        F::from_f64(bn.bias[j].to_f64() - bn.running_mean[j].to_f64() * s[j])
+    });
+    let per = w.len() / c;
+    let mut wf = w.as_standard_layout().into_owned();
+    for (j, row) in wf
+        .as_slice_mut()
+        .expect("standard layout is contiguous")
+        .chunks_mut(per)
+        .enumerate()
+    {
+        for v in row {
+            *v = F::from_f64(v.to_f64() * s[j]);
+        }
+    }
+    Some((wf, t))
+}
+
+impl<F: Float> LayerHook<F> for FoldBn {
+    fn conv2d(
+        &mut self,
+        tape: &mut Tape<F>,
+        _layer: &str,
+        x: Var,
+        w: Var,
+        p: &Conv2dParams,
+        _mode: Mode,
+    ) -> Result<Var> {
+        Ok(ops::conv2d(tape, x, w, None, p)?)
+    }
+
+    fn conv_bn_act(
+        &mut self,
+        tape: &mut Tape<F>,
+        _layer: &str,
+        x: Var,
+        w: &ArrayD<F>,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, F>,
+        act: FusedAct,
+    ) -> Result<Option<Var>> {
+        if tape.is_recording() {
+            return Ok(None);
+        }
+        let Some((wf, t)) = fold_weights(w, bn) else {
+            return Ok(None);
+        };
+        let (Ok(xv), Ok(wv)) = (
+            tape.value(x).view().into_dimensionality::<Ix4>(),
+            wf.view().into_dimensionality::<Ix4>(),
+        ) else {
+            return Ok(None);
+        };
+        let act = match act {
+            FusedAct::None => Activation::None,
+            FusedAct::Relu => Activation::Relu,
+            FusedAct::Relu6 => Activation::Relu6,
+        };
+        let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act, p, tape.par())
+            .map_err(hla_autograd::AutogradError::from)?;
+        self.folded += 1;
+        Ok(Some(tape.constant(y.into_dyn())))
+    }
+
+    fn fuses_unquantised(&self) -> bool {
+        true
+    }
+
+    fn linear(
+        &mut self,
+        tape: &mut Tape<F>,
+        _layer: &str,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        _mode: Mode,
+    ) -> Result<Var> {
+        Ok(ops::linear(tape, x, w, b)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BufferMut, StateMut};
+    use hla_autograd::Par;
+    use ndarray::IxDyn;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A model with BatchNorm statistics and affine parameters far from (0, 1), so that a fold
+    /// that dropped or misplaced any of them would show in the logits.
+    fn model_with_bn_stats(arch: &str, seed: u64) -> Box<dyn crate::Model> {
+        let mut m = crate::build(arch, 10, seed).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+        for (name, s) in m.state_mut() {
+            let bn_param = name.ends_with(".weight") || name.ends_with(".bias");
+            match s {
+                StateMut::Param(p) if bn_param && p.value().ndim() == 1 => {
+                    let (lo, hi) = if name.ends_with(".weight") {
+                        (0.5, 1.5)
+                    } else {
+                        (-0.3, 0.3)
+                    };
+                    p.value_mut().mapv_inplace(|_| rng.random_range(lo..hi));
+                }
+                StateMut::Buffer(BufferMut::F32(b)) => {
+                    let (lo, hi) = if name.ends_with("running_var") {
+                        (0.2, 3.0)
+                    } else {
+                        (-0.5, 0.5)
+                    };
+                    b.mapv_inplace(|_| rng.random_range(lo..hi));
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+
+    fn logits(m: &mut dyn crate::Model, x: &ArrayD<f32>, fold: Option<&mut FoldBn>) -> ArrayD<f32> {
+        let mut tape = Tape::no_grad();
+        let xv = tape.constant(x.clone());
+        let hook = fold.map(|f| f as &mut dyn LayerHook);
+        let y = m.forward(&mut tape, xv, Mode::Eval, hook).unwrap();
+        tape.value(y).clone()
+    }
+
+    fn input(shape: &[usize], seed: u64) -> ArrayD<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        ArrayD::from_shape_fn(IxDyn(shape), |_| rng.random_range(-2.0f32..2.0))
+    }
+
+    /// Folded logits agree with the separate conv / BN / activation ops to f32 rounding on
+    /// every model family (basic and bottleneck ResNets with and without projection shortcuts,
+    /// MobileNetV2's depthwise convs and ReLU6), and every conv + BN pair is folded.
+    #[test]
+    fn folded_inference_matches_separate_ops() {
+        for (arch, hw, pairs) in [
+            ("resnet20", 32, 19),
+            ("resnet20_b", 16, 21),
+            ("resnet18", 64, 20),
+            ("resnet50", 64, 53),
+            ("mobilenet_v2", 64, 52),
+        ] {
+            let mut m = model_with_bn_stats(arch, 7);
+            let x = input(&[2, 3, hw, hw], 11);
+            let plain = logits(m.as_mut(), &x, None);
+            let mut fold = FoldBn::default();
+            let folded = logits(m.as_mut(), &x, Some(&mut fold));
+            assert_eq!(fold.folded(), pairs, "{arch}");
+            let scale = plain.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            let err = plain
+                .iter()
+                .zip(&folded)
+                .fold(0f32, |a, (&p, &f)| a.max((p - f).abs()));
+            assert!(scale > 0.1, "{arch}: logits {scale}");
+            assert!(
+                err <= 1e-4 * scale,
+                "{arch}: max |Δ| {err} for logits up to {scale}"
+            );
+            assert_ne!(plain, folded, "{arch}: the folded path must really run");
+        }
+    }
+
+    /// Folded inference gives the same bits on 1, 2 and 4 threads.
+    #[test]
+    fn folded_inference_is_bit_identical_across_thread_counts() {
+        let mut m = model_with_bn_stats("mobilenet_v2", 3);
+        let x = input(&[3, 3, 48, 48], 5);
+        let run = |m: &mut dyn crate::Model, threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut tape = Tape::no_grad();
+                tape.set_par(if threads == 1 { Par::Seq } else { Par::Rayon });
+                let xv = tape.constant(x.clone());
+                let mut fold = FoldBn::default();
+                let y = m
+                    .forward(&mut tape, xv, Mode::Eval, Some(&mut fold))
+                    .unwrap();
+                tape.value(y).mapv(f32::to_bits)
+            })
+        };
+        let one = run(m.as_mut(), 1);
+        assert_eq!(one, run(m.as_mut(), 2));
+        assert_eq!(one, run(m.as_mut(), 4));
+    }
+
+    /// On a recording tape nothing is folded: training graphs keep their BatchNorm.
+    #[test]
+    fn recording_tape_is_not_folded() {
+        let mut m = model_with_bn_stats("resnet20", 1);
+        let mut tape = Tape::new();
+        let xv = tape.constant(input(&[1, 3, 32, 32], 2));
+        let mut fold = FoldBn::default();
+        m.forward(&mut tape, xv, Mode::Eval, Some(&mut fold))
+            .unwrap();
+        assert_eq!(fold.folded(), 0);
+    }
+}
