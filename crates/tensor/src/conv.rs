@@ -252,7 +252,7 @@ impl Geom {
             return None;
         }
         let (_, isa) = self.direct_forward::<F>()?;
-        if self.cin_g < Direct::blocks(isa).0 / 2 {
+        if self.cin_g < Direct::blocks(isa, usize::MAX).0 / 2 {
             return None; // a mostly empty channel block: im2col + GEMM is cheaper
         }
         let d = Direct {
@@ -587,7 +587,7 @@ pub fn conv2d_act<F: Float>(
     let packed: Vec<Vec<F>> = match direct {
         Some((d, isa)) => (0..g.groups)
             .map(|gi| {
-                let cob = Direct::blocks(isa).0;
+                let cob = Direct::blocks(isa, g.cout_g).0;
                 pack_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd], cob)
             })
             .collect(),
@@ -735,7 +735,7 @@ pub fn conv2d_backward_input<F: Float>(
             .map(|gi| {
                 let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
                 let wb = flip_transpose(w_g, g.cout_g, g.cin_g, g.kh, g.kw);
-                pack_weights(&d, &wb, Direct::blocks(isa).0)
+                pack_weights(&d, &wb, Direct::blocks(isa, g.cin_g).0)
             })
             .collect(),
         None => Vec::new(),
@@ -1308,6 +1308,54 @@ mod tests {
                 assert!(
                     max_rel_err(&to_f64(&dw), &rdw) < 1e-5,
                     "dw {c:?} no_direct={no_direct} avx2={avx2}"
+                );
+            }
+        }
+    }
+
+    /// Convs with a few output channels (HLA's patch norms: one) take the narrow direct kernel;
+    /// each output is the same ordered sum of the same products as in the wide kernel, so the
+    /// first channels of a wide conv carry exactly the bits of the narrow conv of those channels,
+    /// on both instruction sets, at stride 1 and 2, with groups.
+    #[test]
+    fn narrow_direct_kernel_gives_the_wide_kernels_bits() {
+        for (c, narrow) in [
+            (
+                case(2, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+                1,
+            ),
+            (
+                case(2, 32, 32, (8, 8), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+                2,
+            ),
+            (
+                case(1, 16, 32, (11, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+                4,
+            ),
+            (
+                case(2, 16, 32, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 2),
+                1,
+            ),
+        ] {
+            let p = c.params();
+            let x = rand_array::<f32, _, _>(c.x_shape(), 41).mapv(|v| v * v);
+            let w = rand_array::<f32, _, _>(c.w_shape(), 42);
+            // the narrow conv: the first `narrow` output channels of every group
+            let per = c.c_out / c.groups;
+            let rows: Vec<usize> = (0..c.groups)
+                .flat_map(|gi| (0..narrow).map(move |j| gi * per + j))
+                .collect();
+            let wn = w.select(ndarray::Axis(0), &rows);
+            for avx2 in [false, true] {
+                FORCE_AVX2.with(|f| f.set(avx2));
+                let wide = conv2d(x.view(), w.view(), None, &p, Par::Rayon).unwrap();
+                let thin = conv2d(x.view(), wn.view(), None, &p, Par::Rayon).unwrap();
+                FORCE_AVX2.with(|f| f.set(false));
+                let want = wide.select(ndarray::Axis(1), &rows);
+                assert_eq!(
+                    bits(&thin),
+                    bits(&want),
+                    "{c:?} narrow={narrow} avx2={avx2}"
                 );
             }
         }

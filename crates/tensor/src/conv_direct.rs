@@ -93,9 +93,13 @@ impl Direct {
     pub fn supported<F: 'static>() -> bool {
         std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
     }
-    /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32).
-    pub fn blocks(isa: Isa) -> (usize, usize) {
+    /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32) and `cout` output
+    /// channels: a few channels (HLA's patch norms have one) take the narrow kernel, one
+    /// channel × `NARROW_NV` vectors, instead of a mostly empty `COB`-channel block.
+    pub fn blocks(isa: Isa, cout: usize) -> (usize, usize) {
         match isa {
+            Isa::Avx512(_) if cout <= AVX512_COB / 4 => (1, 16 * NARROW_NV),
+            Isa::Avx2(_) if cout <= AVX2_COB / 4 => (1, 8 * NARROW_NV),
             Isa::Avx512(_) => (AVX512_COB, 16 * AVX512_NV),
             Isa::Avx2(_) => (AVX2_COB, 8 * AVX2_NV),
         }
@@ -244,7 +248,7 @@ pub(crate) fn conv_sample<F: Float>(
     tables: &Tables,
 ) {
     d.fill_input(x, scratch);
-    let (cob, pxb) = Direct::blocks(isa);
+    let (cob, pxb) = Direct::blocks(isa, d.cout);
     let (off, qs) = (&tables.off, &tables.qs);
     let max_read = off.iter().copied().max().unwrap_or(0) + d.qend().div_ceil(pxb) * pxb;
     assert!(
@@ -275,8 +279,9 @@ pub(crate) fn conv_sample<F: Float>(
     let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
         store_block(d, out, pxb, q0, co0, nco, y)
     };
-    // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted above.
-    unsafe { run_kernel(isa, xp, wpk, off, d.cout, d.qend(), &mut store) };
+    // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted
+    // above (for the block shape of `cob`).
+    unsafe { run_kernel(isa, cob == 1, xp, wpk, off, d.cout, d.qend(), &mut store) };
 }
 
 /// Index tables of [`conv_sample`], built once per call (not per sample): tap offsets into the
@@ -440,13 +445,18 @@ macro_rules! direct_kernel {
     };
 }
 
-/// Runs the forward kernel for `isa` (bounds checked by the caller).
+/// Runs the forward kernel for `isa`, the narrow one (`COB = 1`) when `narrow` (bounds checked
+/// by the caller). Both sum each output over the taps in order from zero, so they give the
+/// same bits; only the blocking differs.
 ///
 /// # Safety
 /// `isa` proves its instruction set (see [`Isa`]); every `off[t] + q` for `q < round_up(qend, PXB)` must be
-/// inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values.
+/// inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values (`COB`, `PXB` of
+/// [`Direct::blocks`]).
+#[allow(clippy::too_many_arguments)] // the kernel's operands plus the choice of kernel
 unsafe fn run_kernel(
     isa: Isa,
+    narrow: bool,
     xp: &[f32],
     wpk: &[f32],
     off: &[usize],
@@ -457,14 +467,16 @@ unsafe fn run_kernel(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from this function's contract.
     unsafe {
-        match isa {
-            Isa::Avx512(_) => run_avx512(xp, wpk, off, nout, qend, store),
-            Isa::Avx2(_) => run_avx2(xp, wpk, off, nout, qend, store),
+        match (isa, narrow) {
+            (Isa::Avx512(_), false) => run_avx512(xp, wpk, off, nout, qend, store),
+            (Isa::Avx2(_), false) => run_avx2(xp, wpk, off, nout, qend, store),
+            (Isa::Avx512(_), true) => run_narrow_avx512(xp, wpk, off, nout, qend, store),
+            (Isa::Avx2(_), true) => run_narrow_avx2(xp, wpk, off, nout, qend, store),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, xp, wpk, off, nout, qend, store);
+        let _ = (isa, narrow, xp, wpk, off, nout, qend, store);
         unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
     }
 }
@@ -474,6 +486,8 @@ const AVX512_COB: usize = 16;
 const AVX512_NV: usize = 1;
 const AVX2_COB: usize = 8;
 const AVX2_NV: usize = 1;
+/// Vectors of positions per block of the narrow (one-channel) kernels.
+const NARROW_NV: usize = 4;
 
 direct_kernel!(
     run_avx512,
@@ -487,6 +501,32 @@ direct_kernel!(
     _mm512_set1_ps,
     _mm512_fmadd_ps,
     _mm512_storeu_ps
+);
+direct_kernel!(
+    run_narrow_avx512,
+    "avx512f",
+    __m512,
+    16,
+    NARROW_NV,
+    1,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+direct_kernel!(
+    run_narrow_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    NARROW_NV,
+    1,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
 );
 direct_kernel!(
     run_avx2,
