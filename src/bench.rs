@@ -18,6 +18,41 @@ fn timed(iters: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(protocol.median(f)?.0)
 }
 
+/// Resets the process's peak resident set size (Linux: `VmHWM`, through `/proc/self/clear_refs`)
+/// to the current one, so that [`peak_rss_mib`] reports the peak of the work that follows.
+/// Returns the current RSS in MiB, or `None` where the counters are not available.
+pub fn reset_peak_rss() -> Option<f64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_mib("VmRSS")
+}
+
+/// Peak resident set size since the last [`reset_peak_rss`] (or since start), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM")
+}
+
+fn status_mib(key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
+    let kib: f64 = line[key.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `" (peak RSS N MiB, M before)"` for the human output, empty where not measured.
+fn rss_note(base: Option<f64>, peak: Option<f64>) -> String {
+    match (base, peak) {
+        (Some(b), Some(p)) => format!(", peak RSS {p:.0} MiB ({b:.0} MiB before)"),
+        _ => String::new(),
+    }
+}
+
 /// `hla bench`.
 pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     if a.batch == 0 || a.iters == 0 {
@@ -70,30 +105,43 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     ));
     let mut res = serde_json::Map::new();
     let mut lines = Vec::new();
+    // Peak RSS of each measurement: the counter is reset before it, so it reports that work's
+    // peak — but memory an earlier measurement left with the allocator counts as well, so the
+    // first measurement of a process is the one to read (`hla bench --compare` runs one each).
     if matches!(a.what, BenchWhat::Train | BenchWhat::Both) {
+        let base = reset_peak_rss();
         let s = timed(a.iters, || {
             l.train_step(x.clone().into_dyn(), &labels, cfg.lr)?;
             Ok(())
         })?;
+        let peak = peak_rss_mib();
         let ips = a.batch as f64 / s;
         lines.push(format!(
-            "train step: {:.1} ms/step, {ips:.1} images/s",
-            1e3 * s
+            "train step: {:.1} ms/step, {ips:.1} images/s{}",
+            1e3 * s,
+            rss_note(base, peak)
         ));
         res.insert("train_images_per_s".into(), ips.into());
+        res.insert("train_base_rss_mib".into(), base.into());
+        res.insert("train_peak_rss_mib".into(), peak.into());
     }
     if matches!(a.what, BenchWhat::Infer | BenchWhat::Both) {
+        let base = reset_peak_rss();
         let s = timed(a.iters, || {
             let (m, hook) = l.parts();
             eval::logits(m, hook, x.clone().into_dyn())?;
             Ok(())
         })?;
+        let peak = peak_rss_mib();
         let ips = a.batch as f64 / s;
         lines.push(format!(
-            "inference: {:.1} ms/batch, {ips:.1} images/s",
-            1e3 * s
+            "inference: {:.1} ms/batch, {ips:.1} images/s{}",
+            1e3 * s,
+            rss_note(base, peak)
         ));
         res.insert("infer_images_per_s".into(), ips.into());
+        res.insert("infer_base_rss_mib".into(), base.into());
+        res.insert("infer_peak_rss_mib".into(), peak.into());
         if a.path == BenchPath::Fp {
             // deployment form: BatchNorm folded into each conv, activation fused
             let s = timed(a.iters, || {

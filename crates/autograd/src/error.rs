@@ -58,6 +58,15 @@ pub enum AutogradError {
         /// Number of values recorded on the tape.
         len: usize,
     },
+    /// Occurs when an op reads a value that an evaluation forward already released
+    /// ([`crate::Tape::release`]): a model that releases a value it still needs.
+    #[error("{op}: variable {index} was released after its last use in this evaluation")]
+    Released {
+        /// Name of the op.
+        op: &'static str,
+        /// Index of the variable.
+        index: usize,
+    },
     /// Occurs when `backward` is called on an output with more than one element and no seed
     /// gradient (use `backward_with`).
     #[error("backward: output of shape {shape:?} is not a scalar; pass a seed gradient with backward_with")]

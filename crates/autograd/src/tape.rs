@@ -39,6 +39,8 @@ pub(crate) struct Node<F: Float> {
     /// Whether axis 0 of the value is the batch (the input batch and everything computed from
     /// it): with a data-parallel group, reductions over that axis run across the ranks.
     pub(crate) batched: bool,
+    /// Whether [`Tape::release`] dropped the value (no-grad tapes only).
+    pub(crate) released: bool,
 }
 
 /// Append-only record of a forward pass.
@@ -215,7 +217,7 @@ impl<F: Float> Tape<F> {
         self.push_node(Arc::new(value), false, None)
     }
 
-    /// The value of `v`.
+    /// The value of `v` (an empty array once [released](Tape::release)).
     ///
     /// # Panics
     /// If `v` was not recorded on this tape (ops return [`AutogradError::UnknownVar`] instead).
@@ -241,14 +243,15 @@ impl<F: Float> Tape<F> {
 
     /// The value of `v`, or an error naming `op` if `v` is not on this tape.
     pub(crate) fn checked(&self, v: Var, op: &'static str) -> Result<&ArrayD<F>> {
-        self.nodes
-            .get(v.0)
-            .map(|n| &*n.value)
-            .ok_or(AutogradError::UnknownVar {
+        match self.nodes.get(v.0) {
+            Some(n) if n.released => Err(AutogradError::Released { op, index: v.0 }),
+            Some(n) => Ok(&*n.value),
+            None => Err(AutogradError::UnknownVar {
                 op,
                 index: v.0,
                 len: self.nodes.len(),
-            })
+            }),
+        }
     }
 
     /// Whether any of `inputs` needs a gradient (always false on a no-grad tape).
@@ -287,8 +290,46 @@ impl<F: Float> Tape<F> {
             requires_grad,
             op,
             batched: false,
+            released: false,
         });
         Var(self.nodes.len() - 1)
+    }
+
+    /// Evaluation only: drops the value of `v`, whose last use has passed, so that a forward
+    /// keeps only its live activations (a model releases each block's intermediates once the
+    /// block's output exists). A no-op on a recording tape (backward needs the values) and for
+    /// parameters; reading a released value is an [`AutogradError::Released`] error.
+    pub fn release(&mut self, v: Var) {
+        if self.grad_enabled || self.params.values().any(|&p| p == v) {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(v.0) {
+            n.value = Arc::new(ArrayD::zeros(ndarray::IxDyn(&[0])));
+            n.released = true;
+        }
+    }
+
+    /// Number of scalars the tape holds besides the parameters (which the model owns): what an
+    /// evaluation keeps alive.
+    pub fn held_elements(&self) -> usize {
+        let params: std::collections::HashSet<usize> = self.params.values().map(|v| v.0).collect();
+        (0..self.nodes.len())
+            .filter(|i| !params.contains(i))
+            .map(|i| self.nodes[i].value.len())
+            .sum()
+    }
+
+    /// [`Tape::release`] of every value recorded from index `start` on (see [`Tape::len`])
+    /// except `keep`: the intermediates of a block whose output is `keep`.
+    pub fn release_since(&mut self, start: usize, keep: Var) {
+        if self.grad_enabled {
+            return;
+        }
+        for i in start..self.nodes.len() {
+            if i != keep.0 {
+                self.release(Var(i));
+            }
+        }
     }
 
     /// Gradients of the scalar `loss` (any shape with exactly one element) with respect to every

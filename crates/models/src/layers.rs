@@ -435,9 +435,34 @@ pub(crate) fn conv_bn_act<F: Float>(
             }
         }
     }
-    let y = conv.forward(tape, x, mode, hook)?;
-    let y = bn.forward(tape, y, mode)?;
-    act.forward(tape, y)
+    // an evaluation keeps only live values: each output is released after its one use
+    let c = conv.forward(tape, x, mode, hook)?;
+    let b = bn.forward(tape, c, mode)?;
+    tape.release(c);
+    let y = act.forward(tape, b)?;
+    if y != b {
+        tape.release(b);
+    }
+    Ok(y)
+}
+
+/// Runs `block` on `x` and, in evaluation, releases what it recorded except its output, and
+/// `x` itself unless `keep_input` (the model's own input belongs to the caller): a forward then
+/// holds about one block's activations at a time instead of all of them. Training tapes keep
+/// everything (release is a no-op there).
+pub(crate) fn releasing<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    keep_input: bool,
+    block: impl FnOnce(&mut Tape<F>) -> Result<Var>,
+) -> Result<Var> {
+    let start = tape.len();
+    let y = block(tape)?;
+    tape.release_since(start, y);
+    if !keep_input && y != x {
+        tape.release(x);
+    }
+    Ok(y)
 }
 
 /// Conv → BatchNorm → activation (torchvision's `Conv2dNormActivation`, named `<name>.0`,

@@ -370,6 +370,42 @@ mod forward_tests {
         tape.value(y).clone()
     }
 
+    /// An evaluation forward keeps only live values: afterwards the tape holds the input, the
+    /// last block's output and the head's small values, far less than all activations; a
+    /// training tape keeps every value for backward.
+    #[test]
+    fn evaluation_releases_block_activations() {
+        for (arch, hw) in [("resnet20", 32), ("resnet18", 64), ("mobilenet_v2", 64)] {
+            let mut m = build(arch, 10, 0).unwrap();
+            let x = ArrayD::from_elem(vec![2, 3, hw, hw], 0.5f32);
+            let held = |tape: Tape<f32>| tape.held_elements();
+            let run = |m: &mut dyn Model, mut tape: Tape<f32>, mode| {
+                let xv = tape.constant(x.clone());
+                m.forward(&mut tape, xv, mode, None).unwrap();
+                tape
+            };
+            let eval = held(run(m.as_mut(), Tape::no_grad(), Mode::Eval));
+            let train = held(run(m.as_mut(), Tape::new(), Mode::Eval));
+            // the input, the last block's output, the pooled features and the logits; any
+            // released value not to be counted (the stem's output alone is 16/3·|x|)
+            assert!(
+                eval <= 3 * x.len(),
+                "{arch}: {eval} scalars held after eval"
+            );
+            assert!(train > 20 * x.len(), "{arch}: recording tape holds {train}");
+            // a released value is an error, not a silent empty array
+            let mut tape = Tape::<f32>::no_grad();
+            let a = tape.constant(x.clone());
+            let b = ops::relu(&mut tape, a).unwrap();
+            tape.release(a);
+            assert!(matches!(
+                ops::relu(&mut tape, a),
+                Err(hla_autograd::AutogradError::Released { .. })
+            ));
+            assert!(ops::relu(&mut tape, b).is_ok());
+        }
+    }
+
     #[test]
     fn hook_sees_exactly_the_quantisable_layers_in_order() {
         for (arch, classes, hw) in [

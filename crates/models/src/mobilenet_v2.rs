@@ -9,8 +9,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook, Linear,
-    LinearInit,
+    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook,
+    Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
@@ -210,9 +210,9 @@ impl<F: Float> MobileNetV2<F> {
     ) -> Result<Var> {
         let mut y = self.stem.forward(tape, x, mode, hook)?;
         for b in &mut self.blocks {
-            y = b.forward(tape, y, mode, hook)?;
+            y = releasing(tape, y, false, |t| b.forward(t, y, mode, hook))?;
         }
-        let y = self.head.forward(tape, y, mode, hook)?;
+        let y = releasing(tape, y, false, |t| self.head.forward(t, y, mode, hook))?;
         let y = ops::global_avg_pool(tape, y)?;
         let y = self.dropout.forward(tape, y, mode)?;
         self.classifier.forward(tape, y, mode, hook)

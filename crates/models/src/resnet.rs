@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
@@ -209,9 +209,11 @@ impl<F: Float> ResNet<F> {
             stride: (2, 2),
             padding: (1, 1),
         };
-        let mut y = ops::max_pool2d(tape, y, &pool)?;
+        let stem = y;
+        let mut y = ops::max_pool2d(tape, stem, &pool)?;
+        tape.release(stem);
         for b in &mut self.blocks {
-            y = b.forward(tape, y, mode, hook)?;
+            y = releasing(tape, y, false, |t| b.forward(t, y, mode, hook))?;
         }
         let y = ops::global_avg_pool(tape, y)?;
         self.fc.forward(tape, y, mode, hook)

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::shortcut_a::shortcut_a;
@@ -216,7 +216,7 @@ impl<F: Float> CifarResNet<F> {
     ) -> Result<Var> {
         let mut y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
         for b in &mut self.blocks {
-            y = b.forward(tape, y, mode, hook)?;
+            y = releasing(tape, y, false, |t| b.forward(t, y, mode, hook))?;
         }
         // F.avg_pool2d(out, out.size(3)) == global average for the square maps of CIFAR inputs
         let y = ops::global_avg_pool(tape, y)?;
