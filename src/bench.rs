@@ -58,6 +58,9 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     if a.batch == 0 || a.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    if !a.compare.is_empty() {
+        return crate::compare::compare(ctx, a);
+    }
     let cifar = a.arch.starts_with("resnet")
         && ["20", "32", "44", "56", "110"]
             .iter()

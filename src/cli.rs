@@ -196,6 +196,12 @@ pub struct BenchArgs {
     /// Layer path to measure.
     #[arg(long, value_enum, default_value_t = BenchPath::Fp)]
     pub path: BenchPath,
+    /// PyTorch reference JSON (`../shared/bench/torch_models.py --json`,
+    /// `tools/bench/torch_peak_memory.py --json`; repeatable): measure every model case in it
+    /// (each in a fresh process) and print one table with ours, PyTorch, the ratio and the peak
+    /// resident memory of both. `--arch`, `--batch` and `--what` then come from the files.
+    #[arg(long, value_name = "FILE")]
+    pub compare: Vec<std::path::PathBuf>,
 }
 
 /// `hla demo`.

@@ -450,7 +450,7 @@ fn write_report(
 }
 
 /// The CPU model (`/proc/cpuinfo`), for the timing line.
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

@@ -58,3 +58,78 @@ fn unknown_subcommand_fails_with_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error"), "stderr: {err}");
 }
+
+/// `hla bench --compare`: every model case of a reference file is measured (the matrix-multiply
+/// rows skipped), the ratio is ours over PyTorch's figure and both peak memories are shown;
+/// unreadable or case-free files are one-line errors.
+#[test]
+fn bench_compare_measures_every_reference_case() {
+    let dir = crate::util::scratch("bench-compare");
+    let reference = dir.join("torch.json");
+    std::fs::write(
+        &reference,
+        r#"{"info": {"torch": "reference"}, "results": [
+ {"bench": "torch.mm", "shape": "256x256x256", "sec": 0.1, "gflops": 1.0},
+ {"bench": "cifar_resnet20", "mode": "inference", "batch": 2, "hw": 32, "sec": 0.1, "img_s": 20.0},
+ {"bench": "cifar_resnet20", "mode": "train_step", "batch": 2, "hw": 32, "sec": 0.1, "img_s": 10.0,
+  "base_rss_mib": 600.0, "peak_rss_mib": 700.0}]}"#,
+    )
+    .unwrap();
+    let out = hla()
+        .args([
+            "--json",
+            "--threads",
+            "1",
+            "bench",
+            "--iters",
+            "1",
+            "--compare",
+        ])
+        .arg(&reference)
+        .output()
+        .expect("run hla bench --compare");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["inference", "inference_folded", "train_step"]);
+    for r in rows {
+        let (ours, torch) = (
+            r["images_per_s"].as_f64().unwrap(),
+            r["torch_images_per_s"].as_f64().unwrap(),
+        );
+        assert!(ours > 0.0);
+        assert!((r["ratio"].as_f64().unwrap() - ours / torch).abs() < 1e-9 * ours);
+    }
+    assert_eq!(rows[2]["torch_peak_rss_mib"], 700.0);
+    if cfg!(target_os = "linux") {
+        let (base, peak) = (
+            rows[2]["base_rss_mib"].as_f64().unwrap(),
+            rows[2]["peak_rss_mib"].as_f64().unwrap(),
+        );
+        assert!(peak > base, "training allocates: {base} -> {peak} MiB");
+    }
+
+    let empty = dir.join("empty.json");
+    std::fs::write(
+        &empty,
+        r#"{"results": [{"bench": "torch.mm", "gflops": 1.0}]}"#,
+    )
+    .unwrap();
+    for (file, needle) in [
+        (empty.as_path(), "no model case"),
+        (dir.join("absent.json").as_path(), "absent.json"),
+    ] {
+        let out = hla()
+            .args(["bench", "--compare"])
+            .arg(file)
+            .output()
+            .unwrap();
+        crate::util::assert_one_error_line(&out, &[needle]);
+    }
+}

@@ -92,3 +92,13 @@ where
             .for_each_init(init, |s, (i, c)| f(s, i, c)),
     }
 }
+
+/// The instruction set the f32 convolution kernels use on this CPU, chosen at run time:
+/// `"avx512f"`, `"avx2+fma"`, or `"portable"` (im2col + GEMM only), for benchmark reports.
+pub fn simd_name() -> &'static str {
+    match conv_direct::detect() {
+        Some(conv_direct::Isa::Avx512(_)) => "avx512f",
+        Some(conv_direct::Isa::Avx2(_)) => "avx2+fma",
+        None => "portable",
+    }
+}
