@@ -1,11 +1,9 @@
 //! The timing protocol of the PyTorch reference scripts (`../shared/bench/torch_models.py`), so
 //! a figure of ours and one of theirs measured back to back are taken the same way.
 //!
-//! The first iterations of a model are not representative: until the allocator has settled
-//! (glibc's dynamic mmap threshold rises only as large blocks are freed), every large tape value
-//! is a fresh `mmap` whose pages fault in on first touch — on a 2-core EPYC the first ~10
-//! ResNet-20 batch-128 inference passes take 2.5× the settled time. One warm-up and a median
-//! of three therefore measures the allocator, not the kernels.
+//! The first iterations of a model are not representative (fresh allocations fault their pages
+//! in; see [`hla_tensor::alloc`] for why and for the allocator settings the binaries use), so
+//! one warm-up and a median of three measures the allocator, not the kernels.
 
 use std::time::{Duration, Instant};
 

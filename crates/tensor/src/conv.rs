@@ -12,6 +12,12 @@
 //! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group); the
 //!   input gradient by GEMM `Wᵀ·dy` and col2im.
 //!
+//! The direct forward kernel blocks `COB` output channels (16 with AVX-512, 8 with AVX2); convs
+//! with at most `COB / 4` output channels per group (HLA's patch norms: one) take a one-channel
+//! variant with the same per-output summation order, hence the same bits. [`conv2d_act`] adds
+//! the bias and applies ReLU / ReLU6 in the same per-sample epilogue (inference with BatchNorm
+//! folded in).
+//!
 //! Parallelism (`Par::Rayon`) is over the batch (and over channels for the depthwise weight
 //! gradient). Forward and input gradient are per sample, hence independent of the split. The
 //! weight gradient sums per-sample terms in chunks of [`DW_CHUNK`] samples (a constant, not the
