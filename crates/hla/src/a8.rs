@@ -534,13 +534,18 @@ impl LayerHook for A8Hook {
         tape: &mut Tape<f32>,
         layer: &str,
         x: Var,
-        _w: &ArrayD<f32>,
+        w: &ArrayD<f32>,
         p: &Conv2dParams,
         bn: &BnEval<'_, f32>,
         act: FusedAct,
     ) -> hla_models::Result<Option<Var>> {
         let Some(l) = self.layers.get_mut(layer) else {
-            return Ok(None);
+            // a full-precision conv (the first one, or a skipped layer computed with the
+            // model's weight `w`): folded in f32 like the rest of the network's inference
+            if !self.fuse || self.base.entry(layer).is_some() {
+                return Ok(None);
+            }
+            return hla_models::fold::fold_conv_bn_act(tape, x, w, p, bn, act);
         };
         let e = self
             .base
@@ -597,6 +602,10 @@ impl LayerHook for A8Hook {
         let y = run_conv(l, &q, p, &ep, (self.isa, self.par))?;
         self.fused += 1;
         Ok(Some(tape.constant(y.into_dyn())))
+    }
+
+    fn fuses_unquantised(&self) -> bool {
+        self.fuse
     }
 
     fn linear(

@@ -64,6 +64,43 @@ fn fold_weights<F: Float>(w: &ArrayD<F>, bn: &BnEval<'_, F>) -> Option<(ArrayD<F
     Some((wf, t))
 }
 
+/// `act(bn(conv(x, w)))` with the BatchNorm folded into `w` and a bias and the activation
+/// fused, as a constant on a non-recording tape; `None` (compute the ops one after the other)
+/// on a recording tape or when the shapes do not fit. For hooks that fold the layers they do not
+/// compute themselves (the W2A8 hook's first conv).
+///
+/// # Errors
+/// The convolution's shape errors.
+pub fn fold_conv_bn_act<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    w: &ArrayD<F>,
+    p: &Conv2dParams,
+    bn: &BnEval<'_, F>,
+    act: FusedAct,
+) -> Result<Option<Var>> {
+    if tape.is_recording() {
+        return Ok(None);
+    }
+    let Some((wf, t)) = fold_weights(w, bn) else {
+        return Ok(None);
+    };
+    let (Ok(xv), Ok(wv)) = (
+        tape.value(x).view().into_dimensionality::<Ix4>(),
+        wf.view().into_dimensionality::<Ix4>(),
+    ) else {
+        return Ok(None);
+    };
+    let act = match act {
+        FusedAct::None => Activation::None,
+        FusedAct::Relu => Activation::Relu,
+        FusedAct::Relu6 => Activation::Relu6,
+    };
+    let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act, p, tape.par())
+        .map_err(hla_autograd::AutogradError::from)?;
+    Ok(Some(tape.constant(y.into_dyn())))
+}
+
 impl<F: Float> LayerHook<F> for FoldBn {
     fn conv2d(
         &mut self,
@@ -87,27 +124,9 @@ impl<F: Float> LayerHook<F> for FoldBn {
         bn: &BnEval<'_, F>,
         act: FusedAct,
     ) -> Result<Option<Var>> {
-        if tape.is_recording() {
-            return Ok(None);
-        }
-        let Some((wf, t)) = fold_weights(w, bn) else {
-            return Ok(None);
-        };
-        let (Ok(xv), Ok(wv)) = (
-            tape.value(x).view().into_dimensionality::<Ix4>(),
-            wf.view().into_dimensionality::<Ix4>(),
-        ) else {
-            return Ok(None);
-        };
-        let act = match act {
-            FusedAct::None => Activation::None,
-            FusedAct::Relu => Activation::Relu,
-            FusedAct::Relu6 => Activation::Relu6,
-        };
-        let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act, p, tape.par())
-            .map_err(hla_autograd::AutogradError::from)?;
-        self.folded += 1;
-        Ok(Some(tape.constant(y.into_dyn())))
+        let y = fold_conv_bn_act(tape, x, w, p, bn, act)?;
+        self.folded += usize::from(y.is_some());
+        Ok(y)
     }
 
     fn fuses_unquantised(&self) -> bool {
