@@ -593,11 +593,7 @@ impl LayerHook for A8Hook {
             alpha_neg: alpha_neg.as_deref(),
             bias: Some(&shift),
             norms: norms.as_deref(),
-            act: match act {
-                FusedAct::None => Activation::None,
-                FusedAct::Relu => Activation::Relu,
-                FusedAct::Relu6 => Activation::Relu6,
-            },
+            act: act.into(),
         };
         let y = run_conv(l, &q, p, &ep, (self.isa, self.par))?;
         self.fused += 1;

@@ -12,7 +12,7 @@
 use crate::model::{BnEval, FusedAct, LayerHook, Mode};
 use crate::Result;
 use hla_autograd::{ops, Conv2dParams, Tape, Var};
-use hla_tensor::{Activation, Float};
+use hla_tensor::Float;
 use ndarray::{Array1, ArrayD, Ix4};
 
 /// The [`LayerHook`] of folded inference: pass `Some(&mut FoldBn::default())` to
@@ -91,12 +91,7 @@ pub fn fold_conv_bn_act<F: Float>(
     ) else {
         return Ok(None);
     };
-    let act = match act {
-        FusedAct::None => Activation::None,
-        FusedAct::Relu => Activation::Relu,
-        FusedAct::Relu6 => Activation::Relu6,
-    };
-    let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act, p, tape.par())
+    let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act.into(), p, tape.par())
         .map_err(hla_autograd::AutogradError::from)?;
     Ok(Some(tape.constant(y.into_dyn())))
 }

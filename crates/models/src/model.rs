@@ -98,6 +98,16 @@ pub enum FusedAct {
     Relu6,
 }
 
+impl From<FusedAct> for hla_tensor::Activation {
+    fn from(a: FusedAct) -> Self {
+        match a {
+            FusedAct::None => hla_tensor::Activation::None,
+            FusedAct::Relu => hla_tensor::Activation::Relu,
+            FusedAct::Relu6 => hla_tensor::Activation::Relu6,
+        }
+    }
+}
+
 /// Kind of a quantisable layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LayerKind {
