@@ -1325,6 +1325,13 @@ mod tests {
     /// on both instruction sets, at stride 1 and 2, with groups.
     #[test]
     fn narrow_direct_kernel_gives_the_wide_kernels_bits() {
+        // the one-channel convs below really take the narrow kernel on this CPU
+        for isa in [detect(), crate::conv_direct::detect_avx2()]
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(Direct::blocks(isa, 1).0, 1, "{isa:?}");
+        }
         for (c, narrow) in [
             (
                 case(2, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1),
