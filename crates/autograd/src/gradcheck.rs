@@ -78,7 +78,9 @@ where
 
 /// Compares the tape's gradients of `L = Σ g ⊙ f(xs)` with central differences for every
 /// element of every input, `g` being a random upstream gradient drawn from `seed` (entries
-/// `±[0.5, 1.5]`, signs random).
+/// `±[0.5, 1.5]`, signs random). Before backward the tape releases every value its ops'
+/// backward does not read ([`Tape::release`]), so an op whose `Op::reads` list misses a value
+/// fails the check instead of a training step.
 ///
 /// Returns the report (element count, worst element) when every element satisfies
 /// `|analytic − numeric| ≤ ATOL + RTOL·|numeric|`.
@@ -92,6 +94,8 @@ where
     let mut tape = Tape::new();
     let vars: Vec<Var> = xs.iter().map(|x| tape.leaf(x.clone())).collect();
     let y = f(&mut tape, &vars)?;
+    // keep only what backward reads (Op::reads): an op that reads more fails here
+    tape.release_since(0, y);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let g = tape.value(y).mapv(|_| {
         let magnitude: f64 = rng.random_range(0.5..1.5);

@@ -166,6 +166,42 @@ impl<F: Float> Op<F> {
 
     /// Adds this op's input gradients into `bw` given `dy = dL/d(output)`; each arm calls the
     /// `*_backward` in the op's own file.
+    /// Calls `f` for every recorded value this op's backward reads (`out` is the op's own
+    /// output): the tape keeps those and may free the others of a finished block while
+    /// recording ([`crate::Tape::release`]). Shapes are kept for every value, so an op that
+    /// needs only an operand's shape reads nothing. Exhaustive, like `backward`: each arm is the
+    /// list of `bw.value` / `bw.output` calls of that op's backward, and the gradient checks
+    /// run every op with everything else freed (`gradcheck::check`).
+    pub(crate) fn reads(&self, out: Var, mut f: impl FnMut(Var)) {
+        match self {
+            Op::Add { .. } | Op::Sub { .. } | Op::Neg { .. } => {}
+            Op::AddScalar { .. } | Op::MulScalar { .. } => {}
+            Op::Sum { .. } | Op::Mean { .. } | Op::Reshape { .. } | Op::Permute { .. } => {}
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool { .. } => {}
+            Op::CrossEntropy { .. } => {}
+            Op::Mul { a, b } | Op::Div { a, b } | Op::MatMul { a, b } => {
+                f(*a);
+                f(*b);
+            }
+            Op::Linear { x, w, .. } | Op::Conv2d { x, w, .. } => {
+                f(*x);
+                f(*w);
+            }
+            Op::Square { x } | Op::Abs { x } | Op::Pow { x, .. } | Op::Log { x } => f(*x),
+            Op::Clamp { x, .. } => f(*x),
+            Op::Sqrt { .. } | Op::Exp { .. } | Op::NormalizeRows { .. } => f(out),
+            Op::Relu { .. } | Op::Relu6 { .. } | Op::LogSoftmax { .. } => f(out),
+            Op::Custom { inputs, .. } => {
+                inputs.iter().for_each(|&v| f(v));
+                f(out);
+            }
+            Op::BatchNorm2dTrain { x, gamma, .. } | Op::BatchNorm2dEval { x, gamma, .. } => {
+                f(*x);
+                f(*gamma);
+            }
+        }
+    }
+
     pub(crate) fn backward(self, bw: &mut Backprop<'_, F>, dy: ArrayD<F>) -> Result<()> {
         match self {
             Op::Add { a, b } => return ops::add::add_backward(bw, a, b, dy),

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Dimension, IxDyn};
 
 use crate::broadcast::add_in_place;
 use crate::op::Op;
@@ -39,7 +39,13 @@ pub(crate) struct Node<F: Float> {
     /// Whether axis 0 of the value is the batch (the input batch and everything computed from
     /// it): with a data-parallel group, reductions over that axis run across the ranks.
     pub(crate) batched: bool,
-    /// Whether [`Tape::release`] dropped the value (no-grad tapes only).
+    /// The value's shape, kept when [`Tape::release`] drops the value (backward sums
+    /// gradients to operands' shapes).
+    pub(crate) shape: IxDyn,
+    /// Whether some recorded op's backward reads the value ([`Op::reads`]): such a value is
+    /// never released.
+    pub(crate) read_by_backward: bool,
+    /// Whether [`Tape::release`] dropped the value.
     pub(crate) released: bool,
 }
 
@@ -227,7 +233,7 @@ impl<F: Float> Tape<F> {
 
     /// The shape of `v` (panics like [`Tape::value`]).
     pub fn shape(&self, v: Var) -> &[usize] {
-        self.nodes[v.0].value.shape()
+        self.nodes[v.0].shape.slice()
     }
 
     /// Whether a gradient will flow to `v` (false for constants and on a no-grad tape).
@@ -270,7 +276,14 @@ impl<F: Float> Tape<F> {
         let value = standard(value);
         let batched = inputs.iter().any(|v| self.is_batched(*v));
         let v = if self.any_requires_grad(inputs) {
-            self.push_node(Arc::new(value), true, Some(op()))
+            let op = op();
+            let mut reads = Vec::with_capacity(4);
+            op.reads(Var(self.nodes.len()), |r| reads.push(r));
+            let v = self.push_node(Arc::new(value), true, Some(op));
+            for r in reads {
+                self.nodes[r.0].read_by_backward = true;
+            }
+            v
         } else {
             self.push_node(Arc::new(value), false, None)
         };
@@ -286,31 +299,41 @@ impl<F: Float> Tape<F> {
 
     fn push_node(&mut self, value: Arc<ArrayD<F>>, requires_grad: bool, op: Option<Op<F>>) -> Var {
         self.nodes.push(Node {
+            shape: value.raw_dim(),
             value,
             requires_grad,
             op,
             batched: false,
+            read_by_backward: false,
             released: false,
         });
         Var(self.nodes.len() - 1)
     }
 
-    /// Evaluation only: drops the value of `v`, whose last use has passed, so that a forward
-    /// keeps only its live activations (a model releases each block's intermediates once the
-    /// block's output exists). A no-op on a recording tape (backward needs the values) and for
-    /// parameters; reading a released value is an [`AutogradError::Released`] error.
+    /// Drops the value of `v`, whose last forward use has passed, so that a forward keeps only
+    /// what is still needed (a model releases each block's intermediates once the block's output
+    /// exists). In evaluation every released value goes; while recording, only an activation
+    /// (a value computed from the batch, [`Tape::is_batched`]) that no recorded op's backward
+    /// reads: a BatchNorm output feeding a ReLU, which differentiates from its own output, or
+    /// the sum of a residual add. Values computed from the weights alone stay, small as they
+    /// are, since a training step may collect some for later (HLA's L_d terms). Parameters are
+    /// never dropped. The shape stays; reading a released value is an
+    /// [`AutogradError::Released`] error.
     pub fn release(&mut self, v: Var) {
-        if self.grad_enabled || self.params.values().any(|&p| p == v) {
+        if self.params.values().any(|&p| p == v) {
             return;
         }
         if let Some(n) = self.nodes.get_mut(v.0) {
+            if self.grad_enabled && (n.read_by_backward || !n.batched) {
+                return;
+            }
             n.value = Arc::new(ArrayD::zeros(ndarray::IxDyn(&[0])));
             n.released = true;
         }
     }
 
-    /// Number of scalars the tape holds besides the parameters (which the model owns): what an
-    /// evaluation keeps alive.
+    /// Number of scalars the tape holds besides the parameters (which the model owns): what a
+    /// forward keeps alive.
     pub fn held_elements(&self) -> usize {
         let params: std::collections::HashSet<usize> = self.params.values().map(|v| v.0).collect();
         (0..self.nodes.len())
@@ -319,12 +342,19 @@ impl<F: Float> Tape<F> {
             .sum()
     }
 
+    /// Number of scalars of every value recorded besides the parameters, released or not: what
+    /// the tape would hold without [`Tape::release`].
+    pub fn recorded_elements(&self) -> usize {
+        let params: std::collections::HashSet<usize> = self.params.values().map(|v| v.0).collect();
+        (0..self.nodes.len())
+            .filter(|i| !params.contains(i))
+            .map(|i| self.nodes[i].shape.size())
+            .sum()
+    }
+
     /// [`Tape::release`] of every value recorded from index `start` on (see [`Tape::len`])
     /// except `keep`: the intermediates of a block whose output is `keep`.
     pub fn release_since(&mut self, start: usize, keep: Var) {
-        if self.grad_enabled {
-            return;
-        }
         for i in start..self.nodes.len() {
             if i != keep.0 {
                 self.release(Var(i));
@@ -435,14 +465,26 @@ pub(crate) struct Backprop<'a, F: Float> {
 }
 
 impl<F: Float> Backprop<'_, F> {
-    /// Recorded value of `v`.
+    /// Recorded value of `v`, which the op must list in [`Op::reads`] (the tape keeps only
+    /// those).
     pub(crate) fn value(&self, v: Var) -> &ArrayD<F> {
-        &self.nodes[v.0].value
+        let n = &self.nodes[v.0];
+        assert!(
+            !n.released,
+            "hla-autograd internal error: a backward read value {} that its op does not list in Op::reads",
+            v.0
+        );
+        &n.value
     }
 
-    /// The op's own output value.
+    /// The op's own output value (listed in [`Op::reads`] like any other).
     pub(crate) fn output(&self) -> &ArrayD<F> {
-        &self.nodes[self.out.0].value
+        self.value(self.out)
+    }
+
+    /// Shape of `v` (kept for released values too).
+    pub(crate) fn shape(&self, v: Var) -> &[usize] {
+        self.nodes[v.0].shape.slice()
     }
 
     /// Whether `v` takes a gradient (backward skips computing gradients nobody needs).
@@ -464,7 +506,7 @@ impl<F: Float> Backprop<'_, F> {
     /// # Errors
     /// `Tensor(Comm)` for a failed transfer.
     pub(crate) fn reduce_to(&self, g: ArrayD<F>, v: Var) -> Result<ArrayD<F>> {
-        let shape = self.value(v).shape();
+        let shape = self.shape(v);
         let over_batch = g.ndim() > 0
             && g.shape() != shape
             && (shape.len() < g.ndim() || shape[0] == 1)
@@ -484,7 +526,7 @@ impl<F: Float> Backprop<'_, F> {
         }
         assert_eq!(
             g.shape(),
-            self.nodes[v.0].value.shape(),
+            self.nodes[v.0].shape.slice(),
             "hla-autograd internal error: gradient shape differs from value shape"
         );
         match &mut self.grads[v.0] {

@@ -61,7 +61,7 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protoco
     let group = sgd.group();
     let (t_train, n_train) = time(protocol, || {
         let mut tape = Tape::new();
-        let xv = tape.constant(x.clone());
+        let xv = tape.batch_input(x.clone());
         let y = model
             .forward(&mut tape, xv, Mode::Train, None)
             .expect("forward");

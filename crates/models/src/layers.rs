@@ -435,7 +435,7 @@ pub(crate) fn conv_bn_act<F: Float>(
             }
         }
     }
-    // an evaluation keeps only live values: each output is released after its one use
+    // each output is released after its one use (kept on a recording tape if backward reads it)
     let c = conv.forward(tape, x, mode, hook)?;
     let b = bn.forward(tape, c, mode)?;
     tape.release(c);
@@ -446,10 +446,10 @@ pub(crate) fn conv_bn_act<F: Float>(
     Ok(y)
 }
 
-/// Runs `block` on `x` and, in evaluation, releases what it recorded except its output, and
-/// `x` itself unless `keep_input` (the model's own input belongs to the caller): a forward then
-/// holds about one block's activations at a time instead of all of them. Training tapes keep
-/// everything (release is a no-op there).
+/// Runs `block` on `x` and releases what it recorded except its output, and `x` itself unless
+/// `keep_input` (the model's own input belongs to the caller): an evaluation then holds about
+/// one block's activations at a time instead of all of them, and a training tape keeps only the
+/// values backward reads (`Tape::release` keeps those).
 pub(crate) fn releasing<F: Float>(
     tape: &mut Tape<F>,
     x: Var,

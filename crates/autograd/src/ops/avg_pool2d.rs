@@ -30,7 +30,7 @@ pub(crate) fn avg_pool2d_backward<F: Float>(
     p: &Pool2dParams,
     dy: ArrayD<F>,
 ) -> Result<()> {
-    let shape = bw.value(x).shape();
+    let shape = bw.shape(x);
     let x_hw = (shape[2], shape[3]);
     let dx = hla_tensor::avg_pool2d_backward(grad4(dy).view(), x_hw, p)?;
     bw.add(x, dx.into_dyn());

@@ -66,13 +66,13 @@ pub(crate) fn custom_backward<F: Float>(
     }
     for (i, (&v, g)) in inputs.iter().zip(grads).enumerate() {
         let Some(g) = g else { continue };
-        if g.shape() != bw.value(v).shape() {
+        if g.shape() != bw.shape(v) {
             return Err(AutogradError::Custom {
                 op: op.name(),
                 reason: format!(
                     "gradient {i} has shape {:?}, input has shape {:?}",
                     g.shape(),
-                    bw.value(v).shape()
+                    bw.shape(v)
                 ),
             });
         }

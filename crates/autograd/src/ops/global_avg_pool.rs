@@ -23,7 +23,7 @@ pub fn global_avg_pool<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
 
 /// `dx[n, c, ·, ·] = dy[n, c] / (h·w)`.
 pub(crate) fn global_avg_pool_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
-    let shape = bw.value(x).shape();
+    let shape = bw.shape(x);
     let x_hw = (shape[2], shape[3]);
     let dx = hla_tensor::global_avg_pool_backward(grad2(dy).view(), x_hw, bw.par);
     bw.add(x, dx.into_dyn());

@@ -28,7 +28,7 @@ pub(crate) fn max_pool2d_backward<F: Float>(
     argmax: Array4<u32>,
     dy: ArrayD<F>,
 ) -> Result<()> {
-    let shape = bw.value(x).shape();
+    let shape = bw.shape(x);
     let x_hw = (shape[2], shape[3]);
     let dx = hla_tensor::max_pool2d_backward(grad4(dy).view(), argmax.view(), x_hw, bw.par)?;
     bw.add(x, dx.into_dyn());

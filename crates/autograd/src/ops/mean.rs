@@ -42,7 +42,7 @@ pub(crate) fn mean_backward<F: Float>(
     keepdim: bool,
     dy: ArrayD<F>,
 ) {
-    let shape = bw.value(x).shape().to_vec();
+    let shape = bw.shape(x).to_vec();
     let count: usize = axes.iter().map(|&a| shape[a]).product();
     let inv = F::one() / F::from_f64(count as f64);
     bw.add(x, expand_grad(dy, axes, keepdim, &shape, inv));

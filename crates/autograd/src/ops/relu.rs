@@ -19,7 +19,7 @@ pub fn relu<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
 /// `dx = dy ⊙ 1[x > 0]`; `x` is read from the tape (nothing saved). Written over `dy` (owned), no new allocation.
 pub(crate) fn relu_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
     let mut dx = dy;
-    mask_in_place(&mut dx, bw.value(x), bw.par, |v| v > F::zero());
+    mask_in_place(&mut dx, bw.output(), bw.par, |v| v > F::zero());
     bw.add(x, dx);
 }
 

@@ -21,7 +21,7 @@ pub fn relu6<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
 pub(crate) fn relu6_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
     let six = F::from_f64(6.0);
     let mut dx = dy;
-    mask_in_place(&mut dx, bw.value(x), bw.par, |v| v > F::zero() && v < six);
+    mask_in_place(&mut dx, bw.output(), bw.par, |v| v > F::zero() && v < six);
     bw.add(x, dx);
 }
 

@@ -51,7 +51,7 @@ pub fn flatten<F: Float>(tape: &mut Tape<F>, x: Var, start_dim: usize) -> Result
 
 /// `dx = dy` read in row-major order with the input's shape (no copy).
 pub(crate) fn reshape_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
-    let shape = bw.value(x).raw_dim();
+    let shape = ndarray::IxDyn(bw.shape(x));
     let dx = standard(dy)
         .into_shape_with_order(shape)
         .expect("hla-autograd internal error: reshape gradient has the input's element count");

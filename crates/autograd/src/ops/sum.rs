@@ -96,7 +96,7 @@ pub(crate) fn sum_backward<F: Float>(
     keepdim: bool,
     dy: ArrayD<F>,
 ) {
-    let shape = bw.value(x).shape().to_vec();
+    let shape = bw.shape(x).to_vec();
     bw.add(x, expand_grad(dy, axes, keepdim, &shape, F::one()));
 }
 
