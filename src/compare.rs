@@ -1,5 +1,6 @@
 //! `hla bench --compare FILE...`: our figures for every model case of PyTorch reference files
-//! (`../shared/bench/torch_models.py --json`, `tools/bench/torch_peak_memory.py --json`), in one
+//! (`../shared/bench/torch_models.py --json`, `tools/bench/torch_peak_memory.py --json`,
+//! `tools/bench/torch_latency.py --json` for batch-1 inference), in one
 //! table with the ratio, the peak resident memory of both, the CPU and the instruction set.
 //!
 //! Each of our measurements runs in a fresh `hla bench` process, as the memory script does for

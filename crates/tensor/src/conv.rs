@@ -19,7 +19,10 @@
 //! folded in).
 //!
 //! Parallelism (`Par::Rayon`) is over the batch (and over channels for the depthwise weight
-//! gradient). Forward and input gradient are per sample, hence independent of the split. The
+//! gradient); a forward with fewer than four samples also splits each sample's output channels
+//! into blocks when the conv is large enough (`Geom::forward_split`, from the shapes only), so
+//! batch-1 inference keeps every core busy. Forward and input gradient are per output element
+//! sums in a fixed order, hence independent of either split (tested against the unsplit batch). The
 //! weight gradient sums per-sample terms in chunks of [`DW_CHUNK`] samples (a constant, not the
 //! thread count), each chunk in sample order, then the chunk partials in chunk order, so results
 //! are bit-identical for `Par::Seq` and any number of threads on one machine. (Across machines
@@ -38,6 +41,14 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 /// Number of samples whose weight-gradient terms are summed in one task (a constant so the
 /// summation order does not depend on the thread count).
 pub const DW_CHUNK: usize = 8;
+
+/// Multiply-adds below which a task is not worth its scheduling and its copy of the padded
+/// input ([`Geom::forward_split`]; CIFAR ResNet-20's convs, 2.4 M per sample, stay whole).
+const SPLIT_MIN_WORK: usize = 1 << 21;
+
+/// Channel alignment of a split direct forward ([`Geom::forward_split`]): a multiple of every
+/// ISA's channel block (16 with AVX-512, 8 with AVX2), so no kernel block straddles two tasks.
+const FORWARD_SPLIT_ALIGN: usize = 16;
 
 /// Hyper-parameters of a 2-D convolution: `(h, w)` pairs for stride, padding (each side) and
 /// dilation, and the number of groups (`groups == c_in` is depthwise).
@@ -213,6 +224,28 @@ impl Geom {
     }
     fn out_sample(&self) -> usize {
         self.c_out * self.npix()
+    }
+    /// Output-channel blocks per sample in the forward: a batch smaller than four splits each
+    /// sample's output channels into up to 4 / n equal blocks (one task each) of at least
+    /// `SPLIT_MIN_WORK` multiply-adds, so that batch 1 keeps every core busy. Chosen from the shapes only, never the thread count; every output
+    /// is computed by the same kernel in the same summation order either way (the direct
+    /// kernels' channel blocks stay whole, `FORWARD_SPLIT_ALIGN`), so the bits do not change.
+    /// Grouped convs other than depthwise are not split.
+    // `%` rather than `is_multiple_of`: the workspace's rust-version is 1.80
+    #[allow(clippy::manual_is_multiple_of)]
+    fn forward_split(&self, direct: bool) -> usize {
+        let work = self.c_out * self.npix() * self.kdim(); // multiply-adds per sample
+        if self.n >= 4 || (self.groups > 1 && !self.depthwise()) || work < 2 * SPLIT_MIN_WORK {
+            return 1;
+        }
+        let want = 4usize.div_ceil(self.n).min(work / SPLIT_MIN_WORK);
+        (1..=want)
+            .rev()
+            .find(|&k| {
+                let cb = self.c_out / k;
+                self.c_out % k == 0 && (!direct || cb % FORWARD_SPLIT_ALIGN == 0)
+            })
+            .unwrap_or(1)
     }
     /// 1×1, stride 1, no padding: the input plane is the column matrix.
     fn pointwise(&self) -> bool {
@@ -594,7 +627,12 @@ pub fn conv2d_act<F: Float>(
         Some((d, isa)) => (0..g.groups)
             .map(|gi| {
                 let cob = Direct::blocks(isa, g.cout_g).0;
-                pack_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd], cob)
+                pack_weights(
+                    &d,
+                    &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd],
+                    cob,
+                    par,
+                )
             })
             .collect(),
         None => Vec::new(),
@@ -604,64 +642,76 @@ pub fn conv2d_act<F: Float>(
         None if g.depthwise() || g.pointwise() => 0,
         None => kd * np,
     };
+    // one task per (sample, block of `cb` output channels); blocks > 1 only for groups == 1
+    // or depthwise, so a block lies within one group unless it is the whole sample
+    let split = g.forward_split(direct.is_some());
+    let cb = g.c_out / split;
     for_each_chunk(
         par,
         ys,
-        g.out_sample(),
+        cb * np,
         || vec![F::zero(); scratch],
-        |cols, s, y_s| {
+        |cols, t, y_t| {
+            let (s, co0) = (t / split, (t % split) * cb);
             let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
             if let Some((d, isa)) = direct {
-                for (gi, wpk) in packed.iter().enumerate() {
-                    let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
-                    let y_g = &mut y_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                    conv_sample(
-                        &d,
-                        isa,
-                        x_g,
-                        wpk,
-                        y_g,
-                        cols,
-                        tables.as_ref().expect("tables built with the direct plan"),
-                    );
+                if split > 1 {
+                    let wpk = &packed[0];
+                    let tables = tables.as_ref().expect("tables built with the direct plan");
+                    conv_sample(&d, isa, x_s, wpk, y_t, cols, tables, co0..co0 + cb);
+                } else {
+                    for (gi, wpk) in packed.iter().enumerate() {
+                        let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                        let y_g = &mut y_t[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                        let tables = tables.as_ref().expect("tables built with the direct plan");
+                        conv_sample(&d, isa, x_g, wpk, y_g, cols, tables, 0..g.cout_g);
+                    }
                 }
             } else if g.depthwise() {
-                for co in 0..g.c_out {
+                for co in co0..co0 + cb {
                     let ci = co / g.cout_g;
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
-                    dw_plane_forward(&g, x_c, wk, &mut y_s[co * np..(co + 1) * np]);
+                    let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
+                    dw_plane_forward(&g, x_c, wk, y_c);
                 }
             } else {
-                for gi in 0..g.groups {
+                // with split > 1, groups == 1: the block's rows of W
+                let (ng, rows) = if split > 1 {
+                    (1, cb)
+                } else {
+                    (g.groups, g.cout_g)
+                };
+                for gi in 0..ng {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
-                    let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
-                    let y_g = &mut y_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let w0 = (gi * g.cout_g + co0) * kd;
+                    let w_g = &ws[w0..w0 + rows * kd];
+                    let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
                     let b_src: &[F] = if g.pointwise() {
                         x_g
                     } else {
                         im2col(&g, x_g, cols);
                         cols
                     };
-                    // Y_g[c_out_g, h_out·w_out] = W_g[c_out_g, c_in_g·k_h·k_w] · cols[c_in_g·k_h·k_w, h_out·w_out]
+                    // Y_g[rows, h_out·w_out] = W_g[rows, c_in_g·k_h·k_w] · cols[c_in_g·k_h·k_w, h_out·w_out]
                     gemm_slices(
                         F::one(),
                         w_g,
-                        Mat::rm(g.cout_g, kd), // A: [m = c_out_g, k = c_in_g·k_h·k_w]
+                        Mat::rm(rows, kd), // A: [m = rows, k = c_in_g·k_h·k_w]
                         b_src,
                         Mat::rm(kd, np), // B: [k, n = h_out·w_out]
                         F::zero(),
                         y_g,
-                        Mat::rm(g.cout_g, np), // C: [m, n]; beta = 0 so C is not read
+                        Mat::rm(rows, np), // C: [m, n]; beta = 0 so C is not read
                     );
                 }
             }
             match (&bias, act) {
                 (None, Activation::None) => {}
-                (None, act) => y_s.iter_mut().for_each(|v| *v = act.apply(*v)),
+                (None, act) => y_t.iter_mut().for_each(|v| *v = act.apply(*v)),
                 (Some(b), act) => {
-                    for (co, &bv) in b.iter().enumerate() {
-                        for v in &mut y_s[co * np..(co + 1) * np] {
+                    for (c, &bv) in b[co0..co0 + cb].iter().enumerate() {
+                        for v in &mut y_t[c * np..(c + 1) * np] {
                             *v = act.apply(*v + bv);
                         }
                     }
@@ -741,7 +791,7 @@ pub fn conv2d_backward_input<F: Float>(
             .map(|gi| {
                 let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
                 let wb = flip_transpose(w_g, g.cout_g, g.cin_g, g.kh, g.kw);
-                pack_weights(&d, &wb, Direct::blocks(isa, g.cin_g).0)
+                pack_weights(&d, &wb, Direct::blocks(isa, g.cin_g).0, par)
             })
             .collect(),
         None => Vec::new(),
@@ -770,6 +820,7 @@ pub fn conv2d_backward_input<F: Float>(
                         dx_g,
                         dcols,
                         tables.as_ref().expect("tables built with the direct plan"),
+                        0..g.cin_g,
                     );
                 }
                 return;
@@ -1447,6 +1498,70 @@ mod tests {
         let t = t.view().permuted_axes([0, 1, 3, 2]);
         assert!(!t.is_standard_layout());
         assert_eq!(bits(&conv2d_backward_bias(t, Par::Rayon)), bits(&db));
+    }
+
+    /// A batch smaller than four splits each sample's output channels over several tasks
+    /// (`Geom::forward_split`); every path then gives each sample exactly the bits it gets in
+    /// a batch of four (no split), with 1 and 4 threads, on both instruction sets.
+    #[test]
+    fn split_forward_gives_each_sample_its_batch_bits() {
+        let pool = |k| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+        };
+        // a CIFAR ResNet-20 conv at batch 1 (2.4 M multiply-adds) is not worth splitting
+        let small = case(1, 32, 32, (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), 1);
+        let g = Geom::new("t", [1, 32, 16, 16], [32, 32, 3, 3], &small.params());
+        assert_eq!(g.unwrap().forward_split(true), 1);
+        for c in [
+            // large enough to split (SPLIT_MIN_WORK)
+            case(4, 32, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1), 1), // direct
+            case(4, 32, 64, (33, 31), (3, 3), (2, 2), (1, 1), (1, 1), 1), // direct stride 2
+            case(4, 256, 128, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1), // small planes
+            case(4, 64, 96, (32, 32), (1, 1), (1, 1), (0, 0), (1, 1), 1), // pointwise GEMM
+            case(4, 128, 64, (48, 48), (1, 1), (2, 2), (0, 0), (1, 1), 1), // 1×1 stride 2
+            case(4, 64, 64, (96, 96), (3, 3), (1, 1), (1, 1), (1, 1), 64), // depthwise
+            case(4, 32, 64, (96, 96), (3, 3), (1, 1), (1, 1), (1, 1), 32), // multiplier 2
+            case(4, 32, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1), 2), // grouped: no split
+        ] {
+            let p = c.params();
+            let x = rand_array::<f32, _, _>(c.x_shape(), 21);
+            let w = rand_array::<f32, _, _>(c.w_shape(), 22);
+            let b: Array1<f32> = rand_array(c.c_out, 23);
+            for (no_direct, avx2) in [(false, false), (false, true), (true, false)] {
+                NO_DIRECT.with(|f| f.set(no_direct));
+                FORCE_AVX2.with(|f| f.set(avx2));
+                let run = |x: ArrayView4<f32>, threads| {
+                    let y = pool(threads).install(|| {
+                        NO_DIRECT.with(|f| f.set(no_direct));
+                        FORCE_AVX2.with(|f| f.set(avx2));
+                        let act = Activation::Relu;
+                        conv2d_act(x, w.view(), Some(b.view()), act, &p, Par::Rayon).unwrap()
+                    });
+                    bits(&y)
+                };
+                let whole = run(x.view(), 1);
+                let per = whole.len() / c.n;
+                for n in 1..c.n {
+                    let g = Geom::new("t", [n, c.c_in, c.hw.0, c.hw.1], dims4(&w.view()), &p);
+                    let g = g.unwrap();
+                    let split = g.forward_split(g.direct_forward::<f32>().is_some());
+                    assert_eq!(split > 1, c.groups == 1 || g.depthwise(), "{c:?} n={n}");
+                    let xn = x.slice(ndarray::s![..n, .., .., ..]);
+                    for threads in [1, 4] {
+                        assert_eq!(
+                            run(xn, threads),
+                            whole[..n * per],
+                            "{c:?} n={n} threads={threads} no_direct={no_direct} avx2={avx2}"
+                        );
+                    }
+                }
+                NO_DIRECT.with(|f| f.set(false));
+                FORCE_AVX2.with(|f| f.set(false));
+            }
+        }
     }
 
     #[test]

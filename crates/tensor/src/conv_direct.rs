@@ -12,7 +12,7 @@
 //! dropped. Stride 1 is the single-phase case. Sums run over taps in `(ci, ki, kj)` order with
 //! fused multiply-adds; the order never depends on the thread count.
 
-use crate::Float;
+use crate::{Float, Par};
 
 /// Proof that run-time detection found AVX-512F on this CPU: its field is private, so only
 /// [`detect`] can make one, and no caller can pick the `unsafe` AVX-512 kernels by mistake.
@@ -177,18 +177,37 @@ impl Direct {
     }
 }
 
+/// Weights below which [`pack_weights`] packs on the calling thread.
+const PACK_PAR_MIN: usize = 1 << 16;
+
 /// Packs `w [cout, cin, kh, kw]` (row-major) into `COB`-channel blocks laid out
 /// `[block][ci][ki][kj][COB]`, zero-filled past `cout`.
-pub(crate) fn pack_weights<F: Float>(d: &Direct, w: &[F], cob: usize) -> Vec<F> {
+pub(crate) fn pack_weights<F: Float>(d: &Direct, w: &[F], cob: usize, par: Par) -> Vec<F> {
     let taps = d.taps();
     let nb = d.cout.div_ceil(cob);
     let mut out = vec![F::zero(); nb * taps * cob];
-    for co in 0..d.cout {
-        let (b, c) = (co / cob, co % cob);
-        for t in 0..taps {
-            out[(b * taps + t) * cob + c] = w[co * taps + t];
-        }
-    }
+    // one channel block per task (a copy: the split cannot change any value); at batch 1 the
+    // packing of ResNet-18's weights is several per cent of a forward, while waking the
+    // workers for a small layer's weights costs more than it saves
+    let par = if w.len() < PACK_PAR_MIN {
+        Par::Seq
+    } else {
+        par
+    };
+    crate::for_each_chunk(
+        par,
+        &mut out,
+        taps * cob,
+        || (),
+        |_, b, blk| {
+            for co in b * cob..d.cout.min((b + 1) * cob) {
+                let c = co - b * cob;
+                for (t, &v) in w[co * taps..(co + 1) * taps].iter().enumerate() {
+                    blk[t * cob + c] = v;
+                }
+            }
+        },
+    );
     out
 }
 
@@ -236,8 +255,12 @@ fn as_f32_mut<F: Float>(s: &mut [F]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
 }
 
-/// `y [cout, ho, wo] = conv(x [cin, h, w])` with packed weights `wpk` (see [`pack_weights`]).
-/// `scratch` must hold [`Direct::scratch_len`] elements.
+/// `y [chans, ho, wo] = conv(x [cin, h, w])` for the output channels `chans` (all of them:
+/// `0..cout`; a split starts at a multiple of the channel block) with the packed weights `wpk`
+/// of all channels (see [`pack_weights`]). `scratch` must hold [`Direct::scratch_len`]
+/// elements.
+#[allow(clippy::too_many_arguments)] // the kernel's operands plus the channel range
+#[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
 pub(crate) fn conv_sample<F: Float>(
     d: &Direct,
     isa: Isa,
@@ -246,9 +269,15 @@ pub(crate) fn conv_sample<F: Float>(
     y: &mut [F],
     scratch: &mut [F],
     tables: &Tables,
+    chans: std::ops::Range<usize>,
 ) {
     d.fill_input(x, scratch);
     let (cob, pxb) = Direct::blocks(isa, d.cout);
+    assert!(
+        chans.start % cob == 0 && chans.end <= d.cout && chans.start < chans.end,
+        "hla-tensor internal error: direct channel range {chans:?} of {} (blocks of {cob})",
+        d.cout
+    );
     let (off, qs) = (&tables.off, &tables.qs);
     let max_read = off.iter().copied().max().unwrap_or(0) + d.qend().div_ceil(pxb) * pxb;
     assert!(
@@ -262,9 +291,12 @@ pub(crate) fn conv_sample<F: Float>(
     );
     assert_eq!(
         y.len(),
-        d.cout * d.ho * d.wo,
+        chans.len() * d.ho * d.wo,
         "hla-tensor internal error: direct output"
     );
+    let taps = d.taps();
+    let wpk = &wpk[chans.start / cob * taps * cob..chans.end.div_ceil(cob) * taps * cob];
+    let nout = chans.len();
     let (xp, wpk, y) = (as_f32(scratch), as_f32(wpk), as_f32_mut(y));
     let npix = d.ho * d.wo;
     let computed = d.qend().div_ceil(pxb) * pxb;
@@ -273,7 +305,7 @@ pub(crate) fn conv_sample<F: Float>(
         // Small planes: the junk columns of the flattened grid would cost > 15 %; vectorise over
         // output channels instead, visiting only the valid positions.
         // SAFETY: AVX-512 detected; every q in `qs` is < qend, so reads stay below `max_read`.
-        unsafe { run_pix_avx512(xp, wpk, off, qs, d.cout, y) };
+        unsafe { run_pix_avx512(xp, wpk, off, qs, nout, y) };
         return;
     }
     let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
@@ -281,7 +313,7 @@ pub(crate) fn conv_sample<F: Float>(
     };
     // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted
     // above (for the block shape of `cob`).
-    unsafe { run_kernel(isa, cob == 1, xp, wpk, off, d.cout, d.qend(), &mut store) };
+    unsafe { run_kernel(isa, cob == 1, xp, wpk, off, nout, d.qend(), &mut store) };
 }
 
 /// Index tables of [`conv_sample`], built once per call (not per sample): tap offsets into the
