@@ -13,7 +13,7 @@ mod activation;
 pub mod alloc;
 mod batchnorm;
 mod conv;
-mod conv_direct;
+
 mod error;
 mod float;
 mod gemm;
@@ -96,9 +96,9 @@ where
 /// The instruction set the f32 convolution kernels use on this CPU, chosen at run time:
 /// `"avx512f"`, `"avx2+fma"`, or `"portable"` (im2col + GEMM only), for benchmark reports.
 pub fn simd_name() -> &'static str {
-    match conv_direct::detect() {
-        Some(conv_direct::Isa::Avx512(_)) => "avx512f",
-        Some(conv_direct::Isa::Avx2(_)) => "avx2+fma",
+    match conv::direct::detect() {
+        Some(conv::direct::Isa::Avx512(_)) => "avx512f",
+        Some(conv::direct::Isa::Avx2(_)) => "avx2+fma",
         None => "portable",
     }
 }

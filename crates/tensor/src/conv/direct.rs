@@ -1,4 +1,4 @@
-//! Direct convolution microkernels (part of the convolution family in `conv.rs`): no im2col
+//! Direct convolution microkernels (part of the convolution family in `conv/`): no im2col
 //! and no GEMM packing. Used on x86-64 with AVX2+FMA or AVX-512, for `f32`, for grouped
 //! convolutions with `c_in / groups ≥ 2`: the forward and the weight gradient at any stride, and
 //! the input gradient at stride 1 (a stride-1 convolution of `dy` with the flipped, transposed

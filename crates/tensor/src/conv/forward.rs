@@ -1,0 +1,171 @@
+//! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
+
+use super::depthwise::dw_plane_forward;
+use super::direct::{conv_sample, pack_weights, Direct};
+use super::geom::{dims4, Geom};
+use super::im2col::im2col;
+use super::params::Conv2dParams;
+use crate::activation::Activation;
+use crate::gemm::{gemm_slices, Mat};
+use crate::{for_each_chunk, Float, Par, Result, TensorError};
+use ndarray::{Array4, ArrayView1, ArrayView4};
+
+/// 2-D convolution: direct SIMD kernels (f32), or im2col + one GEMM per (sample, group);
+/// `groups == c_in` is depthwise (direct per-channel path); 1×1 stride-1 unpadded convolutions
+/// skip im2col. See the module documentation for the path choice.
+///
+/// # Shapes
+/// - `x`: `[n, c_in, h, w]`, `w`: `[c_out, c_in / groups, k_h, k_w]`, `bias`: `[c_out]`
+///   → `[n, c_out, h_out, w_out]`
+/// - `h_out = (h + 2·p_h − d_h·(k_h − 1) − 1) / s_h + 1`, same for `w_out`
+/// # Errors
+/// `EmptyDim` for a zero-sized dimension; `BadGroups` if `groups ∤ c_in` or `c_out`;
+/// `ShapeMismatch` if `c_in != w.dim(1)·groups` or the bias length is not `c_out`;
+/// `KernelTooLarge` / `InvalidParam` from [`Conv2dParams::output_hw`]. All name op `conv2d`.
+pub fn conv2d<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    conv2d_act(x, w, bias, Activation::None, p, par)
+}
+
+/// `act(conv2d(x, w) + bias)`: [`conv2d`] with the activation applied in the same per-sample
+/// epilogue as the bias, while the sample's output is still in cache (inference with BatchNorm
+/// folded into `w` and `bias`). Bit-identical to [`conv2d`] followed by [`crate::relu`] /
+/// [`crate::relu6`].
+///
+/// # Shapes
+/// As [`conv2d`].
+/// # Errors
+/// As [`conv2d`].
+pub fn conv2d_act<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    act: Activation,
+    p: &Conv2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    let op = "conv2d";
+    let g = Geom::new(op, dims4(&x), dims4(&w), p)?;
+    if let Some(b) = &bias {
+        if b.len() != g.c_out {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                lhs: w.shape().to_vec(),
+                rhs: b.shape().to_vec(),
+            });
+        }
+    }
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let ws = w.as_slice().expect("standard layout is contiguous");
+    let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
+    let mut y = Array4::<F>::zeros((g.n, g.c_out, g.ho, g.wo));
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let (np, kd) = (g.npix(), g.kdim());
+    // Direct stride-1 path: one packed weight set per group.
+    let direct = g.direct_forward::<F>();
+    let tables = direct.map(|(d, _)| d.tables());
+    let packed: Vec<Vec<F>> = match direct {
+        Some((d, isa)) => (0..g.groups)
+            .map(|gi| {
+                let cob = Direct::blocks(isa, g.cout_g).0;
+                pack_weights(
+                    &d,
+                    &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd],
+                    cob,
+                    par,
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let scratch = match direct {
+        Some((d, _)) => d.scratch_len(),
+        None if g.depthwise() || g.pointwise() => 0,
+        None => kd * np,
+    };
+    // one task per (sample, block of `cb` output channels); blocks > 1 only for groups == 1
+    // or depthwise, so a block lies within one group unless it is the whole sample
+    let split = g.forward_split(direct.is_some());
+    let cb = g.c_out / split;
+    for_each_chunk(
+        par,
+        ys,
+        cb * np,
+        || vec![F::zero(); scratch],
+        |cols, t, y_t| {
+            let (s, co0) = (t / split, (t % split) * cb);
+            let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
+            if let Some((d, isa)) = direct {
+                if split > 1 {
+                    let wpk = &packed[0];
+                    let tables = tables.as_ref().expect("tables built with the direct plan");
+                    conv_sample(&d, isa, x_s, wpk, y_t, cols, tables, co0..co0 + cb);
+                } else {
+                    for (gi, wpk) in packed.iter().enumerate() {
+                        let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                        let y_g = &mut y_t[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                        let tables = tables.as_ref().expect("tables built with the direct plan");
+                        conv_sample(&d, isa, x_g, wpk, y_g, cols, tables, 0..g.cout_g);
+                    }
+                }
+            } else if g.depthwise() {
+                for co in co0..co0 + cb {
+                    let ci = co / g.cout_g;
+                    let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                    let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
+                    let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
+                    dw_plane_forward(&g, x_c, wk, y_c);
+                }
+            } else {
+                // with split > 1, groups == 1: the block's rows of W
+                let (ng, rows) = if split > 1 {
+                    (1, cb)
+                } else {
+                    (g.groups, g.cout_g)
+                };
+                for gi in 0..ng {
+                    let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                    let w0 = (gi * g.cout_g + co0) * kd;
+                    let w_g = &ws[w0..w0 + rows * kd];
+                    let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
+                    let b_src: &[F] = if g.pointwise() {
+                        x_g
+                    } else {
+                        im2col(&g, x_g, cols);
+                        cols
+                    };
+                    // Y_g[rows, h_out·w_out] = W_g[rows, c_in_g·k_h·k_w] · cols[c_in_g·k_h·k_w, h_out·w_out]
+                    gemm_slices(
+                        F::one(),
+                        w_g,
+                        Mat::rm(rows, kd), // A: [m = rows, k = c_in_g·k_h·k_w]
+                        b_src,
+                        Mat::rm(kd, np), // B: [k, n = h_out·w_out]
+                        F::zero(),
+                        y_g,
+                        Mat::rm(rows, np), // C: [m, n]; beta = 0 so C is not read
+                    );
+                }
+            }
+            match (&bias, act) {
+                (None, Activation::None) => {}
+                (None, act) => y_t.iter_mut().for_each(|v| *v = act.apply(*v)),
+                (Some(b), act) => {
+                    for (c, &bv) in b[co0..co0 + cb].iter().enumerate() {
+                        for v in &mut y_t[c * np..(c + 1) * np] {
+                            *v = act.apply(*v + bv);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(y)
+}
