@@ -37,7 +37,7 @@ pub use float::Float;
 pub use gemm::{gemm, gemm_par, matmul, GEMM_PAR_COLS};
 pub use pool::{
     avg_pool2d, avg_pool2d_backward, global_avg_pool, global_avg_pool_backward, max_pool2d,
-    max_pool2d_backward, Pool2dParams,
+    max_pool2d_backward, max_pool2d_values, Pool2dParams,
 };
 pub use softmax::{cross_entropy, log_softmax, log_softmax_backward};
 

@@ -132,6 +132,72 @@ pub fn max_pool2d<F: Float>(
     Ok((y, am))
 }
 
+/// [`max_pool2d`]'s values without the argmax (evaluation: no backward will need it), in
+/// two separable passes — the maximum over each window's columns for every input row, then over
+/// its rows — whose inner loops run over contiguous positions. Each output is the same element
+/// the scan of [`max_pool2d`] picks (the first maximum in row-major order, or the last NaN, so
+/// even the sign of a zero matches): bit-identical values (tested), about 3× faster.
+///
+/// # Shapes
+/// As [`max_pool2d`].
+/// # Errors
+/// As [`max_pool2d`].
+pub fn max_pool2d_values<F: Float>(
+    x: ArrayView4<F>,
+    p: &Pool2dParams,
+    par: Par,
+) -> Result<Array4<F>> {
+    let op = "max_pool2d";
+    check_nonempty(op, x.shape())?;
+    let (n, c, h, w) = x.dim();
+    let (ho, wo) = p.output_hw(op, h, w)?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let mut y = Array4::<F>::zeros((n, c, ho, wo));
+    let (hw, np) = (h * w, ho * wo);
+    let cols: Vec<(usize, usize)> = (0..wo)
+        .map(|ow| Pool2dParams::window(ow, p.stride.1, p.padding.1, p.kernel.1, w))
+        .collect();
+    // the scan's rule: a later value replaces the running maximum if strictly greater or NaN
+    let pick = |best: F, v: F| if v > best || v.is_nan() { v } else { best };
+    let plane = |i: usize, yp: &mut [F], rows: &mut Vec<F>| {
+        let xp = &xs[i * hw..(i + 1) * hw];
+        rows.clear();
+        rows.resize(h * wo, F::neg_infinity());
+        for (ih, r) in rows.chunks_mut(wo).enumerate() {
+            let xr = &xp[ih * w..(ih + 1) * w];
+            for (o, &(w0, w1)) in r.iter_mut().zip(&cols) {
+                *o = xr[w0..w1]
+                    .iter()
+                    .fold(F::neg_infinity(), |b, &v| pick(b, v));
+            }
+        }
+        for (oh, yr) in yp.chunks_mut(wo).enumerate() {
+            let (h0, h1) = Pool2dParams::window(oh, p.stride.0, p.padding.0, p.kernel.0, h);
+            yr.fill(F::neg_infinity());
+            for r in rows[h0 * wo..h1 * wo].chunks(wo) {
+                for (o, &v) in yr.iter_mut().zip(r) {
+                    *o = pick(*o, v);
+                }
+            }
+        }
+    };
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    match par {
+        Par::Seq => {
+            let mut rows = Vec::new();
+            ys.chunks_mut(np)
+                .enumerate()
+                .for_each(|(i, yp)| plane(i, yp, &mut rows));
+        }
+        Par::Rayon => ys
+            .par_chunks_mut(np)
+            .enumerate()
+            .for_each_init(Vec::new, |rows, (i, yp)| plane(i, yp, rows)),
+    }
+    Ok(y)
+}
+
 /// Backward of [`max_pool2d`]: `dx[argmax] += dy` per plane (scan order of `dy`).
 ///
 /// # Shapes
@@ -336,6 +402,54 @@ pub fn global_avg_pool_backward<F: Float>(
 mod tests {
     use super::*;
     use crate::testutil::{bits, check_fd, inner, max_rel_err, rand_array};
+
+    /// The separable values-only pooling picks the very element the scan picks: the first
+    /// maximum (ties and ±0 included) or the last NaN, for several windows, with 1 and 2
+    /// threads.
+    #[test]
+    fn max_pool2d_values_is_the_scan_bit_for_bit() {
+        let mut x: Array4<f32> = rand_array((3, 4, 11, 9), 41);
+        // ties, signed zeros, infinities and NaNs in some windows
+        for (k, v) in x.iter_mut().enumerate() {
+            match k % 17 {
+                0 => *v = 0.0,
+                3 => *v = -0.0,
+                5 => *v = 0.5,
+                7 if k % 3 == 0 => *v = f32::NAN,
+                9 => *v = f32::NEG_INFINITY,
+                11 => *v = -f32::NAN,
+                _ => {}
+            }
+        }
+        x.slice_mut(ndarray::s![0, 0, .., ..])
+            .fill(f32::NEG_INFINITY);
+        // all-zero plane of mixed signs: every maximum is a tie, and its sign shows which won
+        let mut zeros = x.slice_mut(ndarray::s![0, 1, .., ..]);
+        for ih in 0..11usize {
+            for iw in 0..9usize {
+                let sign = (5 * ih + iw * iw + ih * iw) % 3;
+                zeros[[ih, iw]] = if sign == 0 { 0.0 } else { -0.0 };
+            }
+        }
+        for p in [
+            Pool2dParams::new(3, 2, 1),
+            Pool2dParams::new(2, 2, 0),
+            Pool2dParams::new(3, 1, 1),
+            Pool2dParams {
+                kernel: (3, 2),
+                stride: (2, 1),
+                padding: (1, 0),
+            },
+        ] {
+            let (want, _) = max_pool2d(x.view(), &p, Par::Seq).unwrap();
+            for par in [Par::Seq, Par::Rayon] {
+                let got = max_pool2d_values(x.view(), &p, par).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{p:?} {par:?}");
+            }
+        }
+        let e = max_pool2d_values(x.view(), &Pool2dParams::new(20, 1, 0), Par::Seq);
+        assert!(e.is_err());
+    }
 
     /// Direct loops: (max, first argmax, average with padding counted) per window.
     fn naive(x: &Array4<f64>, p: &Pool2dParams) -> (Array4<f64>, Array4<u32>, Array4<f64>) {

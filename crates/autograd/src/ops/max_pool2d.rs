@@ -17,6 +17,11 @@ const OP: &str = "max_pool2d";
 /// `BadShape` if `x` is not 4-D; the kernel's errors for windows that do not fit.
 pub fn max_pool2d<F: Float>(tape: &mut Tape<F>, x: Var, p: &Pool2dParams) -> Result<Var> {
     let xv = as4(OP, tape.checked(x, OP)?)?;
+    if !tape.any_requires_grad(&[x]) {
+        // no backward: the faster values-only kernel (same bits)
+        let y = hla_tensor::max_pool2d_values(xv, p, tape.par())?;
+        return Ok(tape.push_op(y.into_dyn(), &[x], || unreachable!("x needs no gradient")));
+    }
     let (y, argmax) = hla_tensor::max_pool2d(xv, p, tape.par())?;
     Ok(tape.push_op(y.into_dyn(), &[x], || Op::MaxPool2d { x, argmax }))
 }
