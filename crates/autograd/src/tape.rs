@@ -277,12 +277,14 @@ impl<F: Float> Tape<F> {
         let batched = inputs.iter().any(|v| self.is_batched(*v));
         let v = if self.any_requires_grad(inputs) {
             let op = op();
-            let mut reads = Vec::with_capacity(4);
-            op.reads(Var(self.nodes.len()), |r| reads.push(r));
+            let out = Var(self.nodes.len());
+            let mut out_read = false;
+            op.reads(out, |r| match self.nodes.get_mut(r.0) {
+                Some(n) => n.read_by_backward = true,
+                None => out_read = true, // `out`, pushed just below
+            });
             let v = self.push_node(Arc::new(value), true, Some(op));
-            for r in reads {
-                self.nodes[r.0].read_by_backward = true;
-            }
+            self.nodes[v.0].read_by_backward = out_read;
             v
         } else {
             self.push_node(Arc::new(value), false, None)

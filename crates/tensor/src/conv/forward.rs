@@ -102,18 +102,18 @@ pub fn conv2d_act<F: Float>(
         |cols, t, y_t| {
             let (s, co0) = (t / split, (t % split) * cb);
             let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
+            // groups of this task (with split > 1, groups == 1: the block's rows of W)
+            let (ng, rows) = if split > 1 {
+                (1, cb)
+            } else {
+                (g.groups, g.cout_g)
+            };
             if let Some((d, isa)) = direct {
-                if split > 1 {
-                    let wpk = &packed[0];
-                    let tables = tables.as_ref().expect("tables built with the direct plan");
-                    conv_sample(&d, isa, x_s, wpk, y_t, cols, tables, co0..co0 + cb);
-                } else {
-                    for (gi, wpk) in packed.iter().enumerate() {
-                        let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
-                        let y_g = &mut y_t[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                        let tables = tables.as_ref().expect("tables built with the direct plan");
-                        conv_sample(&d, isa, x_g, wpk, y_g, cols, tables, 0..g.cout_g);
-                    }
+                let tables = tables.as_ref().expect("tables built with the direct plan");
+                for (gi, wpk) in packed.iter().enumerate().take(ng) {
+                    let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
+                    let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
+                    conv_sample(&d, isa, x_g, wpk, y_g, cols, tables, co0..co0 + rows);
                 }
             } else if g.depthwise() {
                 for co in co0..co0 + cb {
@@ -124,12 +124,6 @@ pub fn conv2d_act<F: Float>(
                     dw_plane_forward(&g, x_c, wk, y_c);
                 }
             } else {
-                // with split > 1, groups == 1: the block's rows of W
-                let (ng, rows) = if split > 1 {
-                    (1, cb)
-                } else {
-                    (g.groups, g.cout_g)
-                };
                 for gi in 0..ng {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let w0 = (gi * g.cout_g + co0) * kd;
