@@ -20,7 +20,7 @@ use hla_models::{BnEval, FusedAct, LayerHook, Mode, Model};
 use hla_tensor::ternary_conv::{
     ternary_conv2d_u8, Activation, Int8Isa, PackedCodes, QuantInput, TernaryConv,
 };
-use hla_tensor::ternary_gemm::quantize_u8;
+use hla_tensor::ternary_gemm::quantize_u8_vec;
 use ndarray::{Array4, ArrayD};
 use std::collections::BTreeMap;
 
@@ -375,15 +375,9 @@ struct Epilogue<'a> {
 /// Quantises a 4-D input with the layer's grid.
 fn quantise(l: &A8Layer, x4: ndarray::ArrayView4<f32>, par: Par) -> Array4<u8> {
     let xs = x4.as_standard_layout();
-    let mut q = Array4::<u8>::zeros(xs.dim());
-    quantize_u8(
-        xs.as_slice().expect("standard layout"),
-        l.act.scale,
-        l.act.zero,
-        q.as_slice_mut().expect("fresh array"),
-        par,
-    );
-    q
+    let xs_slice = xs.as_slice().expect("standard layout");
+    let q = quantize_u8_vec(xs_slice, l.act.scale, l.act.zero, par);
+    Array4::from_shape_vec(xs.dim(), q).expect("one code per element")
 }
 
 /// The integer conv of a quantised input with epilogue `ep`.

@@ -10,6 +10,7 @@
 //! can create, so the `unsafe` kernel cannot be reached on a CPU without AVX2.
 
 use crate::{Par, Result, TensorError};
+use std::mem::MaybeUninit;
 
 /// Proof that the CPU has AVX2: created only by [`Avx2::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -116,9 +117,45 @@ pub fn ternary_gemm_u8(
 
 /// Quantises activations to `u8` with step `scale` and zero point `zero` (x ≈ scale·(q − zero);
 /// `zero = 0` for post-ReLU inputs): `q = ⌊x / scale + zero + ½⌋` clamped to 0..=255 (round half
-/// up; NaN gives `zero`). Branch-free so it vectorises; split over the rayon pool in blocks
-/// with `Par::Rayon` (each element is independent, so the bits do not depend on the split).
+/// up; NaN gives `zero`). AVX2 where the CPU has it (the same bits as the portable loop: one
+/// multiply and one add, no FMA), split over the rayon pool in blocks with `Par::Rayon` (each
+/// element is independent, so the bits do not depend on the split).
 pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8], par: Par) {
+    quantize_u8_with(Avx2::detect(), x, scale, zero, as_uninit(out), par);
+}
+
+/// `out` as write-only slots (the quantiser writes every one it is given).
+fn as_uninit(out: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: same layout; only initialised bytes are ever written through the result.
+    unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+/// [`quantize_u8`] into a fresh vector of `x.len()` codes (not zero-filled first).
+pub fn quantize_u8_vec(x: &[f32], scale: f32, zero: u8, par: Par) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len());
+    quantize_u8_with(
+        Avx2::detect(),
+        x,
+        scale,
+        zero,
+        &mut out.spare_capacity_mut()[..x.len()],
+        par,
+    );
+    // SAFETY: `quantize_u8_with` wrote all `x.len()` slots (its chunks cover them exactly); a
+    // panic inside propagates before this line and the vector stays empty.
+    unsafe { out.set_len(x.len()) };
+    out
+}
+
+/// [`quantize_u8`] on the kernel `isa` (`None`: the portable loop; tests compare both).
+fn quantize_u8_with(
+    isa: Option<Avx2>,
+    x: &[f32],
+    scale: f32,
+    zero: u8,
+    out: &mut [MaybeUninit<u8>],
+    par: Par,
+) {
     let inv = 1.0 / scale;
     let z = zero as f32 + 0.5;
     let n = out.len().min(x.len());
@@ -129,12 +166,50 @@ pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8], par: Par) {
         || (),
         |_, i, o| {
             let src = &x[i << 14..][..o.len()];
-            for (o, &v) in o.iter_mut().zip(src) {
+            let done = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: an `Avx2` token exists only after run-time detection of AVX2.
+                Some(_) => unsafe { quantize_avx2(src, inv, z, o) },
+                _ => 0,
+            };
+            for (o, &v) in o[done..].iter_mut().zip(&src[done..]) {
                 let v = if v.is_nan() { 0.0 } else { v };
-                *o = (v * inv + z).clamp(0.0, 255.5) as u8; // truncation of a value >= 0 is ⌊·⌋
+                o.write((v * inv + z).clamp(0.0, 255.5) as u8); // truncation of a value >= 0 is ⌊·⌋
             }
         },
     );
+}
+
+/// The quantiser's whole 32-element blocks of `x` into `out` (same lengths); returns how many
+/// were written. Bit for bit the portable loop: NaN lanes are zeroed before the multiply, and
+/// `max(t, 0)` takes 0 when `t` is NaN (0·∞), as the scalar `NaN as u8` does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(x: &[f32], inv: f32, z: f32, out: &mut [MaybeUninit<u8>]) -> usize {
+    use std::arch::x86_64::*;
+    let n = x.len().min(out.len()) / 32 * 32;
+    let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(z));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.5));
+    // packs work within 128-bit lanes: this puts the four 8-byte groups back in order
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let code = |p: *const f32| {
+        // SAFETY: the caller's loop bounds the 8 floats read at `p`.
+        let v = unsafe { _mm256_loadu_ps(p) };
+        let v = _mm256_andnot_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), v);
+        let t = _mm256_add_ps(_mm256_mul_ps(v, vi), vz);
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi))
+    };
+    let mut i = 0;
+    while i < n {
+        let p = x.as_ptr().add(i);
+        let a = _mm256_packs_epi32(code(p), code(p.add(8)));
+        let b = _mm256_packs_epi32(code(p.add(16)), code(p.add(24)));
+        let q = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), order);
+        // SAFETY: i + 32 <= n <= out.len() bounds the 32-byte store.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, q) };
+        i += 32;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -211,6 +286,42 @@ mod tests {
         quantize_u8(&x, 0.03, 100, &mut a, Par::Seq);
         quantize_u8(&x, 0.03, 100, &mut b, Par::Rayon);
         assert_eq!(a, b);
+        assert_eq!(quantize_u8_vec(&x, 0.03, 100, Par::Rayon), a);
+    }
+
+    /// The AVX2 quantiser gives the portable loop's bytes on every kind of value: halves,
+    /// both clamps, NaN, ±∞, subnormals, −0.0, and a step so small that 0·(1/step) is NaN.
+    #[test]
+    fn quantize_avx2_is_the_portable_loop() {
+        let Some(t) = Avx2::detect() else { return };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1e-40,
+            -1e-40,
+            f32::MAX,
+            f32::MIN,
+        ];
+        // lengths around the 32-element blocks and the 2^14 rayon chunks
+        for len in [0, 1, 31, 32, 33, 95, 1 << 14, (1 << 14) + 77] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| match i % 7 {
+                    0 => special[rng.random_range(0..special.len())],
+                    1 => (rng.random_range(-600i32..600) as f32 + 0.5) * 0.25, // exact halves
+                    _ => rng.random_range(-80.0f32..80.0),
+                })
+                .collect();
+            for (scale, zero) in [(0.25, 0), (0.3, 131), (1e-3, 255), (1e-45, 7)] {
+                let (mut a, mut b) = (vec![1u8; len], vec![2u8; len]);
+                quantize_u8_with(None, &x, scale, zero, as_uninit(&mut a), Par::Seq);
+                quantize_u8_with(Some(t), &x, scale, zero, as_uninit(&mut b), Par::Rayon);
+                assert_eq!(a, b, "len {len} scale {scale} zero {zero}");
+            }
+        }
     }
 
     #[test]
