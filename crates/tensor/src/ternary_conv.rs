@@ -15,6 +15,7 @@
 use crate::ternary_gemm::Avx2;
 use crate::{Conv2dParams, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView4};
+use std::mem::MaybeUninit;
 
 /// Code rows per kernel block.
 pub const MR: usize = 4;
@@ -94,7 +95,7 @@ pub struct PackedCodes {
     data: Vec<i8>,
     row_sum: Vec<i32>,
     /// Groups 1 with a known kernel: the codes in tap-major, channel-quad order for the direct
-    /// stride-1 path (quad `q = tap·⌈c/4⌉ + c/4` holds channels `4·(c/4) .. +4` of that tap).
+    /// path (quad `q = tap·⌈c/4⌉ + c/4` holds channels `4·(c/4) .. +4` of that tap).
     direct: Option<Direct>,
 }
 
@@ -156,7 +157,7 @@ impl PackedCodes {
     }
 
     /// Packs the codes of a weight `[c_out, c_in/groups, k_h, k_w]` (also in the direct
-    /// stride-1 layout when `groups == 1`).
+    /// layout when `groups == 1`).
     ///
     /// # Errors
     /// As [`PackedCodes::new`].
@@ -311,16 +312,19 @@ pub fn ternary_conv2d_u8(
     }
     let xq = x.q.as_standard_layout();
     let xs = xq.as_slice().expect("standard layout is contiguous");
-    let mut y = Array4::<f32>::zeros((n, c_out, ho, wo));
-    if y.is_empty() {
-        return Ok(y);
+    let len = n * c_out * m;
+    if len == 0 {
+        return Ok(Array4::zeros((n, c_out, ho, wo)));
     }
-    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    // every output is written once by the epilogue below: no zero-fill first
+    let mut yv: Vec<f32> = Vec::with_capacity(len);
+    let ys = &mut yv.spare_capacity_mut()[..len];
     let cg = c / g;
     let direct = pc
         .direct
         .as_ref()
-        .filter(|d| d.kernel == (kh, kw) && p.stride == (1, 1) && p.dilation == (1, 1));
+        .filter(|d| d.kernel == (kh, kw) && p.dilation == (1, 1));
+    let (sh, sw) = p.stride;
     // One input channel per group (depthwise): shifted adds over the padded plane instead of a
     // product whose rows would be padded from 1 to MR.
     let depthwise = g > 1 && cg == 1;
@@ -329,18 +333,23 @@ pub fn ternary_conv2d_u8(
     // in the patch buffer, and where output (oy, ox) sits among the positions.
     let (mp, offs, buf_len, pos_row) = match direct {
         _ if depthwise => (m.div_ceil(NR) * NR, Vec::new(), hp * wp, wo),
-        // Positions p' = oy·w_p + ox over the padded plane's width (ox >= wo are discarded):
-        // the operand of tap (ky, kx) is the padded plane shifted by ky·w_p + kx.
+        // The padded plane split into stride phases (phase (ry, rx) holds the padded rows
+        // ≡ ry mod s_h and columns ≡ rx mod s_w, `wq` wide), so that every tap reads one phase
+        // with unit stride: positions p' = oy·wq + ox (ox >= wo are discarded), and the
+        // operand of tap (ky, kx) is phase (ky mod s_h, kx mod s_w) shifted by
+        // (ky / s_h)·wq + kx / s_w. At stride 1 there is one phase: the padded plane itself.
         Some(d) => {
-            let mp = (ho * wp).div_ceil(NR) * NR;
-            let plen = (hp * wp).max(mp + (kh - 1) * wp + kw);
+            let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+            let mp = (ho * wq).div_ceil(NR) * NR;
+            let plen = (hq * wq).max(mp + ((kh - 1) / sh) * wq + (kw - 1) / sw);
             let mut offs = Vec::with_capacity(kh * kw * d.channel_quads);
-            for t in 0..kh * kw {
+            for (ky, kx) in (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky, kx))) {
                 for cq in 0..d.channel_quads {
-                    offs.push((cq * plen + (t / kw) * wp + t % kw) * 4);
+                    let phase = (cq * sh + ky % sh) * sw + kx % sw;
+                    offs.push((phase * plen + (ky / sh) * wq + kx / sw) * 4);
                 }
             }
-            (mp, offs, d.channel_quads * plen * 4, wp)
+            (mp, offs, d.channel_quads * sh * sw * plen * 4, wq)
         }
         None => {
             let mp = m.div_ceil(NR) * NR;
@@ -386,8 +395,9 @@ pub fn ternary_conv2d_u8(
                         Some(_) => pad_quads(
                             xg,
                             (cg, h, wd),
-                            p.padding,
-                            buf_len / 4 / cg.div_ceil(4),
+                            p,
+                            (kh, kw),
+                            (pos_row, buf_len / 4 / (cg.div_ceil(4) * sh * sw)),
                             &mut s.quads,
                         ),
                         None => im2col_quads(
@@ -464,7 +474,7 @@ pub fn ternary_conv2d_u8(
                                     if let Some(nr) = nrow {
                                         v /= nr[ox];
                                     }
-                                    *o = w.act.apply(v + b);
+                                    o.write(w.act.apply(v + b));
                                 }
                             }
                         }
@@ -473,16 +483,26 @@ pub fn ternary_conv2d_u8(
             }
         },
     );
-    Ok(y)
+    // SAFETY: the epilogue wrote all `len` outputs (every sample, row j < c_out and position;
+    // the chunks cover the slice exactly); a panic propagates before this line.
+    unsafe { yv.set_len(len) };
+    Ok(Array4::from_shape_vec((n, c_out, ho, wo), yv).expect("n·c_out·h_out·w_out outputs"))
 }
 
 /// `o = act(ap·(acc − za) + b)` over one output row. `f32::max` returns the non-NaN operand,
 /// so unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of
 /// integer sums and finite scales are never NaN.
 #[inline]
-fn finish(o: &mut [f32], acc: &[i32], za: i32, ap: f32, b: f32, act: impl Fn(f32) -> f32) {
+fn finish(
+    o: &mut [MaybeUninit<f32>],
+    acc: &[i32],
+    za: i32,
+    ap: f32,
+    b: f32,
+    act: impl Fn(f32) -> f32,
+) {
     for (o, &a) in o.iter_mut().zip(acc) {
-        *o = act(ap * (a - za) as f32 + b);
+        o.write(act(ap * (a - za) as f32 + b));
     }
 }
 
@@ -525,43 +545,77 @@ fn depthwise_row(codes: &[i8], plane: &[u8], g: &DwGeometry, acc: &mut [i32]) {
     }
 }
 
-/// Writes one input `[c, h, w]` into the direct path's buffer: per channel quad a plane of
-/// `plen` positions (the input padded by `padding`, row width `w + 2·padding.1`), 4 channels a
-/// position. Borders, the slack after each plane and missing channels keep the zero point the
-/// buffer was filled with (never written here).
+/// Writes one input `[c, h, w]` into the direct path's buffer: per channel quad `s_h·s_w`
+/// phase planes of `plen` positions (`wq` wide; see the geometry in [`ternary_conv2d_u8`]), 4
+/// channels a position. Phases no tap reads (a kernel smaller than the stride) are skipped.
+/// Borders, the slack after each plane and the lanes of missing channels keep the zero point
+/// the buffer was filled with (never written here).
 fn pad_quads(
     x: &[u8],
     (c, h, w): (usize, usize, usize),
-    padding: (usize, usize),
-    plen: usize,
+    p: &Conv2dParams,
+    (kh, kw): (usize, usize),
+    (wq, plen): (usize, usize),
     buf: &mut [u8],
 ) {
-    let wp = w + 2 * padding.1;
+    let ((sh, sw), (pt, pl)) = (p.stride, p.padding);
     let hw = h * w;
-    // four channels at a time: one 4-byte store per position
-    let full = c / 4;
-    for cq in 0..full {
-        let p = |r: usize| &x[(4 * cq + r) * hw..(4 * cq + r + 1) * hw];
-        let (p0, p1, p2, p3) = (p(0), p(1), p(2), p(3));
+    for cq in 0..c.div_ceil(4) {
+        let lanes = (c - 4 * cq).min(4);
         for yy in 0..h {
-            let dst = &mut buf[(cq * plen + (yy + padding.0) * wp + padding.1) * 4..][..w * 4];
-            for (xx, d) in dst.chunks_exact_mut(4).enumerate() {
-                let i = yy * w + xx;
-                d.copy_from_slice(&[p0[i], p1[i], p2[i], p3[i]]);
+            let (ry, qy) = ((yy + pt) % sh, (yy + pt) / sh);
+            if ry >= kh {
+                continue;
+            }
+            let row = |r: usize| &x[(4 * cq + r) * hw + yy * w..][..w];
+            let phase_row = |rx: usize| ((cq * sh + ry) * sw + rx) * plen + qy * wq;
+            if sw == 1 && lanes == 4 {
+                let dst = &mut buf[(phase_row(0) + pl) * 4..][..w * 4];
+                interleave4([row(0), row(1), row(2), row(3)], dst);
+                continue;
+            }
+            for r in 0..lanes {
+                let src = row(r);
+                for (xx, &v) in src.iter().enumerate() {
+                    let (rx, qx) = ((xx + pl) % sw, (xx + pl) / sw);
+                    if rx < kw {
+                        buf[(phase_row(rx) + qx) * 4 + r] = v;
+                    }
+                }
             }
         }
     }
-    for ci in 4 * full..c {
-        let plane = &x[ci * hw..(ci + 1) * hw];
-        let base = (ci / 4) * plen;
-        let r = ci % 4;
-        for yy in 0..h {
-            let row = &plane[yy * w..(yy + 1) * w];
-            let dst = &mut buf[(base + (yy + padding.0) * wp + padding.1) * 4..][..w * 4];
-            for (d, &v) in dst.chunks_exact_mut(4).zip(row) {
-                d[r] = v;
+}
+
+/// `dst[4·i + r] = rows[r][i]`: four channel rows into one row of 4-byte positions (SSE2,
+/// part of every x86-64 CPU, 16 positions a step).
+fn interleave4(rows: [&[u8]; 4], dst: &mut [u8]) {
+    let w = dst.len() / 4;
+    assert!(rows.iter().all(|r| r.len() >= w), "interleave4: short row");
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        while done + 16 <= w {
+            // SAFETY: done + 16 <= w bounds the 16-byte loads from each row (length >= w,
+            // asserted above) and the 64-byte store into dst (length 4·w); SSE2 is baseline.
+            unsafe {
+                let ld = |r: &[u8]| _mm_loadu_si128(r.as_ptr().add(done) as *const __m128i);
+                let (a, b, c, d) = (ld(rows[0]), ld(rows[1]), ld(rows[2]), ld(rows[3]));
+                let (ab0, ab1) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                let (cd0, cd1) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+                let o = dst.as_mut_ptr().add(done * 4) as *mut __m128i;
+                _mm_storeu_si128(o, _mm_unpacklo_epi16(ab0, cd0));
+                _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab0, cd0));
+                _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab1, cd1));
+                _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab1, cd1));
             }
+            done += 16;
         }
+    }
+    for (i, d) in dst.chunks_exact_mut(4).enumerate().skip(done) {
+        d.copy_from_slice(&[rows[0][i], rows[1][i], rows[2][i], rows[3][i]]);
     }
 }
 
@@ -842,6 +896,10 @@ mod tests {
             (4, 8, 7, 3, grp(4, 1, 1)), // depthwise, channel multiplier 2
             (33, 7, 5, 1, grp(1, 1, 0)),
             (64, 5, 6, 3, Conv2dParams::new(1, 1)), // k = 576 > 64 quads·4 (i16 flushes)
+            (8, 8, 9, 1, Conv2dParams::new(2, 0)),  // 1×1 stride 2: one phase of four read
+            (7, 4, 11, 3, Conv2dParams::new(2, 1)), // stride 2, odd plane, partial channel quad
+            (4, 4, 10, 5, Conv2dParams::new(3, 2)), // stride 3, kernel above the stride
+            (5, 4, 37, 3, Conv2dParams::new(1, 1)), // rows past 16 positions + tail, 5 channels
         ];
         for (ci, &(c, c_out, hw, kk, p)) in cases.iter().enumerate() {
             let n = 3;
@@ -849,7 +907,7 @@ mod tests {
             let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
             let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
             let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
-            // im2col layout only, and with the direct stride-1 layout where it applies
+            // im2col layout only, and with the direct layout where it applies
             let plain = PackedCodes::new(&codes, c_out, p.groups, k).unwrap();
             let conv =
                 PackedCodes::for_conv(&codes, [c_out, c / p.groups, kk, kk], p.groups).unwrap();
