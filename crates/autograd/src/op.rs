@@ -46,6 +46,7 @@ pub(crate) enum Op<F: Float> {
     BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize, synced: bool },
     BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
+    AddRelu { a: Var, b: Var },
     Relu6 { x: Var },
     MaxPool2d { x: Var, argmax: Array4<u32> },
     AvgPool2d { x: Var, p: Pool2dParams },
@@ -112,6 +113,8 @@ pub enum OpKind {
     Relu,
     /// [`ops::relu6`]
     Relu6,
+    /// [`ops::add_relu`]
+    AddRelu,
     /// [`ops::max_pool2d`]
     MaxPool2d,
     /// [`ops::avg_pool2d`]
@@ -156,6 +159,7 @@ impl<F: Float> Op<F> {
             Op::BatchNorm2dEval { .. } => OpKind::BatchNorm2dEval,
             Op::Relu { .. } => OpKind::Relu,
             Op::Relu6 { .. } => OpKind::Relu6,
+            Op::AddRelu { .. } => OpKind::AddRelu,
             Op::MaxPool2d { .. } => OpKind::MaxPool2d,
             Op::AvgPool2d { .. } => OpKind::AvgPool2d,
             Op::GlobalAvgPool { .. } => OpKind::GlobalAvgPool,
@@ -191,6 +195,7 @@ impl<F: Float> Op<F> {
             Op::Clamp { x, .. } => f(*x),
             Op::Sqrt { .. } | Op::Exp { .. } | Op::NormalizeRows { .. } => f(out),
             Op::Relu { .. } | Op::Relu6 { .. } | Op::LogSoftmax { .. } => f(out),
+            Op::AddRelu { .. } => f(out),
             Op::Custom { inputs, .. } => {
                 inputs.iter().for_each(|&v| f(v));
                 f(out);
@@ -256,6 +261,7 @@ impl<F: Float> Op<F> {
             }
             Op::Relu { x } => ops::relu::relu_backward(bw, x, dy),
             Op::Relu6 { x } => ops::relu6::relu6_backward(bw, x, dy),
+            Op::AddRelu { a, b } => ops::add_relu::add_relu_backward(bw, a, b, dy),
             Op::MaxPool2d { x, argmax } => {
                 return ops::max_pool2d::max_pool2d_backward(bw, x, argmax, dy)
             }
@@ -392,6 +398,13 @@ mod tests {
             OpKind::Relu6 => run(
                 |t, v| ops::relu6(t, v[0]),
                 &[distinct(&[2, 3, 2], 0.0, 23).mapv(|v| 12.0 * v + 3.3)],
+            ),
+            OpKind::AddRelu => run(
+                |t, v| ops::add_relu(t, v[0], v[1]),
+                &[
+                    distinct(&[2, 3, 2], 0.0, 40),
+                    distinct(&[2, 3, 2], 0.03, 41),
+                ],
             ),
             OpKind::MaxPool2d => {
                 let p = Pool2dParams::new(3, 2, 1);

@@ -108,8 +108,7 @@ impl<F: Float> Block<F> {
             Some((conv, bn)) => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
             None => x,
         };
-        let y = ops::add(tape, y, s)?;
-        Ok(ops::relu(tape, y)?)
+        Ok(ops::add_relu(tape, y, s)?)
     }
 }
 

@@ -116,8 +116,7 @@ impl<F: Float> CifarBlock<F> {
             Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
             Shortcut::B { conv, bn } => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
         };
-        let y = ops::add(tape, y, s)?;
-        Ok(ops::relu(tape, y)?)
+        Ok(ops::add_relu(tape, y, s)?)
     }
 }
 

@@ -126,6 +126,23 @@ pub fn relu<F: Float>(x: ArrayViewD<F>, par: Par) -> ArrayD<F> {
     map1(x, par, |v| Activation::Relu.apply(v))
 }
 
+/// `y = max(a + b, 0)` in one pass (a residual block's sum and ReLU): the same bits as
+/// [`relu`] of the sum, without writing and re-reading the sum. Shapes: `a`, `b` the same
+/// (any) → same.
+///
+/// # Panics
+/// If `a` and `b` differ in shape (callers check: the autograd op returns an error).
+pub fn add_relu<F: Float>(a: ArrayViewD<F>, b: ArrayViewD<F>, par: Par) -> ArrayD<F> {
+    assert_eq!(
+        a.shape(),
+        b.shape(),
+        "add_relu: a {:?} vs b {:?}",
+        a.shape(),
+        b.shape()
+    );
+    map2(a, b, par, |x, y| Activation::Relu.apply(x + y))
+}
+
 /// `dx = dy ⊙ 1[x > 0]`. Shapes: `x`, `dy` the same (any) → same.
 ///
 /// # Panics
@@ -210,6 +227,16 @@ mod tests {
         assert!(x.len() >= PAR_MIN);
         assert_eq!(relu(x.view(), Par::Rayon), x.mapv(|v| v.max(0.0)));
         assert_eq!(relu6(x.view(), Par::Rayon), x.mapv(|v| v.clamp(0.0, 6.0)));
+        let y = dy.mapv(|v| 8.0 * v - 4.0);
+        let sum = ndarray::Zip::from(&x).and(&y).map_collect(|&a, &b| a + b);
+        assert_eq!(
+            add_relu(x.view(), y.view(), Par::Rayon),
+            relu(sum.view(), Par::Seq)
+        );
+        let xt = x.t(); // not contiguous: the Zip path
+        let yt = y.t();
+        let sum_t = ndarray::Zip::from(&xt).and(&yt).map_collect(|&a, &b| a + b);
+        assert_eq!(add_relu(xt, yt, Par::Rayon), relu(sum_t.view(), Par::Seq));
         let r = Zip::from(&x)
             .and(&dy)
             .map_collect(|&v, &d| if v > 0.0 { d } else { 0.0 });

@@ -576,10 +576,12 @@ fn pad_quads(
             }
             for r in 0..lanes {
                 let src = row(r);
-                for (xx, &v) in src.iter().enumerate() {
-                    let (rx, qx) = ((xx + pl) % sw, (xx + pl) / sw);
-                    if rx < kw {
-                        buf[(phase_row(rx) + qx) * 4 + r] = v;
+                // the columns of phase rx: padded x ≡ rx (mod s_w), from input column xx0
+                for rx in 0..sw.min(kw) {
+                    let xx0 = (rx + sw - pl % sw) % sw;
+                    let at = phase_row(rx) + (xx0 + pl) / sw;
+                    for (k, &v) in src.iter().skip(xx0).step_by(sw).enumerate() {
+                        buf[(at + k) * 4 + r] = v;
                     }
                 }
             }

@@ -4,6 +4,7 @@
 
 pub(crate) mod abs;
 pub(crate) mod add;
+pub(crate) mod add_relu;
 pub(crate) mod add_scalar;
 pub(crate) mod avg_pool2d;
 pub(crate) mod batch_norm;
@@ -37,6 +38,7 @@ pub(crate) mod sum;
 
 pub use abs::abs;
 pub use add::add;
+pub use add_relu::add_relu;
 pub use add_scalar::add_scalar;
 pub use avg_pool2d::avg_pool2d;
 pub use batch_norm::{batch_norm2d, BatchNormState};
