@@ -332,7 +332,19 @@ pub fn ternary_conv2d_u8(
     // The product's geometry: `mp` padded positions, the byte offset of each quad's operand
     // in the patch buffer, and where output (oy, ox) sits among the positions.
     let (mp, offs, buf_len, pos_row) = match direct {
-        _ if depthwise => (m.div_ceil(NR) * NR, Vec::new(), hp * wp, wo),
+        // Depthwise: the one channel's padded plane split into stride phases the same way
+        // (dilated taps included), each tap a shifted add over whole phase planes.
+        _ if depthwise => {
+            let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+            let (dh, dw) = p.dilation;
+            let reach = ((kh - 1) * dh / sh) * wq + (kw - 1) * dw / sw;
+            let plen = (hq * wq).max(ho * wq + reach);
+            let offs = (0..kh)
+                .flat_map(|ky| (0..kw).map(move |kx| (ky * dh, kx * dw)))
+                .map(|(y, x)| ((y % sh) * sw + x % sw) * plen + (y / sh) * wq + x / sw)
+                .collect();
+            ((ho * wq).div_ceil(NR) * NR, offs, sh * sw * plen, wq)
+        }
         // The padded plane split into stride phases (phase (ry, rx) holds the padded rows
         // ≡ ry mod s_h and columns ≡ rx mod s_w, `wq` wide), so that every tap reads one phase
         // with unit stride: positions p' = oy·wq + ox (ox >= wo are discarded), and the
@@ -372,22 +384,15 @@ pub fn ternary_conv2d_u8(
             for gi in 0..g {
                 let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
                 if depthwise {
-                    for (yy, row) in xg.chunks_exact(wd).enumerate() {
-                        let at = (yy + p.padding.0) * wp + p.padding.1;
-                        s.quads[at..at + wd].copy_from_slice(row);
-                    }
-                    let geo = DwGeometry {
-                        wp,
-                        kernel: (kh, kw),
-                        p,
-                        out: (ho, wo),
-                    };
+                    let plen = buf_len / (sh * sw);
+                    pad_phases(xg, (h, wd), p, (pos_row, plen), &mut s.quads);
+                    let len = ho * pos_row;
                     for r in 0..pc.rows_per_group {
-                        let acc = &mut s.acc[r * mp..r * mp + m];
-                        depthwise_row(pc.code_row(gi, r), &s.quads, &geo, acc);
+                        let acc = &mut s.acc[r * mp..][..len];
+                        depthwise_taps(isa, pc.code_row(gi, r), &s.quads, &offs, acc);
                         if let Some(mc) = w.magnitudes {
-                            let acc = &mut s.acc_abs[r * mp..r * mp + m];
-                            depthwise_row(mc.code_row(gi, r), &s.quads, &geo, acc);
+                            let acc = &mut s.acc_abs[r * mp..][..len];
+                            depthwise_taps(isa, mc.code_row(gi, r), &s.quads, &offs, acc);
                         }
                     }
                 } else {
@@ -506,39 +511,102 @@ fn finish(
     }
 }
 
-/// Where a depthwise channel's taps read in its padded plane.
-struct DwGeometry<'a> {
-    wp: usize,
-    kernel: (usize, usize),
-    p: &'a Conv2dParams,
-    out: (usize, usize),
+/// Positions a depthwise channel sums per pass in i16 (2 KiB of sums, in L1 with the rows
+/// they read).
+const DW_CHUNK: usize = 1024;
+/// Taps summed in i16 before widening: 128 · 255 < 2^15.
+const DW_I16_TAPS: usize = 128;
+
+/// One depthwise output channel, exactly: `acc[p] = Σ_t codes[t] · plane[offs[t] + p]` for
+/// every `p < acc.len()` (the stride-phase plane of [`pad_phases`], tap offsets from the
+/// geometry in [`ternary_conv2d_u8`]); every non-zero tap is one shifted add or subtract of a
+/// whole plane, in i16 lanes (exact below [`DW_I16_TAPS`] taps) widened once per pass. The
+/// loops vectorise with whatever instructions the caller was compiled for: the AVX2 and
+/// AVX-512 entries below are this function under `target_feature`.
+#[inline(always)]
+fn depthwise_taps_any(codes: &[i8], plane: &[u8], offs: &[usize], acc: &mut [i32]) {
+    let mut t = [0i16; DW_CHUNK];
+    for (start, acc) in (0..).step_by(DW_CHUNK).zip(acc.chunks_mut(DW_CHUNK)) {
+        let n = acc.len();
+        let t = &mut t[..n];
+        for (pass, (cs, os)) in codes
+            .chunks(DW_I16_TAPS)
+            .zip(offs.chunks(DW_I16_TAPS))
+            .enumerate()
+        {
+            t.fill(0);
+            for (&c, &o) in cs.iter().zip(os) {
+                let src = &plane[o + start..][..n];
+                match c {
+                    1 => t.iter_mut().zip(src).for_each(|(d, &v)| *d += v as i16),
+                    -1 => t.iter_mut().zip(src).for_each(|(d, &v)| *d -= v as i16),
+                    _ => {}
+                }
+            }
+            if pass == 0 {
+                acc.iter_mut()
+                    .zip(t.iter())
+                    .for_each(|(a, &v)| *a = v as i32);
+            } else {
+                acc.iter_mut()
+                    .zip(t.iter())
+                    .for_each(|(a, &v)| *a += v as i32);
+            }
+        }
+    }
 }
 
-/// One depthwise output channel, exactly: `acc[oy·wo + ox] = Σ_taps code · plane[tap position]`
-/// over the padded plane (row width `wp`), each non-zero tap one shifted add or subtract of
-/// whole output rows.
-fn depthwise_row(codes: &[i8], plane: &[u8], g: &DwGeometry, acc: &mut [i32]) {
-    let (kh, kw) = g.kernel;
-    let (ho, wo) = g.out;
-    let ((sh, sw), (dh, dw)) = (g.p.stride, g.p.dilation);
-    acc.fill(0);
-    for ky in 0..kh {
-        for kx in 0..kw {
-            let c = codes[ky * kw + kx] as i32;
-            if c == 0 {
-                continue;
-            }
-            for oy in 0..ho {
-                let src = &plane[(oy * sh + ky * dh) * g.wp + kx * dw..];
-                let dst = &mut acc[oy * wo..(oy + 1) * wo];
-                if sw == 1 {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d += c * v as i32;
-                    }
-                } else {
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        *d += c * src[ox * sw] as i32;
-                    }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_taps_avx2(codes: &[i8], plane: &[u8], offs: &[usize], acc: &mut [i32]) {
+    depthwise_taps_any(codes, plane, offs, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn depthwise_taps_avx512(codes: &[i8], plane: &[u8], offs: &[usize], acc: &mut [i32]) {
+    depthwise_taps_any(codes, plane, offs, acc)
+}
+
+/// [`depthwise_taps_any`] compiled for `isa` (codes are {−1, 0, 1}, checked at packing).
+fn depthwise_taps(isa: Int8Isa, codes: &[i8], plane: &[u8], offs: &[usize], acc: &mut [i32]) {
+    debug_assert_eq!(codes.len(), offs.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX2; the body is safe code (bounds-checked slices).
+        Int8Isa::Avx2(_) => unsafe { depthwise_taps_avx2(codes, plane, offs, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX-512 F and BW; the body is safe code.
+        Int8Isa::Vnni512(_) => unsafe { depthwise_taps_avx512(codes, plane, offs, acc) },
+        _ => depthwise_taps_any(codes, plane, offs, acc),
+    }
+}
+
+/// Writes one channel `[h, w]` into the depthwise buffer: `s_h·s_w` stride-phase planes of
+/// `plen` positions, `wq` wide (phase (ry, rx) holds the padded rows ≡ ry mod s_h and columns
+/// ≡ rx mod s_w). Borders and slack keep the zero point the buffer was filled with.
+fn pad_phases(
+    x: &[u8],
+    (h, w): (usize, usize),
+    p: &Conv2dParams,
+    (wq, plen): (usize, usize),
+    buf: &mut [u8],
+) {
+    let ((sh, sw), (pt, pl)) = (p.stride, p.padding);
+    if w == 0 {
+        return;
+    }
+    for (yy, src) in x.chunks_exact(w).take(h).enumerate() {
+        let (ry, qy) = ((yy + pt) % sh, (yy + pt) / sh);
+        for rx in 0..sw {
+            // the columns of phase rx: padded x ≡ rx (mod s_w), from input column xx0
+            let xx0 = (rx + sw - pl % sw) % sw;
+            let at = (ry * sw + rx) * plen + qy * wq + (xx0 + pl) / sw;
+            if sw == 1 {
+                buf[at..at + w].copy_from_slice(src);
+            } else {
+                for (d, &v) in buf[at..].iter_mut().zip(src.iter().skip(xx0).step_by(sw)) {
+                    *d = v;
                 }
             }
         }
@@ -886,6 +954,13 @@ mod tests {
             groups: g,
             ..Conv2dParams::new(s, pad)
         };
+        let dw_dil = |g, d, s, pad| Conv2dParams {
+            dilation: (d, d),
+            ..grp(g, s, pad)
+        };
+        // all inputs 255 (and for the 12×12 depthwise all codes +1: 144 · 255 > 2^15 in one
+        // i16 pass)
+        let (saturated, all_plus) = ([9, 17], 17);
         // (c, c_out, hw, k, params)
         let cases = [
             (3, 8, 9, 3, Conv2dParams::new(1, 1)),
@@ -902,11 +977,20 @@ mod tests {
             (7, 4, 11, 3, Conv2dParams::new(2, 1)), // stride 2, odd plane, partial channel quad
             (4, 4, 10, 5, Conv2dParams::new(3, 2)), // stride 3, kernel above the stride
             (5, 4, 37, 3, Conv2dParams::new(1, 1)), // rows past 16 positions + tail, 5 channels
+            (3, 3, 10, 3, dw_dil(3, 2, 1, 2)),      // depthwise, dilation 2
+            (2, 2, 11, 5, grp(2, 3, 2)),            // depthwise, stride 3, kernel above it
+            (2, 4, 40, 3, grp(2, 1, 1)),            // depthwise, planes past one i16 pass
+            (2, 2, 13, 12, grp(2, 1, 5)),           // depthwise, 144 taps (two i16 passes)
         ];
         for (ci, &(c, c_out, hw, kk, p)) in cases.iter().enumerate() {
             let n = 3;
             let k = (c / p.groups) * kk * kk;
-            let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
+            let codes: Vec<i8> = (0..c_out * k)
+                .map(|_| match ci == all_plus {
+                    true => 1,
+                    false => rng.random_range(-1i8..=1),
+                })
+                .collect();
             let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
             let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
             // im2col layout only, and with the direct layout where it applies
@@ -922,7 +1006,7 @@ mod tests {
             ] {
                 let mc = pc.magnitudes();
                 let q = Array4::from_shape_fn((n, c, hw, hw), |_| {
-                    if ci == 9 {
+                    if saturated.contains(&ci) {
                         255
                     } else {
                         rng.random::<u8>()
