@@ -9,6 +9,12 @@
 //! HLA's input normalisation divides by the patch norm of the *quantised* input, so the
 //! hyperspherical geometry holds for what the integer kernel sees.
 //!
+//! A fused layer whose output is the very next fused layer's input (conv → BN → ReLU feeding a
+//! conv, as inside every residual block and inverted bottleneck) learns that at the first
+//! forward; from then on its epilogue also writes the output's codes on the next layer's grid,
+//! which that layer takes instead of quantising the f32 output again (the same codes: the
+//! quantiser's formula on the same values).
+//!
 //! Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
 
 use crate::error::{HlaError, Result};
@@ -18,7 +24,7 @@ use crate::packed::{load_packed, PackedHook};
 use hla_autograd::{ops, AutogradError, Conv2dParams, Par, Tape, Var};
 use hla_models::{BnEval, FusedAct, LayerHook, Mode, Model};
 use hla_tensor::ternary_conv::{
-    ternary_conv2d_u8, Activation, Int8Isa, PackedCodes, QuantInput, TernaryConv,
+    ternary_conv2d_u8_requant, Activation, Int8Isa, PackedCodes, QuantInput, TernaryConv,
 };
 use hla_tensor::ternary_gemm::quantize_u8_vec;
 use ndarray::{Array4, ArrayD};
@@ -250,6 +256,30 @@ pub struct A8Hook {
     par: Par,
     fuse: bool,
     fused: usize,
+    /// Fused layer → the grid of the fused layer that reads its output (learnt).
+    next_grid: BTreeMap<String, ActQuant>,
+    /// The output of the last hook call, when it was a fused layer's.
+    last: Option<Produced>,
+    reused: usize,
+}
+
+/// A fused layer's output as the next hook call can recognise it: the value `var` at tape
+/// length `tape_len` (nothing recorded since) with data at `addr`, and its codes on the next
+/// layer's grid when that is known.
+#[derive(Debug)]
+struct Produced {
+    layer: String,
+    var: Var,
+    tape_len: usize,
+    addr: usize,
+    codes: Option<(ActQuant, Array4<u8>)>,
+}
+
+impl Produced {
+    /// Whether `x` on `tape` is this output, untouched since.
+    fn is(&self, tape: &Tape<f32>, x: Var) -> bool {
+        x == self.var && tape.len() == self.tape_len && tape.value(x).as_ptr() as usize == self.addr
+    }
 }
 
 /// Loads `pm` into `model` like [`load_packed`] and returns the W2A8 hook over its calibration,
@@ -311,6 +341,9 @@ pub fn load_a8(model: &mut dyn Model, pm: &PackedModel) -> Result<A8Hook> {
         par: Par::Rayon,
         fuse: true,
         fused: 0,
+        next_grid: BTreeMap::new(),
+        last: None,
+        reused: 0,
     })
 }
 
@@ -341,6 +374,14 @@ impl A8Hook {
         self.fused
     }
 
+    /// How many fused layers took their input's codes from the previous layer's epilogue
+    /// instead of quantising it (see the module doc).
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn reused_codes(&self) -> usize {
+        self.reused
+    }
+
     /// The integer kernel in use.
     ///
     /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
@@ -355,6 +396,7 @@ impl A8Hook {
     /// # Errors
     /// Model errors.
     pub fn eval_logits(&mut self, model: &mut dyn Model, x: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.last = None;
         let mut tape = Tape::<f32>::no_grad();
         let xv = tape.constant(x);
         let y = model.forward(&mut tape, xv, Mode::Eval, Some(self))?;
@@ -386,8 +428,9 @@ fn run_conv(
     q: &Array4<u8>,
     p: &Conv2dParams,
     ep: &Epilogue,
+    next: Option<ActQuant>,
     (isa, par): (Int8Isa, Par),
-) -> std::result::Result<Array4<f32>, AutogradError> {
+) -> std::result::Result<(Array4<f32>, Option<Array4<u8>>), AutogradError> {
     l.ensure_packed(p.groups)?;
     let pk = l.packed.as_ref().expect("packed above");
     let w = TernaryConv {
@@ -405,7 +448,8 @@ fn run_conv(
         scale: l.act.scale,
         zero: l.act.zero,
     };
-    Ok(ternary_conv2d_u8(&qi, &w, p, isa, par)?)
+    let next = next.map(|a| (a.scale, a.zero));
+    Ok(ternary_conv2d_u8_requant(&qi, &w, p, next, isa, par)?)
 }
 
 /// Quantises a 4-D input, runs the integer conv (α only), and returns `(y, quantised input)`.
@@ -425,7 +469,7 @@ fn int_conv(
         norms: None,
         act: Activation::None,
     };
-    let y = run_conv(l, &q, p, &ep, (isa, par))?;
+    let (y, _) = run_conv(l, &q, p, &ep, None, (isa, par))?;
     Ok((y, q))
 }
 
@@ -505,6 +549,7 @@ impl LayerHook for A8Hook {
         p: &Conv2dParams,
         mode: Mode,
     ) -> hla_models::Result<Var> {
+        self.last = None;
         let Some(l) = self.layers.get_mut(layer) else {
             return self.base.conv2d(tape, layer, x, w, p, mode);
         };
@@ -533,6 +578,7 @@ impl LayerHook for A8Hook {
         bn: &BnEval<'_, f32>,
         act: FusedAct,
     ) -> hla_models::Result<Option<Var>> {
+        let prev = self.last.take();
         let Some(l) = self.layers.get_mut(layer) else {
             // a full-precision conv (the first one, or a skipped layer computed with the
             // model's weight `w`): folded in f32 like the rest of the network's inference
@@ -575,7 +621,22 @@ impl LayerHook for A8Hook {
         };
         let alpha = fold(&l.alpha);
         let alpha_neg = l.alpha_neg.as_deref().map(fold);
-        let q = quantise(l, as4(tape.value(x))?, self.par);
+        // the previous fused layer's codes of x when it wrote them on this grid; otherwise
+        // quantise, and when x is that layer's output, have it write them from now on
+        let q = match prev.filter(|pr| pr.is(tape, x)) {
+            Some(Produced {
+                codes: Some((grid, q)),
+                ..
+            }) if grid == l.act => {
+                self.reused += 1;
+                q
+            }
+            Some(pr) => {
+                self.next_grid.insert(pr.layer, l.act);
+                quantise(l, as4(tape.value(x))?, self.par)
+            }
+            None => quantise(l, as4(tape.value(x))?, self.par),
+        };
         let norms = if e.input_norm {
             let nm = quantised_patch_norms(&q, l.act, l.kernel, p, self.base.eps_x())?;
             Some(nm.into_raw_vec_and_offset().0)
@@ -589,9 +650,18 @@ impl LayerHook for A8Hook {
             norms: norms.as_deref(),
             act: act.into(),
         };
-        let y = run_conv(l, &q, p, &ep, (self.isa, self.par))?;
+        let next = self.next_grid.get(layer).copied();
+        let (y, codes) = run_conv(l, &q, p, &ep, next, (self.isa, self.par))?;
         self.fused += 1;
-        Ok(Some(tape.constant(y.into_dyn())))
+        let var = tape.constant(y.into_dyn());
+        self.last = Some(Produced {
+            layer: layer.to_string(),
+            var,
+            tape_len: tape.len(),
+            addr: tape.value(var).as_ptr() as usize,
+            codes: next.zip(codes),
+        });
+        Ok(Some(var))
     }
 
     fn fuses_unquantised(&self) -> bool {
@@ -607,6 +677,7 @@ impl LayerHook for A8Hook {
         b: Option<Var>,
         mode: Mode,
     ) -> hla_models::Result<Var> {
+        self.last = None;
         let Some(l) = self.layers.get_mut(layer) else {
             return self.base.linear(tape, layer, x, w, b, mode);
         };

@@ -279,6 +279,26 @@ pub fn ternary_conv2d_u8(
     isa: Int8Isa,
     par: Par,
 ) -> Result<Array4<f32>> {
+    Ok(ternary_conv2d_u8_requant(x, w, p, None, isa, par)?.0)
+}
+
+/// [`ternary_conv2d_u8`] that also quantises its outputs for the next W2A8 layer when `next`
+/// gives that layer's grid `(scale, zero)`: the codes are those
+/// [`crate::ternary_gemm::quantize_u8`] would make of the returned f32 outputs (the same formula
+/// on the same values), written by the epilogue instead of a second pass over the output.
+///
+/// # Shapes
+/// As [`ternary_conv2d_u8`]; the codes have the output's shape.
+/// # Errors
+/// As [`ternary_conv2d_u8`].
+pub fn ternary_conv2d_u8_requant(
+    x: &QuantInput,
+    w: &TernaryConv,
+    p: &Conv2dParams,
+    next: Option<(f32, u8)>,
+    isa: Int8Isa,
+    par: Par,
+) -> Result<(Array4<f32>, Option<Array4<u8>>)> {
     let (n, c, h, wd) = x.q.dim();
     let pc = w.codes;
     let (kh, kw) = w.kernel;
@@ -314,11 +334,24 @@ pub fn ternary_conv2d_u8(
     let xs = xq.as_slice().expect("standard layout is contiguous");
     let len = n * c_out * m;
     if len == 0 {
-        return Ok(Array4::zeros((n, c_out, ho, wo)));
+        let codes = next.map(|_| Array4::zeros((n, c_out, ho, wo)));
+        return Ok((Array4::zeros((n, c_out, ho, wo)), codes));
     }
-    // every output is written once by the epilogue below: no zero-fill first
+    // every output (and code) is written once by the epilogue below: no zero-fill first
     let mut yv: Vec<f32> = Vec::with_capacity(len);
-    let ys = &mut yv.spare_capacity_mut()[..len];
+    let mut qv: Vec<u8> = Vec::with_capacity(if next.is_some() { len } else { 0 });
+    let requant = next.map(|(scale, zero)| (1.0 / scale, zero as f32 + 0.5));
+    let mut samples: Vec<_> = match next {
+        Some(_) => yv.spare_capacity_mut()[..len]
+            .chunks_mut(c_out * m)
+            .zip(qv.spare_capacity_mut()[..len].chunks_mut(c_out * m))
+            .map(|(y, q)| (y, Some(q)))
+            .collect(),
+        None => yv.spare_capacity_mut()[..len]
+            .chunks_mut(c_out * m)
+            .map(|y| (y, None))
+            .collect(),
+    };
     let cg = c / g;
     let direct = pc
         .direct
@@ -372,14 +405,15 @@ pub fn ternary_conv2d_u8(
     let rows = pc.rows_padded * mp;
     crate::for_each_chunk(
         par,
-        ys,
-        c_out * m,
+        &mut samples,
+        1,
         || Scratch {
             quads: vec![x.zero; buf_len],
             acc: vec![0; rows],
             acc_abs: vec![0; if w.magnitudes.is_some() { rows } else { 0 }],
         },
-        |s, i, out| {
+        |s, i, piece| {
+            let (out, codes) = &mut piece[0];
             let sample = &xs[i * c * h * wd..(i + 1) * c * h * wd];
             for gi in 0..g {
                 let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
@@ -440,6 +474,9 @@ pub fn ternary_conv2d_u8(
                     }
                 }
                 let z = x.zero as i32;
+                // the epilogue runs over output rows, or over whole planes where the positions
+                // have no discarded columns (1×1 convs, the im2col path)
+                let (segs, seg) = if pos_row == wo { (1, m) } else { (ho, wo) };
                 // HLA's patch norms of this sample and group, one per output position
                 let norms = w.norms.map(|nm| &nm[(i * g + gi) * m..][..m]);
                 for r in 0..pc.rows_per_group {
@@ -451,22 +488,28 @@ pub fn ternary_conv2d_u8(
                         Some(an) => (x.scale * w.alpha[j], Some(x.scale * an[j])),
                         None => (x.scale * w.alpha[j], None),
                     };
-                    for oy in 0..ho {
-                        let o = &mut out[j * m + oy * wo..][..wo];
+                    for oy in 0..segs {
+                        let o = &mut out[j * m + oy * seg..][..seg];
+                        let q = codes
+                            .as_deref_mut()
+                            .map(|q| &mut q[j * m + oy * seg..][..seg]);
                         let at = r * mp + oy * pos_row;
-                        let acc = &s.acc[at..at + wo];
-                        let abs = an.map(|_| &s.acc_abs[at..at + wo]);
-                        let nrow = norms.map(|nm| &nm[oy * wo..(oy + 1) * wo]);
+                        let acc = &s.acc[at..at + seg];
+                        let abs = an.map(|_| &s.acc_abs[at..at + seg]);
+                        let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
                         // the common case (symmetric scales, no norms) as a branch-free loop
                         match (an, abs, nrow) {
-                            (None, _, None) => match w.act {
-                                Activation::None => finish(o, acc, za, ap, b, |v| v),
-                                Activation::Relu => finish(o, acc, za, ap, b, |v| v.max(0.0)),
-                                Activation::Relu6 => {
-                                    finish(o, acc, za, ap, b, |v| v.clamp(0.0, 6.0))
-                                }
-                            },
+                            (None, _, None) => {
+                                let row = Row {
+                                    za,
+                                    ap,
+                                    b,
+                                    act: w.act,
+                                };
+                                finish(isa, &row, acc, o, q.zip(requant));
+                            }
                             _ => {
+                                let mut q = q;
                                 for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
                                     let a = a - za;
                                     let mut v = match (an, abs) {
@@ -479,7 +522,11 @@ pub fn ternary_conv2d_u8(
                                     if let Some(nr) = nrow {
                                         v /= nr[ox];
                                     }
-                                    o.write(w.act.apply(v + b));
+                                    let v = w.act.apply(v + b);
+                                    o.write(v);
+                                    if let (Some(q), Some((inv, z))) = (q.as_deref_mut(), requant) {
+                                        q[ox].write(quantize_one(v, inv, z));
+                                    }
                                 }
                             }
                         }
@@ -488,26 +535,110 @@ pub fn ternary_conv2d_u8(
             }
         },
     );
-    // SAFETY: the epilogue wrote all `len` outputs (every sample, row j < c_out and position;
-    // the chunks cover the slice exactly); a panic propagates before this line.
-    unsafe { yv.set_len(len) };
-    Ok(Array4::from_shape_vec((n, c_out, ho, wo), yv).expect("n·c_out·h_out·w_out outputs"))
+    drop(samples);
+    // SAFETY: the epilogue wrote all `len` outputs, and with `next` all `len` codes (every
+    // sample, row j < c_out and position; the pieces cover the slices exactly); a panic
+    // propagates before this line.
+    unsafe {
+        yv.set_len(len);
+        if next.is_some() {
+            qv.set_len(len);
+        }
+    }
+    let dim = (n, c_out, ho, wo);
+    let codes = next.map(|_| Array4::from_shape_vec(dim, qv).expect("one code per output"));
+    Ok((
+        Array4::from_shape_vec(dim, yv).expect("n·c_out·h_out·w_out outputs"),
+        codes,
+    ))
 }
 
-/// `o = act(ap·(acc − za) + b)` over one output row. `f32::max` returns the non-NaN operand,
-/// so unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of
-/// integer sums and finite scales are never NaN.
-#[inline]
-fn finish(
-    o: &mut [MaybeUninit<f32>],
-    acc: &[i32],
+/// Where an epilogue writes the next layer's codes, with that grid's `(1/s, z + ½)`.
+type Requant<'a> = (&'a mut [MaybeUninit<u8>], (f32, f32));
+
+/// The constants of one output row's epilogue: `act(ap·(acc − za) + b)`.
+struct Row {
     za: i32,
     ap: f32,
     b: f32,
-    act: impl Fn(f32) -> f32,
+    act: Activation,
+}
+
+/// The next layer's code of `v`: the quantiser's formula ([`crate::ternary_gemm::quantize_u8`]).
+#[inline(always)]
+fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
+    crate::ternary_gemm::quantize_one(v, inv, z)
+}
+
+/// `o = act(ap·(acc − za) + b)` over one output row, and with `q = Some((codes, (1/s, z + ½)))`
+/// each output's code on the next layer's grid. `f32::max` returns the non-NaN operand, so
+/// unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of integer
+/// sums and finite scales are never NaN. Plain multiplies and adds (never fused), so the AVX2
+/// and AVX-512 entries below give the same bits.
+#[inline(always)]
+fn finish_any(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requant<'_>>) {
+    #[inline(always)]
+    fn go(
+        r: &Row,
+        acc: &[i32],
+        o: &mut [MaybeUninit<f32>],
+        q: Option<Requant<'_>>,
+        act: impl Fn(f32) -> f32,
+    ) {
+        let f = |a: i32| act(r.ap * (a - r.za) as f32 + r.b);
+        match q {
+            None => o.iter_mut().zip(acc).for_each(|(o, &a)| {
+                o.write(f(a));
+            }),
+            Some((q, (inv, z))) => {
+                for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
+                    let v = f(a);
+                    o.write(v);
+                    q.write(quantize_one(v, inv, z));
+                }
+            }
+        }
+    }
+    match row.act {
+        Activation::None => go(row, acc, o, q, |v| v),
+        Activation::Relu => go(row, acc, o, q, |v| v.max(0.0)),
+        Activation::Relu6 => go(row, acc, o, q, |v| v.clamp(0.0, 6.0)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_avx2(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requant<'_>>) {
+    finish_any(row, acc, o, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish_avx512(
+    row: &Row,
+    acc: &[i32],
+    o: &mut [MaybeUninit<f32>],
+    q: Option<Requant<'_>>,
 ) {
-    for (o, &a) in o.iter_mut().zip(acc) {
-        o.write(act(ap * (a - za) as f32 + b));
+    finish_any(row, acc, o, q)
+}
+
+/// [`finish_any`] compiled for `isa`.
+fn finish(
+    isa: Int8Isa,
+    row: &Row,
+    acc: &[i32],
+    o: &mut [MaybeUninit<f32>],
+    q: Option<Requant<'_>>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX2; the body is safe code.
+        Int8Isa::Avx2(_) => unsafe { finish_avx2(row, acc, o, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves AVX-512 F and BW; the body is safe code.
+        Int8Isa::Vnni512(_) => unsafe { finish_avx512(row, acc, o, q) },
+        _ => finish_any(row, acc, o, q),
     }
 }
 
@@ -1042,6 +1173,28 @@ mod tests {
                                     "case {ci} z {zero} {isa:?}: {a} vs {b}"
                                 );
                             }
+                            // the epilogue's codes for a next layer: the quantiser's of y
+                            let (next_s, next_z) = (0.02, 128);
+                            let (y2, codes) = ternary_conv2d_u8_requant(
+                                &x,
+                                &w,
+                                &p,
+                                Some((next_s, next_z)),
+                                isa,
+                                par,
+                            )
+                            .unwrap();
+                            assert_eq!(y2, y, "case {ci} {isa:?}: requant changed the outputs");
+                            let mut want_q = vec![0u8; y.len()];
+                            crate::ternary_gemm::quantize_u8(
+                                y.as_slice().unwrap(),
+                                next_s,
+                                next_z,
+                                &mut want_q,
+                                Par::Seq,
+                            );
+                            let codes = codes.expect("codes asked for");
+                            assert_eq!(codes.as_slice().unwrap(), &want_q[..], "case {ci} {isa:?}");
                             match &first {
                                 None => first = Some(y),
                                 Some(f) => assert_eq!(f, &y, "case {ci} {isa:?} {par:?}"),

@@ -173,11 +173,24 @@ fn quantize_u8_with(
                 _ => 0,
             };
             for (o, &v) in o[done..].iter_mut().zip(&src[done..]) {
-                let v = if v.is_nan() { 0.0 } else { v };
-                o.write((v * inv + z).clamp(0.0, 255.5) as u8); // truncation of a value >= 0 is ⌊·⌋
+                o.write(quantize_one(v, inv, z));
             }
         },
     );
+}
+
+/// One code: `⌊x·inv + z⌋` clamped to 0..=255 with `inv = 1/scale`, `z = zero + ½` (NaN as
+/// 0.0; truncation of a value >= 0 is ⌊·⌋). `f32::max` takes 0 when the sum is NaN (0·∞), as
+/// `NaN as u8` would; the clamped value then always converts exactly, so the unchecked
+/// conversion (which vectorises, unlike the saturating `as`) is sound.
+#[inline(always)]
+pub(crate) fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
+    let v = if v.is_nan() { 0.0 } else { v };
+    #[allow(clippy::manual_clamp)] // clamp would keep a NaN; max(NaN, 0) is 0
+    let t = (v * inv + z).max(0.0).min(255.5);
+    // SAFETY: `t` is in 0.0..=255.5 (never NaN: `max` returns the non-NaN operand), so it
+    // truncates to an i32 in 0..=255.
+    unsafe { t.to_int_unchecked::<i32>() as u8 }
 }
 
 /// The quantiser's whole 32-element blocks of `x` into `out` (same lengths); returns how many

@@ -204,26 +204,28 @@ fn hla_run_export_and_packed_inference_match() {
     let got = hook.eval_logits(fresh.as_mut(), x.clone()).unwrap();
     let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got), bits(&want));
-    check_a8(
+    let chained = check_a8(
         fresh.as_mut(),
         back,
         vec![batch(5, 8).0, batch(6, 8).0],
         x,
         &want,
     );
+    assert_eq!(chained, 9, "each residual block's conv1 → conv2");
 }
 
 /// W2A8 inference of `pm` (calibrated on `calib`) on `x` against the exact logits `want`:
 /// every integer kernel and thread mode gives the same bits, and the 8-bit activations move
 /// the logits by less than 5 % (relative L2; 8-bit steps are 1/255 of each layer's range).
-/// Without a calibration the W2A8 hook is an error that says so.
+/// Without a calibration the W2A8 hook is an error that says so. Returns how many layers per
+/// forward took their input codes from the previous layer's epilogue.
 fn check_a8(
     model: &mut dyn Model,
     mut pm: hla_core::export::PackedModel,
     calib: Vec<ArrayD<f32>>,
     x: ArrayD<f32>,
     want: &ArrayD<f32>,
-) {
+) -> usize {
     use hla_core::a8::{calibrate, load_a8};
     use hla_tensor::ternary_conv::Int8Isa;
     let e = load_a8(model, &pm).unwrap_err().to_string();
@@ -251,12 +253,28 @@ fn check_a8(
     let mut h = load_a8(model, &back).unwrap().with_bn_folding(false);
     let unfused = h.eval_logits(model, x.clone()).unwrap();
     assert_eq!(h.fused_calls(), 0);
+    // later forwards take chained layers' input codes from the previous layer's epilogue:
+    // the same bits as the first forward's quantiser passes, for this input and another
     let mut h = load_a8(model, &back).unwrap();
-    h.eval_logits(model, x.clone()).unwrap();
+    assert_eq!(h.eval_logits(model, x.clone()).unwrap(), got);
+    assert_eq!(
+        h.reused_codes(),
+        0,
+        "nothing is learnt before the first forward ends"
+    );
+    assert_eq!(h.eval_logits(model, x.clone()).unwrap(), got);
+    let per_forward = h.reused_codes();
+    let x2 = x.mapv(|v| 0.5 - v);
+    let fresh = load_a8(model, &back)
+        .unwrap()
+        .eval_logits(model, x2.clone());
+    assert_eq!(h.eval_logits(model, x2).unwrap(), fresh.unwrap());
+    assert_eq!(h.reused_codes(), 2 * per_forward);
     let fold_err = l2(&(&got - &unfused)) / l2(&unfused);
     assert!(fold_err < 1e-3, "BN folding moved the logits by {fold_err}");
     let err = l2(&(&got - want)) / l2(want);
     assert!(err < 0.05 && got != *want, "relative error {err}");
+    per_forward
 }
 
 fn tiny_x(seed: u64) -> ArrayD<f32> {
@@ -493,6 +511,7 @@ fn a8_inference_of_ttq_resnet_and_twn_mobilenet() {
         if arch == "mobilenet_v2" {
             assert!(c.layers.values().any(|q| q.zero > 0), "signed inputs");
         }
-        check_a8(fresh.as_mut(), pm, vec![img(2), img(3)], img(1), &want);
+        let chained = check_a8(fresh.as_mut(), pm, vec![img(2), img(3)], img(1), &want);
+        assert!(chained > 0, "{arch}: no conv → conv chain found");
     }
 }
