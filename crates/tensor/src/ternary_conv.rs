@@ -488,6 +488,21 @@ pub fn ternary_conv2d_u8_requant(
                         Some(an) => (x.scale * w.alpha[j], Some(x.scale * an[j])),
                         None => (x.scale * w.alpha[j], None),
                     };
+                    if an.is_none() && norms.is_none() {
+                        // the common case (symmetric scales, no norms): branch-free rows
+                        let row = Row {
+                            za,
+                            ap,
+                            b,
+                            act: w.act,
+                            width: seg,
+                            pos_row,
+                        };
+                        let o = &mut out[j * m..][..m];
+                        let q = codes.as_deref_mut().map(|q| &mut q[j * m..][..m]);
+                        finish(isa, &row, &s.acc[r * mp..], o, q.zip(requant));
+                        continue;
+                    }
                     for oy in 0..segs {
                         let o = &mut out[j * m + oy * seg..][..seg];
                         let q = codes
@@ -497,37 +512,23 @@ pub fn ternary_conv2d_u8_requant(
                         let acc = &s.acc[at..at + seg];
                         let abs = an.map(|_| &s.acc_abs[at..at + seg]);
                         let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
-                        // the common case (symmetric scales, no norms) as a branch-free loop
-                        match (an, abs, nrow) {
-                            (None, _, None) => {
-                                let row = Row {
-                                    za,
-                                    ap,
-                                    b,
-                                    act: w.act,
-                                };
-                                finish(isa, &row, acc, o, q.zip(requant));
-                            }
-                            _ => {
-                                let mut q = q;
-                                for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
-                                    let a = a - za;
-                                    let mut v = match (an, abs) {
-                                        (Some(an), Some(abs)) => {
-                                            let b2 = abs[ox] - zb;
-                                            ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32
-                                        }
-                                        _ => ap * a as f32,
-                                    };
-                                    if let Some(nr) = nrow {
-                                        v /= nr[ox];
-                                    }
-                                    let v = w.act.apply(v + b);
-                                    o.write(v);
-                                    if let (Some(q), Some((inv, z))) = (q.as_deref_mut(), requant) {
-                                        q[ox].write(quantize_one(v, inv, z));
-                                    }
+                        let mut q = q;
+                        for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
+                            let a = a - za;
+                            let mut v = match (an, abs) {
+                                (Some(an), Some(abs)) => {
+                                    let b2 = abs[ox] - zb;
+                                    ap * ((b2 + a) / 2) as f32 - an * ((b2 - a) / 2) as f32
                                 }
+                                _ => ap * a as f32,
+                            };
+                            if let Some(nr) = nrow {
+                                v /= nr[ox];
+                            }
+                            let v = w.act.apply(v + b);
+                            o.write(v);
+                            if let (Some(q), Some((inv, z))) = (q.as_deref_mut(), requant) {
+                                q[ox].write(quantize_one(v, inv, z));
                             }
                         }
                     }
@@ -556,12 +557,15 @@ pub fn ternary_conv2d_u8_requant(
 /// Where an epilogue writes the next layer's codes, with that grid's `(1/s, z + ½)`.
 type Requant<'a> = (&'a mut [MaybeUninit<u8>], (f32, f32));
 
-/// The constants of one output row's epilogue: `act(ap·(acc − za) + b)`.
+/// The constants of one output channel's epilogue, `act(ap·(acc − za) + b)`, and where its
+/// rows sit: `width` outputs a row, row `oy`'s sums from `oy·pos_row` in the accumulator.
 struct Row {
     za: i32,
     ap: f32,
     b: f32,
     act: Activation,
+    width: usize,
+    pos_row: usize,
 }
 
 /// The next layer's code of `v`: the quantiser's formula ([`crate::ternary_gemm::quantize_u8`]).
@@ -570,8 +574,9 @@ fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
     crate::ternary_gemm::quantize_one(v, inv, z)
 }
 
-/// `o = act(ap·(acc − za) + b)` over one output row, and with `q = Some((codes, (1/s, z + ½)))`
-/// each output's code on the next layer's grid. `f32::max` returns the non-NaN operand, so
+/// `o = act(ap·(acc − za) + b)` over one output channel's plane `o` (rows of `row.width`, read
+/// from `acc` at `row.pos_row` apart), and with `q = Some((codes, (1/s, z + ½)))` each output's
+/// code on the next layer's grid. `f32::max` returns the non-NaN operand, so
 /// unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of integer
 /// sums and finite scales are never NaN. Plain multiplies and adds (never fused), so the AVX2
 /// and AVX-512 entries below give the same bits.
@@ -586,15 +591,24 @@ fn finish_any(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requ
         act: impl Fn(f32) -> f32,
     ) {
         let f = |a: i32| act(r.ap * (a - r.za) as f32 + r.b);
+        let rows = o.chunks_mut(r.width).enumerate();
         match q {
-            None => o.iter_mut().zip(acc).for_each(|(o, &a)| {
-                o.write(f(a));
-            }),
+            None => {
+                for (oy, o) in rows {
+                    let acc = &acc[oy * r.pos_row..][..o.len()];
+                    o.iter_mut().zip(acc).for_each(|(o, &a)| {
+                        o.write(f(a));
+                    });
+                }
+            }
             Some((q, (inv, z))) => {
-                for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
-                    let v = f(a);
-                    o.write(v);
-                    q.write(quantize_one(v, inv, z));
+                for ((oy, o), q) in rows.zip(q.chunks_mut(r.width)) {
+                    let acc = &acc[oy * r.pos_row..][..o.len()];
+                    for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
+                        let v = f(a);
+                        o.write(v);
+                        q.write(quantize_one(v, inv, z));
+                    }
                 }
             }
         }
