@@ -330,7 +330,7 @@ pub fn eval(ctx: &Ctx, a: &EvalArgs) -> Result<()> {
             let mut model = crate::infer::model_of(&pm, Some(&cfg))?;
             let m = pm.metadata.get("method").cloned().unwrap_or_default();
             let mut hook = if a.a8 {
-                crate::infer::InferHook::A8(hla_core::a8::load_a8(model.as_mut(), &pm)?)
+                crate::infer::InferHook::A8(Box::new(hla_core::a8::load_a8(model.as_mut(), &pm)?))
             } else {
                 crate::infer::InferHook::Exact(hla_core::packed::load_packed(model.as_mut(), &pm)?)
             };

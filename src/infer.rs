@@ -172,8 +172,8 @@ pub fn calibrate_cmd(ctx: &Ctx, a: &CalibrateArgs) -> Result<()> {
 
 /// The hook an export computes with: W2A8 when calibrated (unless `exact`), else W2/A32.
 pub enum InferHook {
-    /// Integer kernels, 8-bit activations.
-    A8(hla_core::a8::A8Hook),
+    /// Integer kernels, 8-bit activations (boxed: the hook is much larger than the other).
+    A8(Box<hla_core::a8::A8Hook>),
     /// Decoded ternary weights, f32 activations.
     Exact(hla_core::packed::PackedHook),
 }
@@ -182,7 +182,7 @@ impl InferHook {
     /// Loads `pm` into `model` and picks the path.
     pub fn load(model: &mut dyn Model, pm: &PackedModel, exact: bool) -> Result<Self> {
         if !exact && Calibration::of(pm)?.is_some() {
-            return Ok(InferHook::A8(load_a8(model, pm)?));
+            return Ok(InferHook::A8(Box::new(load_a8(model, pm)?)));
         }
         Ok(InferHook::Exact(hla_core::packed::load_packed(model, pm)?))
     }
@@ -198,7 +198,7 @@ impl InferHook {
     /// As a layer hook.
     pub fn hook(&mut self) -> &mut dyn LayerHook {
         match self {
-            InferHook::A8(h) => h,
+            InferHook::A8(h) => h.as_mut(),
             InferHook::Exact(h) => h,
         }
     }
