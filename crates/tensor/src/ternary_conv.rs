@@ -12,7 +12,7 @@
 //! detection can create ([`Int8Isa::detect`]). Integer sums are exact, so every path and every
 //! thread count gives the same bits.
 
-use crate::ternary_gemm::Avx2;
+use crate::ternary_gemm::{quantize_one, Avx2};
 use crate::{Conv2dParams, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView4};
 use std::mem::MaybeUninit;
@@ -341,17 +341,12 @@ pub fn ternary_conv2d_u8_requant(
     let mut yv: Vec<f32> = Vec::with_capacity(len);
     let mut qv: Vec<u8> = Vec::with_capacity(if next.is_some() { len } else { 0 });
     let requant = next.map(|(scale, zero)| (1.0 / scale, zero as f32 + 0.5));
-    let mut samples: Vec<_> = match next {
-        Some(_) => yv.spare_capacity_mut()[..len]
-            .chunks_mut(c_out * m)
-            .zip(qv.spare_capacity_mut()[..len].chunks_mut(c_out * m))
-            .map(|(y, q)| (y, Some(q)))
-            .collect(),
-        None => yv.spare_capacity_mut()[..len]
-            .chunks_mut(c_out * m)
-            .map(|y| (y, None))
-            .collect(),
-    };
+    // one (outputs, codes) piece per sample
+    let mut qs = next.map(|_| qv.spare_capacity_mut()[..len].chunks_mut(c_out * m));
+    let mut samples: Vec<_> = yv.spare_capacity_mut()[..len]
+        .chunks_mut(c_out * m)
+        .map(|y| (y, qs.as_mut().and_then(|q| q.next())))
+        .collect();
     let cg = c / g;
     let direct = pc
         .direct
@@ -505,14 +500,13 @@ pub fn ternary_conv2d_u8_requant(
                     }
                     for oy in 0..segs {
                         let o = &mut out[j * m + oy * seg..][..seg];
-                        let q = codes
+                        let mut q = codes
                             .as_deref_mut()
                             .map(|q| &mut q[j * m + oy * seg..][..seg]);
                         let at = r * mp + oy * pos_row;
                         let acc = &s.acc[at..at + seg];
                         let abs = an.map(|_| &s.acc_abs[at..at + seg]);
                         let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
-                        let mut q = q;
                         for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
                             let a = a - za;
                             let mut v = match (an, abs) {
@@ -566,12 +560,6 @@ struct Row {
     act: Activation,
     width: usize,
     pos_row: usize,
-}
-
-/// The next layer's code of `v`: the quantiser's formula ([`crate::ternary_gemm::quantize_u8`]).
-#[inline(always)]
-fn quantize_one(v: f32, inv: f32, z: f32) -> u8 {
-    crate::ternary_gemm::quantize_one(v, inv, z)
 }
 
 /// `o = act(ap·(acc − za) + b)` over one output channel's plane `o` (rows of `row.width`, read
