@@ -43,6 +43,7 @@ pub(crate) enum Op<F: Float> {
     NormalizeRows { v: Var, inv_norm: Array1<F> },
     Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
     Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
+    PatchNormalize { y: Var, x: Var, xn: Array4<F>, k_hw: (usize, usize), p: Conv2dParams },
     BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize, synced: bool },
     BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
@@ -105,6 +106,8 @@ pub enum OpKind {
     Custom,
     /// [`ops::conv2d`]
     Conv2d,
+    /// [`ops::patch_normalize`]
+    PatchNormalize,
     /// [`ops::batch_norm2d`] with `train = true`
     BatchNorm2dTrain,
     /// [`ops::batch_norm2d`] with `train = false`
@@ -155,6 +158,7 @@ impl<F: Float> Op<F> {
             Op::NormalizeRows { .. } => OpKind::NormalizeRows,
             Op::Custom { .. } => OpKind::Custom,
             Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::PatchNormalize { .. } => OpKind::PatchNormalize,
             Op::BatchNorm2dTrain { .. } => OpKind::BatchNorm2dTrain,
             Op::BatchNorm2dEval { .. } => OpKind::BatchNorm2dEval,
             Op::Relu { .. } => OpKind::Relu,
@@ -190,6 +194,10 @@ impl<F: Float> Op<F> {
             Op::Linear { x, w, .. } | Op::Conv2d { x, w, .. } => {
                 f(*x);
                 f(*w);
+            }
+            Op::PatchNormalize { y, x, .. } => {
+                f(*y);
+                f(*x);
             }
             Op::Square { x } | Op::Abs { x } | Op::Pow { x, .. } | Op::Log { x } => f(*x),
             Op::Clamp { x, .. } => f(*x),
@@ -236,6 +244,12 @@ impl<F: Float> Op<F> {
                 return ops::custom::custom_backward(bw, &inputs, op.as_ref(), dy)
             }
             Op::Conv2d { x, w, b, p } => return ops::conv2d::conv2d_backward(bw, x, w, b, &p, dy),
+            Op::PatchNormalize { y, x, xn, k_hw, p } => {
+                let inputs = (y, x);
+                return ops::patch_normalize::patch_normalize_backward(
+                    bw, inputs, xn, k_hw, &p, dy,
+                );
+            }
             Op::BatchNorm2dTrain {
                 x,
                 gamma,
@@ -377,6 +391,14 @@ mod tests {
                     uniform(&[6], 18),
                 ];
                 run(|t, v| ops::conv2d(t, v[0], v[1], Some(v[2]), &p), &xs)
+            }
+            OpKind::PatchNormalize => {
+                let p = Conv2dParams::new(2, 1).with_groups(2);
+                let xs = [uniform(&[2, 4, 3, 2], 29), uniform(&[2, 4, 5, 4], 30)];
+                run(
+                    |t, v| ops::patch_normalize(t, v[0], v[1], (3, 3), &p, 1e-3),
+                    &xs,
+                )
             }
             OpKind::BatchNorm2dTrain | OpKind::BatchNorm2dEval => {
                 let train = kind == OpKind::BatchNorm2dTrain;

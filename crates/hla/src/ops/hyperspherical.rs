@@ -5,7 +5,9 @@
 //! groups (ONES `[g, c_in/g, k_h, k_w]`, so xnorm is `[n, g, h_out, w_out]`), and
 //! `y = conv2d(x, W) / xnorm` where output channel c uses xnorm channel ⌊c / (c_out/g)⌋.
 //! For a linear layer `xnorm = sqrt(Σ_i x_i² + eps_x)` per sample. Everything is built from tape
-//! ops, so the gradient flows through xnorm too (quotient rule) and is gradient-checked below.
+//! ops, so the gradient flows through xnorm too (quotient rule) and is gradient-checked below;
+//! the conv layer's norm and division run as one of them, `ops::patch_normalize`, whose values
+//! and gradients equal [`patch_norm`] then [`divide_by_patch_norm`] bit for bit.
 //!
 //! Guide: [Eq. 3](crate::guide#eq-3).
 
@@ -103,8 +105,8 @@ pub fn normalized_conv2d<F: Float>(
         });
     }
     let y = ops::conv2d(tape, x, w, None, p)?;
-    let xn = patch_norm(tape, x, (ws[2], ws[3]), p, eps_x)?;
-    divide_by_patch_norm(tape, y, xn)
+    // one op with the same bits as `divide_by_patch_norm(y, patch_norm(x))` (tested there)
+    ops::patch_normalize(tape, y, x, (ws[2], ws[3]), p, cst::<F>(eps_x))
 }
 
 /// Hyperspherical linear: `(x·wᵀ) / sqrt(Σ_i x_i² + eps_x) + b`.
