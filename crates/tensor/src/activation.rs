@@ -1,9 +1,9 @@
 //! Element-wise ReLU and ReLU6 with their backward, on arrays of any dimension. NaN passes
 //! through the forward like PyTorch's `clamp`; at the kinks the gradient is 0 (PyTorch's choice).
 
+use crate::collect_chunks;
 use crate::{Float, Par};
 use ndarray::{ArrayD, ArrayViewD, Zip};
-use std::mem::MaybeUninit;
 
 /// Arrays at least this long are processed on the rayon pool (element-wise, so the result is
 /// the same for any thread count).
@@ -51,28 +51,6 @@ impl Activation {
     }
 }
 
-/// A fresh vector of `n` elements whose chunk `i` (`PAR_CHUNK` elements, the last shorter) is
-/// written by `fill(i, chunk)`, chunks on the rayon pool with `Par::Rayon`. The vector is not
-/// zeroed first: that memset wrote every output twice. `fill` must write its whole chunk.
-fn collect_chunks<F: Float>(
-    n: usize,
-    par: Par,
-    fill: impl Fn(usize, &mut [MaybeUninit<F>]) + Sync + Send,
-) -> Vec<F> {
-    let mut out = Vec::with_capacity(n);
-    crate::for_each_chunk(
-        par,
-        &mut out.spare_capacity_mut()[..n],
-        PAR_CHUNK,
-        || (),
-        |_, i, o| fill(i, o),
-    );
-    // SAFETY: the callers below zip each chunk with an input slice at least as long and write
-    // every element; a panic in `fill` propagates before this line and the vector stays empty.
-    unsafe { out.set_len(n) };
-    out
-}
-
 /// `f` applied element-wise. Contiguous inputs go through plain slices split into fixed
 /// blocks (vectorisable loops; ndarray's parallel `Zip` splits per element and was a third of
 /// MobileNetV2's inference time).
@@ -80,7 +58,7 @@ fn map1<F: Float>(x: ArrayViewD<F>, par: Par, f: impl Fn(F) -> F + Sync + Send) 
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match x.as_slice() {
         Some(xs) => {
-            let out = collect_chunks(xs.len(), par, |i, o| {
+            let out = collect_chunks(xs.len(), PAR_CHUNK, par, |i, o| {
                 for (o, &v) in o.iter_mut().zip(&xs[i * PAR_CHUNK..]) {
                     o.write(f(v));
                 }
@@ -102,7 +80,7 @@ fn map2<F: Float>(
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match (x.as_slice(), y.as_slice()) {
         (Some(xs), Some(ys)) if x.shape() == y.shape() => {
-            let out = collect_chunks(xs.len(), par, |i, o| {
+            let out = collect_chunks(xs.len(), PAR_CHUNK, par, |i, o| {
                 let (a, b) = (&xs[i * PAR_CHUNK..], &ys[i * PAR_CHUNK..]);
                 for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                     o.write(f(a, b));

@@ -14,6 +14,7 @@ pub mod alloc;
 mod batchnorm;
 mod conv;
 
+mod elementwise;
 mod error;
 mod float;
 mod gemm;
@@ -32,6 +33,7 @@ pub use conv::{
     conv2d, conv2d_act, conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
     conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams, DW_CHUNK,
 };
+pub use elementwise::{map, map_group_rows};
 pub use error::{Result, TensorError};
 pub use float::Float;
 pub use gemm::{gemm, gemm_par, matmul, GEMM_PAR_COLS};
@@ -91,6 +93,31 @@ where
             .enumerate()
             .for_each_init(init, |s, (i, c)| f(s, i, c)),
     }
+}
+
+/// A fresh vector of `n` elements whose chunk `i` (`chunk` elements, the last shorter) is
+/// written by `fill(i, chunk_i)`, chunks on the rayon pool with `Par::Rayon`. The vector is not
+/// zeroed first (a memset would write every output twice); every caller zips each chunk with an
+/// input slice at least as long and writes every element (the contract the `set_len` below
+/// relies on, which is why this is not public).
+pub(crate) fn collect_chunks<F: Send>(
+    n: usize,
+    chunk: usize,
+    par: Par,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<F>]) + Sync + Send,
+) -> Vec<F> {
+    let mut out = Vec::with_capacity(n);
+    for_each_chunk(
+        par,
+        &mut out.spare_capacity_mut()[..n],
+        chunk,
+        || (),
+        |_, i, o| fill(i, o),
+    );
+    // SAFETY: `fill` writes every element of its chunk (the contract above); a panic in `fill`
+    // propagates before this line and the vector stays empty.
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// The instruction set the f32 convolution kernels use on this CPU, chosen at run time:

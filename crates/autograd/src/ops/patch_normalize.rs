@@ -65,22 +65,17 @@ pub fn patch_normalize<F: Float>(
             rhs: vec![xn.dim().0, c_out, xn.dim().2, xn.dim().3],
         });
     }
-    let mut q = yv.as_standard_layout().into_owned();
-    per_sample(
-        par,
-        q.as_slice_mut().expect("fresh array is contiguous"),
+    let yv = yv.as_standard_layout();
+    let q = hla_tensor::map_group_rows(
+        yv.as_slice().expect("standard layout is contiguous"),
         xn.as_slice().expect("fresh array is contiguous"),
         (c_out / g, ho * wo),
-        |q, n| *q = *q / n,
+        par,
+        |q, n| q / n,
     );
+    let q = ArrayD::from_shape_vec(yv.shape(), q).expect("one value per element of y");
     let p = *p;
-    Ok(tape.push_op(q.into_dyn(), &[y, x], || Op::PatchNormalize {
-        y,
-        x,
-        xn,
-        k_hw,
-        p,
-    }))
+    Ok(tape.push_op(q, &[y, x], || Op::PatchNormalize { y, x, xn, k_hw, p }))
 }
 
 /// `sqrt(conv2d(x ⊙ x, ONES) + eps)`, `[n, g, h_out, w_out]`: the composition's square,
@@ -94,10 +89,8 @@ fn norms<F: Float>(
 ) -> Result<Array4<F>> {
     let g = p.groups.max(1);
     let x = x.as_standard_layout();
-    let mut x2 = x.to_owned();
-    map_in_place(par, x2.as_slice_mut().expect("contiguous"), |v| {
-        *v = *v * *v
-    });
+    let x2 = hla_tensor::map(x.as_slice().expect("standard layout"), par, |v| v * v);
+    let x2 = Array4::from_shape_vec(x.raw_dim(), x2).expect("one value per element of x");
     let ones = Array4::from_elem((g, x.dim().1 / g, k_hw.0, k_hw.1), F::one());
     let mut s = hla_tensor::conv2d(x2.view(), ones.view(), None, p, par)?;
     map_in_place(par, s.as_slice_mut().expect("contiguous"), |v| {
@@ -220,7 +213,9 @@ mod tests {
 
     /// `(x shape, c_out, kernel, params)`: stride 1 and 2, padding, dilation, groups 1 / 2 /
     /// c_in (depthwise, with a channel multiplier), a 1×1 kernel, a non-square kernel.
-    fn cases() -> Vec<(Vec<usize>, usize, (usize, usize), Conv2dParams)> {
+    type Case = (Vec<usize>, usize, (usize, usize), Conv2dParams);
+
+    fn cases() -> Vec<Case> {
         vec![
             (vec![2, 4, 6, 5], 3, (3, 3), Conv2dParams::new(1, 1)),
             (vec![2, 4, 7, 6], 6, (3, 3), Conv2dParams::new(2, 1)),
