@@ -1,16 +1,9 @@
 //! Element-wise ReLU and ReLU6 with their backward, on arrays of any dimension. NaN passes
 //! through the forward like PyTorch's `clamp`; at the kinks the gradient is 0 (PyTorch's choice).
 
-use crate::collect_chunks;
+use crate::elementwise::{map, map_pair, PAR_MIN};
 use crate::{Float, Par};
 use ndarray::{ArrayD, ArrayViewD, Zip};
-
-/// Arrays at least this long are processed on the rayon pool (element-wise, so the result is
-/// the same for any thread count).
-const PAR_MIN: usize = 1 << 15;
-
-/// Elements per rayon task of the contiguous paths.
-const PAR_CHUNK: usize = 1 << 14;
 
 /// An activation applied to each value: what [`relu`] and [`relu6`] compute, and what the conv
 /// kernels fuse into their epilogue ([`crate::conv2d_act`], [`crate::ternary_conv`]).
@@ -58,11 +51,7 @@ fn map1<F: Float>(x: ArrayViewD<F>, par: Par, f: impl Fn(F) -> F + Sync + Send) 
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match x.as_slice() {
         Some(xs) => {
-            let out = collect_chunks(xs.len(), PAR_CHUNK, par, |i, o| {
-                for (o, &v) in o.iter_mut().zip(&xs[i * PAR_CHUNK..]) {
-                    o.write(f(v));
-                }
-            });
+            let out = map(xs, par, f);
             ArrayD::from_shape_vec(x.raw_dim(), out).expect("same element count")
         }
         None if par == Par::Rayon => Zip::from(&x).par_map_collect(|&v| f(v)),
@@ -80,12 +69,7 @@ fn map2<F: Float>(
     let par = if x.len() >= PAR_MIN { par } else { Par::Seq };
     match (x.as_slice(), y.as_slice()) {
         (Some(xs), Some(ys)) if x.shape() == y.shape() => {
-            let out = collect_chunks(xs.len(), PAR_CHUNK, par, |i, o| {
-                let (a, b) = (&xs[i * PAR_CHUNK..], &ys[i * PAR_CHUNK..]);
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    o.write(f(a, b));
-                }
-            });
+            let out = map_pair(xs, ys, par, f);
             ArrayD::from_shape_vec(x.raw_dim(), out).expect("same element count")
         }
         _ => {

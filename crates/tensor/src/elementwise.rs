@@ -7,7 +7,7 @@ use crate::{collect_chunks, Float, Par};
 /// Elements per parallel block.
 const CHUNK: usize = 1 << 14;
 /// Below this many elements a map runs on the calling thread.
-const PAR_MIN: usize = 1 << 16;
+pub(crate) const PAR_MIN: usize = 1 << 15;
 
 fn par_for(n: usize, par: Par) -> Par {
     if n >= PAR_MIN {
@@ -22,6 +22,22 @@ pub fn map<F: Float>(x: &[F], par: Par, f: impl Fn(F) -> F + Sync + Send) -> Vec
     collect_chunks(x.len(), CHUNK, par_for(x.len(), par), |i, o| {
         for (o, &v) in o.iter_mut().zip(&x[i * CHUNK..]) {
             o.write(f(v));
+        }
+    })
+}
+
+/// `f(a_i, b_i)` for every pair of elements of two slices of the same length.
+pub(crate) fn map_pair<F: Float>(
+    a: &[F],
+    b: &[F],
+    par: Par,
+    f: impl Fn(F, F) -> F + Sync + Send,
+) -> Vec<F> {
+    assert_eq!(a.len(), b.len(), "map_pair: operands of different lengths");
+    collect_chunks(a.len(), CHUNK, par_for(a.len(), par), |i, o| {
+        let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            o.write(f(a, b));
         }
     })
 }
