@@ -103,8 +103,8 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         }
     };
     ctx.ui.info(format!(
-        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, {:?} path, {threads} threads, median of at least {} timed iterations",
-        a.arch, a.batch, a.path, a.iters
+        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, {:?} path, {} kernels, {threads} threads, median of at least {} timed iterations",
+        a.arch, a.batch, a.path, hla_tensor::simd_name(), a.iters
     ));
     let mut res = serde_json::Map::new();
     let mut lines = Vec::new();
@@ -167,6 +167,7 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     res.insert("batch".into(), a.batch.into());
     res.insert("threads".into(), threads.into());
     res.insert("image_size".into(), size.into());
+    res.insert("isa".into(), hla_tensor::simd_name().into());
     ctx.ui
         .result(lines.join("\n"), serde_json::Value::Object(res));
     Ok(())
@@ -190,8 +191,8 @@ fn bench_ternary(
     let mut pm = hla_core::packed::export_model(model.as_ref(), &st)?;
     let isa = hla_tensor::ternary_conv::Int8Isa::detect();
     ctx.ui.info(format!(
-        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, ternary inference ({} integer kernel), {threads} threads, median of at least {} timed iterations",
-        a.arch, a.batch, isa.name(), a.iters
+        "hla bench: {} ({classes} classes), batch {} of 3x{size}x{size}, ternary inference ({} f32 kernels, {} integer kernel), {threads} threads, median of at least {} timed iterations",
+        a.arch, a.batch, hla_tensor::simd_name(), isa.name(), a.iters
     ));
     let xd = x.into_dyn();
     let f32_s = timed(a.iters, || {
@@ -253,7 +254,7 @@ fn bench_ternary(
         lines.join("\n"),
         serde_json::json!({
             "event": "result", "command": "bench", "path": "ternary", "arch": a.arch,
-            "batch": a.batch, "threads": threads, "image_size": size, "kernel": isa.name(),
+            "batch": a.batch, "threads": threads, "image_size": size, "kernel": isa.name(), "isa": hla_tensor::simd_name(),
             "f32_images_per_s": ips(f32_s), "f32_folded_images_per_s": ips(folded_s),
             "w2a32_images_per_s": ips(w2_s),
             "w2a8_images_per_s": ips(a8_s), "w2a8_by_kernel": a8_ips,

@@ -42,6 +42,34 @@ pub struct GlobalOpts {
     /// Print JSON lines on stdout (one per epoch and one per result) for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Widest SIMD instruction set the kernels may use (default: all this CPU has). `avx2` on
+    /// an AVX-512 machine runs exactly the kernels of an AVX2-only machine, with their bits;
+    /// `portable` turns this project's SIMD kernels off. It never enables what the CPU lacks.
+    #[arg(long, global = true, value_enum, value_name = "ISA")]
+    pub isa: Option<IsaCeiling>,
+}
+
+/// `--isa`: the ceiling on the kernels' instruction sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsaCeiling {
+    /// No SIMD kernels of this project (im2col + GEMM, portable integer loops).
+    Portable,
+    /// AVX2 + FMA kernels at most.
+    Avx2,
+    /// Everything the CPU has (AVX-512 F/BW, VNNI).
+    Avx512,
+}
+
+impl IsaCeiling {
+    /// The library's ceiling.
+    pub fn max_isa(self) -> hla_tensor::isa::MaxIsa {
+        use hla_tensor::isa::MaxIsa;
+        match self {
+            IsaCeiling::Portable => MaxIsa::Portable,
+            IsaCeiling::Avx2 => MaxIsa::Avx2,
+            IsaCeiling::Avx512 => MaxIsa::Avx512,
+        }
+    }
 }
 
 /// Subcommands.

@@ -47,6 +47,16 @@ impl Ctx {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     hla_tensor::alloc::keep_freed_memory();
+    if let Some(isa) = cli.global.isa {
+        // nothing has run a kernel yet, so the ceiling is still free to set
+        hla_tensor::isa::set_max_isa(isa.max_isa()).map_err(|fixed| {
+            anyhow::anyhow!(
+                "--isa {}: the kernels already use {}",
+                isa.max_isa().name(),
+                fixed.name()
+            )
+        })?;
+    }
     if let Some(t) = cli.global.threads {
         if t == 0 {
             anyhow::bail!("--threads must be at least 1");

@@ -133,3 +133,42 @@ fn bench_compare_measures_every_reference_case() {
         crate::util::assert_one_error_line(&out, &[needle]);
     }
 }
+
+/// `--isa` caps the kernels for the whole process: `portable` leaves only im2col + GEMM and the
+/// scalar integer loop, `avx2` never reaches an AVX-512 kernel (on an AVX-512 machine this is
+/// the AVX2-only machine's code path), and an unknown name is rejected.
+#[test]
+fn isa_ceiling_limits_every_kernel() {
+    for (isa, allowed_f32, allowed_int8) in [
+        ("portable", &["portable"][..], &["scalar"][..]),
+        (
+            "avx2",
+            &["portable", "avx2+fma"][..],
+            &["scalar", "avx2"][..],
+        ),
+    ] {
+        let out = hla()
+            .args(["--json", "--threads", "1", "--isa", isa, "bench"])
+            .args(["--arch", "resnet20", "--batch", "1", "--iters", "1"])
+            .args(["--path", "ternary", "--what", "infer"])
+            .output()
+            .expect("run hla bench");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let f32_isa = v["isa"].as_str().unwrap();
+        assert!(allowed_f32.contains(&f32_isa), "--isa {isa}: f32 {f32_isa}");
+        let kernels: Vec<&String> = v["w2a8_by_kernel"].as_object().unwrap().keys().collect();
+        assert!(!kernels.is_empty());
+        for k in kernels {
+            assert!(allowed_int8.contains(&k.as_str()), "--isa {isa}: int8 {k}");
+        }
+        assert!(allowed_int8.contains(&v["kernel"].as_str().unwrap()));
+    }
+    let out = hla().args(["--isa", "avx1", "bench"]).output().unwrap();
+    assert!(!out.status.success());
+}

@@ -19,6 +19,7 @@ mod error;
 mod float;
 mod gemm;
 pub mod group;
+pub mod isa;
 pub mod lanes;
 mod pool;
 mod softmax;
@@ -120,8 +121,9 @@ pub(crate) fn collect_chunks<F: Send>(
     out
 }
 
-/// The instruction set the f32 convolution kernels use on this CPU, chosen at run time:
-/// `"avx512f"`, `"avx2+fma"`, or `"portable"` (im2col + GEMM only), for benchmark reports.
+/// The instruction set the f32 convolution kernels use on this CPU, chosen at run time under
+/// the process's ceiling ([`isa::set_max_isa`]): `"avx512f"`, `"avx2+fma"`, or `"portable"`
+/// (im2col + GEMM only), for benchmark reports.
 pub fn simd_name() -> &'static str {
     match conv::direct::detect() {
         Some(conv::direct::Isa::Avx512(_)) => "avx512f",

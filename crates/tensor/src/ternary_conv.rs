@@ -29,10 +29,12 @@ const I16_QUADS: usize = 64;
 pub struct Vnni512(());
 
 impl Vnni512 {
-    /// `Some` when this CPU supports AVX-512 F, BW and VNNI (checked at run time).
+    /// `Some` when this CPU supports AVX-512 F, BW and VNNI (checked at run time) and the
+    /// process's ceiling ([`crate::isa`]) allows AVX-512.
     pub fn detect() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
+        if crate::isa::allows(crate::isa::MaxIsa::Avx512)
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
         {

@@ -17,10 +17,13 @@ use std::mem::MaybeUninit;
 pub struct Avx2(());
 
 impl Avx2 {
-    /// `Some` when this CPU supports AVX2 (checked at run time).
+    /// `Some` when this CPU supports AVX2 (checked at run time) and the process's ceiling
+    /// ([`crate::isa`]) allows it.
     pub fn detect() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::isa::allows(crate::isa::MaxIsa::Avx2)
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
             return Some(Avx2(()));
         }
         None

@@ -12,6 +12,7 @@
 //! dropped. Stride 1 is the single-phase case. Sums run over taps in `(ci, ki, kj)` order with
 //! fused multiply-adds; the order never depends on the thread count.
 
+use crate::isa::MaxIsa;
 use crate::{Float, Par};
 
 /// Proof that run-time detection found AVX-512F on this CPU: its field is private, so only
@@ -31,22 +32,26 @@ pub(crate) enum Isa {
     Avx2(Avx2Found),
 }
 
-/// The best supported instruction set, or `None` (then callers use im2col + GEMM).
+/// The best supported instruction set under the process's ceiling ([`crate::isa`]), or `None`
+/// (then callers use im2col + GEMM).
 pub(crate) fn detect() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::isa::allows(MaxIsa::Avx512) && std::arch::is_x86_feature_detected!("avx512f") {
             return Some(Isa::Avx512(Avx512Found(())));
         }
     }
     detect_avx2()
 }
 
-/// AVX2 + FMA if this CPU has them (also on AVX-512 machines: the tests run both kernels).
+/// AVX2 + FMA if this CPU has them and the ceiling allows them (also on AVX-512 machines: the
+/// tests run both kernels).
 pub(crate) fn detect_avx2() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if crate::isa::allows(MaxIsa::Avx2)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
             return Some(Isa::Avx2(Avx2Found(())));
         }

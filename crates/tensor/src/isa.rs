@@ -1,0 +1,75 @@
+//! A process-wide ceiling on the SIMD instruction sets this crate's kernels pick. With it an
+//! AVX-512 machine runs exactly the kernels an AVX2-only machine runs (`hla --isa avx2`), so the
+//! AVX2 paths can be measured, and their bits reproduced, without such a machine.
+//!
+//! The ceiling only lowers what run-time detection finds: every `unsafe` kernel still needs the
+//! token that only detection of this CPU creates, so a ceiling above the CPU changes nothing. It
+//! is fixed once per process — by [`set_max_isa`], or at the first kernel call — so one run never
+//! mixes instruction sets. `matrixmultiply`'s GEMM (used by im2col convolutions and linear
+//! layers) keeps its own dispatch; it uses AVX2 + FMA at most.
+
+use std::sync::OnceLock;
+
+/// The widest instruction set the kernels may use, ordered `Portable < Avx2 < Avx512`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MaxIsa {
+    /// No SIMD kernels of this crate: im2col + GEMM and the portable integer loops.
+    Portable,
+    /// AVX2 (+ FMA for f32): the 256-bit kernels.
+    Avx2,
+    /// Everything detection finds (AVX-512 F/BW, VNNI): the default.
+    Avx512,
+}
+
+impl MaxIsa {
+    /// The name `hla --isa` takes: `portable`, `avx2`, `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxIsa::Portable => "portable",
+            MaxIsa::Avx2 => "avx2",
+            MaxIsa::Avx512 => "avx512",
+        }
+    }
+}
+
+static MAX_ISA: OnceLock<MaxIsa> = OnceLock::new();
+
+/// Caps the instruction sets for the rest of the process. Call it before any kernel runs: once
+/// fixed (by an earlier call or by the first kernel, which fixes [`MaxIsa::Avx512`]) the
+/// ceiling cannot change, and asking for a different one returns the one in force as the error.
+pub fn set_max_isa(max: MaxIsa) -> std::result::Result<(), MaxIsa> {
+    let fixed = *MAX_ISA.get_or_init(|| max);
+    if fixed == max {
+        Ok(())
+    } else {
+        Err(fixed)
+    }
+}
+
+/// The ceiling in force (fixing the default, no ceiling, if none was set).
+pub fn max_isa() -> MaxIsa {
+    *MAX_ISA.get_or_init(|| MaxIsa::Avx512)
+}
+
+/// Whether kernels of `level` may run (detection must still find them on this CPU).
+pub(crate) fn allows(level: MaxIsa) -> bool {
+    max_isa() >= level
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ordering the ceiling compares with, and a ceiling that cannot move once fixed: the
+    /// test binary's kernels fixed the default, so asking for AVX2 reports AVX-512 in force
+    /// and leaves every kernel as detected.
+    #[test]
+    fn ceiling_is_ordered_and_fixed_once() {
+        assert!(MaxIsa::Portable < MaxIsa::Avx2 && MaxIsa::Avx2 < MaxIsa::Avx512);
+        assert!(allows(MaxIsa::Avx512) && allows(MaxIsa::Portable));
+        assert_eq!(set_max_isa(MaxIsa::Avx512), Ok(()));
+        assert_eq!(set_max_isa(MaxIsa::Avx2), Err(MaxIsa::Avx512));
+        assert_eq!(max_isa(), MaxIsa::Avx512);
+        assert!(allows(MaxIsa::Avx512));
+    }
+}
