@@ -88,13 +88,7 @@ fn bench_compare_measures_every_reference_case() {
         .arg(&reference)
         .output()
         .expect("run hla bench --compare");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let v = last_json(&out);
     let rows = v["rows"].as_array().unwrap();
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["inference", "inference_folded", "train_step"]);
@@ -153,13 +147,7 @@ fn isa_ceiling_limits_every_kernel() {
             .args(["--path", "ternary", "--what", "infer"])
             .output()
             .expect("run hla bench");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let v = last_json(&out);
         let f32_isa = v["isa"].as_str().unwrap();
         assert!(allowed_f32.contains(&f32_isa), "--isa {isa}: f32 {f32_isa}");
         let kernels: Vec<&String> = v["w2a8_by_kernel"].as_object().unwrap().keys().collect();
@@ -171,4 +159,15 @@ fn isa_ceiling_limits_every_kernel() {
     }
     let out = hla().args(["--isa", "avx1", "bench"]).output().unwrap();
     assert!(!out.status.success());
+}
+
+/// The last JSON line of a successful `hla --json` run (its result).
+fn last_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a result line")).expect("JSON result")
 }
