@@ -23,6 +23,9 @@ pub const MR: usize = 4;
 pub const NR: usize = 32;
 /// Quads accumulated in i16 before widening (AVX2): 64 · 2 · 255 < 2^15.
 const I16_QUADS: usize = 64;
+/// Least products per task when a small batch splits each sample's output channels
+/// ([`channel_block`]).
+const SPLIT_MIN_PRODUCTS: usize = 1 << 19;
 
 /// Proof that the CPU has AVX-512 F/BW and VNNI: created only by [`Vnni512::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -267,7 +270,9 @@ struct Scratch {
     acc_abs: Vec<i32>,
 }
 
-/// W2A8 convolution (see the module doc), samples split over the rayon pool with `Par::Rayon`.
+/// W2A8 convolution (see the module doc). With `Par::Rayon` the samples are split over the
+/// rayon pool, and a batch smaller than four also splits each sample's output channels
+/// ([`channel_block`]), so batch 1 keeps every core busy; the bits never depend on either.
 ///
 /// # Shapes
 /// `x.q`: `[n, c, h, w]`, codes `[c_out, c/groups·k_h·k_w]` → `[n, c_out, h_out, w_out]`.
@@ -301,12 +306,48 @@ pub fn ternary_conv2d_u8_requant(
     isa: Int8Isa,
     par: Par,
 ) -> Result<(Array4<f32>, Option<Array4<u8>>)> {
+    conv_u8(x, w, p, next, isa, par, None)
+}
+
+/// Output channels per task for `n` samples of a layer with `products` multiply-adds per
+/// output channel and sample: a whole sample, except that a batch smaller than four splits
+/// each sample's channels into up to 4 / n blocks of at least [`SPLIT_MIN_PRODUCTS`] — whole
+/// [`MR`]-row blocks for one group, whole groups otherwise, so every block starts on a block
+/// of the packed codes. Chosen from the shapes only, never the thread count; the integer sums
+/// are exact, so the split cannot change the bits (tested).
+fn channel_block(n: usize, pc: &PackedCodes, products: usize) -> usize {
+    let c_out = pc.rows();
+    let work = c_out * products;
+    if n >= 4 || work < 2 * SPLIT_MIN_PRODUCTS {
+        return c_out;
+    }
+    let want = 4usize.div_ceil(n).min(work / SPLIT_MIN_PRODUCTS);
+    let unit = if pc.groups == 1 {
+        MR
+    } else {
+        pc.rows_per_group
+    };
+    (c_out.div_ceil(unit).div_ceil(want) * unit).min(c_out)
+}
+
+/// [`ternary_conv2d_u8_requant`] with `block` output channels per task (`None`: from
+/// [`channel_block`]; a test override must be a multiple of [`MR`] for one group and of the
+/// group's rows otherwise).
+#[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
+fn conv_u8(
+    x: &QuantInput,
+    w: &TernaryConv,
+    p: &Conv2dParams,
+    next: Option<(f32, u8)>,
+    isa: Int8Isa,
+    par: Par,
+    block: Option<usize>,
+) -> Result<(Array4<f32>, Option<Array4<u8>>)> {
     let (n, c, h, wd) = x.q.dim();
     let pc = w.codes;
     let (kh, kw) = w.kernel;
     let c_out = pc.rows();
     let g = pc.groups;
-    #[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
     let ok = p.groups == g
         && c % g == 0
         && pc.k == (c / g) * kh * kw
@@ -343,13 +384,25 @@ pub fn ternary_conv2d_u8_requant(
     let mut yv: Vec<f32> = Vec::with_capacity(len);
     let mut qv: Vec<u8> = Vec::with_capacity(if next.is_some() { len } else { 0 });
     let requant = next.map(|(scale, zero)| (1.0 / scale, zero as f32 + 0.5));
-    // one (outputs, codes) piece per sample
-    let mut qs = next.map(|_| qv.spare_capacity_mut()[..len].chunks_mut(c_out * m));
-    let mut samples: Vec<_> = yv.spare_capacity_mut()[..len]
-        .chunks_mut(c_out * m)
-        .map(|y| (y, qs.as_mut().and_then(|q| q.next())))
-        .collect();
     let cg = c / g;
+    let block = block.unwrap_or_else(|| channel_block(n, pc, m * pc.k));
+    let rpg = pc.rows_per_group;
+    debug_assert!(block == c_out || (block > 0 && block % if g == 1 { MR } else { rpg } == 0));
+    // one (sample, first channel, outputs, codes) piece per `block` channels of a sample
+    let mut qs = next.map(|_| qv.spare_capacity_mut()[..len].chunks_mut(c_out * m));
+    let mut pieces = Vec::with_capacity(n * c_out.div_ceil(block));
+    for (i, y) in yv.spare_capacity_mut()[..len]
+        .chunks_mut(c_out * m)
+        .enumerate()
+    {
+        let mut q = qs
+            .as_mut()
+            .and_then(|q| q.next())
+            .map(|q| q.chunks_mut(block * m));
+        for (b, y) in y.chunks_mut(block * m).enumerate() {
+            pieces.push((i, b * block, y, q.as_mut().and_then(|q| q.next())));
+        }
+    }
     let direct = pc
         .direct
         .as_ref()
@@ -402,23 +455,30 @@ pub fn ternary_conv2d_u8_requant(
     let rows = pc.rows_padded * mp;
     crate::for_each_chunk(
         par,
-        &mut samples,
+        &mut pieces,
         1,
         || Scratch {
             quads: vec![x.zero; buf_len],
             acc: vec![0; rows],
             acc_abs: vec![0; if w.magnitudes.is_some() { rows } else { 0 }],
         },
-        |s, i, piece| {
-            let (out, codes) = &mut piece[0];
+        |s, _, piece| {
+            let (i, j0, out, codes) = &mut piece[0];
+            let (i, j0) = (*i, *j0);
+            let j1 = j0 + out.len() / m;
             let sample = &xs[i * c * h * wd..(i + 1) * c * h * wd];
-            for gi in 0..g {
+            // the groups this piece's channels belong to, and its rows r0..r1 of each
+            for gi in j0 / rpg..j1.div_ceil(rpg) {
+                let (r0, r1) = (
+                    j0.max(gi * rpg) - gi * rpg,
+                    j1.min((gi + 1) * rpg) - gi * rpg,
+                );
                 let xg = &sample[gi * cg * h * wd..(gi + 1) * cg * h * wd];
                 if depthwise {
                     let plen = buf_len / (sh * sw);
                     pad_phases(xg, (h, wd), p, (pos_row, plen), &mut s.quads);
                     let len = ho * pos_row;
-                    for r in 0..pc.rows_per_group {
+                    for r in r0..r1 {
                         let acc = &mut s.acc[r * mp..][..len];
                         depthwise_taps(isa, pc.code_row(gi, r), &s.quads, &offs, acc);
                         if let Some(mc) = w.magnitudes {
@@ -451,7 +511,7 @@ pub fn ternary_conv2d_u8_requant(
                         isa,
                         pc,
                         direct.is_some(),
-                        gi,
+                        (gi, r0..r1),
                         &s.quads,
                         &offs,
                         mp,
@@ -462,7 +522,7 @@ pub fn ternary_conv2d_u8_requant(
                             isa,
                             mc,
                             direct.is_some(),
-                            gi,
+                            (gi, r0..r1),
                             &s.quads,
                             &offs,
                             mp,
@@ -476,8 +536,10 @@ pub fn ternary_conv2d_u8_requant(
                 let (segs, seg) = if pos_row == wo { (1, m) } else { (ho, wo) };
                 // HLA's patch norms of this sample and group, one per output position
                 let norms = w.norms.map(|nm| &nm[(i * g + gi) * m..][..m]);
-                for r in 0..pc.rows_per_group {
-                    let j = gi * pc.rows_per_group + r;
+                for r in r0..r1 {
+                    let j = gi * rpg + r;
+                    // channel j's plane within this piece
+                    let at = (j - j0) * m;
                     let b = w.bias.map_or(0.0, |b| b[j]);
                     let za = z * pc.row_sum[j];
                     let zb = w.magnitudes.map_or(0, |mc| z * mc.row_sum[j]);
@@ -495,19 +557,17 @@ pub fn ternary_conv2d_u8_requant(
                             width: seg,
                             pos_row,
                         };
-                        let o = &mut out[j * m..][..m];
-                        let q = codes.as_deref_mut().map(|q| &mut q[j * m..][..m]);
+                        let o = &mut out[at..][..m];
+                        let q = codes.as_deref_mut().map(|q| &mut q[at..][..m]);
                         finish(isa, &row, &s.acc[r * mp..], o, q.zip(requant));
                         continue;
                     }
                     for oy in 0..segs {
-                        let o = &mut out[j * m + oy * seg..][..seg];
-                        let mut q = codes
-                            .as_deref_mut()
-                            .map(|q| &mut q[j * m + oy * seg..][..seg]);
-                        let at = r * mp + oy * pos_row;
-                        let acc = &s.acc[at..at + seg];
-                        let abs = an.map(|_| &s.acc_abs[at..at + seg]);
+                        let o = &mut out[at + oy * seg..][..seg];
+                        let mut q = codes.as_deref_mut().map(|q| &mut q[at + oy * seg..][..seg]);
+                        let sums = r * mp + oy * pos_row;
+                        let acc = &s.acc[sums..sums + seg];
+                        let abs = an.map(|_| &s.acc_abs[sums..sums + seg]);
                         let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
                         for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
                             let a = a - za;
@@ -532,9 +592,10 @@ pub fn ternary_conv2d_u8_requant(
             }
         },
     );
-    drop(samples);
+    drop(pieces);
     // SAFETY: the epilogue wrote all `len` outputs, and with `next` all `len` codes (every
-    // sample, row j < c_out and position; the pieces cover the slices exactly); a panic
+    // sample, channel j0..j1 of each piece and position; the pieces cover the slices exactly,
+    // and their channel ranges each sample's c_out channels); a panic
     // propagates before this line.
     unsafe {
         yv.set_len(len);
@@ -863,14 +924,16 @@ fn im2col_quads(
     }
 }
 
-/// `acc[r·mp + p] = Σ_q Σ_i codes[row r, quad q, i] · buf[offs[q] + 4·p + i]` for every padded
-/// row of group `gi` and every position `p < mp` (im2col or direct code layout).
+/// `acc[r·mp + p] = Σ_q Σ_i codes[row r, quad q, i] · buf[offs[q] + 4·p + i]` for the rows
+/// `rows` of group `gi` (the start a multiple of [`MR`], the end rounded up to whole blocks
+/// of the padded rows) and every position `p < mp` (im2col or direct code layout).
 #[allow(clippy::too_many_arguments)] // the product's operands, each named
+#[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
 fn gemm_group(
     isa: Int8Isa,
     pc: &PackedCodes,
     direct: bool,
-    gi: usize,
+    (gi, rows): (usize, std::ops::Range<usize>),
     buf: &[u8],
     offs: &[usize],
     mp: usize,
@@ -881,7 +944,8 @@ fn gemm_group(
         _ => (&pc.data, pc.quads),
     };
     debug_assert_eq!(kq, offs.len());
-    for rb in (0..pc.rows_padded).step_by(MR) {
+    debug_assert!(rows.start % MR == 0 && rows.end <= pc.rows_padded);
+    for rb in rows.step_by(MR) {
         let codes = &data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
         let out = &mut acc[rb * mp..(rb + MR) * mp];
         for pb in (0..mp).step_by(NR) {
@@ -1208,6 +1272,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Splitting a sample's output channels over tasks (any block of whole code blocks or
+    /// groups, as a small batch does) gives the bits of the unsplit sample, for every kernel
+    /// and for 1, 2 and 4 threads; and batch 1 of a large layer is split.
+    #[test]
+    fn channel_blocks_and_thread_counts_give_the_same_bits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let grp = |g, s, pad| Conv2dParams {
+            groups: g,
+            ..Conv2dParams::new(s, pad)
+        };
+        // (c, c_out, hw, k, params, asymmetric scales, with norms)
+        let cases = [
+            (8, 13, 9, 3, Conv2dParams::new(1, 1), false, false), // direct, c_out ∤ MR
+            (6, 12, 8, 3, Conv2dParams::new(2, 1), true, false),  // direct, stride 2, TTQ
+            (8, 12, 6, 3, grp(2, 1, 1), false, true),             // grouped (im2col), norms
+            (6, 12, 9, 3, grp(6, 2, 1), true, false),             // depthwise ×2, stride 2
+            (16, 8, 5, 1, Conv2dParams::new(1, 0), false, false), // 1×1
+        ];
+        for (ci, &(c, c_out, hw, kk, p, asym, with_norms)) in cases.iter().enumerate() {
+            let g = p.groups;
+            let k = (c / g) * kk * kk;
+            let codes: Vec<i8> = (0..c_out * k).map(|_| rng.random_range(-1i8..=1)).collect();
+            let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
+            let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
+            let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect();
+            let pc = PackedCodes::for_conv(&codes, [c_out, c / g, kk, kk], g).unwrap();
+            let mc = pc.magnitudes();
+            let (ho, wo) = p.output_hw(hw, hw, kk, kk).unwrap();
+            for n in [1, 2] {
+                let q = Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>());
+                let norms: Vec<f32> = (0..n * g * ho * wo)
+                    .map(|_| rng.random_range(0.5f32..2.0))
+                    .collect();
+                let x = QuantInput {
+                    q: q.view(),
+                    scale: 0.1,
+                    zero: 3,
+                };
+                let w = TernaryConv {
+                    codes: &pc,
+                    magnitudes: asym.then_some(&mc),
+                    kernel: (kk, kk),
+                    alpha: &alpha,
+                    alpha_neg: asym.then_some(alpha_neg.as_slice()),
+                    bias: Some(&bias),
+                    norms: with_norms.then_some(norms.as_slice()),
+                    act: Activation::Relu,
+                };
+                let next = Some((0.05, 7));
+                let want = conv_u8(&x, &w, &p, next, Int8Isa::Scalar, Par::Seq, Some(c_out));
+                let want = want.unwrap();
+                let unit = if g == 1 { MR } else { c_out / g };
+                for isa in Int8Isa::available() {
+                    for block in (unit..c_out).step_by(unit) {
+                        for threads in [1, 2, 4] {
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .unwrap();
+                            let got = pool
+                                .install(|| conv_u8(&x, &w, &p, next, isa, Par::Rayon, Some(block)))
+                                .unwrap();
+                            assert!(
+                                got == want,
+                                "case {ci} n {n} {isa:?} block {block} threads {threads}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // batch 1 of ResNet-18's 3×3, 64-channel layer: four blocks of 16 channels; batch 4
+        // and a small layer stay whole
+        let pc = PackedCodes::for_conv(&vec![0; 64 * 576], [64, 64, 3, 3], 1).unwrap();
+        assert_eq!(channel_block(1, &pc, 56 * 56 * 576), 16);
+        assert_eq!(channel_block(2, &pc, 56 * 56 * 576), 32);
+        assert_eq!(channel_block(4, &pc, 56 * 56 * 576), 64);
+        assert_eq!(channel_block(1, &pc, 10), 64);
+        // depthwise: whole groups
+        let dw = PackedCodes::for_conv(&vec![0; 96 * 9], [96, 1, 3, 3], 96).unwrap();
+        assert_eq!(channel_block(1, &dw, 112 * 112 * 9), 24);
     }
 
     /// Against the f32 convolution of the dequantised operands, with bias and fused ReLU.
