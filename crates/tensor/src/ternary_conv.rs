@@ -19,8 +19,9 @@ use std::mem::MaybeUninit;
 
 /// Code rows per kernel block.
 pub const MR: usize = 4;
-/// Patches per kernel block (a multiple of the 8 (AVX2) and 16 (AVX-512) i32 lanes).
-pub const NR: usize = 32;
+/// Patches per kernel block, and the granule the positions are padded to: one AVX2 block (two
+/// 8-lane vectors), half an AVX-512 one (which takes 32 where it can, then a 16-patch tail).
+pub const NR: usize = 16;
 /// Quads accumulated in i16 before widening (AVX2): 64 · 2 · 255 < 2^15.
 const I16_QUADS: usize = 64;
 /// Least products per task when a small batch splits each sample's output channels
@@ -948,21 +949,37 @@ fn gemm_group(
     for rb in rows.step_by(MR) {
         let codes = &data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
         let out = &mut acc[rb * mp..(rb + MR) * mp];
-        for pb in (0..mp).step_by(NR) {
-            match isa {
+        let mut pb = 0;
+        while pb < mp {
+            // the patches this step covers: NR, or 2·NR for a full AVX-512 block
+            let width = match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the token proves AVX2; `codes` holds MR rows of kq quads, every
-                // offs[q] + 4·(pb + NR) lies within `buf` (checked by the callers' layout, and in
-                // debug builds below), `out` holds MR rows of mp >= pb + NR.
+                // offs[q] + 4·(pb + width) lies within `buf` (mp is a multiple of NR, and the
+                // callers' layout holds mp positions; checked in debug builds below), `out`
+                // holds MR rows of mp >= pb + width.
                 Int8Isa::Avx2(_) => unsafe {
                     block_avx2(codes, buf, offs, pb, out, mp);
-                    block_avx2(codes, buf, offs, pb + NR / 2, out, mp);
+                    NR
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above, the token proves AVX-512 F/BW/VNNI.
-                Int8Isa::Vnni512(_) => unsafe { block_vnni512(codes, buf, offs, pb, out, mp) },
-                _ => block_scalar(codes, buf, offs, pb, out, mp),
-            }
+                Int8Isa::Vnni512(_) if pb + 2 * NR <= mp => unsafe {
+                    block_vnni512::<2>(codes, buf, offs, pb, out, mp);
+                    2 * NR
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Int8Isa::Vnni512(_) => unsafe {
+                    block_vnni512::<1>(codes, buf, offs, pb, out, mp);
+                    NR
+                },
+                _ => {
+                    block_scalar(codes, buf, offs, pb, out, mp);
+                    NR
+                }
+            };
+            pb += width;
         }
     }
 }
@@ -1042,10 +1059,10 @@ unsafe fn block_avx2(
     }
 }
 
-/// AVX-512 VNNI block: MR rows × NR (= 32) patches (two 16-patch vectors per row).
+/// AVX-512 VNNI block: MR rows × 16·V patches (V 16-patch vectors per row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn block_vnni512(
+unsafe fn block_vnni512<const V: usize>(
     codes: &[i8],
     buf: &[u8],
     offs: &[usize],
@@ -1055,34 +1072,30 @@ unsafe fn block_vnni512(
 ) {
     use std::arch::x86_64::*;
     let kq = offs.len();
-    debug_assert!(codes.len() >= MR * kq * 4 && pb + NR <= mp);
-    debug_assert!(offs.iter().all(|&o| o + (pb + NR) * 4 <= buf.len()));
-    let mut acc = [_mm512_setzero_si512(); 2 * MR];
+    debug_assert!(codes.len() >= MR * kq * 4 && pb + 16 * V <= mp);
+    debug_assert!(offs.iter().all(|&o| o + (pb + 16 * V) * 4 <= buf.len()));
+    let mut acc = [[_mm512_setzero_si512(); V]; MR];
     let (cp, ap) = (codes.as_ptr(), buf.as_ptr());
     for (q, &o) in offs.iter().enumerate() {
-        // SAFETY: o + 4·(pb + 32) <= buf.len() bounds the 128 bytes read.
-        let (a0, a1) = unsafe {
-            let a = ap.add(o + pb * 4);
-            (
-                _mm512_loadu_si512(a as *const __m512i),
-                _mm512_loadu_si512(a.add(64) as *const __m512i),
-            )
-        };
-        for r in 0..MR {
+        let mut a = [_mm512_setzero_si512(); V];
+        for (v, a) in a.iter_mut().enumerate() {
+            // SAFETY: o + 4·(pb + 16·V) <= buf.len() bounds the 64·V bytes read.
+            *a = unsafe { _mm512_loadu_si512(ap.add(o + pb * 4 + 64 * v) as *const __m512i) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: row r's quad q lies within the MR·kq·4 codes.
             let c4 = unsafe { (cp.add((r * kq + q) * 4) as *const i32).read_unaligned() };
             let b = _mm512_set1_epi32(c4);
-            acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], a0, b);
-            acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], a1, b);
+            for (acc, &a) in acc.iter_mut().zip(&a) {
+                *acc = _mm512_dpbusd_epi32(*acc, a, b);
+            }
         }
     }
     let op = out.as_mut_ptr();
-    for r in 0..MR {
-        for v in 0..2 {
-            // SAFETY: row r of `out` has mp >= pb + 32 entries.
-            unsafe {
-                _mm512_storeu_si512(op.add(r * mp + pb + 16 * v) as *mut __m512i, acc[2 * r + v])
-            };
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            // SAFETY: row r of `out` has mp >= pb + 16·V entries.
+            unsafe { _mm512_storeu_si512(op.add(r * mp + pb + 16 * v) as *mut __m512i, acc) };
         }
     }
 }
