@@ -681,10 +681,17 @@ pub(crate) fn backward_weight_samples<F: Float>(
     }
 }
 
+/// Positions per pass of [`dw_pix_avx512`]: 256 rows of 16 channels of `dy` (16 KiB) stay in
+/// L1 while every tap block reads them.
+const DW_PIX_CHUNK: usize = 256;
+
 /// Channel-vectorised weight gradient: for a block of 16 output channels (one vector of the
 /// transposed `dy`) and 16 taps (16 accumulators), `acc[t] += x[q + off_t] · dy[q, co..co+16]`
 /// over the chunk's samples in order and the valid positions `qs` in order; no lane
 /// reductions. `dp` holds per sample `[qs.len()][cp]`, `dw [cout, taps]` is accumulated into.
+/// The positions are taken [`DW_PIX_CHUNK`] at a time with every tap block's accumulators
+/// parked in between (each lane's sequence of multiply-adds is unchanged, so are the bits):
+/// `dy` is read from L1 once per tap block instead of from L2 / L3 on every pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dw_pix_avx512(
@@ -700,24 +707,34 @@ unsafe fn dw_pix_avx512(
     const TB: usize = 16;
     let taps = d.taps();
     let (xpp, dpp) = (xp.as_ptr(), dp.as_ptr());
+    let ntb = off.len() / TB;
+    // every tap block's accumulators, parked between position chunks
+    let mut parked = vec![[_mm512_setzero_ps(); TB]; ntb];
     for cb in 0..d.cout.div_ceil(16) {
         let nco = 16.min(d.cout - cb * 16);
-        for tbk in 0..off.len() / TB {
-            let o: [usize; TB] = off[tbk * TB..(tbk + 1) * TB]
-                .try_into()
-                .expect("TB offsets");
-            let mut acc = [_mm512_setzero_ps(); TB];
-            for s in 0..ns {
-                let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * 16));
-                for (p, &q) in qs.iter().enumerate() {
-                    // SAFETY (whole block): bounded by the caller's asserts.
-                    let dv = _mm512_loadu_ps(db.add(p * cp));
-                    let xq = xb.add(q);
-                    for t in 0..TB {
-                        acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(*xq.add(o[t])), dv, acc[t]);
+        parked.fill([_mm512_setzero_ps(); TB]);
+        for s in 0..ns {
+            let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * 16));
+            for p0 in (0..qs.len()).step_by(DW_PIX_CHUNK) {
+                let chunk = &qs[p0..qs.len().min(p0 + DW_PIX_CHUNK)];
+                for (tbk, acc) in parked.iter_mut().enumerate() {
+                    let o: [usize; TB] = off[tbk * TB..(tbk + 1) * TB]
+                        .try_into()
+                        .expect("TB offsets");
+                    let mut a = *acc;
+                    for (p, &q) in (p0..).zip(chunk) {
+                        // SAFETY (whole block): bounded by the caller's asserts.
+                        let dv = _mm512_loadu_ps(db.add(p * cp));
+                        let xq = xb.add(q);
+                        for t in 0..TB {
+                            a[t] = _mm512_fmadd_ps(_mm512_set1_ps(*xq.add(o[t])), dv, a[t]);
+                        }
                     }
+                    *acc = a;
                 }
             }
+        }
+        for (tbk, acc) in parked.iter().enumerate() {
             let mut out = [[0.0f32; 16]; TB];
             for (r, a) in out.iter_mut().zip(acc.iter()) {
                 _mm512_storeu_ps(r.as_mut_ptr(), *a);
