@@ -229,6 +229,9 @@ fn conv2d_f32_direct_and_im2col_paths_match_naive() {
     cs.push(case(1, 8, 8, (6, 6), (3, 3), (3, 3), (2, 2), (1, 1), 1));
     cs.push(case(3, 8, 40, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1));
     cs.push(case(2, 12, 64, (9, 9), (3, 2), (2, 2), (1, 1), (1, 1), 2));
+    // the channel-vectorised weight gradient (AVX-512, >= 32 channels) over more than one
+    // chunk of 256 positions (323), with a partial channel block (40)
+    cs.push(case(2, 6, 40, (19, 17), (3, 3), (1, 1), (1, 1), (1, 1), 1));
     for (i, c) in cs.into_iter().enumerate() {
         let p = c.params();
         let seed = 1000 + 10 * i as u64;
