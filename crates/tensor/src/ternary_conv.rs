@@ -272,8 +272,9 @@ struct Scratch {
 }
 
 /// W2A8 convolution (see the module doc). With `Par::Rayon` the samples are split over the
-/// rayon pool, and a batch smaller than four also splits each sample's output channels
-/// ([`channel_block`]), so batch 1 keeps every core busy; the bits never depend on either.
+/// rayon pool, and a batch smaller than four also splits each sample's output channels (at
+/// least 2^19 products per task, from the shapes only), so batch 1 keeps every core busy; the
+/// bits never depend on either.
 ///
 /// # Shapes
 /// `x.q`: `[n, c, h, w]`, codes `[c_out, c/groups·k_h·k_w]` → `[n, c_out, h_out, w_out]`.
