@@ -519,8 +519,8 @@ unsafe fn run_kernel(
 }
 
 /// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::blocks`].
-const AVX512_COB: usize = 16;
-const AVX512_NV: usize = 1;
+const AVX512_COB: usize = 8;
+const AVX512_NV: usize = 3;
 const AVX2_COB: usize = 8;
 const AVX2_NV: usize = 1;
 /// Vectors of positions per block of the narrow (one-channel) kernels.

@@ -13,7 +13,7 @@ use ndarray::ArrayView4;
 pub(super) const SPLIT_MIN_WORK: usize = 1 << 21;
 
 /// Channel alignment of a split direct forward ([`Geom::forward_split`]): a multiple of every
-/// ISA's channel block (16 with AVX-512, 8 with AVX2), so no kernel block straddles two tasks.
+/// ISA's channel block (8 with either instruction set), so no kernel block straddles two tasks.
 pub(super) const FORWARD_SPLIT_ALIGN: usize = 16;
 
 /// Validated geometry of one convolution.

@@ -18,7 +18,7 @@
 //! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group); the
 //!   input gradient by GEMM `Wᵀ·dy` and col2im.
 //!
-//! The direct forward kernel blocks `COB` output channels (16 with AVX-512, 8 with AVX2); convs
+//! The direct forward kernel blocks `COB` output channels (8 × 48 positions with AVX-512, 8 × 8 with AVX2); convs
 //! with at most `COB / 4` output channels per group (HLA's patch norms: one) take a one-channel
 //! variant with the same per-output summation order, hence the same bits. [`conv2d_act`] adds
 //! the bias and applies ReLU / ReLU6 in the same per-sample epilogue (inference with BatchNorm
