@@ -454,7 +454,9 @@ fn conv_u8(
             (mp, offs, pc.quads * mp * 4, wo)
         }
     };
-    let rows = pc.rows_padded * mp;
+    // a piece's sums: at most `block` rows of one group, from its first row r0, in whole
+    // MR-row blocks
+    let rows = block.min(rpg).div_ceil(MR) * MR * mp;
     crate::for_each_chunk(
         par,
         &mut pieces,
@@ -481,10 +483,10 @@ fn conv_u8(
                     pad_phases(xg, (h, wd), p, (pos_row, plen), &mut s.quads);
                     let len = ho * pos_row;
                     for r in r0..r1 {
-                        let acc = &mut s.acc[r * mp..][..len];
+                        let acc = &mut s.acc[(r - r0) * mp..][..len];
                         depthwise_taps(isa, pc.code_row(gi, r), &s.quads, &offs, acc);
                         if let Some(mc) = w.magnitudes {
-                            let acc = &mut s.acc_abs[r * mp..][..len];
+                            let acc = &mut s.acc_abs[(r - r0) * mp..][..len];
                             depthwise_taps(isa, mc.code_row(gi, r), &s.quads, &offs, acc);
                         }
                     }
@@ -561,13 +563,13 @@ fn conv_u8(
                         };
                         let o = &mut out[at..][..m];
                         let q = codes.as_deref_mut().map(|q| &mut q[at..][..m]);
-                        finish(isa, &row, &s.acc[r * mp..], o, q.zip(requant));
+                        finish(isa, &row, &s.acc[(r - r0) * mp..], o, q.zip(requant));
                         continue;
                     }
                     for oy in 0..segs {
                         let o = &mut out[at + oy * seg..][..seg];
                         let mut q = codes.as_deref_mut().map(|q| &mut q[at + oy * seg..][..seg]);
-                        let sums = r * mp + oy * pos_row;
+                        let sums = (r - r0) * mp + oy * pos_row;
                         let acc = &s.acc[sums..sums + seg];
                         let abs = an.map(|_| &s.acc_abs[sums..sums + seg]);
                         let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
@@ -926,9 +928,9 @@ fn im2col_quads(
     }
 }
 
-/// `acc[r·mp + p] = Σ_q Σ_i codes[row r, quad q, i] · buf[offs[q] + 4·p + i]` for the rows
-/// `rows` of group `gi` (the start a multiple of [`MR`], the end rounded up to whole blocks
-/// of the padded rows) and every position `p < mp` (im2col or direct code layout).
+/// `acc[(r − rows.start)·mp + p] = Σ_q Σ_i codes[row r, quad q, i] · buf[offs[q] + 4·p + i]`
+/// for the rows `rows` of group `gi` (the start a multiple of [`MR`], the end rounded up to
+/// whole blocks of the padded rows) and every position `p < mp` (im2col or direct code layout).
 #[allow(clippy::too_many_arguments)] // the product's operands, each named
 #[allow(clippy::manual_is_multiple_of)] // rust-version 1.80
 fn gemm_group(
@@ -947,9 +949,10 @@ fn gemm_group(
     };
     debug_assert_eq!(kq, offs.len());
     debug_assert!(rows.start % MR == 0 && rows.end <= pc.rows_padded);
+    let r0 = rows.start;
     for rb in rows.step_by(MR) {
         let codes = &data[(gi * pc.rows_padded + rb) * kq * 4..][..MR * kq * 4];
-        let out = &mut acc[rb * mp..(rb + MR) * mp];
+        let out = &mut acc[(rb - r0) * mp..(rb - r0 + MR) * mp];
         let mut pb = 0;
         while pb < mp {
             // the patches this step covers: NR, or 2·NR for a full AVX-512 block
