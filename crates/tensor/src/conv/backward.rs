@@ -78,12 +78,14 @@ pub fn conv2d_backward_input<F: Float>(
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
     let direct = g.direct_backward_input::<F>();
     let tables = direct.map(|(d, _)| d.tables());
+    let plan = direct.map(|(d, isa)| d.plan(isa));
     let packed: Vec<Vec<F>> = match direct {
-        Some((d, isa)) => (0..g.groups)
+        Some((d, _)) => (0..g.groups)
             .map(|gi| {
                 let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
                 let wb = flip_transpose(w_g, g.cout_g, g.cin_g, g.kh, g.kw);
-                pack_weights(&d, &wb, Direct::blocks(isa, g.cin_g).0, par)
+                let cob = plan.expect("plan chosen with the direct path").cob;
+                pack_weights(&d, &wb, cob, par)
             })
             .collect(),
         None => Vec::new(),
@@ -107,6 +109,7 @@ pub fn conv2d_backward_input<F: Float>(
                     conv_sample(
                         &d,
                         isa,
+                        plan.expect("plan chosen with the direct path"),
                         dy_g,
                         wpk,
                         dx_g,

@@ -12,6 +12,7 @@
 //! dropped. Stride 1 is the single-phase case. Sums run over taps in `(ci, ki, kj)` order with
 //! fused multiply-adds; the order never depends on the thread count.
 
+use super::geom::forced_kernel;
 use crate::isa::MaxIsa;
 use crate::{Float, Par};
 
@@ -98,15 +99,57 @@ impl Direct {
     pub fn supported<F: 'static>() -> bool {
         std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
     }
-    /// `(COB, PXB)` block sizes of the forward kernel for this ISA (f32) and `cout` output
-    /// channels: a few channels (HLA's patch norms have one) take the narrow kernel, one
-    /// channel × `NARROW_NV` vectors, instead of a mostly empty `COB`-channel block.
-    pub fn blocks(isa: Isa, cout: usize) -> (usize, usize) {
+    /// The forward kernel for this geometry on `isa` (f32), from the shapes only:
+    /// - a few output channels (HLA's patch norms have one): the narrow kernel, one channel ×
+    ///   `NARROW_NV` vectors, instead of a mostly empty `COB`-channel block;
+    /// - small planes, where the flattened grid's junk columns and its last partial block would
+    ///   cost more than the row kernel's blocks (`ROWS512_COST`, `ROWS2_COST`): the row kernel, whose blocks
+    ///   never leave an output row;
+    /// - otherwise the grid kernel, `COB` channels × `PXB` flattened positions.
+    pub fn plan(&self, isa: Isa) -> Plan {
+        let (cob, lanes, nv, rows_max, cost) = match isa {
+            Isa::Avx512(_) => (AVX512_COB, 16, AVX512_NV, ROWS512_P, ROWS512_COST),
+            Isa::Avx2(_) => (AVX2_COB, 8, AVX2_NV, ROWS2_P, ROWS2_COST),
+        };
+        if self.cout <= cob / 4 {
+            return Plan {
+                kernel: Kernel::Narrow,
+                cob: 1,
+                pxb: lanes * NARROW_NV,
+            };
+        }
+        let pxb = lanes * nv;
+        let grid = self.qend().div_ceil(pxb) * pxb; // positions the grid kernel computes
+        let rows_cob = 2 * lanes;
+        let step = rows_max / 3;
+        // positions the row kernel computes: each row in blocks of `rows_max`, the last one
+        // rounded up to a multiple of `step`
+        let rows =
+            self.ho * (self.wo / rows_max * rows_max + (self.wo % rows_max).div_ceil(step) * step);
+        #[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
+        let fits = self.cout % rows_cob == 0;
+        let take_rows = match forced_kernel() {
+            Some(k) => fits && k == Kernel::Rows,
+            None => fits && rows * cost.0 < grid * cost.1,
+        };
+        if take_rows {
+            return Plan {
+                kernel: Kernel::Rows,
+                cob: rows_cob,
+                pxb: rows_max,
+            };
+        }
+        Plan {
+            kernel: Kernel::Grid,
+            cob,
+            pxb,
+        }
+    }
+    /// The grid kernel's channel block on `isa`.
+    pub fn grid_cob(isa: Isa) -> usize {
         match isa {
-            Isa::Avx512(_) if cout <= AVX512_COB / 4 => (1, 16 * NARROW_NV),
-            Isa::Avx2(_) if cout <= AVX2_COB / 4 => (1, 8 * NARROW_NV),
-            Isa::Avx512(_) => (AVX512_COB, 16 * AVX512_NV),
-            Isa::Avx2(_) => (AVX2_COB, 8 * AVX2_NV),
+            Isa::Avx512(_) => AVX512_COB,
+            Isa::Avx2(_) => AVX2_COB,
         }
     }
     /// `(channel block, tap block, lanes)` of the weight-gradient kernel.
@@ -182,6 +225,9 @@ impl Direct {
     }
 }
 
+/// Taps per chunk of [`pack_weights`]: 64 taps × 32 channels are 8 KiB of packed weights.
+const PACK_TAPS: usize = 64;
+
 /// Weights below which [`pack_weights`] packs on the calling thread.
 const PACK_PAR_MIN: usize = 1 << 16;
 
@@ -205,10 +251,15 @@ pub(crate) fn pack_weights<F: Float>(d: &Direct, w: &[F], cob: usize, par: Par) 
         taps * cob,
         || (),
         |_, b, blk| {
-            for co in b * cob..d.cout.min((b + 1) * cob) {
-                let c = co - b * cob;
-                for (t, &v) in w[co * taps..(co + 1) * taps].iter().enumerate() {
-                    blk[t * cob + c] = v;
+            // taps in chunks, so that the chunk's `[tap][cob]` rows stay in L1 while every
+            // channel of the block writes into them (one line per tap and channel otherwise)
+            for t0 in (0..taps).step_by(PACK_TAPS) {
+                let t1 = taps.min(t0 + PACK_TAPS);
+                for co in b * cob..d.cout.min((b + 1) * cob) {
+                    let c = co - b * cob;
+                    for (t, &v) in w[co * taps + t0..co * taps + t1].iter().enumerate() {
+                        blk[(t0 + t) * cob + c] = v;
+                    }
                 }
             }
         },
@@ -261,14 +312,16 @@ fn as_f32_mut<F: Float>(s: &mut [F]) -> &mut [f32] {
 }
 
 /// `y [chans, ho, wo] = conv(x [cin, h, w])` for the output channels `chans` (all of them:
-/// `0..cout`; a split starts at a multiple of the channel block) with the packed weights `wpk`
-/// of all channels (see [`pack_weights`]). `scratch` must hold [`Direct::scratch_len`]
-/// elements.
+/// `0..cout`; a split starts at a multiple of the channel block) with the kernel of `plan`
+/// (this geometry's [`Direct::plan`], chosen once per call) and the packed weights `wpk` of all
+/// channels (see [`pack_weights`], in blocks of `plan.cob`). `scratch` must hold
+/// [`Direct::scratch_len`] elements.
 #[allow(clippy::too_many_arguments)] // the kernel's operands plus the channel range
 #[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
 pub(crate) fn conv_sample<F: Float>(
     d: &Direct,
     isa: Isa,
+    plan: Plan,
     x: &[F],
     wpk: &[F],
     y: &mut [F],
@@ -277,14 +330,20 @@ pub(crate) fn conv_sample<F: Float>(
     chans: std::ops::Range<usize>,
 ) {
     d.fill_input(x, scratch);
-    let (cob, pxb) = Direct::blocks(isa, d.cout);
+    let Plan { kernel, cob, pxb } = plan;
     assert!(
         chans.start % cob == 0 && chans.end <= d.cout && chans.start < chans.end,
         "hla-tensor internal error: direct channel range {chans:?} of {} (blocks of {cob})",
         d.cout
     );
-    let (off, qs) = (&tables.off, &tables.qs);
-    let max_read = off.iter().copied().max().unwrap_or(0) + d.qend().div_ceil(pxb) * pxb;
+    let off = &tables.off;
+    // the grid kernels read whole blocks past `qend`; the row kernel's last block of a row is
+    // rounded up to a third of `pxb`
+    let reach = match kernel {
+        Kernel::Rows => d.qend() + pxb / 3,
+        Kernel::Grid | Kernel::Narrow => d.qend().div_ceil(pxb) * pxb,
+    };
+    let max_read = off.iter().copied().max().unwrap_or(0) + reach;
     assert!(
         max_read <= scratch.len(),
         "hla-tensor internal error: direct scratch too small"
@@ -303,108 +362,80 @@ pub(crate) fn conv_sample<F: Float>(
     let wpk = &wpk[chans.start / cob * taps * cob..chans.end.div_ceil(cob) * taps * cob];
     let nout = chans.len();
     let (xp, wpk, y) = (as_f32(scratch), as_f32(wpk), as_f32_mut(y));
-    let npix = d.ho * d.wo;
-    let computed = d.qend().div_ceil(pxb) * pxb;
-    #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx512(_)) && cob == 16 && d.cout >= 16 && npix * 100 < computed * 85 {
-        // Small planes: the junk columns of the flattened grid would cost > 15 %; vectorise over
-        // output channels instead, visiting only the valid positions.
-        // SAFETY: AVX-512 detected; every q in `qs` is < qend, so reads stay below `max_read`.
-        unsafe { run_pix_avx512(xp, wpk, off, qs, nout, y) };
-        return;
-    }
-    let mut store = |out: &[f32], pxb: usize, q0: usize, co0: usize, nco: usize| {
-        store_block(d, out, pxb, q0, co0, nco, y)
+    let rows = Rows {
+        wq: d.wq(),
+        ho: d.ho,
+        wo: d.wo,
+    };
+    let mut store = |out: &[f32], pxb: usize, q0: usize, len: usize, co0: usize, nco: usize| {
+        store_block(d, out, pxb, q0, len, co0, nco, y)
     };
     // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted
-    // above (for the block shape of `cob`).
-    unsafe { run_kernel(isa, cob == 1, xp, wpk, off, nout, d.qend(), &mut store) };
+    // above (for the block shape of the plan).
+    unsafe { run_kernel(isa, kernel, xp, wpk, off, nout, d.qend(), rows, &mut store) };
+}
+
+/// The forward kernels of [`conv_sample`] (all sum each output over the taps in order from
+/// zero, so they give the same bits; only the blocking differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// One channel × `NARROW_NV` vectors of flattened positions.
+    Narrow,
+    /// `COB` channels × `NV` vectors of flattened positions, blocks crossing rows.
+    Grid,
+    /// Two vectors of channels × up to `ROWS*_P` positions of one output row.
+    Rows,
+}
+
+/// A forward kernel with its channel block (the weights are packed in blocks of `cob`) and its
+/// positions per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub kernel: Kernel,
+    pub cob: usize,
+    pub pxb: usize,
+}
+
+/// The output plane as the row kernel walks it: row pitch on the flattened grid, rows, valid
+/// columns.
+#[derive(Clone, Copy, Debug)]
+struct Rows {
+    wq: usize,
+    ho: usize,
+    wo: usize,
 }
 
 /// Index tables of [`conv_sample`], built once per call (not per sample): tap offsets into the
-/// phase-split input and the flattened positions of the valid outputs.
+/// phase-split input.
 pub(crate) struct Tables {
     off: Vec<usize>,
-    qs: Vec<usize>,
 }
 
 impl Direct {
     /// The [`Tables`] of this geometry.
     pub(crate) fn tables(&self) -> Tables {
-        let wq = self.wq();
-        let qs = (0..self.ho * self.wo)
-            .map(|i| (i / self.wo) * wq + i % self.wo)
-            .collect();
         Tables {
             off: self.tap_offsets(1),
-            qs,
-        }
-    }
-}
-
-/// Channel-vectorised variant for small planes: blocks of 16 output channels (one vector, the
-/// packed weights of a tap) × 16 valid positions `qs` (one accumulator each, fed by a broadcast
-/// input value). Sums over taps in the same order as the position-vectorised kernel.
-/// `y [nout, qs.len()]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_pix_avx512(
-    xp: &[f32],
-    wpk: &[f32],
-    off: &[usize],
-    qs: &[usize],
-    nout: usize,
-    y: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    const COB: usize = 16;
-    const PB: usize = 16;
-    let taps = off.len();
-    let npix = qs.len();
-    let xpp = xp.as_ptr();
-    for b in 0..nout.div_ceil(COB) {
-        let wb = wpk.as_ptr().add(b * taps * COB);
-        let nco = COB.min(nout - b * COB);
-        for p0 in (0..npix).step_by(PB) {
-            let np = PB.min(npix - p0);
-            let mut base = [qs[p0]; PB];
-            base[..np].copy_from_slice(&qs[p0..p0 + np]);
-            let mut acc = [_mm512_setzero_ps(); PB];
-            for (t, &o) in off.iter().enumerate() {
-                // SAFETY (whole block): `o + q` is below the caller's asserted bound.
-                let wv = _mm512_loadu_ps(wb.add(t * COB));
-                for (a, &q) in acc.iter_mut().zip(base.iter()) {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*xpp.add(o + q)), wv, *a);
-                }
-            }
-            let mut out = [[0.0f32; COB]; PB];
-            for (o, a) in out.iter_mut().zip(acc.iter()) {
-                _mm512_storeu_ps(o.as_mut_ptr(), *a);
-            }
-            for c in 0..nco {
-                let row = &mut y[(b * COB + c) * npix + p0..][..np];
-                for (p, v) in row.iter_mut().enumerate() {
-                    *v = out[p][c];
-                }
-            }
         }
     }
 }
 
 /// Writes the valid positions of one block (`out [COB][pxb]`, starting at flattened `q0`) of
 /// the forward grid to `y [cout, ho, wo]`.
+#[allow(clippy::too_many_arguments)] // a block's layout and place in the output
 fn store_block(
     d: &Direct,
     out: &[f32],
     pxb: usize,
     q0: usize,
+    len: usize,
     co0: usize,
     nco: usize,
     y: &mut [f32],
 ) {
     let wq = d.wq();
     let npix = d.ho * d.wo;
-    let qb = (q0 + pxb).min(d.qend());
+    let qb = (q0 + len).min(d.qend());
     let mut q = q0;
     while q < qb {
         let (oh, ow) = (q / wq, q % wq);
@@ -422,8 +453,9 @@ fn store_block(
     }
 }
 
-/// Receives each finished block: `(out [COB·PXB] row-major, PXB, q0, first channel, channels)`.
-type Store<'a> = dyn FnMut(&[f32], usize, usize, usize, usize) + 'a;
+/// Receives each finished block: `(out [COB·PXB] row-major, PXB, q0, positions from q0 (≤ PXB),
+/// first channel, channels)`.
+type Store<'a> = dyn FnMut(&[f32], usize, usize, usize, usize, usize) + 'a;
 
 macro_rules! direct_kernel {
     ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $nv:expr, $cob:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
@@ -474,7 +506,7 @@ macro_rules! direct_kernel {
                             $store(out.as_mut_ptr().add(c * PXB + v * L), a[v]);
                         }
                     }
-                    store(&out, PXB, q0, b * COB, nco);
+                    store(&out, PXB, q0, PXB, b * COB, nco);
                     q0 += PXB;
                 }
             }
@@ -482,40 +514,125 @@ macro_rules! direct_kernel {
     };
 }
 
-/// Runs the forward kernel for `isa`, the narrow one (`COB = 1`) when `narrow` (bounds checked
-/// by the caller). Both sum each output over the taps in order from zero, so they give the
-/// same bits; only the blocking differs.
+/// Runs the forward kernel `kernel` for `isa` (bounds checked by the caller).
 ///
 /// # Safety
-/// `isa` proves its instruction set (see [`Isa`]); every `off[t] + q` for `q < round_up(qend, PXB)` must be
-/// inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values (`COB`, `PXB` of
-/// [`Direct::blocks`]).
+/// `isa` proves its instruction set (see [`Isa`]); every `off[t] + q` for `q < round_up(qend,
+/// PXB)` (row kernel: `q < qend + PXB / 3`) must be inside `xp`, and `wpk` must hold `ceil(nout / COB)·off.len()·COB` values
+/// (`COB`, `PXB` of [`Direct::plan`]).
 #[allow(clippy::too_many_arguments)] // the kernel's operands plus the choice of kernel
 unsafe fn run_kernel(
     isa: Isa,
-    narrow: bool,
+    kernel: Kernel,
     xp: &[f32],
     wpk: &[f32],
     off: &[usize],
     nout: usize,
     qend: usize,
+    rows: Rows,
     store: &mut Store<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from this function's contract.
     unsafe {
-        match (isa, narrow) {
-            (Isa::Avx512(_), false) => run_avx512(xp, wpk, off, nout, qend, store),
-            (Isa::Avx2(_), false) => run_avx2(xp, wpk, off, nout, qend, store),
-            (Isa::Avx512(_), true) => run_narrow_avx512(xp, wpk, off, nout, qend, store),
-            (Isa::Avx2(_), true) => run_narrow_avx2(xp, wpk, off, nout, qend, store),
+        match (isa, kernel) {
+            (Isa::Avx512(_), Kernel::Grid) => run_avx512(xp, wpk, off, nout, qend, store),
+            (Isa::Avx2(_), Kernel::Grid) => run_avx2(xp, wpk, off, nout, qend, store),
+            (Isa::Avx512(_), Kernel::Narrow) => run_narrow_avx512(xp, wpk, off, nout, qend, store),
+            (Isa::Avx2(_), Kernel::Narrow) => run_narrow_avx2(xp, wpk, off, nout, qend, store),
+            (Isa::Avx512(_), Kernel::Rows) => run_rows_avx512(xp, wpk, off, nout, rows, store),
+            (Isa::Avx2(_), Kernel::Rows) => run_rows_avx2(xp, wpk, off, nout, rows, store),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, narrow, xp, wpk, off, nout, qend, store);
+        let _ = (isa, kernel, xp, wpk, off, nout, qend, rows, store);
         unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
     }
+}
+
+macro_rules! rows_kernel {
+    ($name:ident, $tile:ident, $feat:literal, $vec:ty, $lanes:literal, $pmax:expr, [$($p:literal),+], $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
+        /// One block of the row kernel: `2·L` channels (two vectors of the packed weights of a
+        /// tap) × `P` consecutive positions of one row from flattened `q0` (one broadcast input
+        /// value each), into `out [PMAX][2·L]` (position-major).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn $tile<const P: usize>(
+            xpp: *const f32,
+            wb: *const f32,
+            off: &[usize],
+            q0: usize,
+            out: &mut [[f32; 2 * $lanes]; $pmax],
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            let mut acc: [[$vec; 2]; P] = [[$zero(); 2]; P];
+            for (t, &o) in off.iter().enumerate() {
+                // SAFETY (whole block): indices bounded by the caller's asserts.
+                let w0 = $load(wb.add(t * 2 * L));
+                let w1 = $load(wb.add(t * 2 * L + L));
+                let x = xpp.add(o + q0);
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let xv = $set1(*x.add(p));
+                    a[0] = $fmadd(w0, xv, a[0]);
+                    a[1] = $fmadd(w1, xv, a[1]);
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc.iter()) {
+                $store(o.as_mut_ptr(), a[0]);
+                $store(o.as_mut_ptr().add(L), a[1]);
+            }
+        }
+
+        /// Row kernel for small planes: blocks of `2·L` output channels × up to `PMAX`
+        /// positions of one output row (the row's last block rounded up to a multiple of
+        /// `PMAX / 3`), so no block computes a junk column of the flattened grid beyond that
+        /// rounding. Sums over taps in the same order as the grid kernel. Weights packed
+        /// `[block][tap][2·L]`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(
+            xp: &[f32],
+            wpk: &[f32],
+            off: &[usize],
+            nout: usize,
+            rows: Rows,
+            store: &mut Store<'_>,
+        ) {
+            const COB: usize = 2 * $lanes;
+            const PMAX: usize = $pmax;
+            const STEP: usize = PMAX / 3;
+            let taps = off.len();
+            let xpp = xp.as_ptr();
+            let mut out = [[0.0f32; COB]; PMAX];
+            let mut block = [0.0f32; COB * PMAX];
+            for b in 0..nout.div_ceil(COB) {
+                let wb = wpk.as_ptr().add(b * taps * COB);
+                let nco = COB.min(nout - b * COB);
+                for oh in 0..rows.ho {
+                    let mut ow = 0;
+                    while ow < rows.wo {
+                        let np = (rows.wo - ow).min(PMAX);
+                        let q0 = oh * rows.wq + ow;
+                        match np.div_ceil(STEP) * STEP {
+                            $($p => $tile::<$p>(xpp, wb, off, q0, &mut out),)+
+                            _ => unreachable!("hla-tensor internal error: row block"),
+                        }
+                        // to the grid kernels' channel-major block layout for `store`
+                        for (p, o) in out.iter().enumerate().take(np) {
+                            for c in 0..nco {
+                                block[c * PMAX + p] = o[c];
+                            }
+                        }
+                        store(&block, PMAX, q0, np, b * COB, nco);
+                        ow += np;
+                    }
+                }
+            }
+        }
+    };
 }
 
 /// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::blocks`].
@@ -525,6 +642,44 @@ const AVX2_COB: usize = 8;
 const AVX2_NV: usize = 1;
 /// Vectors of positions per block of the narrow (one-channel) kernels.
 const NARROW_NV: usize = 4;
+/// Positions per block of the row kernels (AVX-512: 24 accumulators; AVX2: 12 of its 16
+/// registers), multiples of 3 so that a row's last block is rounded up to a third of it.
+const ROWS512_P: usize = 12;
+const ROWS2_P: usize = 6;
+/// `(a, b)`: the row kernel is chosen when `a ×` its positions `< b ×` the grid kernel's. With
+/// AVX-512 its blocks take more loads per multiply-add than the grid kernel's (14 per 24 against
+/// 11 per 24), with AVX2 fewer (8 per 12 against 9 per 8).
+const ROWS512_COST: (usize, usize) = (115, 100);
+const ROWS2_COST: (usize, usize) = (100, 100);
+
+rows_kernel!(
+    run_rows_avx512,
+    rows_tile_avx512,
+    "avx512f",
+    __m512,
+    16,
+    ROWS512_P,
+    [4, 8, 12],
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+rows_kernel!(
+    run_rows_avx2,
+    rows_tile_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    ROWS2_P,
+    [2, 4, 6],
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
 
 direct_kernel!(
     run_avx512,

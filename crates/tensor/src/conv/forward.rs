@@ -1,7 +1,7 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
 use super::depthwise::dw_plane_forward;
-use super::direct::{conv_sample, pack_weights, Direct};
+use super::direct::{conv_sample, pack_weights};
 use super::geom::{dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
@@ -71,10 +71,11 @@ pub fn conv2d_act<F: Float>(
     // Direct stride-1 path: one packed weight set per group.
     let direct = g.direct_forward::<F>();
     let tables = direct.map(|(d, _)| d.tables());
+    let plan = direct.map(|(d, isa)| d.plan(isa));
     let packed: Vec<Vec<F>> = match direct {
-        Some((d, isa)) => (0..g.groups)
+        Some((d, _)) => (0..g.groups)
             .map(|gi| {
-                let cob = Direct::blocks(isa, g.cout_g).0;
+                let cob = plan.expect("plan chosen with the direct path").cob;
                 pack_weights(
                     &d,
                     &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd],
@@ -92,7 +93,7 @@ pub fn conv2d_act<F: Float>(
     };
     // one task per (sample, block of `cb` output channels); blocks > 1 only for groups == 1
     // or depthwise, so a block lies within one group unless it is the whole sample
-    let split = g.forward_split(direct.is_some());
+    let split = g.forward_split(plan.map_or(1, |p| p.cob));
     let cb = g.c_out / split;
     for_each_chunk(
         par,
@@ -110,10 +111,11 @@ pub fn conv2d_act<F: Float>(
             };
             if let Some((d, isa)) = direct {
                 let tables = tables.as_ref().expect("tables built with the direct plan");
+                let plan = plan.expect("plan chosen with the direct path");
                 for (gi, wpk) in packed.iter().enumerate().take(ng) {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
-                    conv_sample(&d, isa, x_g, wpk, y_g, cols, tables, co0..co0 + rows);
+                    conv_sample(&d, isa, plan, x_g, wpk, y_g, cols, tables, co0..co0 + rows);
                 }
             } else if g.depthwise() {
                 for co in co0..co0 + cb {

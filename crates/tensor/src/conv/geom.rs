@@ -3,7 +3,7 @@
 //! (1×1, stride 1, unpadded: the input is the column matrix), depthwise; and the forward's
 //! per-sample channel split.
 
-use super::direct::{detect, Direct, Isa};
+use super::direct::{detect, Direct, Isa, Kernel};
 use super::params::Conv2dParams;
 use crate::{Result, TensorError};
 use ndarray::ArrayView4;
@@ -11,10 +11,6 @@ use ndarray::ArrayView4;
 /// Multiply-adds below which a task is not worth its scheduling and its copy of the padded
 /// input ([`Geom::forward_split`]; CIFAR ResNet-20's convs, 2.4 M per sample, stay whole).
 pub(super) const SPLIT_MIN_WORK: usize = 1 << 21;
-
-/// Channel alignment of a split direct forward ([`Geom::forward_split`]): a multiple of every
-/// ISA's channel block (8 with either instruction set), so no kernel block straddles two tasks.
-pub(super) const FORWARD_SPLIT_ALIGN: usize = 16;
 
 /// Validated geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -117,11 +113,11 @@ impl Geom {
     /// sample's output channels into up to 4 / n equal blocks (one task each) of at least
     /// `SPLIT_MIN_WORK` multiply-adds, so that batch 1 keeps every core busy. Chosen from the shapes only, never the thread count; every output
     /// is computed by the same kernel in the same summation order either way (the direct
-    /// kernels' channel blocks stay whole, `FORWARD_SPLIT_ALIGN`), so the bits do not change.
-    /// Grouped convs other than depthwise are not split.
+    /// kernels' channel blocks stay whole: `align` is the plan's channel block, 1 off the
+    /// direct path), so the bits do not change. Grouped convs other than depthwise are not split.
     // `%` rather than `is_multiple_of`: the workspace's rust-version is 1.80
     #[allow(clippy::manual_is_multiple_of)]
-    pub(super) fn forward_split(&self, direct: bool) -> usize {
+    pub(super) fn forward_split(&self, align: usize) -> usize {
         let work = self.c_out * self.npix() * self.kdim(); // multiply-adds per sample
         if self.n >= 4 || (self.groups > 1 && !self.depthwise()) || work < 2 * SPLIT_MIN_WORK {
             return 1;
@@ -131,7 +127,7 @@ impl Geom {
             .rev()
             .find(|&k| {
                 let cb = self.c_out / k;
-                self.c_out % k == 0 && (!direct || cb % FORWARD_SPLIT_ALIGN == 0)
+                self.c_out % k == 0 && cb % align == 0
             })
             .unwrap_or(1)
     }
@@ -179,7 +175,7 @@ impl Geom {
             return None;
         }
         let (_, isa) = self.direct_forward::<F>()?;
-        if self.cin_g < Direct::blocks(isa, usize::MAX).0 / 2 {
+        if self.cin_g < Direct::grid_cob(isa) / 2 {
             return None; // a mostly empty channel block: im2col + GEMM is cheaper
         }
         let d = Direct {
@@ -212,6 +208,19 @@ impl Geom {
     }
 }
 
+/// The kernel the direct forward must take where it has the choice between the grid and the
+/// row kernel (only ever set by the tests, to compare both).
+pub(super) fn forced_kernel() -> Option<Kernel> {
+    #[cfg(test)]
+    {
+        FORCE_KERNEL.with(|c| c.get())
+    }
+    #[cfg(not(test))]
+    {
+        None
+    }
+}
+
 /// Whether the direct path is switched off (only ever by the tests, to compare both paths).
 pub(super) fn direct_disabled() -> bool {
     #[cfg(test)]
@@ -230,6 +239,9 @@ thread_local! {
     pub(crate) static NO_DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Per-thread switch used by the tests to run the AVX2 kernels on an AVX-512 machine.
     pub(crate) static FORCE_AVX2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Per-thread switch used by the tests to pick the grid or the row kernel.
+    pub(crate) static FORCE_KERNEL: std::cell::Cell<Option<Kernel>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// The instruction set of the direct kernels (the tests may downgrade AVX-512 to AVX2).

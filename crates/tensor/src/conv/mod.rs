@@ -18,9 +18,12 @@
 //! - otherwise im2col into a per-task scratch buffer, then one GEMM per (sample, group); the
 //!   input gradient by GEMM `Wᵀ·dy` and col2im.
 //!
-//! The direct forward kernel blocks `COB` output channels (8 × 48 positions with AVX-512, 8 × 8 with AVX2); convs
-//! with at most `COB / 4` output channels per group (HLA's patch norms: one) take a one-channel
-//! variant with the same per-output summation order, hence the same bits. [`conv2d_act`] adds
+//! The direct forward kernel blocks `COB` output channels (8 × 48 positions with AVX-512, 8 × 8
+//! with AVX2) on the flattened grid; small planes, where that grid's junk columns would cost
+//! more, take a row kernel (32 / 16 channels × up to 12 / 6 positions of one output row), and
+//! convs with at most `COB / 4` output channels per group (HLA's patch norms: one) a
+//! one-channel variant: all with the same per-output summation order, hence the same bits
+//! (`Direct::plan` picks one from the shapes). [`conv2d_act`] adds
 //! the bias and applies ReLU / ReLU6 in the same per-sample epilogue (inference with BatchNorm
 //! folded in).
 //!

@@ -1,5 +1,5 @@
-use super::direct::{detect, Direct};
-use super::geom::{dims4, Geom, FORCE_AVX2, NO_DIRECT};
+use super::direct::{detect, Direct, Kernel};
+use super::geom::{dims4, Geom, FORCE_AVX2, FORCE_KERNEL, NO_DIRECT};
 use super::*;
 use crate::activation::Activation;
 use crate::testutil::{
@@ -276,7 +276,23 @@ fn narrow_direct_kernel_gives_the_wide_kernels_bits() {
         .into_iter()
         .flatten()
     {
-        assert_eq!(Direct::blocks(isa, 1).0, 1, "{isa:?}");
+        let d = Direct {
+            cin: 16,
+            h: 9,
+            w: 7,
+            ph: 1,
+            pw: 1,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            cout: 1,
+            ho: 9,
+            wo: 7,
+        };
+        assert_eq!(d.plan(isa).kernel, Kernel::Narrow, "{isa:?}");
     }
     for (c, narrow) in [
         (
@@ -316,6 +332,62 @@ fn narrow_direct_kernel_gives_the_wide_kernels_bits() {
                 bits(&want),
                 "{c:?} narrow={narrow} avx2={avx2}"
             );
+        }
+    }
+}
+
+/// Small planes take the row kernel (blocks within one output row) where the grid kernel
+/// would compute many junk columns; both sum every output over the taps in the same order, so
+/// forward and input gradient carry the same bits with either kernel, on both instruction
+/// sets: whole rows, a row's rounded-up last block, rows wider than one block, stride 2,
+/// dilation, groups, a split batch-1 forward.
+#[test]
+fn row_kernel_gives_the_grid_kernels_bits() {
+    // ResNet's last stage (7×7) and CIFAR ResNet-20's (8×8) take the row kernel unforced
+    for hw in [7, 8] {
+        let g = Geom::new(
+            "t",
+            [2, 64, hw, hw],
+            [64, 64, 3, 3],
+            &Conv2dParams::new(1, 1),
+        )
+        .unwrap();
+        for isa in [detect(), crate::conv::direct::detect_avx2()]
+            .into_iter()
+            .flatten()
+        {
+            let (d, _) = g.direct_forward::<f32>().unwrap();
+            assert_eq!(d.plan(isa).kernel, Kernel::Rows, "{hw}² {isa:?}");
+        }
+    }
+    let cases = [
+        case(2, 64, 64, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(2, 32, 64, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(1, 32, 32, (5, 13), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(2, 32, 32, (3, 27), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(2, 32, 64, (15, 15), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+        case(2, 32, 32, (9, 9), (3, 3), (1, 1), (2, 2), (2, 2), 1),
+        case(2, 64, 64, (6, 7), (3, 3), (1, 1), (1, 1), (1, 1), 2),
+        case(1, 256, 128, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1), // split over channels
+    ];
+    for c in cases {
+        let p = c.params();
+        let x = rand_array::<f32, _, _>(c.x_shape(), 51);
+        let w = rand_array::<f32, _, _>(c.w_shape(), 52);
+        let dy = rand_array::<f32, _, _>(c.y_shape(), 53);
+        for avx2 in [false, true] {
+            let run = |k| {
+                FORCE_AVX2.with(|f| f.set(avx2));
+                FORCE_KERNEL.with(|f| f.set(Some(k)));
+                let y = conv2d(x.view(), w.view(), None, &p, Par::Rayon).unwrap();
+                let dx = conv2d_backward_input(dy.view(), w.view(), c.hw, &p, Par::Rayon);
+                FORCE_KERNEL.with(|f| f.set(None));
+                FORCE_AVX2.with(|f| f.set(false));
+                (bits(&y), bits(&dx.unwrap()))
+            };
+            let (grid, rows) = (run(Kernel::Grid), run(Kernel::Rows));
+            assert_eq!(grid.0, rows.0, "forward {c:?} avx2={avx2}");
+            assert_eq!(grid.1, rows.1, "input gradient {c:?} avx2={avx2}");
         }
     }
 }
@@ -413,7 +485,7 @@ fn split_forward_gives_each_sample_its_batch_bits() {
         [32, 32, 3, 3],
         &Conv2dParams::new(1, 1),
     );
-    assert_eq!(g.unwrap().forward_split(true), 1);
+    assert_eq!(g.unwrap().forward_split(8), 1);
     for c in [
         // large enough to split (SPLIT_MIN_WORK)
         case(4, 32, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1), 1), // direct
@@ -446,7 +518,10 @@ fn split_forward_gives_each_sample_its_batch_bits() {
             for n in 1..c.n {
                 let g = Geom::new("t", [n, c.c_in, c.hw.0, c.hw.1], dims4(&w.view()), &p);
                 let g = g.unwrap();
-                let split = g.forward_split(g.direct_forward::<f32>().is_some());
+                let align = g
+                    .direct_forward::<f32>()
+                    .map_or(1, |(d, isa)| d.plan(isa).cob);
+                let split = g.forward_split(align);
                 assert_eq!(split > 1, c.groups == 1 || g.depthwise(), "{c:?} n={n}");
                 let xn = x.slice(ndarray::s![..n, .., .., ..]);
                 for threads in [1, 4] {
