@@ -172,7 +172,7 @@ impl Direct {
     pub fn dy_scratch_len(&self, isa: Isa) -> usize {
         let (cob, _, lanes) = Self::dw_blocks(isa);
         let grid = self.cout.div_ceil(cob) * cob * self.qpad(lanes);
-        let transposed = self.ho * self.wo * self.cout.div_ceil(16) * 16;
+        let transposed = self.ho * self.wo * self.cout.div_ceil(64) * 64;
         grid.max(transposed)
     }
     /// Offset of tap `(ci, ki, kj)` (in that order) into the phase-split input, padded with
@@ -764,8 +764,10 @@ pub(crate) fn backward_weight_samples<F: Float>(
     );
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx512(_)) && d.cout >= 32 {
-        // Channel-vectorised (measured faster from 32 output channels on): dy transposed to [position][cout rounded up to 16] per sample.
-        let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16) * 16);
+        // Channel-vectorised (measured faster from 32 output channels on): dy transposed to
+        // [position][cout rounded up to the channel block] per sample.
+        let (v, tb) = dw_pix_blocks(d.cout);
+        let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16 * v) * 16 * v);
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
         ds.fill(F::zero());
         for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
@@ -777,7 +779,7 @@ pub(crate) fn backward_weight_samples<F: Float>(
                 }
             }
         }
-        let off = d.tap_offsets(16);
+        let off = d.tap_offsets(tb);
         let qs: Vec<usize> = (0..npix).map(|i| (i / d.wo) * wq + i % d.wo).collect();
         let max_read = off.iter().copied().max().unwrap_or(0) + qs.last().copied().unwrap_or(0);
         assert!(
@@ -791,7 +793,14 @@ pub(crate) fn backward_weight_samples<F: Float>(
         );
         let (xp, dp, dw) = (as_f32(xs), as_f32(ds), as_f32_mut(dw));
         // SAFETY: AVX-512 detected; reads bounded by the asserts above.
-        unsafe { dw_pix_avx512(d, xp, dp, &off, &qs, (ns, xl, dl, cp), dw) };
+        unsafe {
+            let dims = (ns, xl, dl, cp);
+            match (v, tb) {
+                (4, 6) => dw_pix_avx512::<4, 6>(d, xp, dp, &off, &qs, dims, dw),
+                (2, 8) => dw_pix_avx512::<2, 8>(d, xp, dp, &off, &qs, dims, dw),
+                _ => unreachable!("hla-tensor internal error: dw block"),
+            }
+        };
         return;
     }
     ds.fill(F::zero());
@@ -836,20 +845,34 @@ pub(crate) fn backward_weight_samples<F: Float>(
     }
 }
 
-/// Positions per pass of [`dw_pix_avx512`]: 256 rows of 16 channels of `dy` (16 KiB) stay in
-/// L1 while every tap block reads them.
-const DW_PIX_CHUNK: usize = 256;
+/// `(V, TB)` of [`dw_pix_avx512`] for `cout` output channels: 64-channel blocks × 6 taps
+/// where they divide the channels (ResNet-18's layers), else 32 × 8. Either way 16 to 24
+/// accumulators, and the block's tap offsets stay in registers.
+#[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
+fn dw_pix_blocks(cout: usize) -> (usize, usize) {
+    if cout % 64 == 0 {
+        (4, 6)
+    } else {
+        (2, 8)
+    }
+}
 
-/// Channel-vectorised weight gradient: for a block of 16 output channels (one vector of the
-/// transposed `dy`) and 16 taps (16 accumulators), `acc[t] += x[q + off_t] · dy[q, co..co+16]`
-/// over the chunk's samples in order and the valid positions `qs` in order; no lane
-/// reductions. `dp` holds per sample `[qs.len()][cp]`, `dw [cout, taps]` is accumulated into.
-/// The positions are taken [`DW_PIX_CHUNK`] at a time with every tap block's accumulators
-/// parked in between (each lane's sequence of multiply-adds is unchanged, so are the bits):
-/// `dy` is read from L1 once per tap block instead of from L2 / L3 on every pass.
+/// Bytes of transposed `dy` per position chunk of [`dw_pix_avx512`]: 32 KiB stay in L1 while
+/// every tap block reads them.
+const DW_PIX_CHUNK_BYTES: usize = 32 << 10;
+
+/// Channel-vectorised weight gradient: for a block of `16·V` output channels (`V` vectors of
+/// the transposed `dy`) and `TB` taps (`V·TB` accumulators), `acc[t] += x[q + off_t] ·
+/// dy[q, co..co+16·V]` over the chunk's samples in order and the valid positions `qs` in order;
+/// no lane reductions. `dp` holds per sample `[qs.len()][cp]`, `dw [cout, taps]` is accumulated
+/// into. Per position: `V` loads of `dy` and `TB` broadcasts of `x` feed `V·TB` multiply-adds.
+/// The positions are taken a chunk at a time ([`DW_PIX_CHUNK_BYTES`] of `dy`) with every tap
+/// block's accumulators parked in between (each lane's sequence of multiply-adds is unchanged,
+/// so are the bits): `dy` is read from L1 once per tap block instead of from L2 / L3 on every
+/// pass. The lanes' sequences do not depend on `V` or `TB` either.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dw_pix_avx512(
+unsafe fn dw_pix_avx512<const V: usize, const TB: usize>(
     d: &Direct,
     xp: &[f32],
     dp: &[f32],
@@ -859,19 +882,20 @@ unsafe fn dw_pix_avx512(
     dw: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    const TB: usize = 16;
     let taps = d.taps();
+    let cob = 16 * V;
+    let chunk_len = DW_PIX_CHUNK_BYTES / (cob * 4);
     let (xpp, dpp) = (xp.as_ptr(), dp.as_ptr());
     let ntb = off.len() / TB;
     // every tap block's accumulators, parked between position chunks
-    let mut parked = vec![[_mm512_setzero_ps(); TB]; ntb];
-    for cb in 0..d.cout.div_ceil(16) {
-        let nco = 16.min(d.cout - cb * 16);
-        parked.fill([_mm512_setzero_ps(); TB]);
+    let mut parked = vec![[[_mm512_setzero_ps(); V]; TB]; ntb];
+    for cb in 0..d.cout.div_ceil(cob) {
+        let nco = cob.min(d.cout - cb * cob);
+        parked.fill([[_mm512_setzero_ps(); V]; TB]);
         for s in 0..ns {
-            let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * 16));
-            for p0 in (0..qs.len()).step_by(DW_PIX_CHUNK) {
-                let chunk = &qs[p0..qs.len().min(p0 + DW_PIX_CHUNK)];
+            let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * cob));
+            for p0 in (0..qs.len()).step_by(chunk_len) {
+                let chunk = &qs[p0..qs.len().min(p0 + chunk_len)];
                 for (tbk, acc) in parked.iter_mut().enumerate() {
                     let o: [usize; TB] = off[tbk * TB..(tbk + 1) * TB]
                         .try_into()
@@ -879,10 +903,16 @@ unsafe fn dw_pix_avx512(
                     let mut a = *acc;
                     for (p, &q) in (p0..).zip(chunk) {
                         // SAFETY (whole block): bounded by the caller's asserts.
-                        let dv = _mm512_loadu_ps(db.add(p * cp));
+                        let mut dv = [_mm512_setzero_ps(); V];
+                        for (v, x) in dv.iter_mut().enumerate() {
+                            *x = _mm512_loadu_ps(db.add(p * cp + 16 * v));
+                        }
                         let xq = xb.add(q);
                         for t in 0..TB {
-                            a[t] = _mm512_fmadd_ps(_mm512_set1_ps(*xq.add(o[t])), dv, a[t]);
+                            let xv = _mm512_set1_ps(*xq.add(o[t]));
+                            for v in 0..V {
+                                a[t][v] = _mm512_fmadd_ps(xv, dv[v], a[t][v]);
+                            }
                         }
                     }
                     *acc = a;
@@ -890,17 +920,17 @@ unsafe fn dw_pix_avx512(
             }
         }
         for (tbk, acc) in parked.iter().enumerate() {
-            let mut out = [[0.0f32; 16]; TB];
-            for (r, a) in out.iter_mut().zip(acc.iter()) {
-                _mm512_storeu_ps(r.as_mut_ptr(), *a);
-            }
-            for (t, r) in out.iter().enumerate() {
+            for (t, av) in acc.iter().enumerate() {
                 let tap = tbk * TB + t;
                 if tap >= taps {
                     break;
                 }
-                for (c, &v) in r.iter().enumerate().take(nco) {
-                    dw[(cb * 16 + c) * taps + tap] += v;
+                let mut out = [[0.0f32; 16]; V];
+                for (r, a) in out.iter_mut().zip(av.iter()) {
+                    _mm512_storeu_ps(r.as_mut_ptr(), *a);
+                }
+                for (c, &v) in out.iter().flatten().enumerate().take(nco) {
+                    dw[(cb * cob + c) * taps + tap] += v;
                 }
             }
         }

@@ -392,6 +392,31 @@ fn row_kernel_gives_the_grid_kernels_bits() {
     }
 }
 
+/// The channel-vectorised weight gradient blocks 64 channels × 6 taps where 64 divides the
+/// channels and 32 × 8 otherwise; each channel's sum runs over the same samples and positions
+/// in the same order either way, so the first 64 channels of a 96-channel weight gradient carry
+/// exactly the bits of the 64-channel one (several position chunks, stride 1 and 2).
+#[test]
+fn weight_gradient_blocks_give_the_same_bits() {
+    for c in [
+        case(3, 8, 96, (23, 21), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(2, 16, 96, (15, 16), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ] {
+        let p = c.params();
+        let x = rand_array::<f32, _, _>(c.x_shape(), 61);
+        let dy = rand_array::<f32, _, _>(c.y_shape(), 62);
+        let dy64 = dy.slice(ndarray::s![.., ..64, .., ..]);
+        for avx2 in [false, true] {
+            FORCE_AVX2.with(|f| f.set(avx2));
+            let all = conv2d_backward_weight(x.view(), dy.view(), c.k, &p, Par::Rayon).unwrap();
+            let first = conv2d_backward_weight(x.view(), dy64, c.k, &p, Par::Rayon).unwrap();
+            FORCE_AVX2.with(|f| f.set(false));
+            let want = all.slice(ndarray::s![..64, .., .., ..]).to_owned();
+            assert_eq!(bits(&first), bits(&want), "{c:?} avx2={avx2}");
+        }
+    }
+}
+
 /// The fused epilogue gives exactly the bits of the conv followed by the activation, with
 /// and without a bias, on every path (direct AVX-512 / AVX2, im2col, depthwise, 1×1).
 #[test]
