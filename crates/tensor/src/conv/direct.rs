@@ -769,13 +769,20 @@ pub(crate) fn backward_weight_samples<F: Float>(
         let (v, tb) = dw_pix_blocks(d.cout);
         let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16 * v) * 16 * v);
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
-        ds.fill(F::zero());
         for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
             d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
             let dst = &mut ds[s * dl..s * dl + npix * cp];
-            for co in 0..d.cout {
-                for (p, &v) in dy[co * npix..(co + 1) * npix].iter().enumerate() {
-                    dst[p * cp + co] = v;
+            if cp > d.cout {
+                dst.fill(F::zero()); // the padding channels; the rest is overwritten below
+            }
+            // in chunks of positions, so that the chunk's rows of `dst` stay in L1 while
+            // every channel writes into them (one line per position and channel otherwise)
+            for p0 in (0..npix).step_by(DW_TRANSPOSE_POS) {
+                let p1 = npix.min(p0 + DW_TRANSPOSE_POS);
+                for co in 0..d.cout {
+                    for (p, &v) in (p0..).zip(&dy[co * npix + p0..co * npix + p1]) {
+                        dst[p * cp + co] = v;
+                    }
                 }
             }
         }
@@ -856,6 +863,10 @@ fn dw_pix_blocks(cout: usize) -> (usize, usize) {
         (2, 8)
     }
 }
+
+/// Positions per chunk of the weight gradient's `dy` transposition: 32 rows of up to 512
+/// channels are 64 KiB.
+const DW_TRANSPOSE_POS: usize = 32;
 
 /// Bytes of transposed `dy` per position chunk of [`dw_pix_avx512`]: 32 KiB stay in L1 while
 /// every tap block reads them.
