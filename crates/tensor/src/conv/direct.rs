@@ -103,8 +103,8 @@ impl Direct {
     /// - a few output channels (HLA's patch norms have one): the narrow kernel, one channel ×
     ///   `NARROW_NV` vectors, instead of a mostly empty `COB`-channel block;
     /// - small planes, where the flattened grid's junk columns and its last partial block would
-    ///   cost more than the row kernel's blocks (`ROWS512_COST`, `ROWS2_COST`): the row kernel, whose blocks
-    ///   never leave an output row;
+    ///   cost more than the row kernel's blocks (`ROWS512_COST`, `ROWS2_COST`): the row kernel,
+    ///   whose blocks never leave an output row;
     /// - otherwise the grid kernel, `COB` channels × `PXB` flattened positions.
     pub fn plan(&self, isa: Isa) -> Plan {
         let (cob, lanes, nv, rows_max, cost) = match isa {
@@ -635,7 +635,7 @@ macro_rules! rows_kernel {
     };
 }
 
-/// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::blocks`].
+/// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::plan`].
 const AVX512_COB: usize = 8;
 const AVX512_NV: usize = 3;
 const AVX2_COB: usize = 8;
