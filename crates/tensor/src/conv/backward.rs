@@ -1,11 +1,11 @@
 //! Input, weight and bias gradients of [`super::conv2d`].
 
-use super::depthwise::{dw_plane_backward_input, dw_plane_terms};
+use super::depthwise::{dw_plane_backward_input, dw_plane_terms, dw_scratch_len};
 use super::direct::{
     backward_input_scatter, backward_weight_samples, conv_sample, flip_transpose, pack_weights,
     transpose_weights, Direct,
 };
-use super::geom::{dims4, Geom};
+use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::{col2im, im2col};
 use super::params::Conv2dParams;
 use super::DW_CHUNK;
@@ -92,9 +92,11 @@ pub fn conv2d_backward_input<F: Float>(
     };
     let scratch = match direct {
         Some((d, _)) => d.scratch_len(),
-        None if g.depthwise() || g.pointwise() => 0,
+        None if g.depthwise() => dw_scratch_len(&g),
+        None if g.pointwise() => 0,
         None => kd * np,
     };
+    let dw_isa = if g.depthwise() { detect_isa() } else { None };
     for_each_chunk(
         par,
         dxs,
@@ -125,7 +127,8 @@ pub fn conv2d_backward_input<F: Float>(
                     let ci = co / g.cout_g;
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
                     let dy_c = &dy_s[co * np..(co + 1) * np];
-                    dw_plane_backward_input(&g, dy_c, wk, &mut dx_s[ci * hw..(ci + 1) * hw]);
+                    let dx_c = &mut dx_s[ci * hw..(ci + 1) * hw];
+                    dw_plane_backward_input(dw_isa, &g, dy_c, wk, dx_c, dcols);
                 }
                 return;
             }

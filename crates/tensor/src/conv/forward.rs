@@ -1,8 +1,8 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
-use super::depthwise::dw_plane_forward;
+use super::depthwise::{dw_plane_forward, dw_scratch_len};
 use super::direct::{conv_sample, pack_weights};
-use super::geom::{dims4, Geom};
+use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
 use crate::activation::Activation;
@@ -88,9 +88,11 @@ pub fn conv2d_act<F: Float>(
     };
     let scratch = match direct {
         Some((d, _)) => d.scratch_len(),
-        None if g.depthwise() || g.pointwise() => 0,
+        None if g.depthwise() => dw_scratch_len(&g),
+        None if g.pointwise() => 0,
         None => kd * np,
     };
+    let dw_isa = if g.depthwise() { detect_isa() } else { None };
     // one task per (sample, block of `cb` output channels); blocks > 1 only for groups == 1
     // or depthwise, so a block lies within one group unless it is the whole sample
     let split = g.forward_split(plan.map_or(1, |p| p.cob));
@@ -123,7 +125,7 @@ pub fn conv2d_act<F: Float>(
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
                     let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
-                    dw_plane_forward(&g, x_c, wk, y_c);
+                    dw_plane_forward(dw_isa, &g, x_c, wk, y_c, cols);
                 }
             } else {
                 for gi in 0..ng {
