@@ -473,57 +473,100 @@ fn int_conv(
     Ok((y, q))
 }
 
+/// Channels whose integer squares (each at most 255²) a u32 sum holds.
+#[cfg(not(test))]
+const SQUARES_PER_U32: usize = (u32::MAX / (255 * 255)) as usize;
+/// Small in the tests, so that their 6-channel inputs take several runs.
+#[cfg(test)]
+const SQUARES_PER_U32: usize = 4;
+
 /// HLA's patch norms `sqrt(Σ_patch x² + eps)` `[n, groups, h_out, w_out]` of the quantised
 /// input `x = s·(q − z)`: the integer squares summed over each group's channels, then over the
-/// k×k window (padding is the zero point, which adds 0), exact in u64, scaled by s² in f64.
+/// k×k window (padding is the zero point, which adds 0) as a row sum then a column sum, exact
+/// in u64, scaled by s² in f64. Integer sums are exact in any order, so the (sample, group)
+/// planes run in parallel with `par` and give the same bits for any thread count.
 fn quantised_patch_norms(
     q: &Array4<u8>,
     act: ActQuant,
     (kh, kw): (usize, usize),
     p: &Conv2dParams,
     eps_x: f64,
+    par: Par,
 ) -> std::result::Result<Array4<f32>, AutogradError> {
     let (n, c, h, w) = q.dim();
     let g = p.groups.max(1);
     let (ho, wo) = p.output_hw(h, w, kh, kw)?;
     let cg = c / g;
-    let z = act.zero as i32;
+    let z = act.zero as i16;
     let s2 = (act.scale as f64) * (act.scale as f64);
     let qs = q.as_slice().expect("fresh array is contiguous");
     let mut out = Array4::<f32>::zeros((n, g, ho, wo));
     let os = out.as_slice_mut().expect("fresh array is contiguous");
-    let mut sq = vec![0u64; h * w];
-    for i in 0..n {
-        for gi in 0..g {
-            sq.iter_mut().for_each(|v| *v = 0);
-            for ci in gi * cg..(gi + 1) * cg {
+    let ((sh, sw), (dh, dw), (ph, pw)) = (p.stride, p.dilation, p.padding);
+    // output columns ox of kernel column kx inside the input row, and the input column of ox = 0
+    let cols: Vec<(isize, usize, usize)> = (0..kw)
+        .map(|kx| {
+            let off = (kx * dw) as isize - pw as isize;
+            let lo = (0..wo)
+                .find(|&ox| (ox * sw) as isize + off >= 0)
+                .unwrap_or(wo);
+            let hi = (lo..wo)
+                .find(|&ox| (ox * sw) as isize + off >= w as isize)
+                .unwrap_or(wo);
+            (off, lo, hi)
+        })
+        .collect();
+    // scratch: channel sums [h, w], row sums [h, wo], one output row's column sums [wo]
+    let scratch = || (vec![0u32; h * w], vec![0u64; h * wo], vec![0u64; wo]);
+    let plane = |(sq, hs, col): &mut (Vec<u32>, Vec<u64>, Vec<u64>), ig: usize, o: &mut [f32]| {
+        let (i, gi) = (ig / g, ig % g);
+        hs.fill(0);
+        // channels in runs whose squares (each ≤ 255²) cannot overflow a u32, each run's
+        // row sums added into the u64 ones
+        for run in (gi * cg..(gi + 1) * cg).step_by(SQUARES_PER_U32) {
+            sq.fill(0);
+            for ci in run..(run + SQUARES_PER_U32).min((gi + 1) * cg) {
                 let plane = &qs[(i * c + ci) * h * w..][..h * w];
                 for (acc, &v) in sq.iter_mut().zip(plane) {
-                    let d = v as i32 - z;
-                    *acc += (d * d) as u64;
+                    let d = (v as i16 - z).unsigned_abs(); // ≤ 255, so d² fits a u16
+                    *acc += (d * d) as u32;
                 }
             }
-            let o = &mut os[(i * g + gi) * ho * wo..][..ho * wo];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut t = 0u64;
-                    for ky in 0..kh {
-                        let iy =
-                            (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize;
-                        if iy < 0 || iy as usize >= h {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
-                                - p.padding.1 as isize;
-                            if ix >= 0 && (ix as usize) < w {
-                                t += sq[iy as usize * w + ix as usize];
-                            }
-                        }
+            for (srow, hrow) in sq.chunks_exact(w).zip(hs.chunks_exact_mut(wo)) {
+                for &(off, lo, hi) in &cols {
+                    for (ox, t) in hrow.iter_mut().enumerate().take(hi).skip(lo) {
+                        *t += srow[((ox * sw) as isize + off) as usize] as u64;
                     }
-                    o[oy * wo + ox] = (s2 * t as f64 + eps_x).sqrt() as f32;
                 }
             }
+        }
+        for (oy, orow) in o.chunks_exact_mut(wo).enumerate() {
+            col.fill(0);
+            for ky in 0..kh {
+                let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                if iy < 0 || iy as usize >= h {
+                    continue;
+                }
+                let hrow = &hs[iy as usize * wo..][..wo];
+                col.iter_mut().zip(hrow).for_each(|(t, &v)| *t += v);
+            }
+            for (o, &t) in orow.iter_mut().zip(col.iter()) {
+                *o = (s2 * t as f64 + eps_x).sqrt() as f32;
+            }
+        }
+    };
+    match par {
+        Par::Seq => {
+            let mut s = scratch();
+            for (ig, o) in os.chunks_exact_mut(ho * wo).enumerate() {
+                plane(&mut s, ig, o);
+            }
+        }
+        Par::Rayon => {
+            use rayon::prelude::*;
+            os.par_chunks_exact_mut(ho * wo)
+                .enumerate()
+                .for_each_init(scratch, |s, (ig, o)| plane(s, ig, o));
         }
     }
     Ok(out)
@@ -561,7 +604,7 @@ impl LayerHook for A8Hook {
             .entry(layer)
             .expect("calibrated layers are packed layers");
         if e.input_norm {
-            let xn = quantised_patch_norms(&q, act, kernel, p, self.base.eps_x())?;
+            let xn = quantised_patch_norms(&q, act, kernel, p, self.base.eps_x(), self.par)?;
             let xn = tape.constant(xn.into_dyn());
             y = divide_by_patch_norm(tape, y, xn)?;
         }
@@ -638,7 +681,7 @@ impl LayerHook for A8Hook {
             None => quantise(l, as4(tape.value(x))?, self.par),
         };
         let norms = if e.input_norm {
-            let nm = quantised_patch_norms(&q, l.act, l.kernel, p, self.base.eps_x())?;
+            let nm = quantised_patch_norms(&q, l.act, l.kernel, p, self.base.eps_x(), self.par)?;
             Some(nm.into_raw_vec_and_offset().0)
         } else {
             None
@@ -766,7 +809,8 @@ mod tests {
     }
 
     /// The integer patch norms equal the tape's `patch_norm` of the dequantised input (strides,
-    /// padding, groups, a zero point) up to f32 rounding.
+    /// padding, groups, dilation, a zero point) up to f32 rounding, and exactly the window sum
+    /// taken tap by tap, with one thread or several.
     #[test]
     fn quantised_patch_norms_match_patch_norm() {
         use rand::{Rng, SeedableRng};
@@ -775,20 +819,48 @@ mod tests {
             scale: 0.02,
             zero: 17,
         };
-        for p in [
-            Conv2dParams::new(1, 1),
-            Conv2dParams::new(2, 1),
-            Conv2dParams {
-                groups: 3,
-                ..Conv2dParams::new(1, 0)
-            },
+        for (p, k) in [
+            (Conv2dParams::new(1, 1), (3, 3)),
+            (Conv2dParams::new(2, 1), (3, 3)),
+            (
+                Conv2dParams {
+                    groups: 3,
+                    ..Conv2dParams::new(1, 0)
+                },
+                (3, 3),
+            ),
+            (Conv2dParams::new(2, 2).with_dilation(2), (3, 2)),
+            (Conv2dParams::new(2, 0), (1, 1)),
         ] {
-            let q = Array4::from_shape_fn((2, 6, 7, 7), |_| rng.random::<u8>());
-            let got = quantised_patch_norms(&q, act, (3, 3), &p, 1e-4).unwrap();
+            let q = Array4::from_shape_fn((2, 6, 7, 9), |_| rng.random::<u8>());
+            let got = quantised_patch_norms(&q, act, k, &p, 1e-4, Par::Rayon).unwrap();
+            let seq = quantised_patch_norms(&q, act, k, &p, 1e-4, Par::Seq).unwrap();
+            assert_eq!(got, seq);
+            // the window sum tap by tap, in u64
+            let g = p.groups;
+            for ((i, gi, oy, ox), &v) in got.indexed_iter() {
+                let mut t = 0u64;
+                for ci in gi * 6 / g..(gi + 1) * 6 / g {
+                    for ky in 0..k.0 {
+                        for kx in 0..k.1 {
+                            let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
+                                - p.padding.0 as isize;
+                            let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
+                                - p.padding.1 as isize;
+                            if (0..7).contains(&iy) && (0..9).contains(&ix) {
+                                let d = q[[i, ci, iy as usize, ix as usize]] as i64 - 17;
+                                t += (d * d) as u64;
+                            }
+                        }
+                    }
+                }
+                let want = (0.02f32 as f64 * 0.02f32 as f64 * t as f64 + 1e-4).sqrt() as f32;
+                assert_eq!(v.to_bits(), want.to_bits(), "{p:?} {i} {gi} {oy} {ox}");
+            }
             let xd = q.mapv(|v| act.scale * (v as f32 - act.zero as f32));
             let mut tape = Tape::<f32>::no_grad();
             let xv = tape.constant(xd.into_dyn());
-            let want = crate::ops::patch_norm(&mut tape, xv, (3, 3), &p, 1e-4).unwrap();
+            let want = crate::ops::patch_norm(&mut tape, xv, k, &p, 1e-4).unwrap();
             let want = tape.value(want);
             assert_eq!(got.shape(), want.shape());
             for (a, b) in got.iter().zip(want.iter()) {

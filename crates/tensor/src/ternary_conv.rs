@@ -540,6 +540,9 @@ fn conv_u8(
                 let (segs, seg) = if pos_row == wo { (1, m) } else { (ho, wo) };
                 // HLA's patch norms of this sample and group, one per output position
                 let norms = w.norms.map(|nm| &nm[(i * g + gi) * m..][..m]);
+                // positive norms keep every output finite, as the branch-free rows assume
+                // (a zero norm, possible with eps_x = 0, takes the element-wise loop below)
+                let norms_positive = norms.is_none_or(|nm| nm.iter().all(|&v| v > 0.0));
                 for r in r0..r1 {
                     let j = gi * rpg + r;
                     // channel j's plane within this piece
@@ -551,8 +554,8 @@ fn conv_u8(
                         Some(an) => (x.scale * w.alpha[j], Some(x.scale * an[j])),
                         None => (x.scale * w.alpha[j], None),
                     };
-                    if an.is_none() && norms.is_none() {
-                        // the common case (symmetric scales, no norms): branch-free rows
+                    if an.is_none() && norms_positive {
+                        // the common case (symmetric scales): branch-free rows
                         let row = Row {
                             za,
                             ap,
@@ -560,6 +563,7 @@ fn conv_u8(
                             act: w.act,
                             width: seg,
                             pos_row,
+                            norms,
                         };
                         let o = &mut out[at..][..m];
                         let q = codes.as_deref_mut().map(|q| &mut q[at..][..m]);
@@ -618,22 +622,25 @@ fn conv_u8(
 /// Where an epilogue writes the next layer's codes, with that grid's `(1/s, z + ½)`.
 type Requant<'a> = (&'a mut [MaybeUninit<u8>], (f32, f32));
 
-/// The constants of one output channel's epilogue, `act(ap·(acc − za) + b)`, and where its
-/// rows sit: `width` outputs a row, row `oy`'s sums from `oy·pos_row` in the accumulator.
-struct Row {
+/// The constants of one output channel's epilogue, `act(ap·(acc − za) + b)` (with HLA's patch
+/// norms `act(ap·(acc − za) / norm + b)`), and where its rows sit: `width` outputs a row, row
+/// `oy`'s sums from `oy·pos_row` in the accumulator, its norms from `oy·width` in `norms`.
+struct Row<'a> {
     za: i32,
     ap: f32,
     b: f32,
     act: Activation,
     width: usize,
     pos_row: usize,
+    norms: Option<&'a [f32]>,
 }
 
-/// `o = act(ap·(acc − za) + b)` over one output channel's plane `o` (rows of `row.width`, read
-/// from `acc` at `row.pos_row` apart), and with `q = Some((codes, (1/s, z + ½)))` each output's
-/// code on the next layer's grid. `f32::max` returns the non-NaN operand, so
-/// unlike [`Activation::apply`] a NaN would become 0 under ReLU here; the products of integer
-/// sums and finite scales are never NaN. Plain multiplies and adds (never fused), so the AVX2
+/// `o = act(ap·(acc − za) + b)` (or `act(ap·(acc − za) / norm + b)`) over one output channel's
+/// plane `o` (rows of `row.width`, read from `acc` at `row.pos_row` apart), and with
+/// `q = Some((codes, (1/s, z + ½)))` each output's code on the next layer's grid. `f32::max`
+/// returns the non-NaN operand, so unlike [`Activation::apply`] a NaN would become 0 under ReLU
+/// here; the products of integer sums and finite scales, divided by positive norms, are never
+/// NaN. Plain multiplies and adds (never fused), so the AVX2
 /// and AVX-512 entries below give the same bits.
 #[inline(always)]
 fn finish_any(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requant<'_>>) {
@@ -646,23 +653,45 @@ fn finish_any(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requ
         act: impl Fn(f32) -> f32,
     ) {
         let f = |a: i32| act(r.ap * (a - r.za) as f32 + r.b);
+        let f_norm = |a: i32, n: f32| act(r.ap * (a - r.za) as f32 / n + r.b);
         let rows = o.chunks_mut(r.width).enumerate();
         match q {
             None => {
                 for (oy, o) in rows {
                     let acc = &acc[oy * r.pos_row..][..o.len()];
-                    o.iter_mut().zip(acc).for_each(|(o, &a)| {
-                        o.write(f(a));
-                    });
+                    match r.norms {
+                        None => o.iter_mut().zip(acc).for_each(|(o, &a)| {
+                            o.write(f(a));
+                        }),
+                        Some(nm) => {
+                            let nm = &nm[oy * r.width..][..o.len()];
+                            o.iter_mut().zip(acc).zip(nm).for_each(|((o, &a), &n)| {
+                                o.write(f_norm(a, n));
+                            })
+                        }
+                    }
                 }
             }
             Some((q, (inv, z))) => {
                 for ((oy, o), q) in rows.zip(q.chunks_mut(r.width)) {
                     let acc = &acc[oy * r.pos_row..][..o.len()];
-                    for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
-                        let v = f(a);
+                    let put = |o: &mut MaybeUninit<f32>, q: &mut MaybeUninit<u8>, v: f32| {
                         o.write(v);
                         q.write(quantize_one(v, inv, z));
+                    };
+                    match r.norms {
+                        None => {
+                            for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
+                                put(o, q, f(a));
+                            }
+                        }
+                        Some(nm) => {
+                            let nm = &nm[oy * r.width..][..o.len()];
+                            let it = o.iter_mut().zip(q.iter_mut()).zip(acc).zip(nm);
+                            for (((o, q), &a), &n) in it {
+                                put(o, q, f_norm(a, n));
+                            }
+                        }
                     }
                 }
             }
@@ -1372,6 +1401,81 @@ mod tests {
         // depthwise: whole groups
         let dw = PackedCodes::for_conv(&vec![0; 96 * 9], [96, 1, 3, 3], 96).unwrap();
         assert_eq!(channel_block(1, &dw, 112 * 112 * 9), 24);
+    }
+
+    /// HLA's patch norms in the branch-free epilogue: every output is exactly
+    /// `act(ap·(acc − za) / norm + b)` of the plain output `ap·(acc − za)`, and its code the
+    /// quantiser's of that value, on every kernel and activation; a zero norm (`eps_x = 0` over
+    /// a patch at the zero point) gives the NaN that the f32 path gives there.
+    #[test]
+    fn patch_norm_epilogue_is_the_formula_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let (n, c, c_out, hw, kk) = (2, 8, 12, 7, 3);
+        let p = Conv2dParams::new(1, 1);
+        let codes: Vec<i8> = (0..c_out * c * kk * kk)
+            .map(|_| rng.random_range(-1i8..=1))
+            .collect();
+        let pc = PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap();
+        let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
+        let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect();
+        let mut q = Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>());
+        // sample 1's first rows at the zero point: a zero patch for the last check
+        q.slice_mut(ndarray::s![1, .., ..3, ..]).fill(3);
+        let x = QuantInput {
+            q: q.view(),
+            scale: 0.1,
+            zero: 3,
+        };
+        let m = hw * hw;
+        let mut norms: Vec<f32> = (0..n * m).map(|_| rng.random_range(0.5f32..2.0)).collect();
+        let plain_w = TernaryConv {
+            codes: &pc,
+            magnitudes: None,
+            kernel: (kk, kk),
+            alpha: &alpha,
+            alpha_neg: None,
+            bias: None,
+            norms: None,
+            act: Activation::None,
+        };
+        let (inv, z) = (1.0 / 0.05, 7.0 + 0.5);
+        for isa in Int8Isa::available() {
+            let plain = conv_u8(&x, &plain_w, &p, None, isa, Par::Seq, None)
+                .unwrap()
+                .0;
+            for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+                let w = TernaryConv {
+                    bias: Some(&bias),
+                    norms: Some(&norms),
+                    act,
+                    ..plain_w
+                };
+                let (y, codes) =
+                    conv_u8(&x, &w, &p, Some((0.05, 7)), isa, Par::Rayon, None).unwrap();
+                let codes = codes.unwrap();
+                for ((i, j, oy, ox), &got) in y.indexed_iter() {
+                    let v = plain[[i, j, oy, ox]] / norms[i * m + oy * hw + ox] + bias[j];
+                    let v = act.apply(v);
+                    assert_eq!(
+                        got.to_bits(),
+                        v.to_bits(),
+                        "{isa:?} {act:?} {i} {j} {oy} {ox}"
+                    );
+                    assert_eq!(codes[[i, j, oy, ox]], quantize_one(v, inv, z));
+                }
+            }
+        }
+        // a zero norm where sample 1's sums are zero: NaN through ReLU, as in f32
+        norms[m + hw + 1] = 0.0;
+        let w = TernaryConv {
+            norms: Some(&norms),
+            act: Activation::Relu,
+            ..plain_w
+        };
+        for isa in Int8Isa::available() {
+            let y = conv_u8(&x, &w, &p, None, isa, Par::Seq, None).unwrap().0;
+            assert!(y[[1, 0, 1, 1]].is_nan(), "{isa:?}");
+        }
     }
 
     /// Against the f32 convolution of the dequantised operands, with bias and fused ReLU.
