@@ -173,8 +173,8 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--path ternary`: the f32 network, then its TWN export decoded (W2/A32) and through the
-/// integer kernels (W2A8, calibrated on the benchmark batch), one after the other in this run.
+/// `--path ternary`: the f32 network, then its TWN (or HLA) export decoded (W2/A32) and through
+/// the integer kernels (W2A8, calibrated on the benchmark batch), one after the other in this run.
 fn bench_ternary(
     ctx: &Ctx,
     a: &BenchArgs,
@@ -183,10 +183,22 @@ fn bench_ternary(
     (classes, size, threads): (usize, usize, usize),
 ) -> Result<()> {
     let cfg = hla_core::HlaConfig {
-        method: hla_core::Method::Twn,
+        method: match a.method {
+            crate::cli::BenchMethod::Twn => hla_core::Method::Twn,
+            crate::cli::BenchMethod::Hla => hla_core::Method::Hla,
+        },
         ..Default::default()
     };
-    let st = hla_core::method::MethodState::new(cfg, model.as_ref())?;
+    let mut st = hla_core::method::MethodState::new(cfg.clone(), model.as_ref())?;
+    if cfg.method == hla_core::Method::Hla {
+        // straight to stage 2 (one step per epoch): Δ̄ = T(stage2_init_pct) of these weights
+        use hla_core::algorithm::{epochs_to_steps, Algorithm1};
+        let mut algo = Algorithm1::new(&cfg)?;
+        algo.set_steps_per_epoch(1)?;
+        let start = algo.total_steps() - epochs_to_steps(cfg.stage2_epochs, 1);
+        st.set_algo(Algorithm1::at_stage2(&cfg, 1, start)?);
+        st.begin_segment(model.as_ref())?;
+    }
     st.prepare_weights(model.as_mut())?;
     let mut pm = hla_core::packed::export_model(model.as_ref(), &st)?;
     let isa = hla_tensor::ternary_conv::Int8Isa::detect();

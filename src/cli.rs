@@ -194,9 +194,18 @@ pub enum BenchPath {
     Fp,
     /// HLA stage-2 layers (normalisation + ternary STE + L_d).
     Hla,
-    /// Inference of an exported ternary model (TWN quantisation of the benchmarked network):
-    /// f32 network, W2/A32 (decoded weights) and W2A8 (integer kernels) in one run.
+    /// Inference of an exported ternary model (the benchmarked network quantised by
+    /// `--method`): f32 network, W2/A32 (decoded weights) and W2A8 (integer kernels) in one run.
     Ternary,
+}
+
+/// How `hla bench --path ternary` quantises the benchmarked network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMethod {
+    /// TWN: plain ternary layers.
+    Twn,
+    /// HLA: hyperspherical layers, so W2A8 also computes each layer's patch norms.
+    Hla,
 }
 
 /// `hla bench`.
@@ -224,6 +233,9 @@ pub struct BenchArgs {
     /// Layer path to measure.
     #[arg(long, value_enum, default_value_t = BenchPath::Fp)]
     pub path: BenchPath,
+    /// Quantisation of the exported model with `--path ternary`.
+    #[arg(long, value_enum, default_value_t = BenchMethod::Twn)]
+    pub method: BenchMethod,
     /// PyTorch reference JSON (`../shared/bench/torch_models.py --json`,
     /// `tools/bench/torch_peak_memory.py --json`; repeatable): measure every model case in it
     /// (each in a fresh process) and print one table with ours, PyTorch, the ratio and the peak
