@@ -85,7 +85,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ui: Ui { mode },
         group: dist.group.clone(),
     };
-    match cli.command {
+    // The command runs on a thread of the kernels' rayon pool: every kernel is a parallel
+    // loop, and one issued from a pool thread goes on that thread's own queue, where the pool's
+    // other threads take its pieces; issued from the main thread, each loop would be handed to
+    // the pool and waited for, a futex round trip per call (most of a batch-1 inference).
+    let command = cli.command;
+    rayon::scope(|_| match command {
         Command::Train(a) => commands::train(&ctx, &a.run),
         Command::Quantize(a) => commands::quantize(&ctx, &a),
         Command::Eval(a) => commands::eval(&ctx, &a),
@@ -96,7 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::bench(&ctx, &a),
         Command::Study(a) => study::study(&ctx, &a),
         Command::Explain(a) => explain::explain(&ctx, &a),
-    }
+    })
 }
 
 /// This process's MPI rank (0 without MPI), for error lines.
