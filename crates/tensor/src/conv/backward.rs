@@ -1,6 +1,6 @@
 //! Input, weight and bias gradients of [`super::conv2d`].
 
-use super::depthwise::{dw_plane_backward_input, dw_plane_terms, dw_scratch_len};
+use super::depthwise::{dw_plane, dw_plane_terms, dw_scratch_len, Plane};
 use super::direct::{
     backward_input_scatter, backward_weight_samples, conv_sample, flip_transpose, pack_weights,
     transpose_weights, Direct,
@@ -128,7 +128,7 @@ pub fn conv2d_backward_input<F: Float>(
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
                     let dy_c = &dy_s[co * np..(co + 1) * np];
                     let dx_c = &mut dx_s[ci * hw..(ci + 1) * hw];
-                    dw_plane_backward_input(dw_isa, &g, dy_c, wk, dx_c, dcols);
+                    dw_plane(dw_isa, Plane::BackwardInput, &g, dy_c, wk, dx_c, dcols);
                 }
                 return;
             }

@@ -11,7 +11,7 @@
 //! rows, queued taps summed in blocks of 16 / 8 / 4 in registers. All of it is compiled for
 //! AVX-512 / AVX2 at run time ([`Isa`]); Rust never fuses a multiply and an add, so every
 //! element is the same sequence of rounded products and sums on every instruction set: each
-//! output the sum of its taps in row-major tap order (`dw_reference_*` in the tests pins it).
+//! output the sum of its taps in row-major tap order (`each_tap` in the tests pins it).
 
 use super::direct::Isa;
 use super::geom::Geom;
@@ -188,9 +188,9 @@ fn grid_dims(g: &Geom) -> (usize, usize, usize) {
     (hq, wq, (hq + 1) * wq + GRID_BLOCK)
 }
 
-/// Scratch elements [`dw_plane_forward`] and [`dw_plane_backward_input`] need per task: the
-/// phase planes and output grid of the forward and of the stride-1 input gradient's adjoint,
-/// or a phase-split plane for any other input gradient.
+/// Scratch elements [`dw_plane`] needs per task: the phase planes and output grid of the
+/// forward and of the stride-1 input gradient's adjoint, or a phase-split plane for any other
+/// input gradient.
 pub(super) fn dw_scratch_len(g: &Geom) -> usize {
     let grid = |g: &Geom| {
         let (_, wq, pitch) = grid_dims(g);
@@ -262,41 +262,59 @@ fn merge_phases<F: Copy>(src: &[F], dst: &mut [F], w: usize, s: usize) {
     }
 }
 
-/// Direct depthwise forward of one output plane: `y[h_out, w_out] = Σ_{ki,kj} w[ki,kj]·x[..]`
-/// over the input plane `x: [h, w]`, `y` zero on entry, each output summed over its taps in
-/// row-major order; `scratch` holds [`dw_scratch_len`] elements.
-pub(super) fn dw_plane_forward<F: Float>(
+/// A direct depthwise kernel over one plane; `scratch` holds [`dw_scratch_len`] elements.
+#[derive(Clone, Copy)]
+pub(super) enum Plane {
+    /// `y[h_out, w_out] = Σ_{ki,kj} w[ki,kj]·x[..]` over the input plane `x: [h, w]` (`src`),
+    /// `y` (`dst`) zero on entry, each output summed over its taps in row-major order.
+    Forward,
+    /// The input gradient `dx[h, w] += Σ w[ki,kj]·dy[..]` (`dy` is `src`, `dx` is `dst`):
+    /// each element receives its terms in row-major tap order, after whatever `dx` held.
+    BackwardInput,
+}
+
+/// Runs `op` (reading `src`, writing `dst`) compiled for `isa`.
+pub(super) fn dw_plane<F: Float>(
     isa: Option<Isa>,
+    op: Plane,
     g: &Geom,
-    x: &[F],
+    src: &[F],
     wk: &[F],
-    y: &mut [F],
-    scratch: &mut [F],
+    dst: &mut [F],
+    sc: &mut [F],
 ) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: holding an `Isa` proves run-time detection found its instruction set.
-        Some(Isa::Avx512(_)) => unsafe { forward_avx512(g, x, wk, y, scratch) },
-        Some(Isa::Avx2(_)) => unsafe { forward_avx2(g, x, wk, y, scratch) },
-        None => forward_body(g, x, wk, y, scratch),
+        Some(Isa::Avx512(_)) => unsafe { plane_avx512(op, g, src, wk, dst, sc) },
+        Some(Isa::Avx2(_)) => unsafe { plane_avx2(op, g, src, wk, dst, sc) },
+        None => plane(op, g, src, wk, dst, sc),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = isa;
-        forward_body(g, x, wk, y, scratch)
+        plane(op, g, src, wk, dst, sc)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_avx512<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], sc: &mut [F]) {
-    forward_body(g, x, wk, y, sc)
+unsafe fn plane_avx512<F: Float>(p: Plane, g: &Geom, s: &[F], w: &[F], d: &mut [F], sc: &mut [F]) {
+    plane(p, g, s, w, d, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn forward_avx2<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], sc: &mut [F]) {
-    forward_body(g, x, wk, y, sc)
+unsafe fn plane_avx2<F: Float>(p: Plane, g: &Geom, s: &[F], w: &[F], d: &mut [F], sc: &mut [F]) {
+    plane(p, g, s, w, d, sc)
+}
+
+#[inline(always)]
+fn plane<F: Float>(op: Plane, g: &Geom, src: &[F], wk: &[F], dst: &mut [F], sc: &mut [F]) {
+    match op {
+        Plane::Forward => forward_body(g, src, wk, dst, sc),
+        Plane::BackwardInput => backward_input_body(g, src, wk, dst, sc),
+    }
 }
 
 #[inline(always)]
@@ -402,49 +420,6 @@ fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [
     for (dst, src) in y.chunks_exact_mut(g.wo).zip(grid.chunks(wq)) {
         dst.copy_from_slice(&src[..g.wo]);
     }
-}
-
-/// Direct depthwise input gradient of one plane: `dx[h, w] += Σ w[ki,kj]·dy[..]` (adjoint of
-/// [`dw_plane_forward`]); each element receives its terms in row-major tap order, after
-/// whatever `dx` held. `scratch` holds [`dw_scratch_len`] elements.
-pub(super) fn dw_plane_backward_input<F: Float>(
-    isa: Option<Isa>,
-    g: &Geom,
-    dy: &[F],
-    wk: &[F],
-    dx: &mut [F],
-    scratch: &mut [F],
-) {
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        // SAFETY: holding an `Isa` proves run-time detection found its instruction set.
-        Some(Isa::Avx512(_)) => unsafe { backward_input_avx512(g, dy, wk, dx, scratch) },
-        Some(Isa::Avx2(_)) => unsafe { backward_input_avx2(g, dy, wk, dx, scratch) },
-        None => backward_input_body(g, dy, wk, dx, scratch),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        backward_input_body(g, dy, wk, dx, scratch)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn backward_input_avx512<F: Float>(
-    g: &Geom,
-    dy: &[F],
-    wk: &[F],
-    dx: &mut [F],
-    sc: &mut [F],
-) {
-    backward_input_body(g, dy, wk, dx, sc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn backward_input_avx2<F: Float>(g: &Geom, dy: &[F], wk: &[F], dx: &mut [F], sc: &mut [F]) {
-    backward_input_body(g, dy, wk, dx, sc)
 }
 
 /// The stride-1 convolution whose forward is the input gradient of `g` (`dy` padded by
@@ -577,34 +552,17 @@ mod tests {
 
     type Pair = (usize, usize);
 
-    /// The tap-major loops these kernels replaced: every output (input-gradient element) the
-    /// sum of its in-bounds taps in row-major tap order; the kernels must give these bits.
-    fn dw_reference_forward(g: &Geom, x: &[f32], wk: &[f32], y: &mut [f32]) {
+    /// The tap-major loops these kernels replaced: `f(output index, input index, tap)` for
+    /// every in-bounds tap, taps in row-major order, the output rows within each tap.
+    fn each_tap(g: &Geom, mut f: impl FnMut(usize, usize, usize)) {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let wv = wk[ki * g.kw + kj];
                 let (off, lo, hi) = g.col_range(kj);
                 for oh in 0..g.ho {
                     let Some(ih) = g.in_row(oh, ki) else { continue };
                     for ow in lo..hi {
-                        let o = &mut y[oh * g.wo + ow];
-                        *o += wv * x[ih * g.w + ((ow * g.sw) as isize + off) as usize];
-                    }
-                }
-            }
-        }
-    }
-
-    fn dw_reference_backward_input(g: &Geom, dy: &[f32], wk: &[f32], dx: &mut [f32]) {
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let wv = wk[ki * g.kw + kj];
-                let (off, lo, hi) = g.col_range(kj);
-                for oh in 0..g.ho {
-                    let Some(ih) = g.in_row(oh, ki) else { continue };
-                    for ow in lo..hi {
-                        let d = &mut dx[ih * g.w + ((ow * g.sw) as isize + off) as usize];
-                        *d += wv * dy[oh * g.wo + ow];
+                        let i = ih * g.w + ((ow * g.sw) as isize + off) as usize;
+                        f(oh * g.wo + ow, i, ki * g.kw + kj);
                     }
                 }
             }
@@ -668,18 +626,28 @@ mod tests {
             let wk = rand(k.0 * k.1, 20 + i as u64);
             let dy = rand(g.ho * g.wo, 30 + i as u64);
             let dx0 = rand(h * w, 40 + i as u64);
+            // every output (input-gradient element) the sum of its in-bounds taps in
+            // row-major tap order: the bits the kernels must give
             let mut y_ref = vec![0.0; g.ho * g.wo];
-            dw_reference_forward(&g, &x, &wk, &mut y_ref);
+            each_tap(&g, |o, i, t| y_ref[o] += wk[t] * x[i]);
             let mut dx_ref = dx0.clone();
-            dw_reference_backward_input(&g, &dy, &wk, &mut dx_ref);
+            each_tap(&g, |o, i, t| dx_ref[i] += wk[t] * dy[o]);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for &isa in &isas {
                 let mut scratch = vec![f32::NAN; dw_scratch_len(&g)];
                 let mut y = vec![0.0; g.ho * g.wo];
-                dw_plane_forward(isa, &g, &x, &wk, &mut y, &mut scratch);
+                dw_plane(isa, Plane::Forward, &g, &x, &wk, &mut y, &mut scratch);
                 assert_eq!(bits(&y), bits(&y_ref), "forward case {i} {isa:?}");
                 let mut dx = dx0.clone();
-                dw_plane_backward_input(isa, &g, &dy, &wk, &mut dx, &mut scratch);
+                dw_plane(
+                    isa,
+                    Plane::BackwardInput,
+                    &g,
+                    &dy,
+                    &wk,
+                    &mut dx,
+                    &mut scratch,
+                );
                 assert_eq!(bits(&dx), bits(&dx_ref), "input gradient case {i} {isa:?}");
             }
         }

@@ -1,6 +1,6 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
-use super::depthwise::{dw_plane_forward, dw_scratch_len};
+use super::depthwise::{dw_plane, dw_scratch_len, Plane};
 use super::direct::{conv_sample, pack_weights};
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
@@ -125,7 +125,7 @@ pub fn conv2d_act<F: Float>(
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
                     let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
-                    dw_plane_forward(dw_isa, &g, x_c, wk, y_c, cols);
+                    dw_plane(dw_isa, Plane::Forward, &g, x_c, wk, y_c, cols);
                 }
             } else {
                 for gi in 0..ng {
