@@ -1,6 +1,6 @@
 //! Input, weight and bias gradients of [`super::conv2d`].
 
-use super::depthwise::{dw_plane, dw_plane_terms, dw_scratch_len, Plane};
+use super::depthwise::{dw_plane, dw_scratch_len, Plane};
 use super::direct::{
     backward_input_scatter, backward_weight_samples, conv_sample, flip_transpose, pack_weights,
     transpose_weights, Direct,
@@ -227,18 +227,19 @@ pub fn conv2d_backward_weight_in<F: Float>(
     if g.depthwise() {
         // Each output channel is independent: parallel over channels, samples summed in order.
         let kk = g.kh * g.kw;
+        let (isa, scratch) = (detect_isa(), dw_scratch_len(&g));
         let Some(group) = group else {
             for_each_chunk(
                 par,
                 dws,
                 kk,
-                || vec![F::zero(); kk],
-                |t, co, dwk| {
+                || (vec![F::zero(); kk], vec![F::zero(); scratch]),
+                |(t, sc), co, dwk| {
                     let ci = co / g.cout_g;
                     for s in 0..g.n {
                         let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
                         let dy_c = &dys[s * g.out_sample() + co * np..][..np];
-                        dw_plane_terms(&g, x_c, dy_c, t);
+                        dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc);
                         for (d, &v) in dwk.iter_mut().zip(t.iter()) {
                             *d = *d + v;
                         }
@@ -253,13 +254,13 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut terms,
             g.n * kk,
-            || (),
-            |_, co, tc| {
+            || vec![F::zero(); scratch],
+            |sc, co, tc| {
                 let ci = co / g.cout_g;
                 for (s, t) in tc.chunks_exact_mut(kk).enumerate() {
                     let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
                     let dy_c = &dys[s * g.out_sample() + co * np..][..np];
-                    dw_plane_terms(&g, x_c, dy_c, t);
+                    dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc);
                 }
             },
         );

@@ -7,7 +7,8 @@
 //! (the layout of the direct kernels in `direct.rs`, one channel wide); the few junk columns of
 //! the grid are dropped. Padding's products are ±0 and leave a sum that started at +0
 //! unchanged (such a sum is never −0), so this gives the bits of summing only the in-bounds
-//! taps, for finite weights. Strided input gradients go row by row over stride-phase-split
+//! taps, for finite weights. The weight gradient's per-sample terms read the same planes
+//! against `dy` laid on the grid, 16-lane sums in position order. Strided input gradients go row by row over stride-phase-split
 //! rows, queued taps summed in blocks of 16 / 8 / 4 in registers. All of it is compiled for
 //! AVX-512 / AVX2 at run time ([`Isa`]); Rust never fuses a multiply and an add, so every
 //! element is the same sequence of rounded products and sums on every instruction set: each
@@ -271,6 +272,10 @@ pub(super) enum Plane {
     /// The input gradient `dx[h, w] += Σ w[ki,kj]·dy[..]` (`dy` is `src`, `dx` is `dst`):
     /// each element receives its terms in row-major tap order, after whatever `dx` held.
     BackwardInput,
+    /// One sample's weight-gradient terms `dw[ki, kj] = Σ dy·x[..]` (`x` is `src`, `dy` is
+    /// `wk`, the `k_h·k_w` terms are `dst`), each a 16-lane sum over the output grid in
+    /// position order, lanes added in a fixed tree.
+    Terms,
 }
 
 /// Runs `op` (reading `src`, writing `dst`) compiled for `isa`.
@@ -314,6 +319,7 @@ fn plane<F: Float>(op: Plane, g: &Geom, src: &[F], wk: &[F], dst: &mut [F], sc: 
     match op {
         Plane::Forward => forward_body(g, src, wk, dst, sc),
         Plane::BackwardInput => backward_input_body(g, src, wk, dst, sc),
+        Plane::Terms => terms_body(g, src, wk, dst, sc),
     }
 }
 
@@ -322,18 +328,12 @@ fn forward_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mu
     grid_body(g, x, wk, y, scratch, false)
 }
 
-/// The forward of `g` on its padded phase planes' flattened grid, `GRID_BLOCK` outputs at a
-/// time in registers. With `adjoint`, the input gradient of a stride-1 layer as the forward of
-/// its adjoint geometry ([`adjoint`]: `x` is `dy`, `y` is `dx`): tap `t` of the original kernel
-/// reads the flipped kernel's tap `n − 1 − t`, the taps run in the original's order, and the
-/// sums start from `y`'s values instead of zero.
+/// Fills the padded phase planes of `x` ([`grid_dims`]; zeros outside the input): each padded
+/// row of phase a, then its columns split into the s_w planes (a, b). `padded` holds a padded
+/// row (`s_w·wq` elements) for strided columns.
 #[inline(always)]
-fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [F], adjoint: bool) {
+fn fill_planes<F: Float>(g: &Geom, x: &[F], planes: &mut [F], padded: &mut [F]) {
     let (hq, wq, pitch) = grid_dims(g);
-    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
-    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
-    // padded phase planes (zeros outside the input): each padded row of phase a, then its
-    // columns split into the s_w planes (a, b)
     let padded = &mut padded[..g.sw * wq];
     for a in 0..g.sh {
         for i in 0..hq {
@@ -376,12 +376,30 @@ fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [
             }
         }
     }
-    // tap t reads planes[tap_off(t) + q] for grid position q = oh·wq + ow
-    let tap_off = |ki: usize, kj: usize| {
-        let (a, r) = ((ki * g.dh) % g.sh, (ki * g.dh) / g.sh);
-        let (b, c) = ((kj * g.dw) % g.sw, (kj * g.dw) / g.sw);
-        (a * g.sw + b) * pitch + r * wq + c
-    };
+}
+
+/// Where tap `(ki, kj)` reads the phase planes for grid position 0: position q = oh·wq + ow
+/// reads `planes[tap_offset + q]`.
+#[inline(always)]
+fn tap_offset(g: &Geom, ki: usize, kj: usize) -> usize {
+    let (_, wq, pitch) = grid_dims(g);
+    let (a, r) = ((ki * g.dh) % g.sh, (ki * g.dh) / g.sh);
+    let (b, c) = ((kj * g.dw) % g.sw, (kj * g.dw) / g.sw);
+    (a * g.sw + b) * pitch + r * wq + c
+}
+
+/// The forward of `g` on its padded phase planes' flattened grid, `GRID_BLOCK` outputs at a
+/// time in registers. With `adjoint`, the input gradient of a stride-1 layer as the forward of
+/// its adjoint geometry ([`adjoint`]: `x` is `dy`, `y` is `dx`): tap `t` of the original kernel
+/// reads the flipped kernel's tap `n − 1 − t`, the taps run in the original's order, and the
+/// sums start from `y`'s values instead of zero.
+#[inline(always)]
+fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [F], adjoint: bool) {
+    let (_, wq, pitch) = grid_dims(g);
+    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
+    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
+    fill_planes(g, x, planes, padded);
+    let tap_off = |ki, kj| tap_offset(g, ki, kj);
     let ntaps = g.kh * g.kw;
     let tap = |t: usize| {
         let u = if adjoint { ntaps - 1 - t } else { t };
@@ -419,6 +437,51 @@ fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [
     }
     for (dst, src) in y.chunks_exact_mut(g.wo).zip(grid.chunks(wq)) {
         dst.copy_from_slice(&src[..g.wo]);
+    }
+}
+
+/// Lanes of the weight-gradient terms' sums.
+const TERM_LANES: usize = 16;
+
+/// [`Plane::Terms`]: `x`'s padded phase planes against `dy` laid on the output grid (junk
+/// columns zero, so they add ±0: the same sums as over the outputs alone, for finite inputs).
+#[inline(always)]
+fn terms_body<F: Float>(g: &Geom, x: &[F], dy: &[F], terms: &mut [F], scratch: &mut [F]) {
+    let (hq, wq, pitch) = grid_dims(g);
+    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
+    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
+    fill_planes(g, x, planes, padded);
+    // the last block's tail reads past the planes' rows: zeros there, as in the grid
+    for plane in planes.chunks_exact_mut(pitch) {
+        plane[hq * wq..].fill(F::zero());
+    }
+    let len = (g.ho * wq).div_ceil(TERM_LANES) * TERM_LANES; // ≤ ho·wq + GRID_BLOCK
+    for (oh, row) in grid[..g.ho * wq].chunks_exact_mut(wq).enumerate() {
+        row[..g.wo].copy_from_slice(&dy[oh * g.wo..(oh + 1) * g.wo]);
+        row[g.wo..].fill(F::zero());
+    }
+    grid[g.ho * wq..len].fill(F::zero());
+    let grid = &grid[..len];
+    for (t, term) in terms.iter_mut().enumerate().take(g.kh * g.kw) {
+        let src = &planes[tap_offset(g, t / g.kw, t % g.kw)..][..len];
+        let mut acc = [F::zero(); TERM_LANES];
+        for (d, s) in grid
+            .chunks_exact(TERM_LANES)
+            .zip(src.chunks_exact(TERM_LANES))
+        {
+            for l in 0..TERM_LANES {
+                acc[l] = acc[l] + d[l] * s[l];
+            }
+        }
+        // fixed tree: pairs 8 apart, then 4, 2, 1
+        let mut w = TERM_LANES;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                acc[l] = acc[l] + acc[l + w];
+            }
+        }
+        *term = acc[0];
     }
 }
 
@@ -500,50 +563,6 @@ fn backward_input_body<F: Float>(g: &Geom, dy: &[F], wk: &[F], dx: &mut [F], scr
     }
 }
 
-/// Fixed-order dot product with 8 independent lanes (vectorisable), lanes combined in a fixed
-/// tree: the result depends only on the inputs.
-pub(super) fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    let mut acc = [F::zero(); 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = acc[l] + x[l] * y[l];
-        }
-    }
-    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-        acc[l] = acc[l] + x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-}
-
-/// Direct depthwise weight gradient of one (sample, output plane): `dwk[ki, kj] += Σ dy·x[..]`.
-pub(super) fn dw_plane_terms<F: Float>(g: &Geom, x: &[F], dy: &[F], terms: &mut [F]) {
-    for ki in 0..g.kh {
-        for kj in 0..g.kw {
-            let (off, lo, hi) = g.col_range(kj);
-            let mut s = F::zero();
-            for oh in 0..g.ho {
-                let Some(ih) = g.in_row(oh, ki) else { continue };
-                let xr = &x[ih * g.w..(ih + 1) * g.w];
-                let dr = &dy[oh * g.wo..(oh + 1) * g.wo];
-                if g.sw == 1 {
-                    let s0 = (lo as isize + off) as usize;
-                    s = s + dot(&dr[lo..hi], &xr[s0..s0 + (hi - lo)]);
-                } else {
-                    let mut t = F::zero();
-                    for (ow, &d) in dr.iter().enumerate().take(hi).skip(lo) {
-                        t = t + d * xr[((ow * g.sw) as isize + off) as usize];
-                    }
-                    s = s + t;
-                }
-            }
-            terms[ki * g.kw + kj] = s;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::direct::{detect, detect_avx2};
@@ -592,7 +611,8 @@ mod tests {
     /// dilation, kernels wider than `MAX_KW` and with more taps than `GRID_TAPS` and
     /// `MAX_TAPS`, planes narrower than a vector: exactly the reference bits, for the forward
     /// (scratch starting as NaN, so an unwritten padding element would show) and for an input
-    /// gradient added to a non-zero `dx`.
+    /// gradient added to a non-zero `dx`; the weight-gradient terms the same bits on every
+    /// instruction set and the f64 sums within f32 rounding.
     #[test]
     fn depthwise_kernels_give_the_tap_major_bits() {
         #[rustfmt::skip]
@@ -632,6 +652,14 @@ mod tests {
             each_tap(&g, |o, i, t| y_ref[o] += wk[t] * x[i]);
             let mut dx_ref = dx0.clone();
             each_tap(&g, |o, i, t| dx_ref[i] += wk[t] * dy[o]);
+            // weight-gradient terms in f64, and the sums of their magnitudes for the tolerance
+            let (mut t_ref, mut t_abs) = (vec![0f64; k.0 * k.1], vec![0f64; k.0 * k.1]);
+            each_tap(&g, |o, i, t| {
+                let p = dy[o] as f64 * x[i] as f64;
+                t_ref[t] += p;
+                t_abs[t] += p.abs();
+            });
+            let mut terms_first: Option<Vec<f32>> = None;
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for &isa in &isas {
                 let mut scratch = vec![f32::NAN; dw_scratch_len(&g)];
@@ -649,6 +677,20 @@ mod tests {
                     &mut scratch,
                 );
                 assert_eq!(bits(&dx), bits(&dx_ref), "input gradient case {i} {isa:?}");
+                let mut terms = vec![f32::NAN; k.0 * k.1];
+                dw_plane(isa, Plane::Terms, &g, &x, &dy, &mut terms, &mut scratch);
+                // the same bits on every instruction set, and the f64 sums within f32 rounding
+                let first = terms_first.get_or_insert_with(|| terms.clone());
+                assert_eq!(bits(&terms), bits(first), "terms case {i} {isa:?}");
+                for (t, (&got, (&want, &mag))) in
+                    terms.iter().zip(t_ref.iter().zip(&t_abs)).enumerate()
+                {
+                    let tol = 1e-6 * mag + 1e-30;
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "terms case {i} tap {t}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
