@@ -8,11 +8,12 @@
 //! the grid are dropped. Padding's products are ±0 and leave a sum that started at +0
 //! unchanged (such a sum is never −0), so this gives the bits of summing only the in-bounds
 //! taps, for finite weights. The weight gradient's per-sample terms read the same planes
-//! against `dy` laid on the grid, 16-lane sums in position order. Strided input gradients go row by row over stride-phase-split
-//! rows, queued taps summed in blocks of 16 / 8 / 4 in registers. All of it is compiled for
-//! AVX-512 / AVX2 at run time ([`Isa`]); Rust never fuses a multiply and an add, so every
-//! element is the same sequence of rounded products and sums on every instruction set: each
-//! output the sum of its taps in row-major tap order (`each_tap` in the tests pins it).
+//! against `dy` laid on the grid, 16-lane sums in position order. Strided input gradients go
+//! row by row over stride-phase-split rows, queued taps summed in blocks of 16 / 8 / 4 in
+//! registers. All of it is compiled for AVX-512 / AVX2 at run time ([`Isa`]); Rust never
+//! fuses a multiply and an add, so every element is the same sequence of rounded products and
+//! sums on every instruction set: each forward and input-gradient element the sum of its
+//! taps in row-major tap order (`each_tap` in the tests pins it).
 
 use super::direct::Isa;
 use super::geom::Geom;
