@@ -134,44 +134,6 @@ fn col_phase(g: &Geom, kj: usize) -> (usize, isize) {
     (off.rem_euclid(s) as usize, off.div_euclid(s))
 }
 
-/// A kernel column's phase `b` and `e` of [`col_phase`], computed once per plane.
-#[derive(Clone, Copy, Default)]
-struct Col {
-    b: usize,
-    e: isize,
-}
-
-/// Kernel columns kept in a stack array (wider kernels compute the rest as they go).
-const MAX_KW: usize = 16;
-
-/// [`Col`] of every kernel column, the first `MAX_KW` cached.
-struct Cols<'g> {
-    g: &'g Geom,
-    cached: [Col; MAX_KW],
-}
-
-impl<'g> Cols<'g> {
-    fn new(g: &'g Geom) -> Self {
-        let mut cached = [Col::default(); MAX_KW];
-        for (kj, c) in cached.iter_mut().enumerate().take(g.kw) {
-            *c = Self::compute(g, kj);
-        }
-        Cols { g, cached }
-    }
-    fn compute(g: &Geom, kj: usize) -> Col {
-        let (b, e) = col_phase(g, kj);
-        Col { b, e }
-    }
-    #[inline(always)]
-    fn get(&self, kj: usize) -> Col {
-        if kj < MAX_KW {
-            self.cached[kj]
-        } else {
-            Self::compute(self.g, kj)
-        }
-    }
-}
-
 /// Outputs of the forward's flattened grid summed in registers at once.
 const GRID_BLOCK: usize = 64;
 
@@ -318,15 +280,10 @@ unsafe fn plane_avx2<F: Float>(p: Plane, g: &Geom, s: &[F], w: &[F], d: &mut [F]
 #[inline(always)]
 fn plane<F: Float>(op: Plane, g: &Geom, src: &[F], wk: &[F], dst: &mut [F], sc: &mut [F]) {
     match op {
-        Plane::Forward => forward_body(g, src, wk, dst, sc),
+        Plane::Forward => grid_body(g, src, wk, dst, sc, false),
         Plane::BackwardInput => backward_input_body(g, src, wk, dst, sc),
         Plane::Terms => terms_body(g, src, wk, dst, sc),
     }
-}
-
-#[inline(always)]
-fn forward_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [F]) {
-    grid_body(g, x, wk, y, scratch, false)
 }
 
 /// Fills the padded phase planes of `x` ([`grid_dims`]; zeros outside the input): each padded
@@ -379,6 +336,21 @@ fn fill_planes<F: Float>(g: &Geom, x: &[F], planes: &mut [F], padded: &mut [F]) 
     }
 }
 
+/// Splits `scratch` into the phase planes, filled from `x`, and the output grid
+/// (`ho·wq + GRID_BLOCK` elements).
+#[inline(always)]
+fn planes_and_grid<'s, F: Float>(
+    g: &Geom,
+    x: &[F],
+    scratch: &'s mut [F],
+) -> (&'s mut [F], &'s mut [F]) {
+    let (_, wq, pitch) = grid_dims(g);
+    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
+    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
+    fill_planes(g, x, planes, padded);
+    (planes, grid)
+}
+
 /// Where tap `(ki, kj)` reads the phase planes for grid position 0: position q = oh·wq + ow
 /// reads `planes[tap_offset + q]`.
 #[inline(always)]
@@ -396,15 +368,12 @@ fn tap_offset(g: &Geom, ki: usize, kj: usize) -> usize {
 /// sums start from `y`'s values instead of zero.
 #[inline(always)]
 fn grid_body<F: Float>(g: &Geom, x: &[F], wk: &[F], y: &mut [F], scratch: &mut [F], adjoint: bool) {
-    let (_, wq, pitch) = grid_dims(g);
-    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
-    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
-    fill_planes(g, x, planes, padded);
-    let tap_off = |ki, kj| tap_offset(g, ki, kj);
+    let wq = grid_dims(g).1;
+    let (planes, grid) = planes_and_grid(g, x, scratch);
     let ntaps = g.kh * g.kw;
     let tap = |t: usize| {
         let u = if adjoint { ntaps - 1 - t } else { t };
-        (tap_off(u / g.kw, u % g.kw), wk[t])
+        (tap_offset(g, u / g.kw, u % g.kw), wk[t])
     };
     let mut cached = [(0usize, F::zero()); GRID_TAPS];
     for (t, e) in cached.iter_mut().enumerate().take(ntaps) {
@@ -449,9 +418,7 @@ const TERM_LANES: usize = 16;
 #[inline(always)]
 fn terms_body<F: Float>(g: &Geom, x: &[F], dy: &[F], terms: &mut [F], scratch: &mut [F]) {
     let (hq, wq, pitch) = grid_dims(g);
-    let (planes, rest) = scratch.split_at_mut(g.sh * g.sw * pitch);
-    let (grid, padded) = rest.split_at_mut(g.ho * wq + GRID_BLOCK);
-    fill_planes(g, x, planes, padded);
+    let (planes, grid) = planes_and_grid(g, x, scratch);
     // the last block's tail reads past the planes' rows: zeros there, as in the grid
     for plane in planes.chunks_exact_mut(pitch) {
         plane[hq * wq..].fill(F::zero());
@@ -519,7 +486,7 @@ fn backward_input_body<F: Float>(g: &Geom, dy: &[F], wk: &[F], dx: &mut [F], scr
     } else {
         &mut *dx
     };
-    let (cols, mut taps) = (Cols::new(g), Taps::new());
+    let mut taps = Taps::new();
     // Input row by input row, phase by phase: an input row is reached from at most one output
     // row per kernel row, and an element of phase b only by the kernel columns of that phase,
     // so queueing (ki, kj) in order gives every element its terms in tap order.
@@ -535,7 +502,7 @@ fn backward_input_body<F: Float>(g: &Geom, dy: &[F], wk: &[F], dx: &mut [F], scr
                 let oh = t as usize / g.sh;
                 let src = &dy[oh * g.wo..(oh + 1) * g.wo];
                 for kj in 0..g.kw {
-                    let Col { b: bk, e } = cols.get(kj);
+                    let (bk, e) = col_phase(g, kj);
                     if bk != b {
                         continue;
                     }
@@ -609,7 +576,7 @@ mod tests {
     }
 
     /// Every instruction set, stride 1 to 3, padding wider than the kernel's reach (no adjoint),
-    /// dilation, kernels wider than `MAX_KW` and with more taps than `GRID_TAPS` and
+    /// dilation, wide kernels, kernels with more taps than `GRID_TAPS` and
     /// `MAX_TAPS`, planes narrower than a vector: exactly the reference bits, for the forward
     /// (scratch starting as NaN, so an unwritten padding element would show) and for an input
     /// gradient added to a non-zero `dx`; the weight-gradient terms the same bits on every
