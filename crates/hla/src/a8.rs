@@ -555,20 +555,7 @@ fn quantised_patch_norms(
             }
         }
     };
-    match par {
-        Par::Seq => {
-            let mut s = scratch();
-            for (ig, o) in os.chunks_exact_mut(ho * wo).enumerate() {
-                plane(&mut s, ig, o);
-            }
-        }
-        Par::Rayon => {
-            use rayon::prelude::*;
-            os.par_chunks_exact_mut(ho * wo)
-                .enumerate()
-                .for_each_init(scratch, |s, (ig, o)| plane(s, ig, o));
-        }
-    }
+    hla_tensor::for_each_chunk(par, os, ho * wo, scratch, plane);
     Ok(out)
 }
 

@@ -73,7 +73,7 @@ where
 /// Calls `f(scratch, i, chunk_i)` for each `chunk`-sized piece of `data`, in order (`Seq`) or on
 /// the rayon pool (`Rayon`); `init` builds a scratch value reused across the calls of one task.
 /// The scratch's contents must not influence results (callers overwrite before reading).
-pub(crate) fn for_each_chunk<T, S, I, G>(par: Par, data: &mut [T], chunk: usize, init: I, f: G)
+pub fn for_each_chunk<T, S, I, G>(par: Par, data: &mut [T], chunk: usize, init: I, f: G)
 where
     T: Send,
     I: Fn() -> S + Sync + Send,
