@@ -46,7 +46,6 @@ impl Ctx {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    hla_tensor::alloc::keep_freed_memory();
     if let Some(isa) = cli.global.isa {
         // nothing has run a kernel yet, so the ceiling is still free to set
         hla_tensor::isa::set_max_isa(isa.max_isa()).map_err(|fixed| {
@@ -107,23 +106,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// This process's MPI rank (0 without MPI), for error lines.
 static RANK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Keeps freed activation buffers inside the process between training steps.
-///
-/// glibc returns large freed blocks (every activation of a step) to the kernel and page-faults
-/// them back in on the next step, which costs about 8 % of a ResNet-20 training step (see
-/// crates/autograd/README.md). Raising the trim and mmap thresholds keeps them in the heap.
-/// Only the allocator's bookkeeping changes; no result depends on it.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; called once before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum on 64-bit
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    // before any thread allocates: glibc's settings are process-wide
+    hla_tensor::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
