@@ -138,8 +138,9 @@ pub fn relu6_backward<F: Float>(x: ArrayViewD<F>, dy: ArrayViewD<F>, par: Par) -
         dy.shape()
     );
     let six = F::from_f64(6.0);
+    // `&`, not `&&`: a select the compiler vectorises, not a branch per element
     map2(x, dy, par, |v, d| {
-        if v > F::zero() && v < six {
+        if (v > F::zero()) & (v < six) {
             d
         } else {
             F::zero()

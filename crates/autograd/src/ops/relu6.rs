@@ -21,7 +21,12 @@ pub fn relu6<F: Float>(tape: &mut Tape<F>, x: Var) -> Result<Var> {
 pub(crate) fn relu6_backward<F: Float>(bw: &mut Backprop<'_, F>, x: Var, dy: ArrayD<F>) {
     let six = F::from_f64(6.0);
     let mut dx = dy;
-    mask_in_place(&mut dx, bw.output(), bw.par, |v| v > F::zero() && v < six);
+    // `&`, not `&&`: both comparisons are evaluated, so the mask is a select and the loop
+    // vectorises (with `&&` it compiled to a scalar branch per element, a sixth of a
+    // MobileNetV2 training step)
+    mask_in_place(&mut dx, bw.output(), bw.par, |v| {
+        (v > F::zero()) & (v < six)
+    });
     bw.add(x, dx);
 }
 
