@@ -96,6 +96,43 @@ where
     }
 }
 
+/// [`for_each_chunk`] over a fresh vector of `n` zeros, which it returns. Each chunk is zeroed
+/// by the task that then fills it, while the chunk is in that core's cache, instead of by a
+/// memset of the whole vector beforehand: one pass less over an output that does not fit in
+/// cache (the zero fills of the convolutions' outputs were 3 % of a MobileNetV2 training step).
+/// The values are those of `vec![F::zero(); n]` followed by [`for_each_chunk`].
+pub fn for_each_zeroed_chunk<F, S, I, G>(par: Par, n: usize, chunk: usize, init: I, f: G) -> Vec<F>
+where
+    F: Float,
+    I: Fn() -> S + Sync + Send,
+    G: Fn(&mut S, usize, &mut [F]) + Sync + Send,
+{
+    if chunk == 0 {
+        // no chunk to hand out, as in `for_each_chunk`
+        return vec![F::zero(); n];
+    }
+    let mut out = Vec::with_capacity(n);
+    for_each_chunk(
+        par,
+        &mut out.spare_capacity_mut()[..n],
+        chunk,
+        init,
+        |s, i, c| {
+            for v in c.iter_mut() {
+                v.write(F::zero());
+            }
+            // SAFETY: every element of `c` was written just above, and `MaybeUninit<F>` has
+            // the layout of `F`.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<F>] as *mut [F]) };
+            f(s, i, c)
+        },
+    );
+    // SAFETY: with `chunk > 0` the chunks cover all `n` elements and each was zeroed above; a
+    // panic in `f` propagates before this line and the vector stays empty.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// A fresh vector of `n` elements whose chunk `i` (`chunk` elements, the last shorter) is
 /// written by `fill(i, chunk_i)`, chunks on the rayon pool with `Par::Rayon`. The vector is not
 /// zeroed first (a memset would write every output twice); every caller zips each chunk with an
@@ -129,5 +166,32 @@ pub fn simd_name() -> &'static str {
         Some(conv::direct::Isa::Avx512(_)) => "avx512f",
         Some(conv::direct::Isa::Avx2(_)) => "avx2+fma",
         None => "portable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks that are only partly written (here: every third element, plus the chunk index in
+    /// its first), a last chunk shorter than the others, and no chunk at all: the result is
+    /// that of a zeroed vector and `for_each_chunk`, sequentially and on the pool.
+    #[test]
+    fn zeroed_chunks_are_zeros_then_for_each_chunk() {
+        let write = |s: &mut usize, i: usize, c: &mut [f32]| {
+            *s += 1;
+            c[0] = i as f32 + 0.5;
+            for v in c.iter_mut().skip(1).step_by(3) {
+                *v = -1.25;
+            }
+        };
+        for (n, chunk) in [(1000, 64), (7, 7), (5, 9), (0, 4), (6, 0)] {
+            let mut want = vec![0.0f32; n];
+            for_each_chunk(Par::Seq, &mut want, chunk, || 0, write);
+            for par in [Par::Seq, Par::Rayon] {
+                let got = for_each_zeroed_chunk(par, n, chunk, || 0, write);
+                assert_eq!(got, want, "n {n}, chunk {chunk}, {par:?}");
+            }
+        }
     }
 }

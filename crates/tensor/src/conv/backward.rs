@@ -11,7 +11,7 @@ use super::params::Conv2dParams;
 use super::DW_CHUNK;
 use crate::gemm::{gemm_slices, Mat};
 use crate::group::{channel_lanes, Group};
-use crate::{for_each_chunk, Float, Par, Result, TensorError};
+use crate::{for_each_chunk, for_each_zeroed_chunk, Float, Par, Result, TensorError};
 use ndarray::{Array1, Array4, ArrayView4};
 
 /// Input gradient of [`conv2d`](super::conv2d): `dx = convᵀ(dy)`, by GEMM `Wᵀ·dy` and col2im (or directly
@@ -47,9 +47,11 @@ pub fn conv2d_backward_input<F: Float>(
     let w = w.as_standard_layout();
     let dys = dy.as_slice().expect("standard layout is contiguous");
     let ws = w.as_slice().expect("standard layout is contiguous");
-    let mut dx = Array4::<F>::zeros((g.n, g.c_in, g.h, g.w));
-    let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
     let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    let dx_len = g.n * g.c_in * hw;
+    let dx = |dxs: Vec<F>| {
+        Array4::from_shape_vec((g.n, g.c_in, g.h, g.w), dxs).expect("n·c_in·h·w values")
+    };
     // Fused product + col2im on the phase-split grid (AVX-512): strided convolutions and those
     // with too few input channels per group for the flipped-kernel path below.
     if let Some((d, isa)) = g.direct_forward::<F>() {
@@ -58,9 +60,9 @@ pub fn conv2d_backward_input<F: Float>(
                 .map(|gi| transpose_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd]))
                 .collect();
             let sl = d.scatter_scratch_len();
-            for_each_chunk(
+            let dxs = for_each_zeroed_chunk(
                 par,
-                dxs,
+                dx_len,
                 g.in_sample(),
                 || vec![F::zero(); sl],
                 |sc, s, dx_s| {
@@ -72,7 +74,7 @@ pub fn conv2d_backward_input<F: Float>(
                     }
                 },
             );
-            return Ok(dx);
+            return Ok(dx(dxs));
         }
     }
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
@@ -97,9 +99,9 @@ pub fn conv2d_backward_input<F: Float>(
         None => kd * np,
     };
     let dw_isa = if g.depthwise() { detect_isa() } else { None };
-    for_each_chunk(
+    let dxs = for_each_zeroed_chunk(
         par,
-        dxs,
+        dx_len,
         g.in_sample(),
         || vec![F::zero(); scratch],
         |dcols, s, dx_s| {
@@ -154,7 +156,7 @@ pub fn conv2d_backward_input<F: Float>(
             }
         },
     );
-    Ok(dx)
+    Ok(dx(dxs))
 }
 
 /// Weight gradient of [`conv2d`](super::conv2d): `dw = Σ_samples dy_s · im2col(x_s)ᵀ`, the per-sample terms

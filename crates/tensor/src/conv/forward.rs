@@ -7,7 +7,7 @@ use super::im2col::im2col;
 use super::params::Conv2dParams;
 use crate::activation::Activation;
 use crate::gemm::{gemm_slices, Mat};
-use crate::{for_each_chunk, Float, Par, Result, TensorError};
+use crate::{for_each_zeroed_chunk, Float, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
 /// 2-D convolution: direct SIMD kernels (f32), or im2col + one GEMM per (sample, group);
@@ -65,8 +65,6 @@ pub fn conv2d_act<F: Float>(
     let xs = x.as_slice().expect("standard layout is contiguous");
     let ws = w.as_slice().expect("standard layout is contiguous");
     let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
-    let mut y = Array4::<F>::zeros((g.n, g.c_out, g.ho, g.wo));
-    let ys = y.as_slice_mut().expect("fresh array is contiguous");
     let (np, kd) = (g.npix(), g.kdim());
     // Direct stride-1 path: one packed weight set per group.
     let direct = g.direct_forward::<F>();
@@ -97,9 +95,9 @@ pub fn conv2d_act<F: Float>(
     // or depthwise, so a block lies within one group unless it is the whole sample
     let split = g.forward_split(plan.map_or(1, |p| p.cob));
     let cb = g.c_out / split;
-    for_each_chunk(
+    let ys = for_each_zeroed_chunk(
         par,
-        ys,
+        g.n * g.c_out * np,
         cb * np,
         || vec![F::zero(); scratch],
         |cols, t, y_t| {
@@ -165,5 +163,5 @@ pub fn conv2d_act<F: Float>(
             }
         },
     );
-    Ok(y)
+    Ok(Array4::from_shape_vec((g.n, g.c_out, g.ho, g.wo), ys).expect("n·c_out·h_out·w_out values"))
 }
