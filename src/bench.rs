@@ -146,10 +146,11 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         res.insert("infer_base_rss_mib".into(), base.into());
         res.insert("infer_peak_rss_mib".into(), peak.into());
         if a.path == BenchPath::Fp {
-            // deployment form: BatchNorm folded into each conv, activation fused
+            // deployment form: BatchNorm folded into each conv (once, on the warm-up forward),
+            // activation fused
+            let mut fold = hla_models::fold::FoldBn::default();
             let s = timed(a.iters, || {
                 let (m, _) = l.parts();
-                let mut fold = hla_models::fold::FoldBn::default();
                 eval::logits(m, Some(&mut fold), x.clone().into_dyn())?;
                 Ok(())
             })?;
@@ -211,8 +212,8 @@ fn bench_ternary(
         eval::logits(model.as_mut(), None, xd.clone())?;
         Ok(())
     })?;
+    let mut fold = hla_models::fold::FoldBn::default();
     let folded_s = timed(a.iters, || {
-        let mut fold = hla_models::fold::FoldBn::default();
         eval::logits(model.as_mut(), Some(&mut fold), xd.clone())?;
         Ok(())
     })?;

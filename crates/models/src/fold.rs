@@ -14,20 +14,43 @@ use crate::Result;
 use hla_autograd::{ops, Conv2dParams, Tape, Var};
 use hla_tensor::Float;
 use ndarray::{Array1, ArrayD, Ix4};
+use std::collections::HashMap;
 
 /// The [`LayerHook`] of folded inference: pass `Some(&mut FoldBn::default())` to
 /// [`crate::Model::forward`] in [`Mode::Eval`] on a tape that does not record
 /// ([`Tape::no_grad`]). Every conv followed by a BatchNorm is folded (quantisable or not);
 /// other layers compute as without a hook. On a recording tape nothing is folded.
-#[derive(Clone, Debug, Default)]
-pub struct FoldBn {
+///
+/// The hook folds each layer once, on its first forward, and keeps the folded weights by layer
+/// name for later forwards through it (deployment: fold once, then serve every batch). They
+/// are not refolded if the model's weights or BatchNorm statistics change while the hook is
+/// kept: use a fresh hook after training or loading weights.
+#[derive(Clone, Debug)]
+pub struct FoldBn<F: Float = f32> {
     folded: usize,
+    /// `(w·s, t)` of each folded layer, by layer name.
+    cache: HashMap<String, (ArrayD<F>, Array1<F>)>,
 }
 
-impl FoldBn {
-    /// Number of conv + BatchNorm pairs folded so far (for tests and reports).
+impl<F: Float> Default for FoldBn<F> {
+    fn default() -> Self {
+        FoldBn {
+            folded: 0,
+            cache: HashMap::new(),
+        }
+    }
+}
+
+impl<F: Float> FoldBn<F> {
+    /// Number of conv + BatchNorm pairs folded so far, over every forward through the hook (for
+    /// tests and reports).
     pub fn folded(&self) -> usize {
         self.folded
+    }
+
+    /// Number of layers whose folded weights the hook keeps.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 }
 
@@ -85,6 +108,18 @@ pub fn fold_conv_bn_act<F: Float>(
     let Some((wf, t)) = fold_weights(w, bn) else {
         return Ok(None);
     };
+    folded_conv(tape, x, &wf, &t, p, act)
+}
+
+/// `act(conv(x, wf) + t)` as a constant; `None` when the shapes do not fit a 2-D conv.
+fn folded_conv<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    wf: &ArrayD<F>,
+    t: &Array1<F>,
+    p: &Conv2dParams,
+    act: FusedAct,
+) -> Result<Option<Var>> {
     let (Ok(xv), Ok(wv)) = (
         tape.value(x).view().into_dimensionality::<Ix4>(),
         wf.view().into_dimensionality::<Ix4>(),
@@ -96,7 +131,7 @@ pub fn fold_conv_bn_act<F: Float>(
     Ok(Some(tape.constant(y.into_dyn())))
 }
 
-impl<F: Float> LayerHook<F> for FoldBn {
+impl<F: Float> LayerHook<F> for FoldBn<F> {
     fn conv2d(
         &mut self,
         tape: &mut Tape<F>,
@@ -112,14 +147,28 @@ impl<F: Float> LayerHook<F> for FoldBn {
     fn conv_bn_act(
         &mut self,
         tape: &mut Tape<F>,
-        _layer: &str,
+        layer: &str,
         x: Var,
         w: &ArrayD<F>,
         p: &Conv2dParams,
         bn: &BnEval<'_, F>,
         act: FusedAct,
     ) -> Result<Option<Var>> {
-        let y = fold_conv_bn_act(tape, x, w, p, bn, act)?;
+        if tape.is_recording() {
+            return Ok(None);
+        }
+        let fresh = match self.cache.get(layer) {
+            Some((wf, _)) => wf.shape() != w.shape(),
+            None => true,
+        };
+        if fresh {
+            let Some(f) = fold_weights(w, bn) else {
+                return Ok(None);
+            };
+            self.cache.insert(layer.to_string(), f);
+        }
+        let (wf, t) = &self.cache[layer];
+        let y = folded_conv(tape, x, wf, t, p, act)?;
         self.folded += usize::from(y.is_some());
         Ok(y)
     }
@@ -249,6 +298,25 @@ mod tests {
         let one = run(m.as_mut(), 1);
         assert_eq!(one, run(m.as_mut(), 2));
         assert_eq!(one, run(m.as_mut(), 4));
+    }
+
+    /// A hook kept across forwards folds each layer once and gives the bits of a fresh hook
+    /// every time; layers are kept apart by name (ResNet-20's 19 pairs, 19 entries).
+    #[test]
+    fn kept_hook_folds_once_and_gives_a_fresh_hooks_bits() {
+        let mut m = model_with_bn_stats("resnet20", 4);
+        let x = input(&[2, 3, 32, 32], 6);
+        let fresh = logits(m.as_mut(), &x, Some(&mut FoldBn::default()));
+        let mut kept = FoldBn::default();
+        for round in 1..=3 {
+            let y = logits(m.as_mut(), &x, Some(&mut kept));
+            assert_eq!(
+                y.mapv(f32::to_bits),
+                fresh.mapv(f32::to_bits),
+                "round {round}"
+            );
+            assert_eq!((kept.cached(), kept.folded()), (19, 19 * round));
+        }
     }
 
     /// On a recording tape nothing is folded: training graphs keep their BatchNorm.

@@ -5,8 +5,10 @@
 //! The ceiling only lowers what run-time detection finds: every `unsafe` kernel still needs the
 //! token that only detection of this CPU creates, so a ceiling above the CPU changes nothing. It
 //! is fixed once per process — by [`set_max_isa`], or at the first kernel call — so one run never
-//! mixes instruction sets. `matrixmultiply`'s GEMM (used by im2col convolutions and linear
-//! layers) keeps its own dispatch; it uses AVX2 + FMA at most.
+//! mixes instruction sets. `matrixmultiply`'s GEMM (used by 1×1 and im2col convolutions and
+//! linear layers) keeps its own run-time dispatch, which this ceiling does not reach: version
+//! 0.3.11 picks its AVX-512 kernel wherever the CPU has one, so under `--isa avx2` on an AVX-512
+//! machine the GEMMs still run AVX-512 (MobileNetV2's 1×1 layers, notably).
 
 use std::sync::OnceLock;
 

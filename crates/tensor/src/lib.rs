@@ -175,7 +175,7 @@ mod tests {
 
     /// Chunks that are only partly written (here: every third element, plus the chunk index in
     /// its first), a last chunk shorter than the others, and no chunk at all: the result is
-    /// that of a zeroed vector and `for_each_chunk`, sequentially and on the pool.
+    /// that of a zeroed vector and `for_each_chunk`, sequentially and on pools of 1, 2 and 4 threads.
     #[test]
     fn zeroed_chunks_are_zeros_then_for_each_chunk() {
         let write = |s: &mut usize, i: usize, c: &mut [f32]| {
@@ -188,9 +188,18 @@ mod tests {
         for (n, chunk) in [(1000, 64), (7, 7), (5, 9), (0, 4), (6, 0)] {
             let mut want = vec![0.0f32; n];
             for_each_chunk(Par::Seq, &mut want, chunk, || 0, write);
-            for par in [Par::Seq, Par::Rayon] {
-                let got = for_each_zeroed_chunk(par, n, chunk, || 0, write);
-                assert_eq!(got, want, "n {n}, chunk {chunk}, {par:?}");
+            for threads in [1, 2, 4] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for par in [Par::Seq, Par::Rayon] {
+                    let got = pool.install(|| for_each_zeroed_chunk(par, n, chunk, || 0, write));
+                    assert_eq!(
+                        got, want,
+                        "n {n}, chunk {chunk}, {par:?}, {threads} threads"
+                    );
+                }
             }
         }
     }

@@ -538,7 +538,8 @@ mod tests {
 
     /// Both max poolings pick the very element the scan picks: the first maximum (ties and ±0
     /// included) or the last NaN, and the argmax its position, for several windows (clipped
-    /// by padding on every side), with 1 and 2 threads.
+    /// by padding on every side), on every instruction set, sequentially and with 1, 2 and 4
+    /// threads.
     #[test]
     fn max_pool2d_is_the_scan_bit_for_bit() {
         let mut x: Array4<f32> = rand_array((3, 4, 11, 9), 41);
@@ -580,16 +581,27 @@ mod tests {
             },
         ] {
             let (want, want_am) = scan(&x, &p);
-            let isas = [detect(), detect_avx2(), None];
-            for (par, isa) in [Par::Seq, Par::Rayon]
+            // sequential, then on pools of 1, 2 and 4 threads
+            let runs = [
+                (Par::Seq, 1),
+                (Par::Rayon, 1),
+                (Par::Rayon, 2),
+                (Par::Rayon, 4),
+            ];
+            for ((par, threads), isa) in runs
                 .into_iter()
-                .flat_map(|p| isas.map(|i| (p, i)))
+                .flat_map(|r| [detect(), detect_avx2(), None].map(|i| (r, i)))
             {
-                let (got, am) = max_pool2d_on(x.view(), &p, par, isa).unwrap();
-                assert_eq!(bits(&got), bits(&want), "{p:?} {par:?} {isa:?}");
-                assert_eq!(am, want_am, "{p:?} {par:?} {isa:?}");
-                let got = max_pool2d_values(x.view(), &p, par).unwrap();
-                assert_eq!(bits(&got), bits(&want), "{p:?} {par:?}");
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let at = format!("{p:?} {par:?} {threads} threads {isa:?}");
+                let (got, am) = pool.install(|| max_pool2d_on(x.view(), &p, par, isa).unwrap());
+                assert_eq!(bits(&got), bits(&want), "{at}");
+                assert_eq!(am, want_am, "{at}");
+                let got = pool.install(|| max_pool2d_values(x.view(), &p, par).unwrap());
+                assert_eq!(bits(&got), bits(&want), "{at}");
             }
         }
         let e = max_pool2d_values(x.view(), &Pool2dParams::new(20, 1, 0), Par::Seq);
