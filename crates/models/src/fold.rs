@@ -12,7 +12,7 @@
 use crate::model::{BnEval, FusedAct, LayerHook, Mode};
 use crate::Result;
 use hla_autograd::{ops, Conv2dParams, Tape, Var};
-use hla_tensor::Float;
+use hla_tensor::{Float, PackedWeights};
 use ndarray::{Array1, ArrayD, Ix4};
 use std::collections::HashMap;
 
@@ -21,15 +21,16 @@ use std::collections::HashMap;
 /// ([`Tape::no_grad`]). Every conv followed by a BatchNorm is folded (quantisable or not);
 /// other layers compute as without a hook. On a recording tape nothing is folded.
 ///
-/// The hook folds each layer once, on its first forward, and keeps the folded weights by layer
-/// name for later forwards through it (deployment: fold once, then serve every batch). They
+/// The hook folds each layer once, on its first forward, and keeps the folded weights (and the
+/// kernel's packing of them) by layer name for later forwards through it (deployment: fold
+/// once, then serve every batch). They
 /// are not refolded if the model's weights or BatchNorm statistics change while the hook is
 /// kept: use a fresh hook after training or loading weights.
 #[derive(Clone, Debug)]
 pub struct FoldBn<F: Float = f32> {
     folded: usize,
-    /// `(w·s, t)` of each folded layer, by layer name.
-    cache: HashMap<String, (ArrayD<F>, Array1<F>)>,
+    /// `(w·s, t)` of each folded layer and the kernel's packing of `w·s`, by layer name.
+    cache: HashMap<String, (ArrayD<F>, Array1<F>, PackedWeights<F>)>,
 }
 
 impl<F: Float> Default for FoldBn<F> {
@@ -108,17 +109,18 @@ pub fn fold_conv_bn_act<F: Float>(
     let Some((wf, t)) = fold_weights(w, bn) else {
         return Ok(None);
     };
-    folded_conv(tape, x, &wf, &t, p, act)
+    folded_conv(tape, x, (&wf, &t), p, act, &mut PackedWeights::default())
 }
 
-/// `act(conv(x, wf) + t)` as a constant; `None` when the shapes do not fit a 2-D conv.
+/// `act(conv(x, wf) + t)` as a constant, the kernel's packing of `wf` kept in `packed`; `None`
+/// when the shapes do not fit a 2-D conv.
 fn folded_conv<F: Float>(
     tape: &mut Tape<F>,
     x: Var,
-    wf: &ArrayD<F>,
-    t: &Array1<F>,
+    (wf, t): (&ArrayD<F>, &Array1<F>),
     p: &Conv2dParams,
     act: FusedAct,
+    packed: &mut PackedWeights<F>,
 ) -> Result<Option<Var>> {
     let (Ok(xv), Ok(wv)) = (
         tape.value(x).view().into_dimensionality::<Ix4>(),
@@ -126,8 +128,9 @@ fn folded_conv<F: Float>(
     ) else {
         return Ok(None);
     };
-    let y = hla_tensor::conv2d_act(xv, wv, Some(t.view()), act.into(), p, tape.par())
-        .map_err(hla_autograd::AutogradError::from)?;
+    let y =
+        hla_tensor::conv2d_act_packed(xv, wv, Some(t.view()), act.into(), p, tape.par(), packed)
+            .map_err(hla_autograd::AutogradError::from)?;
     Ok(Some(tape.constant(y.into_dyn())))
 }
 
@@ -158,17 +161,18 @@ impl<F: Float> LayerHook<F> for FoldBn<F> {
             return Ok(None);
         }
         let fresh = match self.cache.get(layer) {
-            Some((wf, _)) => wf.shape() != w.shape(),
+            Some((wf, _, _)) => wf.shape() != w.shape(),
             None => true,
         };
         if fresh {
-            let Some(f) = fold_weights(w, bn) else {
+            let Some((wf, t)) = fold_weights(w, bn) else {
                 return Ok(None);
             };
-            self.cache.insert(layer.to_string(), f);
+            let entry = (wf, t, PackedWeights::default());
+            self.cache.insert(layer.to_string(), entry);
         }
-        let (wf, t) = &self.cache[layer];
-        let y = folded_conv(tape, x, wf, t, p, act)?;
+        let (wf, t, packed) = self.cache.get_mut(layer).expect("inserted above");
+        let y = folded_conv(tape, x, (wf, t), p, act, packed)?;
         self.folded += usize::from(y.is_some());
         Ok(y)
     }

@@ -31,8 +31,9 @@ mod testutil;
 pub use activation::{add_relu, relu, relu6, relu6_backward, relu_backward, Activation};
 pub use batchnorm::{channel_mean_var, channel_mean_var_in};
 pub use conv::{
-    conv2d, conv2d_act, conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
-    conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams, DW_CHUNK,
+    conv2d, conv2d_act, conv2d_act_packed, conv2d_backward_bias, conv2d_backward_bias_in,
+    conv2d_backward_input, conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams,
+    PackedWeights, DW_CHUNK,
 };
 pub use elementwise::{map, map_group_rows};
 pub use error::{Result, TensorError};

@@ -1,7 +1,7 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
 use super::depthwise::{dw_plane, dw_scratch_len, Plane};
-use super::direct::{conv_sample, pack_weights};
+use super::direct::{conv_sample, pack_weights, Isa, Plan};
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
@@ -49,6 +49,60 @@ pub fn conv2d_act<F: Float>(
     p: &Conv2dParams,
     par: Par,
 ) -> Result<Array4<F>> {
+    conv2d_act_packed(x, w, bias, act, p, par, &mut PackedWeights::default())
+}
+
+/// A convolution's weights packed for the direct kernel, kept across calls by a caller whose
+/// weights do not change (folded inference: `hla_models::fold::FoldBn`). Packing reads and
+/// rewrites every weight on each call, which at batch 1 is a large share of a forward
+/// (ResNet-18's 512-channel layers hold 9.4 MB each).
+///
+/// The packing is reused only for the same weight buffer (its address and length, in standard
+/// layout), input size, parameters and instruction set; anything else packs again. A caller
+/// that keeps one must not change the weights' values in place meanwhile.
+#[derive(Clone, Debug)]
+pub struct PackedWeights<F> {
+    key: Option<PackKey>,
+    groups: Vec<Vec<F>>,
+}
+
+impl<F> Default for PackedWeights<F> {
+    fn default() -> Self {
+        PackedWeights {
+            key: None,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// What a packing depends on, and the weight buffer it was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackKey {
+    w_addr: usize,
+    w_len: usize,
+    x_hw: (usize, usize),
+    w_dims: [usize; 4],
+    p: Conv2dParams,
+    isa: Isa,
+    plan: Plan,
+}
+
+/// [`conv2d_act`] that keeps the direct kernel's packed weights in `cache` for later calls with
+/// the same weights ([`PackedWeights`]); same values as [`conv2d_act`].
+///
+/// # Shapes
+/// As [`conv2d`].
+/// # Errors
+/// As [`conv2d`].
+pub fn conv2d_act_packed<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    act: Activation,
+    p: &Conv2dParams,
+    par: Par,
+    cache: &mut PackedWeights<F>,
+) -> Result<Array4<F>> {
     let op = "conv2d";
     let g = Geom::new(op, dims4(&x), dims4(&w), p)?;
     if let Some(b) = &bias {
@@ -61,7 +115,8 @@ pub fn conv2d_act<F: Float>(
         }
     }
     let x = x.as_standard_layout();
-    let w = w.as_standard_layout();
+    let w_in = w;
+    let w = w_in.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
     let ws = w.as_slice().expect("standard layout is contiguous");
     let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
@@ -70,19 +125,32 @@ pub fn conv2d_act<F: Float>(
     let direct = g.direct_forward::<F>();
     let tables = direct.map(|(d, _)| d.tables());
     let plan = direct.map(|(d, isa)| d.plan(isa));
-    let packed: Vec<Vec<F>> = match direct {
-        Some((d, _)) => (0..g.groups)
-            .map(|gi| {
-                let cob = plan.expect("plan chosen with the direct path").cob;
-                pack_weights(
-                    &d,
-                    &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd],
-                    cob,
-                    par,
-                )
-            })
-            .collect(),
-        None => Vec::new(),
+    let mut fresh = PackedWeights::default();
+    let packed: &[Vec<F>] = match (direct, plan) {
+        (Some((d, isa)), Some(plan)) => {
+            // a copy made by `as_standard_layout` is not the caller's buffer: never kept
+            let key = (w.as_ptr() == w_in.as_ptr()).then_some(PackKey {
+                w_addr: ws.as_ptr() as usize,
+                w_len: ws.len(),
+                x_hw: (g.h, g.w),
+                w_dims: dims4(&w_in),
+                p: *p,
+                isa,
+                plan,
+            });
+            let c = if key.is_some() { cache } else { &mut fresh };
+            if key.is_none() || c.key != key {
+                c.groups = (0..g.groups)
+                    .map(|gi| {
+                        let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
+                        pack_weights(&d, w_g, plan.cob, par)
+                    })
+                    .collect();
+                c.key = key;
+            }
+            &c.groups
+        }
+        _ => &[],
     };
     let scratch = match direct {
         Some((d, _)) => d.scratch_len(),

@@ -459,6 +459,56 @@ fn conv2d_act_is_conv2d_then_activation_bit_for_bit() {
     }
 }
 
+/// A kept packing gives `conv2d_act`'s bits on every call, and packs again for another weight
+/// buffer, another input size or another instruction set (each step below would reuse a stale
+/// packing otherwise); a weight view not in standard layout is packed from a copy, never kept.
+#[test]
+fn kept_packing_gives_conv2d_act_bits() {
+    let c = case(1, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1);
+    let p = c.params();
+    let x = rand_array::<f32, _, _>(c.x_shape(), 1);
+    let x2 = rand_array::<f32, _, _>((2, 16, 12, 10), 2);
+    let w = rand_array::<f32, _, _>(c.w_shape(), 3);
+    let w2 = rand_array::<f32, _, _>(c.w_shape(), 4);
+    let b: Array1<f32> = rand_array(c.c_out, 5);
+    // views of w and w2 not in standard layout: each call packs from a fresh copy, and the
+    // second copy likely lands where the first was freed, so keeping a copy's packing would show
+    let t = w
+        .view()
+        .permuted_axes([0, 1, 3, 2])
+        .as_standard_layout()
+        .into_owned();
+    let w_t = t.view().permuted_axes([0, 1, 3, 2]);
+    let t2 = w2
+        .view()
+        .permuted_axes([0, 1, 3, 2])
+        .as_standard_layout()
+        .into_owned();
+    let w2_t = t2.view().permuted_axes([0, 1, 3, 2]);
+    assert!(!w_t.is_standard_layout());
+    let mut cache = PackedWeights::default();
+    let steps = [
+        (x.view(), w.view(), false),
+        (x.view(), w.view(), false),
+        (x.view(), w2.view(), false),
+        (x2.view(), w2.view(), false),
+        (x2.view(), w2.view(), true),
+        (x2.view(), w2.view(), false),
+        (x.view(), w_t, false),
+        (x.view(), w2_t, false),
+        (x.view(), w.view(), false),
+    ];
+    for (i, (xv, wv, avx2)) in steps.into_iter().enumerate() {
+        FORCE_AVX2.with(|f| f.set(avx2));
+        let act = Activation::Relu;
+        let want = conv2d_act(xv, wv, Some(b.view()), act, &p, Par::Rayon).unwrap();
+        let got =
+            conv2d_act_packed(xv, wv, Some(b.view()), act, &p, Par::Rayon, &mut cache).unwrap();
+        assert_eq!(bits(&got), bits(&want), "step {i}");
+    }
+    FORCE_AVX2.with(|f| f.set(false));
+}
+
 /// Batch 10 > DW_CHUNK, so the weight gradient really is split into several chunks.
 /// Bias gradient: matches an f64 sum within f32 rounding, the same bits on 1 and 2 threads
 /// and for a non-standard-layout `dy`.
