@@ -29,9 +29,12 @@ use std::collections::HashMap;
 #[derive(Clone, Debug)]
 pub struct FoldBn<F: Float = f32> {
     folded: usize,
-    /// `(w·s, t)` of each folded layer and the kernel's packing of `w·s`, by layer name.
-    cache: HashMap<String, (ArrayD<F>, Array1<F>, PackedWeights<F>)>,
+    /// Each folded layer, by layer name.
+    cache: HashMap<String, Folded<F>>,
 }
+
+/// One folded layer: `w·s`, `t`, and the kernel's packing of `w·s`.
+type Folded<F> = (ArrayD<F>, Array1<F>, PackedWeights<F>);
 
 impl<F: Float> Default for FoldBn<F> {
     fn default() -> Self {
