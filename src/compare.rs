@@ -108,6 +108,10 @@ fn run_ours(ctx: &Ctx, a: &BenchArgs, arch: &str, classes: usize, key: &Key) -> 
     if let Some(s) = ctx.global.seed {
         cmd.arg("--seed").arg(s.to_string());
     }
+    // the child must run under the same ceiling the table's header reports
+    if let Some(isa) = ctx.global.isa {
+        cmd.arg("--isa").arg(isa.max_isa().name());
+    }
     cmd.args(["bench", "--arch", arch, "--what", what])
         .arg("--batch")
         .arg(key.2.to_string())
@@ -169,6 +173,12 @@ pub fn compare(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         ctx.ui
             .info(format!("  {arch} {} batch {} ...", key.1, key.2));
         let v = run_ours(ctx, a, arch, classes, key)?;
+        if v["isa"].as_str() != Some(isa) {
+            bail!(
+                "hla bench --arch {arch} ran {} kernels, not the {isa} this table reports",
+                v["isa"]
+            );
+        }
         let train = key.1 == "train_step";
         let p = if train { "train" } else { "infer" };
         let ours = v[format!("{p}_images_per_s")].as_f64();
@@ -191,7 +201,7 @@ pub fn compare(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         rows.push(serde_json::json!({
             "arch": arch, "mode": key.1, "batch": key.2, "image_size": key.3,
             "images_per_s": ours, "torch_images_per_s": r.img_s, "ratio": ratio,
-            "peak_rss_mib": peak, "base_rss_mib": base,
+            "peak_rss_mib": peak, "base_rss_mib": base, "isa": v["isa"],
             "torch_peak_rss_mib": r.peak_mib, "torch_base_rss_mib": r.base_mib,
         }));
         if !train {

@@ -60,8 +60,9 @@ fn unknown_subcommand_fails_with_an_error() {
 }
 
 /// `hla bench --compare`: every model case of a reference file is measured (the matrix-multiply
-/// rows skipped), the ratio is ours over PyTorch's figure and both peak memories are shown;
-/// unreadable or case-free files are one-line errors.
+/// rows skipped), the ratio is ours over PyTorch's figure and both peak memories are shown,
+/// every case runs under the `--isa` ceiling the table reports; unreadable or case-free files
+/// are one-line errors.
 #[test]
 fn bench_compare_measures_every_reference_case() {
     let dir = crate::util::scratch("bench-compare");
@@ -101,6 +102,25 @@ fn bench_compare_measures_every_reference_case() {
         assert!((r["ratio"].as_f64().unwrap() - ours / torch).abs() < 1e-9 * ours);
     }
     assert_eq!(rows[2]["torch_peak_rss_mib"], 700.0);
+    assert_eq!(rows[0]["isa"], v["isa"]);
+
+    // each case runs in a child process, under the parent's `--isa` ceiling
+    let out = hla()
+        .args(["--json", "--threads", "1", "--isa", "portable", "bench"])
+        .args(["--iters", "1", "--compare"])
+        .arg(&reference)
+        .output()
+        .expect("run hla --isa portable bench --compare");
+    let v = last_json(&out);
+    assert_eq!(v["isa"], "portable");
+    for r in v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["isa"].is_string())
+    {
+        assert_eq!(r["isa"], "portable", "{r}");
+    }
     if cfg!(target_os = "linux") {
         let (base, peak) = (
             rows[2]["base_rss_mib"].as_f64().unwrap(),
