@@ -116,13 +116,17 @@ fn main() {
         "threads {threads}; {} warm-ups, median of at least {} runs (more until {:?}, at most {})",
         protocol.warmup, protocol.min_reps, protocol.min_time, protocol.max_reps
     );
-    for (arch, batch, hw, classes) in [
-        ("resnet20", 128, 32, 10),
-        ("resnet18", 16, 224, 1000),
-        ("mobilenet_v2", 16, 224, 1000),
-    ] {
-        if only.is_none() || only.as_deref() == Some(arch) {
-            bench(arch, batch, hw, classes, &protocol);
+    // on a thread of the pool, as the `hla` binary runs its commands: the kernels' parallel
+    // loops are then queued there rather than handed over from the main thread and waited for
+    rayon::scope(|_| {
+        for (arch, batch, hw, classes) in [
+            ("resnet20", 128, 32, 10),
+            ("resnet18", 16, 224, 1000),
+            ("mobilenet_v2", 16, 224, 1000),
+        ] {
+            if only.is_none() || only.as_deref() == Some(arch) {
+                bench(arch, batch, hw, classes, &protocol);
+            }
         }
-    }
+    });
 }
