@@ -104,25 +104,7 @@ fn max_pool2d_on<F: Float>(
     let mut y = Array4::<F>::zeros((n, c, ho, wo));
     let mut am = Array4::<u32>::zeros((n, c, ho, wo));
     let (hw, np) = (h * w, ho * wo);
-    let (sw, pw) = (p.stride.1, p.padding.1);
-    // for each window column kw, the outputs whose input column `ow·s_w + kw − p_w` is inside
-    let cols: Vec<(usize, usize)> = (0..p.kernel.1)
-        .map(|kw| {
-            let lo = pw.saturating_sub(kw).div_ceil(sw);
-            let hi = if w + pw > kw {
-                ((w - 1 + pw - kw) / sw + 1).min(wo)
-            } else {
-                0
-            };
-            (lo, hi.max(lo))
-        })
-        .collect();
-    let scan = MaxScan {
-        p: *p,
-        hw: (h, w),
-        wo,
-        cols,
-    };
+    let scan = MaxScan::new(p, (h, w), wo);
     let plane = |i: usize, yp: &mut [F], ap: &mut [u32], phases: &mut Vec<F>| {
         let xp = &xs[i * hw..(i + 1) * hw];
         match isa {
@@ -162,19 +144,55 @@ struct MaxScan {
     cols: Vec<(usize, usize)>,
 }
 
+impl MaxScan {
+    fn new(p: &Pool2dParams, (h, w): (usize, usize), wo: usize) -> Self {
+        let (sw, pw) = (p.stride.1, p.padding.1);
+        // the outputs whose input column `ow·s_w + kw − p_w` is inside `0..w`
+        let cols = (0..p.kernel.1)
+            .map(|kw| {
+                let lo = pw.saturating_sub(kw).div_ceil(sw);
+                let hi = if w + pw > kw {
+                    ((w - 1 + pw - kw) / sw + 1).min(wo)
+                } else {
+                    0
+                };
+                (lo, hi.max(lo))
+            })
+            .collect();
+        MaxScan {
+            p: *p,
+            hw: (h, w),
+            wo,
+            cols,
+        }
+    }
+}
+
 /// One plane of [`max_pool2d`]. Each output row runs the scan of its windows tap by tap in
 /// row-major order (input row, then window column), over all its outputs at once: the running
 /// maximum is replaced by a later value if strictly greater or NaN, as a select rather than a
 /// branch per tap (a branch on random data mispredicts; the per-output scan was 5 % of a
-/// ResNet-18 training step). With stride `s_w` each input row is first split into its `s_w`
-/// column phases, so that one tap's values for consecutive outputs are contiguous and the
-/// loop vectorises (compiled for AVX-512 / AVX2 at run time, whose masked stores it needs).
+/// ResNet-18 training step). With stride `s_w` each input row is first split (once per plane)
+/// into its `s_w` column phases, so that one tap's values for consecutive outputs are
+/// contiguous and the loop vectorises (compiled for AVX-512 / AVX2 at run time, whose masked
+/// stores it needs).
 #[inline(always)]
 fn max_plane<F: Float>(m: &MaxScan, xp: &[F], yp: &mut [F], ap: &mut [u32], ph: &mut Vec<F>) {
     let ((h, w), wo) = (m.hw, m.wo);
     let (sw, pw) = (m.p.stride.1, m.p.padding.1);
     let pl = w.div_ceil(sw);
-    ph.resize(sw * pl, F::zero());
+    // every input row split into its column phases once (rows are shared by overlapping
+    // windows), `[h][s_w][pl]`
+    if sw > 1 {
+        ph.resize(h * sw * pl, F::zero());
+        for (xr, pr) in xp.chunks_exact(w).zip(ph.chunks_exact_mut(sw * pl)) {
+            for (j, c) in xr.chunks(sw).enumerate() {
+                for (r, &v) in c.iter().enumerate() {
+                    pr[r * pl + j] = v;
+                }
+            }
+        }
+    }
     for ((oh, yr), ar) in yp.chunks_mut(wo).enumerate().zip(ap.chunks_mut(wo)) {
         let (h0, h1) = Pool2dParams::window(oh, m.p.stride.0, m.p.padding.0, m.p.kernel.0, h);
         yr.fill(F::neg_infinity());
@@ -183,16 +201,10 @@ fn max_plane<F: Float>(m: &MaxScan, xp: &[F], yp: &mut [F], ap: &mut [u32], ph: 
             *a = (h0 * w + w0) as u32;
         }
         for ih in h0..h1 {
-            let xr = &xp[ih * w..(ih + 1) * w];
             let rows: &[F] = if sw == 1 {
-                xr
+                &xp[ih * w..(ih + 1) * w]
             } else {
-                for (j, c) in xr.chunks(sw).enumerate() {
-                    for (r, &v) in c.iter().enumerate() {
-                        ph[r * pl + j] = v;
-                    }
-                }
-                ph
+                &ph[ih * sw * pl..(ih + 1) * sw * pl]
             };
             for (kw, &(lo, hi)) in m.cols.iter().enumerate() {
                 // input column ow·s_w + kw − p_w = (ow + q)·s_w + r

@@ -57,9 +57,9 @@ pub fn conv2d_act<F: Float>(
 /// rewrites every weight on each call, which at batch 1 is a large share of a forward
 /// (ResNet-18's 512-channel layers hold 9.4 MB each).
 ///
-/// The packing is reused only for the same weight buffer (its address and length, in standard
-/// layout), input size, parameters and instruction set; anything else packs again. A caller
-/// that keeps one must not change the weights' values in place meanwhile.
+/// The packing is reused only for the same weight buffer (its address and dimensions, in
+/// standard layout), input size, parameters and instruction set; anything else packs again. A
+/// caller that keeps one must not change the weights' values in place meanwhile.
 #[derive(Clone, Debug)]
 pub struct PackedWeights<F> {
     key: Option<PackKey>,
@@ -79,7 +79,6 @@ impl<F> Default for PackedWeights<F> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PackKey {
     w_addr: usize,
-    w_len: usize,
     x_hw: (usize, usize),
     w_dims: [usize; 4],
     p: Conv2dParams,
@@ -131,7 +130,6 @@ pub fn conv2d_act_packed<F: Float>(
             // a copy made by `as_standard_layout` is not the caller's buffer: never kept
             let key = (w.as_ptr() == w_in.as_ptr()).then_some(PackKey {
                 w_addr: ws.as_ptr() as usize,
-                w_len: ws.len(),
                 x_hw: (g.h, g.w),
                 w_dims: dims4(&w_in),
                 p: *p,
