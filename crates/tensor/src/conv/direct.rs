@@ -168,12 +168,21 @@ impl Direct {
     fn qpad(&self, lanes: usize) -> usize {
         self.qend().div_ceil(lanes) * lanes
     }
-    /// Scratch length for `dy` on the flattened grid (rows padded to a whole channel block).
+    /// Whether [`backward_weight_samples`] takes the channel-vectorised kernel (AVX-512, from
+    /// 32 output channels on: measured faster there), which reads `dy` transposed.
+    fn dw_channel_vectorised(&self, isa: Isa) -> bool {
+        cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx512(_)) && self.cout >= 32
+    }
+    /// Scratch length for `dy` of one sample: transposed to `[position][cout rounded up to the
+    /// channel block]` for the channel-vectorised kernel, else on the flattened grid (rows
+    /// padded to a whole channel block).
     pub fn dy_scratch_len(&self, isa: Isa) -> usize {
+        if self.dw_channel_vectorised(isa) {
+            let (v, _) = dw_pix_blocks(self.cout);
+            return self.ho * self.wo * self.cout.div_ceil(16 * v) * 16 * v;
+        }
         let (cob, _, lanes) = Self::dw_blocks(isa);
-        let grid = self.cout.div_ceil(cob) * cob * self.qpad(lanes);
-        let transposed = self.ho * self.wo * self.cout.div_ceil(64) * 64;
-        grid.max(transposed)
+        self.cout.div_ceil(cob) * cob * self.qpad(lanes)
     }
     /// Offset of tap `(ci, ki, kj)` (in that order) into the phase-split input, padded with
     /// zeros to a multiple of `mult` entries.
@@ -193,30 +202,67 @@ impl Direct {
         }
         off
     }
-    /// Writes `x [cin, h, w]` zero-padded and phase-split into `dst` (fully overwritten).
+    /// Writes `x [cin, h, w]` zero-padded and phase-split into `dst` (fully overwritten):
+    /// every entry is written once (no memset of the whole buffer first), each input row into
+    /// its phase rows in one pass (a memcpy at stride 1, a de-interleave at stride 2).
     fn fill_input<F: Float>(&self, x: &[F], dst: &mut [F]) {
         let (hq, wq) = (self.hq(), self.wq());
-        dst.fill(F::zero());
+        let (sh, sw, pw, w) = (self.sh, self.sw, self.pw, self.w);
+        let plane = hq * wq;
+        let used = self.cin * sh * sw * plane;
+        dst[used..].fill(F::zero());
+        // phase rows `i0..i1` of phase `a` hold the input rows `i·s_h + a − p_h`; phase columns
+        // `j0..j1` of phase `b` the input columns `j·s_w + b − p_w`
+        let span = |p: usize, n: usize, s: usize, q: usize, len: usize| {
+            let lo = p.saturating_sub(q).div_ceil(s).min(len);
+            (lo, (p + n).saturating_sub(q).div_ceil(s).clamp(lo, len))
+        };
+        for (pi, pl) in dst[..used].chunks_exact_mut(plane).enumerate() {
+            let (a, b) = (pi / sw % sh, pi % sw);
+            let (i0, i1) = span(self.ph, self.h, sh, a, hq);
+            let (j0, j1) = span(pw, w, sw, b, wq);
+            pl[..i0 * wq].fill(F::zero());
+            pl[i1 * wq..].fill(F::zero());
+            for row in pl[i0 * wq..i1 * wq].chunks_exact_mut(wq) {
+                row[..j0].fill(F::zero());
+                row[j1..].fill(F::zero());
+            }
+        }
+        if w == 0 {
+            return;
+        }
         for ci in 0..self.cin {
             for ih in 0..self.h {
                 let r = ih + self.ph;
-                let (a, i) = (r % self.sh, r / self.sh);
-                let src = &x[(ci * self.h + ih) * self.w..][..self.w];
-                if self.sw == 1 {
-                    let o = ((ci * self.sh + a) * hq + i) * wq + self.pw;
-                    dst[o..o + self.w].copy_from_slice(src);
-                } else {
-                    // Phase b holds padded columns c = j·s_w + b, i.e. input columns c − p_w.
-                    for b in 0..self.sw {
-                        let o = (((ci * self.sh + a) * self.sw + b) * hq + i) * wq;
-                        let row = &mut dst[o..o + wq];
-                        let j0 = self.pw.saturating_sub(b).div_ceil(self.sw);
-                        for (j, v) in row.iter_mut().enumerate().skip(j0) {
-                            let iw = j * self.sw + b - self.pw;
-                            if iw >= self.w {
-                                break;
-                            }
-                            *v = src[iw];
+                let (a, i) = (r % sh, r / sh);
+                let src = &x[(ci * self.h + ih) * w..][..w];
+                // the row of phase (a, 0); phase b's row is `b` planes further
+                let at = (ci * sh + a) * sw * plane + i * wq;
+                match sw {
+                    1 => dst[at + pw..at + pw + w].copy_from_slice(src),
+                    2 => {
+                        // input column `iw` is padded column `iw + p_w`: phase `(iw + p_w) % 2`,
+                        // column `(iw + p_w) / 2`; the even input columns go to phase `p_w % 2`
+                        let (lo, hi) = dst[at..at + plane + wq].split_at_mut(plane);
+                        let (even, odd) = if pw % 2 == 0 { (lo, hi) } else { (hi, lo) };
+                        let (je, jo) = (pw / 2, pw / 2 + pw % 2);
+                        let pairs = src.chunks_exact(2);
+                        if let Some(&v) = pairs.remainder().first() {
+                            even[je + w / 2] = v;
+                        }
+                        for ((e, o), pr) in even[je..je + w / 2]
+                            .iter_mut()
+                            .zip(&mut odd[jo..jo + w / 2])
+                            .zip(pairs)
+                        {
+                            *e = pr[0];
+                            *o = pr[1];
+                        }
+                    }
+                    _ => {
+                        for (iw, &v) in src.iter().enumerate() {
+                            let c = iw + pw;
+                            dst[at + (c % sw) * plane + c / sw] = v;
                         }
                     }
                 }
@@ -763,9 +809,8 @@ pub(crate) fn backward_weight_samples<F: Float>(
         "hla-tensor internal error: dw scratch"
     );
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx512(_)) && d.cout >= 32 {
-        // Channel-vectorised (measured faster from 32 output channels on): dy transposed to
-        // [position][cout rounded up to the channel block] per sample.
+    if d.dw_channel_vectorised(isa) {
+        // dy transposed to [position][cout rounded up to the channel block] per sample
         let (v, tb) = dw_pix_blocks(d.cout);
         let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16 * v) * 16 * v);
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
@@ -773,7 +818,10 @@ pub(crate) fn backward_weight_samples<F: Float>(
             d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
             let dst = &mut ds[s * dl..s * dl + npix * cp];
             if cp > d.cout {
-                dst.fill(F::zero()); // the padding channels; the rest is overwritten below
+                // the padding channels; the rest is overwritten below
+                for row in dst.chunks_exact_mut(cp) {
+                    row[d.cout..].fill(F::zero());
+                }
             }
             // in chunks of positions, so that the chunk's rows of `dst` stay in L1 while
             // every channel writes into them (one line per position and channel otherwise)
@@ -810,13 +858,24 @@ pub(crate) fn backward_weight_samples<F: Float>(
         };
         return;
     }
-    ds.fill(F::zero());
+    let rows = d.cout.div_ceil(cob) * cob;
+    assert!(dl >= rows * qpad, "hla-tensor internal error: dy scratch");
     for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
         d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
-        for co in 0..d.cout {
+        // each channel's row: its output rows at the grid pitch, zeros in the junk columns, in
+        // the tail up to `qpad` and in the padding channels
+        for (co, row) in ds[s * dl..][..rows * qpad]
+            .chunks_exact_mut(qpad)
+            .enumerate()
+        {
+            if co >= d.cout {
+                row.fill(F::zero());
+                continue;
+            }
             for oh in 0..d.ho {
-                let dst = s * dl + co * qpad + oh * wq;
-                ds[dst..dst + d.wo].copy_from_slice(&dy[(co * d.ho + oh) * d.wo..][..d.wo]);
+                let (at, end) = (oh * wq, if oh + 1 == d.ho { qpad } else { (oh + 1) * wq });
+                row[at..at + d.wo].copy_from_slice(&dy[(co * d.ho + oh) * d.wo..][..d.wo]);
+                row[at + d.wo..end].fill(F::zero());
             }
         }
     }
@@ -825,10 +884,6 @@ pub(crate) fn backward_weight_samples<F: Float>(
     assert!(
         max_off + qpad <= xl,
         "hla-tensor internal error: direct dw scratch"
-    );
-    assert!(
-        dl >= d.cout.div_ceil(cob) * cob * qpad,
-        "hla-tensor internal error: dy scratch"
     );
     assert_eq!(
         dw.len(),
@@ -1186,6 +1241,63 @@ unsafe fn scatter_avx512(
                 _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
             }
             q0 += 16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Direct;
+
+    /// `fill_input` writes every entry of its destination (NaN-filled beforehand) with the
+    /// phase-split zero-padded input of the definition `P_ab[i, j] = x_p[i·s_h + a, j·s_w + b]`,
+    /// for strides 1–3, paddings 0–3 and widths that leave each phase row short or long.
+    #[test]
+    fn fill_input_is_the_phase_split_padded_input() {
+        for (h, w) in [(5, 7), (4, 4), (1, 6), (6, 1)] {
+            for (sh, sw) in [(1, 1), (2, 2), (1, 3), (3, 2), (2, 1)] {
+                for (ph, pw) in [(0, 0), (1, 1), (2, 3), (3, 0)] {
+                    let d = Direct {
+                        cin: 2,
+                        h,
+                        w,
+                        ph,
+                        pw,
+                        kh: 1,
+                        kw: 1,
+                        sh,
+                        sw,
+                        dh: 1,
+                        dw: 1,
+                        cout: 1,
+                        ho: 1,
+                        wo: 1,
+                    };
+                    let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+                    let mut dst = vec![f32::NAN; d.scratch_len()];
+                    d.fill_input(&x, &mut dst);
+                    let (hq, wq) = (d.hq(), d.wq());
+                    for (k, &v) in dst.iter().enumerate() {
+                        let want = if k >= 2 * sh * sw * hq * wq {
+                            0.0
+                        } else {
+                            let (pl, i, j) = (k / (hq * wq), k / wq % hq, k % wq);
+                            let (ci, a, b) = (pl / (sh * sw), pl / sw % sh, pl % sw);
+                            let (r, c) = (i * sh + a, j * sw + b);
+                            if r < ph || r >= ph + h || c < pw || c >= pw + w {
+                                0.0
+                            } else {
+                                x[(ci * h + r - ph) * w + c - pw]
+                            }
+                        };
+                        assert_eq!(
+                            v.to_bits(),
+                            want.to_bits(),
+                            "{h}×{w}, stride ({sh}, {sw}), pad ({ph}, {pw}), entry {k}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
