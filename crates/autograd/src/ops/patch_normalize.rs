@@ -132,7 +132,8 @@ fn per_sample<F: Float>(
     }
 }
 
-/// `dy = dq / n`; `dx = 2·x ⊙ convᵀ(Σ_group (−dq ⊙ y) / n² / (2·n), ONES)`.
+/// `dy = dq / n`; `dx = 2·x ⊙ convᵀ(Σ_group (−dq ⊙ y) / n² / (2·n), ONES)`; both read `dq`
+/// in one pass.
 pub(crate) fn patch_normalize_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (y, x): (Var, Var),
@@ -148,24 +149,27 @@ pub(crate) fn patch_normalize_backward<F: Float>(
     let (cpg, pix) = (c_out / g, ho * wo);
     let two = F::one() + F::one();
     let ns = xn.as_slice().expect("fresh array is contiguous");
+    let needs_y = bw.needs(y);
     if bw.needs(x) {
         let ys = bw.value(y).as_slice().expect("tape values are contiguous");
-        let ds = dq.as_slice().expect("fresh array is contiguous");
         // d(loss)/d(norm) per group, then through the square root: the division's
         // `(−dq·y) / (n·n)`, summed over the group's channels from zero as `sum_axis` folds
-        // (one channel per group: no sum, as the composition broadcasts nothing), then `d / (2·n)`
+        // (one channel per group: no sum, as the composition broadcasts nothing), then `d / (2·n)`;
+        // in the same pass, `dq / n` in place when `y` needs its gradient
         let mut dn = Array4::<F>::zeros((n, g, ho, wo));
         let per = g * pix;
-        let sample = |(s, dn_s): (usize, &mut [F])| {
+        let sample = |(s, (dn_s, dq_s)): (usize, (&mut [F], &mut [F]))| {
             for gi in 0..g {
                 let acc = &mut dn_s[gi * pix..][..pix];
                 let nrm = &ns[(s * g + gi) * pix..][..pix];
                 for c in gi * cpg..(gi + 1) * cpg {
-                    let at = (s * c_out + c) * pix;
-                    let (d, a) = (&ds[at..at + pix], &ys[at..at + pix]);
-                    for (((t, &d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
-                        let v = (-d * a) / (b * b);
+                    let (d, a) = (&mut dq_s[c * pix..][..pix], &ys[(s * c_out + c) * pix..][..pix]);
+                    for (((t, d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
+                        let v = (-*d * a) / (b * b);
                         *t = if cpg == 1 { v } else { *t + v };
+                        if needs_y {
+                            *d = *d / b;
+                        }
                     }
                 }
                 for (t, &b) in acc.iter_mut().zip(nrm) {
@@ -174,11 +178,18 @@ pub(crate) fn patch_normalize_backward<F: Float>(
             }
         };
         let dns = dn.as_slice_mut().expect("fresh array is contiguous");
+        let dqs = dq.as_slice_mut().expect("fresh array is contiguous");
         if per > 0 {
             if par == Par::Rayon && n * c_out * pix >= PAR_MIN_LEN {
-                dns.par_chunks_mut(per).enumerate().for_each(sample);
+                dns.par_chunks_mut(per)
+                    .zip(dqs.par_chunks_mut(c_out * pix))
+                    .enumerate()
+                    .for_each(sample);
             } else {
-                dns.chunks_mut(per).enumerate().for_each(sample);
+                dns.chunks_mut(per)
+                    .zip(dqs.chunks_mut(c_out * pix))
+                    .enumerate()
+                    .for_each(sample);
             }
         }
         let xv = as4(OP, bw.value(x))?;
@@ -196,9 +207,11 @@ pub(crate) fn patch_normalize_backward<F: Float>(
         }
         bw.add(x, dx.into_dyn());
     }
-    if bw.needs(y) {
-        let dqs = dq.as_slice_mut().expect("fresh array is contiguous");
-        per_sample(par, dqs, ns, (cpg, pix), |d, n| *d = *d / n);
+    if needs_y {
+        if !bw.needs(x) {
+            let dqs = dq.as_slice_mut().expect("fresh array is contiguous");
+            per_sample(par, dqs, ns, (cpg, pix), |d, n| *d = *d / n);
+        }
         bw.add(y, dq.into_dyn());
     }
     Ok(())
