@@ -163,7 +163,10 @@ pub(crate) fn patch_normalize_backward<F: Float>(
                 let acc = &mut dn_s[gi * pix..][..pix];
                 let nrm = &ns[(s * g + gi) * pix..][..pix];
                 for c in gi * cpg..(gi + 1) * cpg {
-                    let (d, a) = (&mut dq_s[c * pix..][..pix], &ys[(s * c_out + c) * pix..][..pix]);
+                    let (d, a) = (
+                        &mut dq_s[c * pix..][..pix],
+                        &ys[(s * c_out + c) * pix..][..pix],
+                    );
                     for (((t, d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
                         let v = (-*d * a) / (b * b);
                         *t = if cpg == 1 { v } else { *t + v };

@@ -203,9 +203,10 @@ impl Direct {
         off
     }
     /// Writes `x [cin, h, w]` zero-padded and phase-split into `dst` (fully overwritten):
-    /// every entry is written once (no memset of the whole buffer first), each input row into
-    /// its phase rows in one pass (a memcpy at stride 1, a de-interleave at stride 2).
-    fn fill_input<F: Float>(&self, x: &[F], dst: &mut [F]) {
+    /// every entry is written once (no memset of the whole buffer first). At stride 1 each
+    /// row, padding included, is written in masked vector stores; otherwise each input row
+    /// goes into its phase rows in one pass (a de-interleave at stride 2).
+    fn fill_input<F: Float>(&self, isa: Isa, x: &[F], dst: &mut [F]) {
         let (hq, wq) = (self.hq(), self.wq());
         let (sh, sw, pw, w) = (self.sh, self.sw, self.pw, self.w);
         let plane = hq * wq;
@@ -218,18 +219,35 @@ impl Direct {
             (lo, (p + n).saturating_sub(q).div_ceil(s).clamp(lo, len))
         };
         for (pi, pl) in dst[..used].chunks_exact_mut(plane).enumerate() {
-            let (a, b) = (pi / sw % sh, pi % sw);
-            let (i0, i1) = span(self.ph, self.h, sh, a, hq);
-            let (j0, j1) = span(pw, w, sw, b, wq);
+            let (i0, i1) = span(self.ph, self.h, sh, pi / sw % sh, hq);
             pl[..i0 * wq].fill(F::zero());
             pl[i1 * wq..].fill(F::zero());
+        }
+        if w == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if sh == 1 && sw == 1 && Direct::supported::<F>() {
+            let (x, dst) = (as_f32(x), as_f32_mut(&mut dst[..used]));
+            let rows = (self.h, self.ph * wq, plane);
+            // SAFETY: an `Isa` carries its detection proof; the kernels assert their bounds.
+            unsafe {
+                match isa {
+                    Isa::Avx512(_) => pad_rows_avx512(x, (w, pw), dst, rows),
+                    Isa::Avx2(_) => pad_rows_avx2(x, (w, pw), dst, rows),
+                }
+            }
+            return;
+        }
+        let _ = isa;
+        // the padding columns of the rows that hold input
+        for (pi, pl) in dst[..used].chunks_exact_mut(plane).enumerate() {
+            let (i0, i1) = span(self.ph, self.h, sh, pi / sw % sh, hq);
+            let (j0, j1) = span(pw, w, sw, pi % sw, wq);
             for row in pl[i0 * wq..i1 * wq].chunks_exact_mut(wq) {
                 row[..j0].fill(F::zero());
                 row[j1..].fill(F::zero());
             }
-        }
-        if w == 0 {
-            return;
         }
         for ci in 0..self.cin {
             for ih in 0..self.h {
@@ -270,6 +288,78 @@ impl Direct {
         }
     }
 }
+
+macro_rules! pad_rows_kernel {
+    ($name:ident, $feat:literal, $lanes:literal, $mask:ty, $mk:expr, $load:expr, $store:expr) => {
+        /// The stride-1 rows of [`Direct::fill_input`]: for every channel `c` of `x` (`h` rows
+        /// of `w`) and row `i`, `dst[c·plane + first + i·wq + j] = x[c, i, j − p_w]` for
+        /// `p_w ≤ j < p_w + w`, else 0 (`wq = w + 2·p_w`), each row in masked vector loads and
+        /// stores (masked-off lanes touch no memory), the masks built once per call.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(
+            x: &[f32],
+            (w, pw): (usize, usize),
+            dst: &mut [f32],
+            (h, first, plane): (usize, usize, usize),
+        ) {
+            #[allow(unused_imports)]
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            let wq = w + 2 * pw;
+            let cin = x.len() / (h * w);
+            assert!(
+                x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
+                "hla-tensor internal error: padded rows"
+            );
+            // per vector of the row: its first column, which lanes read the input, which lanes
+            // lie inside the row
+            let chunks: Vec<(usize, $mask, $mask)> = (0..wq)
+                .step_by(L)
+                .map(|j0| (j0, $mk(j0, pw, pw + w), $mk(j0, 0, wq)))
+                .collect();
+            for (c, x_c) in x.chunks_exact(h * w).enumerate() {
+                let rows = &mut dst[c * plane + first..][..h * wq];
+                for (src, row) in x_c.chunks_exact(w).zip(rows.chunks_exact_mut(wq)) {
+                    let (sp, rp) = (src.as_ptr(), row.as_mut_ptr());
+                    for &(j0, lm, sm) in &chunks {
+                        // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's
+                        // address may lie outside it, but masked-off lanes are not read
+                        let v = $load(lm, sp.wrapping_add(j0).wrapping_sub(pw));
+                        $store(sm, rp.add(j0), v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+pad_rows_kernel!(
+    pad_rows_avx512,
+    "avx512f",
+    16,
+    __mmask16,
+    |j0: usize, lo: usize, hi: usize| {
+        (0..16u16).fold(0u16, |m, l| {
+            m | ((((lo..hi).contains(&(j0 + l as usize))) as u16) << l)
+        })
+    },
+    |m, p| _mm512_maskz_loadu_ps(m, p),
+    |m, p, v| _mm512_mask_storeu_ps(p, m, v)
+);
+
+pad_rows_kernel!(
+    pad_rows_avx2,
+    "avx2",
+    8,
+    __m256i,
+    |j0: usize, lo: usize, hi: usize| {
+        let m: [i32; 8] = std::array::from_fn(|l| -((lo..hi).contains(&(j0 + l)) as i32));
+        _mm256_loadu_si256(m.as_ptr() as *const __m256i)
+    },
+    |m, p| _mm256_maskload_ps(p, m),
+    |m, p, v| _mm256_maskstore_ps(p, m, v)
+);
 
 /// Taps per chunk of [`pack_weights`]: 64 taps × 32 channels are 8 KiB of packed weights.
 const PACK_TAPS: usize = 64;
@@ -375,7 +465,7 @@ pub(crate) fn conv_sample<F: Float>(
     tables: &Tables,
     chans: std::ops::Range<usize>,
 ) {
-    d.fill_input(x, scratch);
+    d.fill_input(isa, x, scratch);
     let Plan { kernel, cob, pxb } = plan;
     assert!(
         chans.start % cob == 0 && chans.end <= d.cout && chans.start < chans.end,
@@ -815,7 +905,7 @@ pub(crate) fn backward_weight_samples<F: Float>(
         let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16 * v) * 16 * v);
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
         for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
-            d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
+            d.fill_input(isa, x, &mut xs[s * xl..(s + 1) * xl]);
             let dst = &mut ds[s * dl..s * dl + npix * cp];
             if cp > d.cout {
                 // the padding channels; the rest is overwritten below
@@ -861,7 +951,7 @@ pub(crate) fn backward_weight_samples<F: Float>(
     let rows = d.cout.div_ceil(cob) * cob;
     assert!(dl >= rows * qpad, "hla-tensor internal error: dy scratch");
     for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
-        d.fill_input(x, &mut xs[s * xl..(s + 1) * xl]);
+        d.fill_input(isa, x, &mut xs[s * xl..(s + 1) * xl]);
         // each channel's row: its output rows at the grid pitch, zeros in the junk columns, in
         // the tail up to `qpad` and in the padding channels
         for (co, row) in ds[s * dl..][..rows * qpad]
@@ -1247,14 +1337,14 @@ unsafe fn scatter_avx512(
 
 #[cfg(test)]
 mod tests {
-    use super::Direct;
+    use super::{detect, detect_avx2, Direct};
 
-    /// `fill_input` writes every entry of its destination (NaN-filled beforehand) with the
+    /// `fill_input` (each ISA's kernels) writes every entry of its destination (NaN-filled beforehand) with the
     /// phase-split zero-padded input of the definition `P_ab[i, j] = x_p[i·s_h + a, j·s_w + b]`,
     /// for strides 1–3, paddings 0–3 and widths that leave each phase row short or long.
     #[test]
     fn fill_input_is_the_phase_split_padded_input() {
-        for (h, w) in [(5, 7), (4, 4), (1, 6), (6, 1)] {
+        for (h, w) in [(5, 7), (4, 4), (1, 6), (6, 1), (3, 19), (2, 33)] {
             for (sh, sw) in [(1, 1), (2, 2), (1, 3), (3, 2), (2, 1)] {
                 for (ph, pw) in [(0, 0), (1, 1), (2, 3), (3, 0)] {
                     let d = Direct {
@@ -1274,27 +1364,29 @@ mod tests {
                         wo: 1,
                     };
                     let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
-                    let mut dst = vec![f32::NAN; d.scratch_len()];
-                    d.fill_input(&x, &mut dst);
-                    let (hq, wq) = (d.hq(), d.wq());
-                    for (k, &v) in dst.iter().enumerate() {
-                        let want = if k >= 2 * sh * sw * hq * wq {
-                            0.0
-                        } else {
-                            let (pl, i, j) = (k / (hq * wq), k / wq % hq, k % wq);
-                            let (ci, a, b) = (pl / (sh * sw), pl / sw % sh, pl % sw);
-                            let (r, c) = (i * sh + a, j * sw + b);
-                            if r < ph || r >= ph + h || c < pw || c >= pw + w {
+                    for isa in [detect(), detect_avx2()].into_iter().flatten() {
+                        let mut dst = vec![f32::NAN; d.scratch_len()];
+                        d.fill_input(isa, &x, &mut dst);
+                        let (hq, wq) = (d.hq(), d.wq());
+                        for (k, &v) in dst.iter().enumerate() {
+                            let want = if k >= 2 * sh * sw * hq * wq {
                                 0.0
                             } else {
-                                x[(ci * h + r - ph) * w + c - pw]
-                            }
-                        };
-                        assert_eq!(
+                                let (pl, i, j) = (k / (hq * wq), k / wq % hq, k % wq);
+                                let (ci, a, b) = (pl / (sh * sw), pl / sw % sh, pl % sw);
+                                let (r, c) = (i * sh + a, j * sw + b);
+                                if r < ph || r >= ph + h || c < pw || c >= pw + w {
+                                    0.0
+                                } else {
+                                    x[(ci * h + r - ph) * w + c - pw]
+                                }
+                            };
+                            assert_eq!(
                             v.to_bits(),
                             want.to_bits(),
-                            "{h}×{w}, stride ({sh}, {sw}), pad ({ph}, {pw}), entry {k}"
+                            "{isa:?}: {h}×{w}, stride ({sh}, {sw}), pad ({ph}, {pw}), entry {k}"
                         );
+                        }
                     }
                 }
             }
