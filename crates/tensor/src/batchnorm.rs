@@ -5,13 +5,37 @@
 //! and one the compiler vectorises. Channels are independent, so they are spread over the rayon
 //! pool without changing any result.
 
+use std::mem::MaybeUninit;
+
 use crate::group::{channel_lanes, Group};
+use crate::lanes::Lanes;
 use crate::{Float, Par, Result};
-use ndarray::{Array1, ArrayView4};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+use rayon::prelude::*;
 
 /// The `n` planes of channel `ch` of a contiguous `[n, c, h·w]` buffer, in sample order.
-fn channel_planes<F>(xs: &[F], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[F]> {
+fn channel_planes<F>(
+    xs: &[F],
+    c: usize,
+    hw: usize,
+    ch: usize,
+) -> impl Iterator<Item = &[F]> + Clone {
     xs.chunks_exact(hw).skip(ch).step_by(c)
+}
+
+/// One channel's mean and biased variance over its `planes`, `m` values in all: the two
+/// passes back to back, so that the second reads the channel's planes from cache.
+fn planes_mean_var<'a, F: Float>(planes: impl Iterator<Item = &'a [F]> + Clone, m: F) -> (F, F) {
+    let mut s = Lanes::new();
+    for p in planes.clone() {
+        s.add(p);
+    }
+    let mu = s.total() / m;
+    let mut q = Lanes::new();
+    for p in planes {
+        q.add_map(p, |v| (v - mu) * (v - mu));
+    }
+    (mu, q.total() / m)
 }
 
 /// Per-channel mean and biased variance (two passes: mean first, then `Σ (x − mean)² / m`,
@@ -55,6 +79,14 @@ pub fn channel_mean_var_in<F: Float>(
             .into_iter()
             .flatten()
     };
+    if group.map_or(true, |g| g.size() <= 1) {
+        // one channel at a time, both passes: the bits of the two passes over all channels
+        let (mean, var): (Vec<F>, Vec<F>) =
+            crate::map_range(par, c, |ch| planes_mean_var(planes(ch), m))
+                .into_iter()
+                .unzip();
+        return Ok((Array1::from(mean), Array1::from(var), count));
+    }
     let sums = channel_lanes::<F, 1>(group, OP, c, par, |ch, s| {
         for p in planes(ch) {
             s[0].add(p);
@@ -69,6 +101,70 @@ pub fn channel_mean_var_in<F: Float>(
     })?;
     let var = sq.into_iter().map(|[q]| q.total() / m).collect();
     Ok((mean, var, count))
+}
+
+/// Train-mode batch norm of one process (no group), each channel in one sweep while its planes
+/// are in cache: its mean and biased variance as [`channel_mean_var`], then `inv_std = 1 /
+/// √(var + ε)` and `y = γ·((x − mean)·inv_std) + β`, the formulas of the two-step computation
+/// (and its bits). Channels run in parallel when `par` allows, the same bits either way.
+///
+/// # Shapes
+/// `x`: `[n, c, h, w]` with `n·h·w > 0`, `gamma`, `beta`: `[c]` → (`y [n, c, h, w]`, `mean`,
+/// `var`, `inv_std`, each `[c]`).
+///
+/// # Panics
+/// If `n·h·w == 0` or `gamma` or `beta` is not `[c]` (a caller bug: the autograd op checks).
+pub fn batch_norm_train_forward<F: Float>(
+    x: ArrayView4<F>,
+    (gamma, beta): (ArrayView1<F>, ArrayView1<F>),
+    eps: F,
+    par: Par,
+) -> (Array4<F>, Array1<F>, Array1<F>, Array1<F>) {
+    let (n, c, h, w) = x.dim();
+    let hw = h * w;
+    assert!(
+        n * hw > 0 && gamma.len() == c && beta.len() == c,
+        "batch_norm_train_forward: shapes {:?}, [{}], [{}]",
+        x.shape(),
+        gamma.len(),
+        beta.len()
+    );
+    let m = F::from_f64((n * hw) as f64);
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let mut y = Array4::<F>::uninit(x.raw_dim());
+    let mut by_channel: Vec<Vec<&mut [MaybeUninit<F>]>> = (0..c).map(|_| Vec::new()).collect();
+    for (i, p) in y
+        .as_slice_mut()
+        .expect("fresh array is contiguous")
+        .chunks_exact_mut(hw)
+        .enumerate()
+    {
+        by_channel[i % c].push(p);
+    }
+    let one = |(ch, ys): (usize, &mut Vec<&mut [MaybeUninit<F>]>)| {
+        let planes = channel_planes(xs, c, hw, ch);
+        let (mu, var) = planes_mean_var(planes.clone(), m);
+        let s = F::one() / (var + eps).sqrt();
+        let (g, b) = (gamma[ch], beta[ch]);
+        for (yp, xp) in ys.iter_mut().zip(planes) {
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                o.write(g * ((v - mu) * s) + b);
+            }
+        }
+        (mu, var, s)
+    };
+    let stats: Vec<(F, F, F)> = match par {
+        Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
+        Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
+    };
+    drop(by_channel);
+    // SAFETY: every plane of `y` was in exactly one channel's list and written in full above.
+    let y = unsafe { y.assume_init() };
+    let mean = stats.iter().map(|t| t.0).collect();
+    let var = stats.iter().map(|t| t.1).collect();
+    let inv_std = stats.iter().map(|t| t.2).collect();
+    (y, mean, var, inv_std)
 }
 
 #[cfg(test)]
@@ -119,5 +215,63 @@ mod tests {
         assert!(!t.is_standard_layout());
         let (mt, vt) = channel_mean_var(t, Par::Rayon);
         assert_eq!((bits(&mt), bits(&vt)), (bits(&mean), bits(&var)));
+    }
+
+    /// The one-sweep train forward gives the bits of `channel_mean_var` followed by the
+    /// per-element formula, sequentially and on 1, 2 and 4 threads, for a non-standard layout
+    /// too; a mutated formula (`γ·(x − μ)·s + β`) is told apart.
+    #[test]
+    fn train_forward_is_stats_then_formula_bit_for_bit() {
+        let x = rand_array::<f32, _, _>((5, 3, 4, 7), 43).mapv(|v| 3.0 * v + 1.0);
+        let (g, b) = (
+            Array1::from(vec![0.5f32, -1.25, 2.0]),
+            Array1::from(vec![0.1f32, 0.0, -0.3]),
+        );
+        let eps = 1e-5f32;
+        let (mean, var) = channel_mean_var(x.view(), Par::Seq);
+        let inv: Array1<f32> = var.mapv(|v| 1.0 / (v + eps).sqrt());
+        let mut want = x.clone();
+        let mut loose = x.clone();
+        for ((i, v), l) in want.indexed_iter_mut().zip(loose.iter_mut()) {
+            let ch = i.1;
+            let x0 = *v;
+            *v = g[ch] * ((x0 - mean[ch]) * inv[ch]) + b[ch];
+            *l = g[ch] * (x0 - mean[ch]) * inv[ch] + b[ch];
+        }
+        assert_ne!(
+            bits(&want),
+            bits(&loose),
+            "the mutation must change some value"
+        );
+        let run =
+            |x: ArrayView4<f32>, par| batch_norm_train_forward(x, (g.view(), b.view()), eps, par);
+        let check = |(y, m, v, s): (Array4<f32>, Array1<f32>, Array1<f32>, Array1<f32>),
+                     what: &str| {
+            assert_eq!(bits(&y), bits(&want), "{what}: y");
+            assert_eq!(
+                (bits(&m), bits(&v), bits(&s)),
+                (bits(&mean), bits(&var), bits(&inv)),
+                "{what}: stats"
+            );
+        };
+        check(run(x.view(), Par::Seq), "sequential");
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            check(
+                pool.install(|| run(x.view(), Par::Rayon)),
+                &format!("{threads} threads"),
+            );
+        }
+        let t = x
+            .view()
+            .permuted_axes([0, 1, 3, 2])
+            .as_standard_layout()
+            .into_owned();
+        let t = t.view().permuted_axes([0, 1, 3, 2]);
+        assert!(!t.is_standard_layout());
+        check(run(t, Par::Rayon), "non-standard layout");
     }
 }

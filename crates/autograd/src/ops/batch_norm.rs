@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::broadcast::PAR_MIN_LEN;
 use hla_tensor::group::channel_lanes;
+use hla_tensor::lanes::Lanes;
 
 use crate::op::Op;
 use crate::tape::Backprop;
@@ -94,21 +95,24 @@ pub fn batch_norm2d<F: Float>(
     if train {
         // With a data-parallel group the statistics are those of the global batch.
         let synced = tape.batch_norm_group().is_some();
-        let (mean, var, count) = match tape.batch_norm_group() {
-            Some(g) => hla_tensor::channel_mean_var_in(xv, tape.par(), Some(g))?,
-            None if n * h * w < 2 => (Array1::zeros(0), Array1::zeros(0), n * h * w),
-            None => hla_tensor::channel_mean_var_in(xv, tape.par(), None)?,
+        let (mean, var, count, y, inv_std) = match tape.batch_norm_group() {
+            Some(g) => {
+                let (mean, var, count) = hla_tensor::channel_mean_var_in(xv, tape.par(), Some(g))?;
+                too_few(count, &xv)?;
+                // x̂ is not kept: backward recomputes it from x (on the tape), mean and
+                // inv_std, so a training step holds one activation-sized tensor less per
+                // batch-norm layer.
+                let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());
+                (mean, var, count, y, inv_std)
+            }
+            None => {
+                too_few(n * h * w, &xv)?;
+                // statistics and normalisation in one sweep per channel (same bits)
+                let (y, mean, var, inv_std) =
+                    hla_tensor::batch_norm_train_forward(xv, (gv, bv), state.eps, tape.par());
+                (mean, var, n * h * w, y, inv_std)
+            }
         };
-        if count < 2 {
-            return Err(AutogradError::BadShape {
-                op: OP,
-                shape: xv.shape().to_vec(),
-                expected: "more than one value per channel in train mode".into(),
-            });
-        }
-        // x̂ is not kept: backward recomputes it from x (on the tape), mean and inv_std, so a
-        // training step holds one activation-sized tensor less per batch-norm layer.
-        let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());
         let m = state.momentum;
         let bessel = F::from_f64(count as f64 / (count - 1) as f64);
         Zip::from(&mut state.running_mean)
@@ -141,6 +145,19 @@ pub fn batch_norm2d<F: Float>(
             inv_std,
         }))
     }
+}
+
+/// `BadShape` for a train-mode batch of `count < 2` values per channel (the unbiased variance is
+/// undefined; PyTorch errors too).
+fn too_few<F: Float>(count: usize, x: &ArrayView4<'_, F>) -> Result<()> {
+    if count < 2 {
+        return Err(AutogradError::BadShape {
+            op: OP,
+            shape: x.shape().to_vec(),
+            expected: "more than one value per channel in train mode".into(),
+        });
+    }
+    Ok(())
 }
 
 /// `y = γ·(x − μ)·inv_std + β` per channel with `inv_std = 1/√(var + ε)`, computed as
@@ -190,6 +207,22 @@ fn forward<F: Float>(
     (y, inv_std)
 }
 
+/// Folds one plane of `dy` and `x` into a channel's sums: `Σdy` into `db`, `Σ dy·x̂` into `dg`
+/// (`x̂ = (x − mu)·s` on the fly).
+#[inline(always)]
+fn fold_plane<F: Float>(d: &[F], xp: &[F], (mu, s): (F, F), db: &mut Lanes<F>, dg: &mut Lanes<F>) {
+    db.add_map(d, |v| v);
+    dg.add_dot_map(d, xp, |v| (v - mu) * s);
+}
+
+/// One plane of `dx = k·(m·dy − Σdy − x̂·Σ(dy·x̂))` written over `dy`, `k = γ·inv_std/m`.
+#[inline(always)]
+fn dx_plane<F: Float>(dp: &mut [F], xp: &[F], (mu, s): (F, F), (k, m, db, dg): (F, F, F, F)) {
+    for (o, &v) in dp.iter_mut().zip(xp) {
+        *o = k * (m * *o - db - ((v - mu) * s) * dg);
+    }
+}
+
 /// Train mode, through the batch statistics (the kernel's formula):
 /// `dx = γ·inv_std/m·(m·dy − Σdy − x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`
 /// (sums per channel over n, h, w, `m = n·h·w`). `x̂ = (x − mean)·inv_std` is recomputed on the
@@ -219,54 +252,82 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     // `count` = n·h·w of the global batch (of this tape's batch without a group).
     let m = F::from_f64(count as f64);
     let xs = xv.as_slice().expect("tape values are in standard layout");
-    let sums: Vec<(F, F)> = {
-        let ds = dy.as_slice().expect("gradients are in standard layout");
-        let par = if xs.len() >= PAR_MIN_LEN {
-            bw.par
-        } else {
-            Par::Seq
-        };
-        let lanes = channel_lanes::<F, 2>(sum_group, OP, c, par, |ch, [db, dg]| {
-            if hw == 0 {
-                return;
-            }
-            let (mu, s) = (mean[ch], inv_std[ch]);
-            let d_planes = ds.chunks_exact(hw).skip(ch).step_by(c);
-            let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
-            for (d, xp) in d_planes.zip(x_planes) {
-                db.add_map(d, |v| v);
-                dg.add_dot_map(d, xp, |v| (v - mu) * s);
-            }
-        })?;
-        lanes
-            .into_iter()
-            .map(|[db, dg]| (dg.total(), db.total()))
-            .collect()
+    let par = if xs.len() >= PAR_MIN_LEN {
+        bw.par
+    } else {
+        Par::Seq
     };
-    if bw.needs(x) {
+    let sums: Vec<(F, F)> = if sum_group.is_none() && bw.needs(x) && hw > 0 {
+        // One sweep per channel: its sums, then its dx while its planes of dy and x are still
+        // in cache (the formulas and orders of the two separate passes below, so their bits).
         let ds = dy.as_slice_mut().expect("gradients are in standard layout");
-        let plane = |(i, (dp, xp)): (usize, (&mut [F], &[F]))| {
-            let ch = i % c;
-            let (dg, db) = sums[ch];
-            let (mu, s) = (mean[ch], inv_std[ch]);
-            let k = gv[ch] * s / m;
-            for (o, &v) in dp.iter_mut().zip(xp) {
-                *o = k * (m * *o - db - ((v - mu) * s) * dg);
-            }
-        };
-        if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-            ds.par_chunks_mut(hw)
-                .zip(xs.par_chunks(hw))
-                .enumerate()
-                .for_each(plane);
-        } else {
-            ds.chunks_mut(hw)
-                .zip(xs.chunks(hw))
-                .enumerate()
-                .for_each(plane);
+        let mut by_channel: Vec<Vec<&mut [F]>> = (0..c).map(|_| Vec::new()).collect();
+        for (i, p) in ds.chunks_exact_mut(hw).enumerate() {
+            by_channel[i % c].push(p);
         }
+        let one = |(ch, dps): (usize, &mut Vec<&mut [F]>)| {
+            let (mu, s) = (mean[ch], inv_std[ch]);
+            let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+            let (mut db, mut dg) = (Lanes::new(), Lanes::new());
+            for (d, xp) in dps.iter().zip(x_planes.clone()) {
+                fold_plane(d, xp, (mu, s), &mut db, &mut dg);
+            }
+            let (dg, db) = (dg.total(), db.total());
+            let k = gv[ch] * s / m;
+            for (dp, xp) in dps.iter_mut().zip(x_planes) {
+                dx_plane(dp, xp, (mu, s), (k, m, db, dg));
+            }
+            (dg, db)
+        };
+        let sums = match par {
+            Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
+            Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
+        };
+        drop(by_channel);
         bw.add(x, dy.into_dyn());
-    }
+        sums
+    } else {
+        let sums: Vec<(F, F)> = {
+            let ds = dy.as_slice().expect("gradients are in standard layout");
+            let lanes = channel_lanes::<F, 2>(sum_group, OP, c, par, |ch, [db, dg]| {
+                if hw == 0 {
+                    return;
+                }
+                let (mu, s) = (mean[ch], inv_std[ch]);
+                let d_planes = ds.chunks_exact(hw).skip(ch).step_by(c);
+                let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+                for (d, xp) in d_planes.zip(x_planes) {
+                    fold_plane(d, xp, (mu, s), db, dg);
+                }
+            })?;
+            lanes
+                .into_iter()
+                .map(|[db, dg]| (dg.total(), db.total()))
+                .collect()
+        };
+        if bw.needs(x) {
+            let ds = dy.as_slice_mut().expect("gradients are in standard layout");
+            let plane = |(i, (dp, xp)): (usize, (&mut [F], &[F]))| {
+                let ch = i % c;
+                let (dg, db) = sums[ch];
+                let (mu, s) = (mean[ch], inv_std[ch]);
+                dx_plane(dp, xp, (mu, s), (gv[ch] * s / m, m, db, dg));
+            };
+            if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+                ds.par_chunks_mut(hw)
+                    .zip(xs.par_chunks(hw))
+                    .enumerate()
+                    .for_each(plane);
+            } else {
+                ds.chunks_mut(hw)
+                    .zip(xs.chunks(hw))
+                    .enumerate()
+                    .for_each(plane);
+            }
+            bw.add(x, dy.into_dyn());
+        }
+        sums
+    };
     let mut dgamma: Array1<F> = sums.iter().map(|s| s.0).collect();
     let mut dbeta: Array1<F> = sums.iter().map(|s| s.1).collect();
     if let (Some(g), false) = (bw.group, synced) {
