@@ -79,7 +79,7 @@ pub fn channel_mean_var_in<F: Float>(
             .into_iter()
             .flatten()
     };
-    if !group.is_some_and(|g| g.size() > 1) {
+    if group.filter(|g| g.size() > 1).is_none() {
         // one channel at a time, both passes: the bits of the two passes over all channels
         let (mean, var): (Vec<F>, Vec<F>) =
             crate::map_range(par, c, |ch| planes_mean_var(planes(ch), m))
