@@ -290,7 +290,8 @@ impl Direct {
 }
 
 macro_rules! pad_rows_kernel {
-    ($name:ident, $feat:literal, $lanes:literal, $mask:ty, $mk:expr, $load:expr, $store:expr) => {
+    ($name:ident, $feat:literal, $lanes:literal, $mask:ty, $mk:expr,
+     |$lm:ident, $lp:ident| $load:expr, |$sm:ident, $sp:ident, $sv:ident| $store:expr) => {
         /// The stride-1 rows of [`Direct::fill_input`]: for every channel `c` of `x` (`h` rows
         /// of `w`) and row `i`, `dst[c·plane + first + i·wq + j] = x[c, i, j − p_w]` for
         /// `p_w ≤ j < p_w + w`, else 0 (`wq = w + 2·p_w`), each row in masked vector loads and
@@ -325,8 +326,10 @@ macro_rules! pad_rows_kernel {
                     for &(j0, lm, sm) in &chunks {
                         // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's
                         // address may lie outside it, but masked-off lanes are not read
-                        let v = $load(lm, sp.wrapping_add(j0).wrapping_sub(pw));
-                        $store(sm, rp.add(j0), v);
+                        let ($lm, $lp) = (lm, sp.wrapping_add(j0).wrapping_sub(pw));
+                        let $sv = $load;
+                        let ($sm, $sp) = (sm, rp.add(j0));
+                        $store;
                     }
                 }
             }
