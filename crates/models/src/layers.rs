@@ -235,6 +235,25 @@ impl<F: Float> BatchNorm2d<F> {
             mode == Mode::Train,
         )?)
     }
+
+    /// `act(self(x))` in evaluation mode, in one pass over the activation on a tape that does not
+    /// record ([`ops::batch_norm2d_eval_act`]; the same values as [`BatchNorm2d::forward`]
+    /// followed by [`Act::forward`]).
+    pub fn forward_eval_act(&self, tape: &mut Tape<F>, x: Var, act: Act) -> Result<Var> {
+        let g = tape.param(&self.weight);
+        let b = tape.param(&self.bias);
+        let act = match act {
+            Act::Relu => hla_tensor::Activation::Relu,
+            Act::Relu6 => hla_tensor::Activation::Relu6,
+            Act::None => hla_tensor::Activation::None,
+        };
+        Ok(ops::batch_norm2d_eval_act(
+            tape,
+            (x, g, b),
+            &self.state,
+            act,
+        )?)
+    }
 }
 
 impl<F: Float> Module<F> for BatchNorm2d<F> {
@@ -437,6 +456,12 @@ pub(crate) fn conv_bn_act<F: Float>(
     }
     // each output is released after its one use (kept on a recording tape if backward reads it)
     let c = conv.forward(tape, x, mode, hook)?;
+    if mode == Mode::Eval {
+        // BatchNorm and activation in one pass when the tape does not record
+        let y = bn.forward_eval_act(tape, c, act)?;
+        tape.release(c);
+        return Ok(y);
+    }
     let b = bn.forward(tape, c, mode)?;
     tape.release(c);
     let y = act.forward(tape, b)?;

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::broadcast::PAR_MIN_LEN;
 use hla_tensor::group::channel_lanes;
 use hla_tensor::lanes::Lanes;
+use hla_tensor::Activation;
 
 use crate::op::Op;
 use crate::tape::Backprop;
@@ -77,20 +78,16 @@ pub fn batch_norm2d<F: Float>(
     let (n, c, h, w) = xv.dim();
     let gv = as1(OP, tape.checked(gamma, OP)?)?;
     let bv = as1(OP, tape.checked(beta, OP)?)?;
-    for len in [
-        gv.len(),
-        bv.len(),
-        state.running_mean.len(),
-        state.running_var.len(),
-    ] {
-        if len != c {
-            return Err(AutogradError::ShapeMismatch {
-                op: OP,
-                lhs: xv.shape().to_vec(),
-                rhs: vec![len],
-            });
-        }
-    }
+    check_channels(
+        &xv,
+        c,
+        [
+            gv.len(),
+            bv.len(),
+            state.running_mean.len(),
+            state.running_var.len(),
+        ],
+    )?;
     let inputs = [x, gamma, beta];
     if train {
         // With a data-parallel group the statistics are those of the global batch.
@@ -102,7 +99,13 @@ pub fn batch_norm2d<F: Float>(
                 // x̂ is not kept: backward recomputes it from x (on the tape), mean and
                 // inv_std, so a training step holds one activation-sized tensor less per
                 // batch-norm layer.
-                let (y, inv_std) = forward(xv, (&mean, &var), (gv, bv), state.eps, tape.par());
+                let (y, inv_std) = forward(
+                    xv,
+                    (&mean, &var),
+                    (gv, bv),
+                    state.eps,
+                    (Activation::None, tape.par()),
+                );
                 (mean, var, count, y, inv_std)
             }
             None => {
@@ -135,7 +138,13 @@ pub fn batch_norm2d<F: Float>(
         )
     } else {
         let stats = (&state.running_mean, &state.running_var);
-        let (y, inv_std) = forward(xv, stats, (gv, bv), state.eps, tape.par());
+        let (y, inv_std) = forward(
+            xv,
+            stats,
+            (gv, bv),
+            state.eps,
+            (Activation::None, tape.par()),
+        );
         let mean = state.running_mean.clone();
         Ok(tape.push_op(y.into_dyn(), &inputs, || Op::BatchNorm2dEval {
             x,
@@ -144,6 +153,65 @@ pub fn batch_norm2d<F: Float>(
             mean,
             inv_std,
         }))
+    }
+}
+
+/// `act(batch_norm2d(x))` in evaluation mode (running statistics): on a tape that does not
+/// record, the activation is applied in the normalisation's pass, one pass over the activation
+/// instead of two, with the values of the two ops (the same formula, then
+/// [`Activation::apply`], as [`super::relu`] / [`super::relu6`] compute it). On a recording tape
+/// it is the two ops, so that backward sees them.
+///
+/// # Shapes
+/// As [`batch_norm2d`].
+/// # Errors
+/// As [`batch_norm2d`].
+pub fn batch_norm2d_eval_act<F: Float>(
+    tape: &mut Tape<F>,
+    (x, gamma, beta): (Var, Var, Var),
+    state: &BatchNormState<F>,
+    act: Activation,
+) -> Result<Var> {
+    if tape.is_recording() || act == Activation::None {
+        let mut state = state.clone();
+        let y = batch_norm2d(tape, x, gamma, beta, &mut state, false)?;
+        let out = match act {
+            Activation::None => return Ok(y),
+            Activation::Relu => super::relu(tape, y)?,
+            Activation::Relu6 => super::relu6(tape, y)?,
+        };
+        tape.release(y);
+        return Ok(out);
+    }
+    let xv = as4(OP, tape.checked(x, OP)?)?;
+    let gv = as1(OP, tape.checked(gamma, OP)?)?;
+    let bv = as1(OP, tape.checked(beta, OP)?)?;
+    let c = xv.dim().1;
+    check_channels(
+        &xv,
+        c,
+        [
+            gv.len(),
+            bv.len(),
+            state.channels(),
+            state.running_var.len(),
+        ],
+    )?;
+    let stats = (&state.running_mean, &state.running_var);
+    let (y, _) = forward(xv, stats, (gv, bv), state.eps, (act, tape.par()));
+    // not recording: no backward will ask for the op
+    Ok(tape.constant(y.into_dyn()))
+}
+
+/// `ShapeMismatch` unless every length in `lens` (γ, β, the running statistics) is `c`.
+fn check_channels<F: Float>(x: &ArrayView4<'_, F>, c: usize, lens: [usize; 4]) -> Result<()> {
+    match lens.into_iter().find(|&len| len != c) {
+        Some(len) => Err(AutogradError::ShapeMismatch {
+            op: OP,
+            lhs: x.shape().to_vec(),
+            rhs: vec![len],
+        }),
+        None => Ok(()),
     }
 }
 
@@ -172,7 +240,7 @@ fn forward<F: Float>(
     (mean, var): (&Array1<F>, &Array1<F>),
     (gamma, beta): (ArrayView1<'_, F>, ArrayView1<'_, F>),
     eps: F,
-    par: Par,
+    (act, par): (Activation, Par),
 ) -> (Array4<F>, Array1<F>) {
     let (_, c, h, w) = x.dim();
     let hw = h * w;
@@ -182,29 +250,48 @@ fn forward<F: Float>(
     let mut y = Array4::<F>::uninit(x.raw_dim());
     if hw > 0 && c > 0 {
         let ys = y.as_slice_mut().expect("fresh array is contiguous");
-        let plane = |(i, (yp, xp)): (usize, (&mut [MaybeUninit<F>], &[F]))| {
-            let ch = i % c;
-            let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                o.write(g * ((v - mu) * s) + b);
-            }
-        };
-        if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-            ys.par_chunks_mut(hw)
-                .zip(xs.par_chunks(hw))
-                .enumerate()
-                .for_each(plane);
-        } else {
-            ys.chunks_mut(hw)
-                .zip(xs.chunks(hw))
-                .enumerate()
-                .for_each(plane);
+        let rows = (xs, c, hw, par);
+        let affine = (mean, &inv_std, gamma, beta);
+        // the activation chosen outside the loops, so that each loop is a plain select
+        match act {
+            Activation::None => normalise(ys, rows, affine, |v| v),
+            Activation::Relu => normalise(ys, rows, affine, |v| Activation::Relu.apply(v)),
+            Activation::Relu6 => normalise(ys, rows, affine, |v| Activation::Relu6.apply(v)),
         }
     }
     // SAFETY: when `hw > 0 && c > 0` the loop above wrote every element (the chunks of `ys`
     // cover it exactly); otherwise the array has no element.
     let y = unsafe { y.assume_init() };
     (y, inv_std)
+}
+
+/// `ys = a(γ·((x − μ)·inv_std) + β)` plane by plane (`xs` `[n, c, hw]`), planes in parallel
+/// when `par` allows it.
+#[allow(clippy::type_complexity)] // the per-channel parameters, named at the call
+fn normalise<F: Float>(
+    ys: &mut [MaybeUninit<F>],
+    (xs, c, hw, par): (&[F], usize, usize, Par),
+    (mean, inv_std, gamma, beta): (&Array1<F>, &Array1<F>, ArrayView1<'_, F>, ArrayView1<'_, F>),
+    a: impl Fn(F) -> F + Sync + Send,
+) {
+    let plane = |(i, (yp, xp)): (usize, (&mut [MaybeUninit<F>], &[F]))| {
+        let ch = i % c;
+        let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+        for (o, &v) in yp.iter_mut().zip(xp) {
+            o.write(a(g * ((v - mu) * s) + b));
+        }
+    };
+    if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
+        ys.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .for_each(plane);
+    } else {
+        ys.chunks_mut(hw)
+            .zip(xs.chunks(hw))
+            .enumerate()
+            .for_each(plane);
+    }
 }
 
 /// Folds one plane of `dy` and `x` into a channel's sums: `Σdy` into `db`, `Σ dy·x̂` into `dg`
@@ -527,5 +614,70 @@ mod tests {
         let g = t.leaf(ArrayD::ones(vec![3]));
         let e = batch_norm2d(&mut t, one, g, b, &mut BatchNormState::new(3), true).unwrap_err();
         assert!(matches!(e, AutogradError::BadShape { .. }), "{e}");
+    }
+
+    /// In evaluation on a tape that does not record, BatchNorm with a fused activation gives
+    /// the bits of `batch_norm2d` followed by `relu` / `relu6` (values straddling 0 and 6, a
+    /// NaN, 1/2 threads above the parallel threshold); on a recording tape it is those two ops,
+    /// gradients included.
+    #[test]
+    fn eval_act_is_batch_norm_then_activation() {
+        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut x = uniform(&[4, 3, 40, 30], 71).mapv(|v| (8.0 * v) as f32);
+        x[[1, 2, 3, 4]] = f32::NAN;
+        let g = ArrayD::from_shape_vec(vec![3], vec![1.5f32, -2.0, 3.0]).unwrap();
+        let b = ArrayD::from_shape_vec(vec![3], vec![0.5f32, 1.0, 2.5]).unwrap();
+        let mut s = BatchNormState::<f32>::new(3);
+        s.running_mean = ndarray::arr1(&[0.1, -0.2, 0.3]);
+        s.running_var = ndarray::arr1(&[0.5, 1.5, 2.0]);
+        for act in [Activation::Relu, Activation::Relu6, Activation::None] {
+            let want = {
+                let mut t = Tape::<f32>::no_grad();
+                let (xv, gv, bv) = (
+                    t.constant(x.clone()),
+                    t.constant(g.clone()),
+                    t.constant(b.clone()),
+                );
+                let y = batch_norm2d(&mut t, xv, gv, bv, &mut s.clone(), false).unwrap();
+                let y = match act {
+                    Activation::Relu => crate::ops::relu(&mut t, y).unwrap(),
+                    Activation::Relu6 => crate::ops::relu6(&mut t, y).unwrap(),
+                    Activation::None => y,
+                };
+                bits(t.value(y))
+            };
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| {
+                    let mut t = Tape::<f32>::no_grad();
+                    t.set_par(Par::Rayon);
+                    let (xv, gv, bv) = (
+                        t.constant(x.clone()),
+                        t.constant(g.clone()),
+                        t.constant(b.clone()),
+                    );
+                    let y = batch_norm2d_eval_act(&mut t, (xv, gv, bv), &s, act).unwrap();
+                    bits(t.value(y))
+                });
+                assert_eq!(got, want, "{act:?}, {threads} threads");
+            }
+        }
+        let xs = [
+            uniform(&[2, 3, 3, 2], 72),
+            positive(&[3], 73),
+            uniform(&[3], 74),
+        ];
+        let s = BatchNormState::<f64>::new(3);
+        for act in [Activation::Relu, Activation::Relu6] {
+            check(
+                |t, v| batch_norm2d_eval_act(t, (v[0], v[1], v[2]), &s, act),
+                &xs,
+                75,
+            )
+            .unwrap();
+        }
     }
 }
