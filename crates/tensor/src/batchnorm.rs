@@ -170,7 +170,7 @@ pub fn batch_norm_train_forward<F: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{bits, rand_array};
+    use crate::testutil::{bits, hw_swapped, rand_array};
     use ndarray::Axis;
 
     #[test]
@@ -206,11 +206,7 @@ mod tests {
             let (m2, v2) = pool.install(|| channel_mean_var(x.view(), Par::Rayon));
             assert_eq!((bits(&m2), bits(&v2)), (bits(&mean), bits(&var)));
         }
-        let t = x
-            .view()
-            .permuted_axes([0, 1, 3, 2])
-            .as_standard_layout()
-            .into_owned();
+        let t = hw_swapped(&x);
         let t = t.view().permuted_axes([0, 1, 3, 2]);
         assert!(!t.is_standard_layout());
         let (mt, vt) = channel_mean_var(t, Par::Rayon);
@@ -265,11 +261,7 @@ mod tests {
                 &format!("{threads} threads"),
             );
         }
-        let t = x
-            .view()
-            .permuted_axes([0, 1, 3, 2])
-            .as_standard_layout()
-            .into_owned();
+        let t = hw_swapped(&x);
         let t = t.view().permuted_axes([0, 1, 3, 2]);
         assert!(!t.is_standard_layout());
         check(run(t, Par::Rayon), "non-standard layout");

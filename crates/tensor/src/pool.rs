@@ -521,7 +521,7 @@ pub fn global_avg_pool_backward<F: Float>(
 mod tests {
     use super::*;
     use crate::conv::direct::{detect, detect_avx2};
-    use crate::testutil::{bits, check_fd, inner, max_rel_err, rand_array};
+    use crate::testutil::{bits, check_fd, hw_swapped, inner, max_rel_err, rand_array};
 
     /// The definition, output by output: the scan of the window in row-major order, a later
     /// value replacing the running maximum if strictly greater or NaN.
@@ -761,11 +761,7 @@ mod tests {
                 .all(|&d| d == g2[[i, j]] / 63.0));
         }
         // Same values through a permuted (non-standard layout) view.
-        let xt = x
-            .view()
-            .permuted_axes([0, 1, 3, 2])
-            .as_standard_layout()
-            .into_owned();
+        let xt = hw_swapped(&x);
         let xt = xt.view().permuted_axes([0, 1, 3, 2]);
         assert!(!xt.is_standard_layout());
         assert_eq!(bits(&global_avg_pool(xt, Par::Rayon)), bits(&gp1));

@@ -1,7 +1,7 @@
 //! Shared test helpers: seeded random arrays and bitwise comparison.
 
 use crate::Float;
-use ndarray::{Array, Dimension, IntoDimension};
+use ndarray::{Array, Array4, Dimension, IntoDimension};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -159,4 +159,13 @@ pub fn inner<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
 /// f32 copy → f64.
 pub fn to_f64<D: Dimension>(a: &Array<f32, D>) -> Array<f64, D> {
     a.mapv(|v| v as f64)
+}
+
+/// `x` stored with its last two axes swapped: `.view().permuted_axes([0, 1, 3, 2])` of the
+/// result is `x` again, in a non-standard layout (to test that kernels accept such views).
+pub fn hw_swapped<F: Clone>(x: &Array4<F>) -> Array4<F> {
+    x.view()
+        .permuted_axes([0, 1, 3, 2])
+        .as_standard_layout()
+        .into_owned()
 }

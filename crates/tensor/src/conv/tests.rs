@@ -3,7 +3,8 @@ use super::geom::{dims4, Geom, FORCE_AVX2, FORCE_KERNEL, NO_DIRECT};
 use super::*;
 use crate::activation::Activation;
 use crate::testutil::{
-    bits, check_fd, inner, max_rel_err, naive_conv2d, naive_conv2d_backward, rand_array, to_f64,
+    bits, check_fd, hw_swapped, inner, max_rel_err, naive_conv2d, naive_conv2d_backward,
+    rand_array, to_f64,
 };
 use crate::{Par, TensorError};
 use ndarray::Array1;
@@ -473,17 +474,9 @@ fn kept_packing_gives_conv2d_act_bits() {
     let b: Array1<f32> = rand_array(c.c_out, 5);
     // views of w and w2 not in standard layout: each call packs from a fresh copy, and the
     // second copy likely lands where the first was freed, so keeping a copy's packing would show
-    let t = w
-        .view()
-        .permuted_axes([0, 1, 3, 2])
-        .as_standard_layout()
-        .into_owned();
+    let t = hw_swapped(&w);
     let w_t = t.view().permuted_axes([0, 1, 3, 2]);
-    let t2 = w2
-        .view()
-        .permuted_axes([0, 1, 3, 2])
-        .as_standard_layout()
-        .into_owned();
+    let t2 = hw_swapped(&w2);
     let w2_t = t2.view().permuted_axes([0, 1, 3, 2]);
     assert!(!w_t.is_standard_layout());
     let mut cache = PackedWeights::default();
