@@ -5,8 +5,6 @@
 //! and one the compiler vectorises. Channels are independent, so they are spread over the rayon
 //! pool without changing any result.
 
-use std::mem::MaybeUninit;
-
 use crate::group::{channel_lanes, Group};
 use crate::lanes::Lanes;
 use crate::{Float, Par, Result};
@@ -103,6 +101,28 @@ pub fn channel_mean_var_in<F: Float>(
     Ok((mean, var, count))
 }
 
+/// `f(ch, planes)` for every channel `ch` of a `[n, c, hw]` buffer, `planes` its `n` planes in
+/// sample order (each channel's sweep in one task, so its planes stay in that core's cache);
+/// channels in parallel when `par` allows it, results in channel order.
+pub fn map_channel_planes<T: Send, R: Send>(
+    buf: &mut [T],
+    (c, hw): (usize, usize),
+    par: Par,
+    f: impl Fn(usize, &mut [&mut [T]]) -> R + Sync + Send,
+) -> Vec<R> {
+    let mut by_channel: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::new()).collect();
+    if hw > 0 {
+        for (i, p) in buf.chunks_exact_mut(hw).enumerate() {
+            by_channel[i % c].push(p);
+        }
+    }
+    let one = |(ch, planes): (usize, &mut Vec<&mut [T]>)| f(ch, planes);
+    match par {
+        Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
+        Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
+    }
+}
+
 /// Train-mode batch norm of one process (no group), each channel in one sweep while its planes
 /// are in cache: its mean and biased variance as [`channel_mean_var`], then `inv_std = 1 /
 /// √(var + ε)` and `y = γ·((x − mean)·inv_std) + β`, the formulas of the two-step computation
@@ -133,16 +153,8 @@ pub fn batch_norm_train_forward<F: Float>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
     let mut y = Array4::<F>::uninit(x.raw_dim());
-    let mut by_channel: Vec<Vec<&mut [MaybeUninit<F>]>> = (0..c).map(|_| Vec::new()).collect();
-    for (i, p) in y
-        .as_slice_mut()
-        .expect("fresh array is contiguous")
-        .chunks_exact_mut(hw)
-        .enumerate()
-    {
-        by_channel[i % c].push(p);
-    }
-    let one = |(ch, ys): (usize, &mut Vec<&mut [MaybeUninit<F>]>)| {
+    let ys = y.as_slice_mut().expect("fresh array is contiguous");
+    let stats = map_channel_planes(ys, (c, hw), par, |ch, ys| {
         let planes = channel_planes(xs, c, hw, ch);
         let (mu, var) = planes_mean_var(planes.clone(), m);
         let s = F::one() / (var + eps).sqrt();
@@ -153,12 +165,7 @@ pub fn batch_norm_train_forward<F: Float>(
             }
         }
         (mu, var, s)
-    };
-    let stats: Vec<(F, F, F)> = match par {
-        Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
-        Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
-    };
-    drop(by_channel);
+    });
     // SAFETY: every plane of `y` was in exactly one channel's list and written in full above.
     let y = unsafe { y.assume_init() };
     let mean = stats.iter().map(|t| t.0).collect();

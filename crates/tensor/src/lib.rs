@@ -29,7 +29,9 @@ pub mod ternary_gemm;
 mod testutil;
 
 pub use activation::{add_relu, relu, relu6, relu6_backward, relu_backward, Activation};
-pub use batchnorm::{batch_norm_train_forward, channel_mean_var, channel_mean_var_in};
+pub use batchnorm::{
+    batch_norm_train_forward, channel_mean_var, channel_mean_var_in, map_channel_planes,
+};
 pub use conv::{
     conv2d, conv2d_act, conv2d_act_packed, conv2d_backward_bias, conv2d_backward_bias_in,
     conv2d_backward_input, conv2d_backward_weight, conv2d_backward_weight_in, Conv2dParams,

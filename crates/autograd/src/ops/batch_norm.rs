@@ -274,23 +274,39 @@ fn normalise<F: Float>(
     (mean, inv_std, gamma, beta): (&Array1<F>, &Array1<F>, ArrayView1<'_, F>, ArrayView1<'_, F>),
     a: impl Fn(F) -> F + Sync + Send,
 ) {
-    let plane = |(i, (yp, xp)): (usize, (&mut [MaybeUninit<F>], &[F]))| {
-        let ch = i % c;
+    let par = if xs.len() >= PAR_MIN_LEN {
+        par
+    } else {
+        Par::Seq
+    };
+    for_each_plane(ys, xs, (c, hw, par), |ch, yp, xp| {
         let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
         for (o, &v) in yp.iter_mut().zip(xp) {
             o.write(a(g * ((v - mu) * s) + b));
         }
-    };
-    if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-        ys.par_chunks_mut(hw)
+    });
+}
+
+/// `f(channel, out_plane, x_plane)` for every plane of `out` and `xs` (`[n, c, hw]` both),
+/// planes in parallel when `par` allows it.
+fn for_each_plane<T: Send, F: Float>(
+    out: &mut [T],
+    xs: &[F],
+    (c, hw, par): (usize, usize, Par),
+    f: impl Fn(usize, &mut [T], &[F]) + Sync + Send,
+) {
+    let plane = |(i, (o, x)): (usize, (&mut [T], &[F]))| f(i % c, o, x);
+    match par {
+        Par::Rayon => out
+            .par_chunks_mut(hw)
             .zip(xs.par_chunks(hw))
             .enumerate()
-            .for_each(plane);
-    } else {
-        ys.chunks_mut(hw)
+            .for_each(plane),
+        Par::Seq => out
+            .chunks_mut(hw)
             .zip(xs.chunks(hw))
             .enumerate()
-            .for_each(plane);
+            .for_each(plane),
     }
 }
 
@@ -348,11 +364,7 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         // One sweep per channel: its sums, then its dx while its planes of dy and x are still
         // in cache (the formulas and orders of the two separate passes below, so their bits).
         let ds = dy.as_slice_mut().expect("gradients are in standard layout");
-        let mut by_channel: Vec<Vec<&mut [F]>> = (0..c).map(|_| Vec::new()).collect();
-        for (i, p) in ds.chunks_exact_mut(hw).enumerate() {
-            by_channel[i % c].push(p);
-        }
-        let one = |(ch, dps): (usize, &mut Vec<&mut [F]>)| {
+        let sums = hla_tensor::map_channel_planes(ds, (c, hw), par, |ch, dps| {
             let (mu, s) = (mean[ch], inv_std[ch]);
             let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
             let (mut db, mut dg) = (Lanes::new(), Lanes::new());
@@ -365,12 +377,7 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
                 dx_plane(dp, xp, (mu, s), (k, m, db, dg));
             }
             (dg, db)
-        };
-        let sums = match par {
-            Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
-            Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
-        };
-        drop(by_channel);
+        });
         bw.add(x, dy.into_dyn());
         sums
     } else {
@@ -394,23 +401,11 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         };
         if bw.needs(x) {
             let ds = dy.as_slice_mut().expect("gradients are in standard layout");
-            let plane = |(i, (dp, xp)): (usize, (&mut [F], &[F]))| {
-                let ch = i % c;
+            for_each_plane(ds, xs, (c, hw, par), |ch, dp, xp| {
                 let (dg, db) = sums[ch];
                 let (mu, s) = (mean[ch], inv_std[ch]);
                 dx_plane(dp, xp, (mu, s), (gv[ch] * s / m, m, db, dg));
-            };
-            if bw.par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-                ds.par_chunks_mut(hw)
-                    .zip(xs.par_chunks(hw))
-                    .enumerate()
-                    .for_each(plane);
-            } else {
-                ds.chunks_mut(hw)
-                    .zip(xs.chunks(hw))
-                    .enumerate()
-                    .for_each(plane);
-            }
+            });
             bw.add(x, dy.into_dyn());
         }
         sums
