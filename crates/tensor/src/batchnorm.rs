@@ -23,6 +23,7 @@ fn channel_planes<F>(
 
 /// One channel's mean and biased variance over its `planes`, `m` values in all: the two
 /// passes back to back, so that the second reads the channel's planes from cache.
+#[inline(always)] // into the vectorised sweep
 fn planes_mean_var<'a, F: Float>(planes: impl Iterator<Item = &'a [F]> + Clone, m: F) -> (F, F) {
     let mut s = Lanes::new();
     for p in planes.clone() {
@@ -116,7 +117,13 @@ pub fn map_channel_planes<T: Send, R: Send>(
             by_channel[i % c].push(p);
         }
     }
-    let one = |(ch, planes): (usize, &mut Vec<&mut [T]>)| f(ch, planes);
+    // the sweeps are plain loops: compiled for the CPU's vectors (pass `f` `#[inline(always)]`)
+    let one = |(ch, planes): (usize, &mut Vec<&mut [T]>)| {
+        crate::isa::vectorised(
+            #[inline(always)]
+            || f(ch, planes),
+        )
+    };
     match par {
         Par::Seq => by_channel.iter_mut().enumerate().map(one).collect(),
         Par::Rayon => by_channel.par_iter_mut().enumerate().map(one).collect(),
@@ -154,18 +161,24 @@ pub fn batch_norm_train_forward<F: Float>(
     let xs = x.as_slice().expect("standard layout is contiguous");
     let mut y = Array4::<F>::uninit(x.raw_dim());
     let ys = y.as_slice_mut().expect("fresh array is contiguous");
-    let stats = map_channel_planes(ys, (c, hw), par, |ch, ys| {
-        let planes = channel_planes(xs, c, hw, ch);
-        let (mu, var) = planes_mean_var(planes.clone(), m);
-        let s = F::one() / (var + eps).sqrt();
-        let (g, b) = (gamma[ch], beta[ch]);
-        for (yp, xp) in ys.iter_mut().zip(planes) {
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                o.write(g * ((v - mu) * s) + b);
+    let stats = map_channel_planes(
+        ys,
+        (c, hw),
+        par,
+        #[inline(always)]
+        |ch, ys| {
+            let planes = channel_planes(xs, c, hw, ch);
+            let (mu, var) = planes_mean_var(planes.clone(), m);
+            let s = F::one() / (var + eps).sqrt();
+            let (g, b) = (gamma[ch], beta[ch]);
+            for (yp, xp) in ys.iter_mut().zip(planes) {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(g * ((v - mu) * s) + b);
+                }
             }
-        }
-        (mu, var, s)
-    });
+            (mu, var, s)
+        },
+    );
     // SAFETY: every plane of `y` was in exactly one channel's list and written in full above.
     let y = unsafe { y.assume_init() };
     let mean = stats.iter().map(|t| t.0).collect();

@@ -58,6 +58,49 @@ pub(crate) fn allows(level: MaxIsa) -> bool {
     max_isa() >= level
 }
 
+/// Runs `f` compiled for the widest vector instructions this CPU has under the ceiling
+/// (AVX-512 F, else AVX2 + FMA, else the baseline), for the plain loops of element-wise
+/// and batch-norm passes that the compiler vectorises itself: without it they are built for the
+/// x86-64 baseline (SSE2) and, e.g., batch norm's 16-lane sums spill. `f` (and what it calls)
+/// must be inlined into the wrapper to benefit: pass `#[inline(always)]` closures. The values
+/// do not change — the same operations in the same order, and the compiler never contracts a
+/// multiply and an add into an FMA by itself.
+#[inline(always)]
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::conv::direct::{detect, Isa};
+        match detect() {
+            // SAFETY: the token proves that detection found these features on this CPU.
+            Some(Isa::Avx512(_)) => return unsafe { with_avx512(f) },
+            // SAFETY: as above.
+            Some(Isa::Avx2(_)) => return unsafe { with_avx2(f) },
+            None => {}
+        }
+    }
+    f()
+}
+
+/// `f()` with AVX-512 enabled for the code inlined into it.
+///
+/// # Safety
+/// The CPU must have AVX-512 F (callers hold the detection token).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `f()` with AVX2 and FMA enabled for the code inlined into it.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (callers hold the detection token).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

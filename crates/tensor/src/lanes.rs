@@ -42,15 +42,20 @@ impl<F: Float> Lanes<F> {
     /// Adds `f(v)` for every `v` of `s`, element `j` to lane `j % LANES`.
     #[inline(always)]
     pub fn add_map(&mut self, s: &[F], f: impl Fn(F) -> F) {
-        let a = &mut self.0;
+        // The lanes in a local array and the tail elsewhere: the compiler then keeps the 16
+        // sums in vector registers (one 512-bit or two 256-bit); with the tail's single-lane
+        // updates in the same loop nest it falls back to scalar adds and shuffles.
         let mut it = s.chunks_exact(LANES);
+        let mut a = self.0;
         for c in &mut it {
             for l in 0..LANES {
                 a[l] = a[l] + f(c[l]);
             }
         }
-        for (l, &v) in it.remainder().iter().enumerate() {
-            a[l] = a[l] + f(v);
+        self.0 = a;
+        let r = it.remainder();
+        if !r.is_empty() {
+            tail(&mut self.0, r, r, |_, v| f(v));
         }
     }
 
@@ -68,16 +73,17 @@ impl<F: Float> Lanes<F> {
     #[inline(always)]
     pub fn add_dot_map(&mut self, u: &[F], v: &[F], f: impl Fn(F) -> F) {
         assert_eq!(u.len(), v.len(), "Lanes::add_dot_map: length mismatch");
-        let a = &mut self.0;
         let mut iu = u.chunks_exact(LANES);
         let mut iv = v.chunks_exact(LANES);
+        let mut a = self.0;
         for (cu, cv) in (&mut iu).zip(&mut iv) {
             for l in 0..LANES {
                 a[l] = a[l] + cu[l] * f(cv[l]);
             }
         }
-        for (l, (&x, &y)) in iu.remainder().iter().zip(iv.remainder()).enumerate() {
-            a[l] = a[l] + x * f(y);
+        self.0 = a;
+        if !iu.remainder().is_empty() {
+            tail(&mut self.0, iu.remainder(), iv.remainder(), |x, y| x * f(y));
         }
     }
 
@@ -87,18 +93,7 @@ impl<F: Float> Lanes<F> {
     /// If the lengths differ (a caller bug).
     #[inline(always)]
     pub fn add_dot(&mut self, u: &[F], v: &[F]) {
-        assert_eq!(u.len(), v.len(), "Lanes::add_dot: length mismatch");
-        let a = &mut self.0;
-        let mut iu = u.chunks_exact(LANES);
-        let mut iv = v.chunks_exact(LANES);
-        for (cu, cv) in (&mut iu).zip(&mut iv) {
-            for l in 0..LANES {
-                a[l] = a[l] + cu[l] * cv[l];
-            }
-        }
-        for (l, (&x, &y)) in iu.remainder().iter().zip(iv.remainder()).enumerate() {
-            a[l] = a[l] + x * y;
-        }
+        self.add_dot_map(u, v, |y| y);
     }
 
     /// The sum of all lanes: `LANES / 2` pairs `(l, l + LANES/2)` first, then halving again.
@@ -113,6 +108,16 @@ impl<F: Float> Lanes<F> {
             w /= 2;
         }
         a[0]
+    }
+}
+
+/// A slice's tail (fewer than `LANES` elements): `a[l] += g(u[l], v[l])`. Out of line, so that
+/// the main loops keep their lanes in vector registers.
+#[cold]
+#[inline(never)]
+fn tail<F: Float>(a: &mut [F; LANES], u: &[F], v: &[F], g: impl Fn(F, F) -> F) {
+    for (l, (&x, &y)) in u.iter().zip(v).enumerate() {
+        a[l] = a[l] + g(x, y);
     }
 }
 
@@ -152,5 +157,36 @@ mod tests {
             acc.add(xs);
             assert_eq!(acc.0.map(f32::to_bits), by_lane.map(f32::to_bits));
         }
+    }
+
+    /// Compiled for the CPU's vectors ([`crate::isa::vectorised`]) the lanes hold the bits of
+    /// the element-by-element definition: the mapped sum and the mapped dot, over several
+    /// slices with tails (which must land in lanes `0..tail` of the running sums).
+    #[test]
+    fn vectorised_lanes_are_the_positional_sums() {
+        let x = rand_array::<f32, _, _>(3 * 37, 5);
+        let y = rand_array::<f32, _, _>(3 * 37, 6);
+        let (xs, ys) = (x.as_slice().unwrap(), y.as_slice().unwrap());
+        let (mu, s) = (0.3f32, 1.7f32);
+        let (mut sq, mut dot) = ([0f32; LANES], [0f32; LANES]);
+        for (xc, yc) in xs.chunks(37).zip(ys.chunks(37)) {
+            for (j, (&u, &v)) in xc.iter().zip(yc).enumerate() {
+                sq[j % LANES] += (v - mu) * (v - mu);
+                dot[j % LANES] += u * ((v - mu) * s);
+            }
+        }
+        let (a, b) = crate::isa::vectorised(
+            #[inline(always)]
+            || {
+                let (mut a, mut b) = (Lanes::new(), Lanes::new());
+                for (xc, yc) in xs.chunks(37).zip(ys.chunks(37)) {
+                    a.add_map(yc, |v| (v - mu) * (v - mu));
+                    b.add_dot_map(xc, yc, |v| (v - mu) * s);
+                }
+                (a, b)
+            },
+        );
+        assert_eq!(a.0.map(f32::to_bits), sq.map(f32::to_bits));
+        assert_eq!(b.0.map(f32::to_bits), dot.map(f32::to_bits));
     }
 }

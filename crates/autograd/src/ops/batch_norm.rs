@@ -279,12 +279,18 @@ fn normalise<F: Float>(
     } else {
         Par::Seq
     };
-    for_each_plane(ys, xs, (c, hw, par), |ch, yp, xp| {
-        let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-        for (o, &v) in yp.iter_mut().zip(xp) {
-            o.write(a(g * ((v - mu) * s) + b));
-        }
-    });
+    for_each_plane(
+        ys,
+        xs,
+        (c, hw, par),
+        #[inline(always)]
+        |ch, yp, xp| {
+            let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                o.write(a(g * ((v - mu) * s) + b));
+            }
+        },
+    );
 }
 
 /// `f(channel, out_plane, x_plane)` for every plane of `out` and `xs` (`[n, c, hw]` both),
@@ -295,7 +301,12 @@ fn for_each_plane<T: Send, F: Float>(
     (c, hw, par): (usize, usize, Par),
     f: impl Fn(usize, &mut [T], &[F]) + Sync + Send,
 ) {
-    let plane = |(i, (o, x)): (usize, (&mut [T], &[F]))| f(i % c, o, x);
+    let plane = |(i, (o, x)): (usize, (&mut [T], &[F]))| {
+        hla_tensor::isa::vectorised(
+            #[inline(always)]
+            || f(i % c, o, x),
+        )
+    };
     match par {
         Par::Rayon => out
             .par_chunks_mut(hw)
@@ -364,20 +375,26 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         // One sweep per channel: its sums, then its dx while its planes of dy and x are still
         // in cache (the formulas and orders of the two separate passes below, so their bits).
         let ds = dy.as_slice_mut().expect("gradients are in standard layout");
-        let sums = hla_tensor::map_channel_planes(ds, (c, hw), par, |ch, dps| {
-            let (mu, s) = (mean[ch], inv_std[ch]);
-            let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
-            let (mut db, mut dg) = (Lanes::new(), Lanes::new());
-            for (d, xp) in dps.iter().zip(x_planes.clone()) {
-                fold_plane(d, xp, (mu, s), &mut db, &mut dg);
-            }
-            let (dg, db) = (dg.total(), db.total());
-            let k = gv[ch] * s / m;
-            for (dp, xp) in dps.iter_mut().zip(x_planes) {
-                dx_plane(dp, xp, (mu, s), (k, m, db, dg));
-            }
-            (dg, db)
-        });
+        let sums = hla_tensor::map_channel_planes(
+            ds,
+            (c, hw),
+            par,
+            #[inline(always)]
+            |ch, dps| {
+                let (mu, s) = (mean[ch], inv_std[ch]);
+                let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+                let (mut db, mut dg) = (Lanes::new(), Lanes::new());
+                for (d, xp) in dps.iter().zip(x_planes.clone()) {
+                    fold_plane(d, xp, (mu, s), &mut db, &mut dg);
+                }
+                let (dg, db) = (dg.total(), db.total());
+                let k = gv[ch] * s / m;
+                for (dp, xp) in dps.iter_mut().zip(x_planes) {
+                    dx_plane(dp, xp, (mu, s), (k, m, db, dg));
+                }
+                (dg, db)
+            },
+        );
         bw.add(x, dy.into_dyn());
         sums
     } else {
@@ -401,11 +418,17 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         };
         if bw.needs(x) {
             let ds = dy.as_slice_mut().expect("gradients are in standard layout");
-            for_each_plane(ds, xs, (c, hw, par), |ch, dp, xp| {
-                let (dg, db) = sums[ch];
-                let (mu, s) = (mean[ch], inv_std[ch]);
-                dx_plane(dp, xp, (mu, s), (gv[ch] * s / m, m, db, dg));
-            });
+            for_each_plane(
+                ds,
+                xs,
+                (c, hw, par),
+                #[inline(always)]
+                |ch, dp, xp| {
+                    let (dg, db) = sums[ch];
+                    let (mu, s) = (mean[ch], inv_std[ch]);
+                    dx_plane(dp, xp, (mu, s), (gv[ch] * s / m, m, db, dg));
+                },
+            );
             bw.add(x, dy.into_dyn());
         }
         sums
