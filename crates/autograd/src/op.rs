@@ -14,6 +14,7 @@ use crate::ops;
 use crate::ops::CustomOp;
 use crate::tape::Backprop;
 use crate::{Conv2dParams, Float, Pool2dParams, Result, Var};
+use hla_tensor::Activation;
 
 /// A recorded op: its inputs (in argument order), hyper-parameters, and only the state its
 /// backward needs beyond the recorded values (which it reads from the tape, without copies).
@@ -44,7 +45,7 @@ pub(crate) enum Op<F: Float> {
     Custom { inputs: Vec<Var>, op: Arc<dyn CustomOp<F>> },
     Conv2d { x: Var, w: Var, b: Option<Var>, p: Conv2dParams },
     PatchNormalize { y: Var, x: Var, xn: Array4<F>, k_hw: (usize, usize), p: Conv2dParams },
-    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize, synced: bool },
+    BatchNorm2dTrain { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F>, count: usize, synced: bool, act: Activation },
     BatchNorm2dEval { x: Var, gamma: Var, beta: Var, mean: Array1<F>, inv_std: Array1<F> },
     Relu { x: Var },
     AddRelu { a: Var, b: Var },
@@ -208,7 +209,21 @@ impl<F: Float> Op<F> {
                 inputs.iter().for_each(|&v| f(v));
                 f(out);
             }
-            Op::BatchNorm2dTrain { x, gamma, .. } | Op::BatchNorm2dEval { x, gamma, .. } => {
+            Op::BatchNorm2dTrain {
+                x,
+                gamma,
+                beta,
+                act,
+                ..
+            } => {
+                f(*x);
+                f(*gamma);
+                // a fused activation's mask recomputes the pre-activation, which needs β
+                if *act != Activation::None {
+                    f(*beta);
+                }
+            }
+            Op::BatchNorm2dEval { x, gamma, .. } => {
                 f(*x);
                 f(*gamma);
             }
@@ -258,10 +273,11 @@ impl<F: Float> Op<F> {
                 inv_std,
                 count,
                 synced,
+                act,
             } => {
                 let inputs = (x, gamma, beta);
                 let stats = (mean, inv_std, count, synced);
-                return ops::batch_norm::batch_norm_train_backward(bw, inputs, stats, dy);
+                return ops::batch_norm::batch_norm_train_backward(bw, inputs, stats, act, dy);
             }
             Op::BatchNorm2dEval {
                 x,

@@ -242,16 +242,25 @@ impl<F: Float> BatchNorm2d<F> {
     pub fn forward_eval_act(&self, tape: &mut Tape<F>, x: Var, act: Act) -> Result<Var> {
         let g = tape.param(&self.weight);
         let b = tape.param(&self.bias);
-        let act = match act {
-            Act::Relu => hla_tensor::Activation::Relu,
-            Act::Relu6 => hla_tensor::Activation::Relu6,
-            Act::None => hla_tensor::Activation::None,
-        };
         Ok(ops::batch_norm2d_eval_act(
             tape,
             (x, g, b),
             &self.state,
-            act,
+            act.activation(),
+        )?)
+    }
+
+    /// `act(self(x))` in train mode as one op ([`ops::batch_norm2d_train_act`]: the values and
+    /// gradients of [`BatchNorm2d::forward`] followed by [`Act::forward`], with two passes over
+    /// the activation fewer).
+    pub fn forward_train_act(&mut self, tape: &mut Tape<F>, x: Var, act: Act) -> Result<Var> {
+        let g = tape.param(&self.weight);
+        let b = tape.param(&self.bias);
+        Ok(ops::batch_norm2d_train_act(
+            tape,
+            (x, g, b),
+            &mut self.state,
+            act.activation(),
         )?)
     }
 }
@@ -410,6 +419,15 @@ pub enum Act {
 }
 
 impl Act {
+    /// The kernels' name for it.
+    pub fn activation(self) -> hla_tensor::Activation {
+        match self {
+            Act::Relu => hla_tensor::Activation::Relu,
+            Act::Relu6 => hla_tensor::Activation::Relu6,
+            Act::None => hla_tensor::Activation::None,
+        }
+    }
+
     /// Applies the activation.
     pub fn forward<F: Float>(self, tape: &mut Tape<F>, x: Var) -> Result<Var> {
         Ok(match self {
@@ -456,18 +474,12 @@ pub(crate) fn conv_bn_act<F: Float>(
     }
     // each output is released after its one use (kept on a recording tape if backward reads it)
     let c = conv.forward(tape, x, mode, hook)?;
-    if mode == Mode::Eval {
-        // BatchNorm and activation in one pass when the tape does not record
-        let y = bn.forward_eval_act(tape, c, act)?;
-        tape.release(c);
-        return Ok(y);
-    }
-    let b = bn.forward(tape, c, mode)?;
+    // BatchNorm and activation in one op (in evaluation, when the tape does not record)
+    let y = match mode {
+        Mode::Eval => bn.forward_eval_act(tape, c, act)?,
+        Mode::Train => bn.forward_train_act(tape, c, act)?,
+    };
     tape.release(c);
-    let y = act.forward(tape, b)?;
-    if y != b {
-        tape.release(b);
-    }
     Ok(y)
 }
 

@@ -7,7 +7,7 @@
 
 use crate::group::{channel_lanes, Group};
 use crate::lanes::Lanes;
-use crate::{Float, Par, Result};
+use crate::{Activation, Float, Par, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 use rayon::prelude::*;
 
@@ -132,8 +132,9 @@ pub fn map_channel_planes<T: Send, R: Send>(
 
 /// Train-mode batch norm of one process (no group), each channel in one sweep while its planes
 /// are in cache: its mean and biased variance as [`channel_mean_var`], then `inv_std = 1 /
-/// √(var + ε)` and `y = γ·((x − mean)·inv_std) + β`, the formulas of the two-step computation
-/// (and its bits). Channels run in parallel when `par` allows, the same bits either way.
+/// √(var + ε)` and `y = act(γ·((x − mean)·inv_std) + β)`, the formulas of the two-step
+/// computation followed by [`Activation::apply`] (and their bits). Channels run in parallel when
+/// `par` allows, the same bits either way.
 ///
 /// # Shapes
 /// `x`: `[n, c, h, w]` with `n·h·w > 0`, `gamma`, `beta`: `[c]` → (`y [n, c, h, w]`, `mean`,
@@ -145,7 +146,24 @@ pub fn batch_norm_train_forward<F: Float>(
     x: ArrayView4<F>,
     (gamma, beta): (ArrayView1<F>, ArrayView1<F>),
     eps: F,
+    (act, par): (Activation, Par),
+) -> (Array4<F>, Array1<F>, Array1<F>, Array1<F>) {
+    let affine = (gamma, beta);
+    // the activation chosen outside the loops, so that each loop is a plain select
+    match act {
+        Activation::None => train_forward(x, affine, eps, par, |v| v),
+        Activation::Relu => train_forward(x, affine, eps, par, |v| Activation::Relu.apply(v)),
+        Activation::Relu6 => train_forward(x, affine, eps, par, |v| Activation::Relu6.apply(v)),
+    }
+}
+
+/// [`batch_norm_train_forward`] with the activation `a`.
+fn train_forward<F: Float>(
+    x: ArrayView4<F>,
+    (gamma, beta): (ArrayView1<F>, ArrayView1<F>),
+    eps: F,
     par: Par,
+    a: impl Fn(F) -> F + Sync + Send,
 ) -> (Array4<F>, Array1<F>, Array1<F>, Array1<F>) {
     let (n, c, h, w) = x.dim();
     let hw = h * w;
@@ -173,7 +191,7 @@ pub fn batch_norm_train_forward<F: Float>(
             let (g, b) = (gamma[ch], beta[ch]);
             for (yp, xp) in ys.iter_mut().zip(planes) {
                 for (o, &v) in yp.iter_mut().zip(xp) {
-                    o.write(g * ((v - mu) * s) + b);
+                    o.write(a(g * ((v - mu) * s) + b));
                 }
             }
             (mu, var, s)
@@ -234,13 +252,14 @@ mod tests {
     }
 
     /// The one-sweep train forward gives the bits of `channel_mean_var` followed by the
-    /// per-element formula, sequentially and on 1, 2 and 4 threads, for a non-standard layout
-    /// too; a mutated formula (`γ·(x − μ)·s + β`) is told apart.
+    /// per-element formula and the activation, sequentially and on 1, 2 and 4 threads, for a
+    /// non-standard layout too; a mutated formula (`γ·(x − μ)·s + β`) is told apart. The
+    /// values cross 0 and 6, so that ReLU and ReLU6 both clip.
     #[test]
     fn train_forward_is_stats_then_formula_bit_for_bit() {
         let x = rand_array::<f32, _, _>((5, 3, 4, 7), 43).mapv(|v| 3.0 * v + 1.0);
         let (g, b) = (
-            Array1::from(vec![0.5f32, -1.25, 2.0]),
+            Array1::from(vec![0.5f32, -1.25, 4.0]),
             Array1::from(vec![0.1f32, 0.0, -0.3]),
         );
         let eps = 1e-5f32;
@@ -259,31 +278,36 @@ mod tests {
             bits(&loose),
             "the mutation must change some value"
         );
-        let run =
-            |x: ArrayView4<f32>, par| batch_norm_train_forward(x, (g.view(), b.view()), eps, par);
-        let check = |(y, m, v, s): (Array4<f32>, Array1<f32>, Array1<f32>, Array1<f32>),
-                     what: &str| {
-            assert_eq!(bits(&y), bits(&want), "{what}: y");
-            assert_eq!(
-                (bits(&m), bits(&v), bits(&s)),
-                (bits(&mean), bits(&var), bits(&inv)),
-                "{what}: stats"
-            );
-        };
-        check(run(x.view(), Par::Seq), "sequential");
-        for threads in [1, 2, 4] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            check(
-                pool.install(|| run(x.view(), Par::Rayon)),
-                &format!("{threads} threads"),
-            );
+        assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 6.0));
+        for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+            let want = want.mapv(|v| act.apply(v));
+            let run = |x: ArrayView4<f32>, par| {
+                batch_norm_train_forward(x, (g.view(), b.view()), eps, (act, par))
+            };
+            let check = |(y, m, v, s): (Array4<f32>, Array1<f32>, Array1<f32>, Array1<f32>),
+                         what: &str| {
+                assert_eq!(bits(&y), bits(&want), "{act:?}, {what}: y");
+                assert_eq!(
+                    (bits(&m), bits(&v), bits(&s)),
+                    (bits(&mean), bits(&var), bits(&inv)),
+                    "{act:?}, {what}: stats"
+                );
+            };
+            check(run(x.view(), Par::Seq), "sequential");
+            for threads in [1, 2, 4] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                check(
+                    pool.install(|| run(x.view(), Par::Rayon)),
+                    &format!("{threads} threads"),
+                );
+            }
+            let t = hw_swapped(&x);
+            let t = t.view().permuted_axes([0, 1, 3, 2]);
+            assert!(!t.is_standard_layout());
+            check(run(t, Par::Rayon), "non-standard layout");
         }
-        let t = hw_swapped(&x);
-        let t = t.view().permuted_axes([0, 1, 3, 2]);
-        assert!(!t.is_standard_layout());
-        check(run(t, Par::Rayon), "non-standard layout");
     }
 }

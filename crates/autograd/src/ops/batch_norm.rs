@@ -74,6 +74,38 @@ pub fn batch_norm2d<F: Float>(
     state: &mut BatchNormState<F>,
     train: bool,
 ) -> Result<Var> {
+    batch_norm2d_with((x, gamma, beta), state, (train, Activation::None), tape)
+}
+
+/// `act(batch_norm2d(x))` in train mode as one op: the activation is applied in the
+/// normalisation's pass, and backward masks `dy` inside its per-channel sweep (the mask
+/// recomputed from `x`, whose pre-activation values are those of the forward's formula), so a
+/// training step makes two passes over the activation fewer and never holds the pre-activation
+/// tensor. The values and gradients are those of [`batch_norm2d`] followed by
+/// [`super::relu`] / [`super::relu6`], bit for bit.
+///
+/// # Shapes
+/// As [`batch_norm2d`].
+/// # Errors
+/// As [`batch_norm2d`] in train mode.
+pub fn batch_norm2d_train_act<F: Float>(
+    tape: &mut Tape<F>,
+    (x, gamma, beta): (Var, Var, Var),
+    state: &mut BatchNormState<F>,
+    act: Activation,
+) -> Result<Var> {
+    batch_norm2d_with((x, gamma, beta), state, (true, act), tape)
+}
+
+/// [`batch_norm2d`] with an activation fused into train mode (eval mode takes
+/// `Activation::None` only: [`batch_norm2d_eval_act`] handles its activations).
+fn batch_norm2d_with<F: Float>(
+    (x, gamma, beta): (Var, Var, Var),
+    state: &mut BatchNormState<F>,
+    (train, act): (bool, Activation),
+    tape: &mut Tape<F>,
+) -> Result<Var> {
+    debug_assert!(train || act == Activation::None);
     let xv = as4(OP, tape.checked(x, OP)?)?;
     let (n, c, h, w) = xv.dim();
     let gv = as1(OP, tape.checked(gamma, OP)?)?;
@@ -99,20 +131,19 @@ pub fn batch_norm2d<F: Float>(
                 // x̂ is not kept: backward recomputes it from x (on the tape), mean and
                 // inv_std, so a training step holds one activation-sized tensor less per
                 // batch-norm layer.
-                let (y, inv_std) = forward(
-                    xv,
-                    (&mean, &var),
-                    (gv, bv),
-                    state.eps,
-                    (Activation::None, tape.par()),
-                );
+                let (y, inv_std) =
+                    forward(xv, (&mean, &var), (gv, bv), state.eps, (act, tape.par()));
                 (mean, var, count, y, inv_std)
             }
             None => {
                 too_few(n * h * w, &xv)?;
                 // statistics and normalisation in one sweep per channel (same bits)
-                let (y, mean, var, inv_std) =
-                    hla_tensor::batch_norm_train_forward(xv, (gv, bv), state.eps, tape.par());
+                let (y, mean, var, inv_std) = hla_tensor::batch_norm_train_forward(
+                    xv,
+                    (gv, bv),
+                    state.eps,
+                    (act, tape.par()),
+                );
                 (mean, var, n * h * w, y, inv_std)
             }
         };
@@ -134,6 +165,7 @@ pub fn batch_norm2d<F: Float>(
                 inv_std,
                 count,
                 synced,
+                act,
             }),
         )
     } else {
@@ -329,6 +361,35 @@ fn fold_plane<F: Float>(d: &[F], xp: &[F], (mu, s): (F, F), db: &mut Lanes<F>, d
     dg.add_dot_map(d, xp, |v| (v - mu) * s);
 }
 
+/// The backward of a fused activation on one plane: `dy ← dy ⊙ 1[keep(y)]` with the
+/// pre-activation `y = γ·((x − mu)·s) + β` recomputed (the forward's formula, so its bits);
+/// `keep` is [`super::relu`]'s `y > 0` or [`super::relu6`]'s `0 < y < 6`, which hold for the
+/// activation's output exactly when they hold for `y`.
+#[inline(always)]
+fn mask_plane<F: Float>(act: Activation, dp: &mut [F], xp: &[F], (mu, s, g, b): (F, F, F, F)) {
+    let six = F::from_f64(6.0);
+    let y = |v: F| g * ((v - mu) * s) + b;
+    // a select, not a branch, and the activation chosen outside the loop, so it vectorises
+    match act {
+        Activation::None => {}
+        Activation::Relu => {
+            for (d, &v) in dp.iter_mut().zip(xp) {
+                *d = if y(v) > F::zero() { *d } else { F::zero() };
+            }
+        }
+        Activation::Relu6 => {
+            for (d, &v) in dp.iter_mut().zip(xp) {
+                let y = y(v);
+                *d = if y > F::zero() && y < six {
+                    *d
+                } else {
+                    F::zero()
+                };
+            }
+        }
+    }
+}
+
 /// One plane of `dx = k·(m·dy − Σdy − x̂·Σ(dy·x̂))` written over `dy`, `k = γ·inv_std/m`.
 #[inline(always)]
 fn dx_plane<F: Float>(dp: &mut [F], xp: &[F], (mu, s): (F, F), (k, m, db, dg): (F, F, F, F)) {
@@ -348,6 +409,7 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     bw: &mut Backprop<'_, F>,
     (x, gamma, beta): (Var, Var, Var),
     (mean, inv_std, count, synced): (Array1<F>, Array1<F>, usize, bool),
+    act: Activation,
     dy: ArrayD<F>,
 ) -> Result<()> {
     // Per-rank statistics: this rank's sums give dx; dγ and dβ are summed over the ranks below.
@@ -357,6 +419,19 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
     let gv = as1(OP, bw.value(gamma))?;
     let (n, c, h, w) = xv.dim();
     let hw = h * w;
+    // a fused activation's mask needs β; without one it is never read
+    let bv = match act {
+        Activation::None => None,
+        _ => Some(as1(OP, bw.value(beta))?),
+    };
+    let pre = |ch: usize| {
+        (
+            mean[ch],
+            inv_std[ch],
+            gv[ch],
+            bv.map_or(F::zero(), |b| b[ch]),
+        )
+    };
     if bw.group.is_none() && (n * hw == 0 || c == 0) {
         bw.add(x, dy.into_dyn());
         bw.add(gamma, ArrayD::zeros(vec![c]));
@@ -384,7 +459,8 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
                 let (mu, s) = (mean[ch], inv_std[ch]);
                 let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
                 let (mut db, mut dg) = (Lanes::new(), Lanes::new());
-                for (d, xp) in dps.iter().zip(x_planes.clone()) {
+                for (d, xp) in dps.iter_mut().zip(x_planes.clone()) {
+                    mask_plane(act, d, xp, pre(ch));
                     fold_plane(d, xp, (mu, s), &mut db, &mut dg);
                 }
                 let (dg, db) = (dg.total(), db.total());
@@ -398,6 +474,16 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
         bw.add(x, dy.into_dyn());
         sums
     } else {
+        if act != Activation::None && hw > 0 {
+            let ds = dy.as_slice_mut().expect("gradients are in standard layout");
+            for_each_plane(
+                ds,
+                xs,
+                (c, hw, par),
+                #[inline(always)]
+                |ch, dp, xp| mask_plane(act, dp, xp, pre(ch)),
+            );
+        }
         let sums: Vec<(F, F)> = {
             let ds = dy.as_slice().expect("gradients are in standard layout");
             let lanes = channel_lanes::<F, 2>(sum_group, OP, c, par, |ch, [db, dg]| {
@@ -694,6 +780,71 @@ mod tests {
                 |t, v| batch_norm2d_eval_act(t, (v[0], v[1], v[2]), &s, act),
                 &xs,
                 75,
+            )
+            .unwrap();
+        }
+    }
+
+    /// In train mode BatchNorm with a fused activation gives the bits of `batch_norm2d`
+    /// followed by `relu` / `relu6`: the output, the running statistics and the gradients of
+    /// `x`, γ and β, on 1 and 2 threads above the parallel threshold (values straddling 0 and
+    /// 6); and it passes a gradient check (f64, away from the kinks).
+    #[test]
+    fn train_act_is_batch_norm_then_activation() {
+        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let x = uniform(&[4, 3, 40, 30], 81).mapv(|v| (8.0 * v) as f32);
+        let dy = uniform(&[4, 3, 40, 30], 82).mapv(|v| v as f32);
+        let g = ArrayD::from_shape_vec(vec![3], vec![1.5f32, -2.0, 4.0]).unwrap();
+        let b = ArrayD::from_shape_vec(vec![3], vec![0.5f32, 1.0, 2.5]).unwrap();
+        // y, running mean and var, dx, dγ, dβ
+        let run = |act: Activation, fused: bool| {
+            let mut s = BatchNormState::<f32>::new(3);
+            let mut t = Tape::<f32>::new();
+            t.set_par(Par::Rayon);
+            let (xv, gv, bv) = (t.leaf(x.clone()), t.leaf(g.clone()), t.leaf(b.clone()));
+            let y = if fused {
+                batch_norm2d_train_act(&mut t, (xv, gv, bv), &mut s, act).unwrap()
+            } else {
+                let y = batch_norm2d(&mut t, xv, gv, bv, &mut s, true).unwrap();
+                match act {
+                    Activation::Relu => crate::ops::relu(&mut t, y).unwrap(),
+                    Activation::Relu6 => crate::ops::relu6(&mut t, y).unwrap(),
+                    Activation::None => y,
+                }
+            };
+            let out = bits(t.value(y));
+            let gr = t.backward_with(y, dy.clone()).unwrap();
+            let grads = [xv, gv, bv].map(|v| bits(gr.get(v).unwrap()));
+            let stats = [&s.running_mean, &s.running_var]
+                .map(|a| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            (out, stats, grads)
+        };
+        for act in [Activation::Relu, Activation::Relu6, Activation::None] {
+            let want = run(act, false);
+            if act == Activation::Relu6 {
+                let y: Vec<f32> = want.0.iter().map(|&v| f32::from_bits(v)).collect();
+                assert!(y.contains(&0.0) && y.contains(&6.0), "both bounds clip");
+            }
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| run(act, true));
+                assert!(got == want, "{act:?}, {threads} threads");
+            }
+        }
+        let xs = [
+            uniform(&[2, 3, 3, 2], 83),
+            positive(&[3], 84),
+            uniform(&[3], 85),
+        ];
+        for act in [Activation::Relu, Activation::Relu6] {
+            let s = Mutex::new(BatchNormState::<f64>::new(3));
+            check(
+                |t, v| batch_norm2d_train_act(t, (v[0], v[1], v[2]), &mut s.lock().unwrap(), act),
+                &xs,
+                86,
             )
             .unwrap();
         }
