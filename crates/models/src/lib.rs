@@ -394,10 +394,13 @@ mod forward_tests {
             let tape = run(m.as_mut(), Tape::new(), Mode::Train);
             let (train, recorded) = (tape.held_elements(), tape.recorded_elements());
             // backward's inputs stay (every conv's input and output), the rest of each block
-            // goes (BatchNorm outputs feeding a ReLU, residual sums): 59-68 % kept
+            // goes: the BatchNorm outputs feeding a residual sum (those feeding an activation
+            // are not recorded at all, being one op with it). ResNets keep 72-82 %;
+            // MobileNetV2, whose residual sums are few and narrow, 98 %.
             assert!(train > 20 * x.len(), "{arch}: recording tape holds {train}");
+            let bound = if arch == "mobilenet_v2" { 99 } else { 85 };
             assert!(
-                10 * train < 7 * recorded,
+                100 * train < bound * recorded,
                 "{arch}: training forward holds {train} of {recorded} scalars"
             );
             // a released value is an error, not a silent empty array
