@@ -11,7 +11,10 @@ use super::params::Conv2dParams;
 use super::DW_CHUNK;
 use crate::gemm::{gemm_slices, Mat};
 use crate::group::{channel_lanes, Group};
-use crate::{for_each_chunk, for_each_zeroed_chunk, Float, Par, Result, TensorError};
+use crate::{
+    for_each_chunk, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float, Par, Result,
+    TensorError,
+};
 use ndarray::{Array1, Array4, ArrayView4};
 
 /// Input gradient of [`conv2d`](super::conv2d): `dx = convᵀ(dy)`, by GEMM `Wᵀ·dy` and col2im (or directly
@@ -99,17 +102,18 @@ pub fn conv2d_backward_input<F: Float>(
         None => kd * np,
     };
     let dw_isa = if g.depthwise() { detect_isa() } else { None };
-    let dxs = for_each_zeroed_chunk(
+    // the direct kernels write every element of `dx`; the other paths' start from zeros
+    let dxs = for_each_uninit_chunk(
         par,
         dx_len,
         g.in_sample(),
         || vec![F::zero(); scratch],
-        |dcols, s, dx_s| {
+        |dcols, s, dx_u| {
             let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
             if let Some((d, isa)) = direct {
                 for (gi, wpk) in packed.iter().enumerate() {
                     let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                    let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                    let dx_g = &mut dx_u[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
                     conv_sample(
                         &d,
                         isa,
@@ -124,6 +128,7 @@ pub fn conv2d_backward_input<F: Float>(
                 }
                 return;
             }
+            let dx_s = zeroed(dx_u);
             if g.depthwise() {
                 for co in 0..g.c_out {
                     let ci = co / g.cout_g;

@@ -15,6 +15,7 @@
 use super::geom::forced_kernel;
 use crate::isa::MaxIsa;
 use crate::{Float, Par};
+use std::mem::MaybeUninit;
 
 /// Proof that run-time detection found AVX-512F on this CPU: its field is private, so only
 /// [`detect`] can make one, and no caller can pick the `unsafe` AVX-512 kernels by mistake.
@@ -463,7 +464,7 @@ pub(crate) fn conv_sample<F: Float>(
     plan: Plan,
     x: &[F],
     wpk: &[F],
-    y: &mut [F],
+    y: &mut [MaybeUninit<F>],
     scratch: &mut [F],
     tables: &Tables,
     chans: std::ops::Range<usize>,
@@ -500,7 +501,13 @@ pub(crate) fn conv_sample<F: Float>(
     let taps = d.taps();
     let wpk = &wpk[chans.start / cob * taps * cob..chans.end.div_ceil(cob) * taps * cob];
     let nout = chans.len();
-    let (xp, wpk, y) = (as_f32(scratch), as_f32(wpk), as_f32_mut(y));
+    let (xp, wpk) = (as_f32(scratch), as_f32(wpk));
+    assert!(
+        Direct::supported::<F>(),
+        "hla-tensor internal error: direct convolution needs f32"
+    );
+    // SAFETY: F is f32 (asserted), so `MaybeUninit<F>` has the layout of `MaybeUninit<f32>`.
+    let y = unsafe { &mut *(y as *mut [MaybeUninit<F>] as *mut [MaybeUninit<f32>]) };
     let rows = Rows {
         wq: d.wq(),
         ho: d.ho,
@@ -560,7 +567,8 @@ impl Direct {
 }
 
 /// Writes the valid positions of one block (`out [COB][pxb]`, starting at flattened `q0`) of
-/// the forward grid to `y [cout, ho, wo]`.
+/// the forward grid to `y [cout, ho, wo]`. The kernels' blocks cover every valid position of
+/// every channel of their range, so `y` is written in full (it need not be initialised).
 #[allow(clippy::too_many_arguments)] // a block's layout and place in the output
 fn store_block(
     d: &Direct,
@@ -570,7 +578,7 @@ fn store_block(
     len: usize,
     co0: usize,
     nco: usize,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     let wq = d.wq();
     let npix = d.ho * d.wo;
@@ -586,7 +594,10 @@ fn store_block(
         let (lane, o) = (q - q0, oh * d.wo + ow);
         for c in 0..nco {
             let row = &out[c * pxb..(c + 1) * pxb];
-            y[(co0 + c) * npix + o..][..len].copy_from_slice(&row[lane..lane + len]);
+            let dst = &mut y[(co0 + c) * npix + o..][..len];
+            for (d, &v) in dst.iter_mut().zip(&row[lane..lane + len]) {
+                d.write(v);
+            }
         }
         q += len;
     }

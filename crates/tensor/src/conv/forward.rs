@@ -7,7 +7,7 @@ use super::im2col::im2col;
 use super::params::Conv2dParams;
 use crate::activation::Activation;
 use crate::gemm::{gemm_slices, Mat};
-use crate::{for_each_zeroed_chunk, Float, Par, Result, TensorError};
+use crate::{assume_init_mut, for_each_uninit_chunk, zeroed, Float, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
 /// 2-D convolution: direct SIMD kernels (f32), or im2col + one GEMM per (sample, group);
@@ -161,12 +161,13 @@ pub fn conv2d_act_packed<F: Float>(
     // or depthwise, so a block lies within one group unless it is the whole sample
     let split = g.forward_split(plan.map_or(1, |p| p.cob));
     let cb = g.c_out / split;
-    let ys = for_each_zeroed_chunk(
+    // the direct kernels write every output; the other paths' outputs start from zeros
+    let ys = for_each_uninit_chunk(
         par,
         g.n * g.c_out * np,
         cb * np,
         || vec![F::zero(); scratch],
-        |cols, t, y_t| {
+        |cols, t, y_u| {
             let (s, co0) = (t / split, (t % split) * cb);
             let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
             // groups of this task (with split > 1, groups == 1: the block's rows of W)
@@ -175,15 +176,19 @@ pub fn conv2d_act_packed<F: Float>(
             } else {
                 (g.groups, g.cout_g)
             };
-            if let Some((d, isa)) = direct {
+            let y_t: &mut [F] = if let Some((d, isa)) = direct {
                 let tables = tables.as_ref().expect("tables built with the direct plan");
                 let plan = plan.expect("plan chosen with the direct path");
                 for (gi, wpk) in packed.iter().enumerate().take(ng) {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
-                    let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
+                    let y_g = &mut y_u[gi * rows * np..(gi + 1) * rows * np];
                     conv_sample(&d, isa, plan, x_g, wpk, y_g, cols, tables, co0..co0 + rows);
                 }
+                // SAFETY: `conv_sample` writes every output of its channel range, and the
+                // `ng` groups' ranges tile the chunk.
+                unsafe { assume_init_mut(y_u) }
             } else if g.depthwise() {
+                let y_t = zeroed(y_u);
                 for co in co0..co0 + cb {
                     let ci = co / g.cout_g;
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -191,7 +196,9 @@ pub fn conv2d_act_packed<F: Float>(
                     let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
                     dw_plane(dw_isa, Plane::Forward, &g, x_c, wk, y_c, cols);
                 }
+                y_t
             } else {
+                let y_t = zeroed(y_u);
                 for gi in 0..ng {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let w0 = (gi * g.cout_g + co0) * kd;
@@ -215,7 +222,8 @@ pub fn conv2d_act_packed<F: Float>(
                         Mat::rm(rows, np), // C: [m, n]; beta = 0 so C is not read
                     );
                 }
-            }
+                y_t
+            };
             match (&bias, act) {
                 (None, Activation::None) => {}
                 (None, act) => y_t.iter_mut().for_each(|v| *v = act.apply(*v)),
