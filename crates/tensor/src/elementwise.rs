@@ -69,14 +69,21 @@ pub fn map_group_rows<F: Float>(
     );
     // blocks of whole rows, about `CHUNK` elements each
     let rows = (CHUNK / pix).max(1);
+    // (the HLA layers' division by the patch norms: compiled for the CPU's vectors, whose
+    // quotients are the same)
     collect_chunks(full.len(), rows * pix, par_for(full.len(), par), |i, o| {
-        for (j, o) in o.chunks_mut(pix).enumerate() {
-            let r = i * rows + j;
-            let (vs, ss) = (&full[r * pix..][..pix], &small[(r / per) * pix..][..pix]);
-            for ((o, &v), &s) in o.iter_mut().zip(vs).zip(ss) {
-                o.write(f(v, s));
-            }
-        }
+        crate::isa::vectorised(
+            #[inline(always)]
+            || {
+                for (j, o) in o.chunks_mut(pix).enumerate() {
+                    let r = i * rows + j;
+                    let (vs, ss) = (&full[r * pix..][..pix], &small[(r / per) * pix..][..pix]);
+                    for ((o, &v), &s) in o.iter_mut().zip(vs).zip(ss) {
+                        o.write(f(v, s));
+                    }
+                }
+            },
+        )
     })
 }
 

@@ -101,11 +101,17 @@ fn norms<F: Float>(
 
 /// `f` on every element, in parallel from [`PAR_MIN_LEN`] elements when `par` allows it.
 fn map_in_place<F: Float>(par: Par, xs: &mut [F], f: impl Fn(&mut F) + Sync + Send) {
+    // square roots bound: compiled for the CPU's vectors (exact either way)
+    let chunk = |c: &mut [F]| {
+        hla_tensor::isa::vectorised(
+            #[inline(always)]
+            || c.iter_mut().for_each(&f),
+        )
+    };
     if par == Par::Rayon && xs.len() >= PAR_MIN_LEN {
-        xs.par_chunks_mut(PAR_MIN_LEN / 4)
-            .for_each(|c| c.iter_mut().for_each(&f));
+        xs.par_chunks_mut(PAR_MIN_LEN / 4).for_each(chunk);
     } else {
-        xs.iter_mut().for_each(f);
+        chunk(xs);
     }
 }
 
@@ -158,27 +164,33 @@ pub(crate) fn patch_normalize_backward<F: Float>(
         // in the same pass, `dq / n` in place when `y` needs its gradient
         let mut dn = Array4::<F>::zeros((n, g, ho, wo));
         let per = g * pix;
+        // divisions bound: compiled for the CPU's vectors (the quotients are exact either way)
         let sample = |(s, (dn_s, dq_s)): (usize, (&mut [F], &mut [F]))| {
-            for gi in 0..g {
-                let acc = &mut dn_s[gi * pix..][..pix];
-                let nrm = &ns[(s * g + gi) * pix..][..pix];
-                for c in gi * cpg..(gi + 1) * cpg {
-                    let (d, a) = (
-                        &mut dq_s[c * pix..][..pix],
-                        &ys[(s * c_out + c) * pix..][..pix],
-                    );
-                    for (((t, d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
-                        let v = (-*d * a) / (b * b);
-                        *t = if cpg == 1 { v } else { *t + v };
-                        if needs_y {
-                            *d = *d / b;
+            hla_tensor::isa::vectorised(
+                #[inline(always)]
+                || {
+                    for gi in 0..g {
+                        let acc = &mut dn_s[gi * pix..][..pix];
+                        let nrm = &ns[(s * g + gi) * pix..][..pix];
+                        for c in gi * cpg..(gi + 1) * cpg {
+                            let (d, a) = (
+                                &mut dq_s[c * pix..][..pix],
+                                &ys[(s * c_out + c) * pix..][..pix],
+                            );
+                            for (((t, d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
+                                let v = (-*d * a) / (b * b);
+                                *t = if cpg == 1 { v } else { *t + v };
+                                if needs_y {
+                                    *d = *d / b;
+                                }
+                            }
+                        }
+                        for (t, &b) in acc.iter_mut().zip(nrm) {
+                            *t = *t / (two * b);
                         }
                     }
-                }
-                for (t, &b) in acc.iter_mut().zip(nrm) {
-                    *t = *t / (two * b);
-                }
-            }
+                },
+            )
         };
         let dns = dn.as_slice_mut().expect("fresh array is contiguous");
         let dqs = dq.as_slice_mut().expect("fresh array is contiguous");
