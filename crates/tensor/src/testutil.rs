@@ -113,9 +113,15 @@ pub fn naive_conv2d_backward(
 /// Largest `|a − b| / (1 + |b|)` over two same-shaped arrays (mixed absolute/relative error).
 pub fn max_rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "max_rel_err: shapes differ");
-    a.iter()
-        .zip(b.iter())
-        .fold(0.0f64, |m, (&u, &v)| m.max((u - v).abs() / (1.0 + v.abs())))
+    a.iter().zip(b.iter()).fold(0.0f64, |m, (&u, &v)| {
+        let e = (u - v).abs() / (1.0 + v.abs());
+        // a NaN anywhere is the result (`f64::max` would drop it, hiding a missed output)
+        if e.is_nan() || e > m {
+            e
+        } else {
+            m
+        }
+    })
 }
 
 /// Checks `analytic` against central differences `(L(x + h·e_i) − L(x − h·e_i)) / 2h` for every
