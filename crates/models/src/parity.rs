@@ -152,7 +152,7 @@ fn rel_err64(what: &str, a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
     let diff = a
         .iter()
         .zip(b.iter())
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        .fold(0f64, |m, (x, y)| crate::testutil::nan_max(m, (x - y).abs()));
     let scale = b.iter().fold(0f64, |m, y| m.max(y.abs()));
     if scale == 0.0 {
         diff

@@ -56,13 +56,24 @@ pub fn i64_of(m: &BTreeMap<String, Tensor>, name: &str) -> ArrayD<i64> {
     }
 }
 
-/// `max|a − b| / max|b|` (0 for two all-zero tensors); panics on a shape mismatch.
+/// The larger of `m` and `e`, or NaN if either is (`f64::max` drops a NaN, which would hide a
+/// NaN output from the comparisons below).
+pub fn nan_max(m: f64, e: f64) -> f64 {
+    if e.is_nan() || e > m {
+        e
+    } else {
+        m
+    }
+}
+
+/// `max|a − b| / max|b|` (0 for two all-zero tensors; NaN if any difference is); panics on a
+/// shape mismatch.
 pub fn rel_err(what: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "{what}: shapes differ");
     let diff = a
         .iter()
         .zip(b.iter())
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+        .fold(0f64, |m, (&x, &y)| nan_max(m, (x as f64 - y as f64).abs()));
     let scale = b.iter().fold(0f64, |m, &y| m.max((y as f64).abs()));
     if scale == 0.0 {
         diff
