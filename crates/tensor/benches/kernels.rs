@@ -8,8 +8,10 @@
 //! With `--torch FILE` (the `--json` output of that script, same thread count) a ratio column
 //! `torch ms / ours ms` is added (> 1 means faster than PyTorch).
 //! `-- --other-only` times only the non-convolution kernels (batch norm, bias gradient, pooling)
-//! on the activation shapes of a ResNet-20 step at batch 128.
+//! on the activation shapes of a ResNet-20 step at batch 128. `-- --isa avx2` caps the kernels
+//! at AVX2 (the kernels of an AVX2-only machine; see `hla_tensor::isa`).
 
+use hla_tensor::isa::{max_isa, set_max_isa, MaxIsa};
 use hla_tensor::{
     channel_mean_var, conv2d, conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight,
     gemm_par, global_avg_pool, global_avg_pool_backward, max_pool2d, max_pool2d_backward,
@@ -188,6 +190,22 @@ fn main() {
         .map(|p| load_torch(p))
         .unwrap_or_default();
     let only_conv = args.iter().any(|a| a == "--conv-only");
+    if let Some(name) = args
+        .iter()
+        .position(|a| a == "--isa")
+        .and_then(|i| args.get(i + 1))
+    {
+        let max = [MaxIsa::Portable, MaxIsa::Avx2, MaxIsa::Avx512]
+            .into_iter()
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("--isa {name}: expected portable, avx2 or avx512"));
+        set_max_isa(max).expect("the ceiling is set before any kernel runs");
+    }
+    println!(
+        "kernels: {} (ceiling {})",
+        hla_tensor::simd_name(),
+        max_isa().name()
+    );
     let threads: Vec<usize> = if std::env::var_os("HLA_BENCH_CPU").is_some() {
         vec![1]
     } else {

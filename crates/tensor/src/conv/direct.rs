@@ -514,7 +514,7 @@ pub(crate) fn conv_sample<F: Float>(
         wo: d.wo,
     };
     let mut store = |out: &[f32], pxb: usize, q0: usize, len: usize, co0: usize, nco: usize| {
-        store_block(d, out, pxb, q0, len, co0, nco, y)
+        store_block(d, isa, out, (pxb, q0, len), (co0, nco), y)
     };
     // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted
     // above (for the block shape of the plan).
@@ -569,20 +569,21 @@ impl Direct {
 /// Writes the valid positions of one block (`out [COB][pxb]`, starting at flattened `q0`) of
 /// the forward grid to `y [cout, ho, wo]`. The kernels' blocks cover every valid position of
 /// every channel of their range, so `y` is written in full (it need not be initialised).
-#[allow(clippy::too_many_arguments)] // a block's layout and place in the output
 fn store_block(
     d: &Direct,
+    isa: Isa,
     out: &[f32],
-    pxb: usize,
-    q0: usize,
-    len: usize,
-    co0: usize,
-    nco: usize,
+    (pxb, q0, len): (usize, usize, usize),
+    (co0, nco): (usize, usize),
     y: &mut [MaybeUninit<f32>],
 ) {
     let wq = d.wq();
     let npix = d.ho * d.wo;
     let qb = (q0 + len).min(d.qend());
+    assert!(
+        nco * pxb <= out.len() && (co0 + nco) * npix <= y.len(),
+        "hla-tensor internal error: direct block store"
+    );
     let mut q = q0;
     while q < qb {
         let (oh, ow) = (q / wq, q % wq);
@@ -592,14 +593,90 @@ fn store_block(
         }
         let len = (d.wo - ow).min(qb - q);
         let (lane, o) = (q - q0, oh * d.wo + ow);
-        for c in 0..nco {
-            let row = &out[c * pxb..(c + 1) * pxb];
-            let dst = &mut y[(co0 + c) * npix + o..][..len];
-            for (d, &v) in dst.iter_mut().zip(&row[lane..lane + len]) {
-                d.write(v);
-            }
+        // SAFETY: `isa` proves its instruction set; channel `c < nco` reads
+        // `out[c·pxb + lane..][..len]` (`lane + len ≤ pxb`) and writes
+        // `y[(co0 + c)·npix + o..][..len]` (`o + len ≤ npix`), inside the asserted lengths.
+        unsafe {
+            let (src, dst) = (out.as_ptr().add(lane), y.as_mut_ptr().add(co0 * npix + o));
+            copy_rows(isa, (src, pxb), (dst as *mut f32, npix), (nco, len));
         }
         q += len;
+    }
+}
+
+/// `dst[c·ds + i] = src[c·ss + i]` for `c < rows`, `i < len`, in vector moves (a `memcpy` call
+/// per row segment cost about a tenth of the grid kernel's time).
+///
+/// # Safety
+/// `isa` proves its instruction set; the rows must be readable / writable and not overlap.
+#[inline(always)]
+unsafe fn copy_rows(
+    isa: Isa,
+    src: (*const f32, usize),
+    dst: (*mut f32, usize),
+    (rows, len): (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512(_) => copy_rows_avx512(src, dst, rows, len),
+            Isa::Avx2(_) => copy_rows_avx2(src, dst, rows, len),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, src, dst, rows, len);
+        unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
+    }
+}
+
+/// [`copy_rows`] with AVX-512: whole vectors, then one masked vector (masked-off lanes touch no
+/// memory).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows_avx512(
+    (sp, ss): (*const f32, usize),
+    (dp, ds): (*mut f32, usize),
+    rows: usize,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    let tail = ((1u32 << (len % 16)) - 1) as __mmask16;
+    for c in 0..rows {
+        let (s, d) = (sp.add(c * ss), dp.add(c * ds));
+        let mut i = 0;
+        while i + 16 <= len {
+            _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
+            i += 16;
+        }
+        if tail != 0 {
+            _mm512_mask_storeu_ps(d.add(i), tail, _mm512_maskz_loadu_ps(tail, s.add(i)));
+        }
+    }
+}
+
+/// [`copy_rows`] with AVX: whole vectors, then the last values one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_rows_avx2(
+    (sp, ss): (*const f32, usize),
+    (dp, ds): (*mut f32, usize),
+    rows: usize,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    for c in 0..rows {
+        let (s, d) = (sp.add(c * ss), dp.add(c * ds));
+        let mut i = 0;
+        while i + 8 <= len {
+            _mm256_storeu_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+            i += 8;
+        }
+        while i < len {
+            *d.add(i) = *s.add(i);
+            i += 1;
+        }
     }
 }
 
