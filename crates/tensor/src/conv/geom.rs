@@ -12,6 +12,12 @@ use ndarray::ArrayView4;
 /// input ([`Geom::forward_split`]; CIFAR ResNet-20's convs, 2.4 M per sample, stay whole).
 pub(super) const SPLIT_MIN_WORK: usize = 1 << 21;
 
+/// Tasks a small batch of a 1×1 stride-1 convolution is split into ([`Geom::forward_split`]):
+/// each channel block's GEMM packs the whole input again, so fewer blocks than for the direct
+/// kernels (MobileNetV2 at batch 1, BN folded, alternating runs on a 2-core Xeon: 4 blocks
+/// 14.9–15.5 ms, 2 blocks 13.6–14.8 ms).
+pub(super) const POINTWISE_SPLIT_TASKS: usize = 2;
+
 /// Validated geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Geom {
@@ -110,7 +116,8 @@ impl Geom {
         self.c_out * self.npix()
     }
     /// Output-channel blocks per sample in the forward: a batch smaller than four splits each
-    /// sample's output channels into up to 4 / n equal blocks (one task each) of at least
+    /// sample's output channels into up to 4 / n equal blocks (1×1 convolutions:
+    /// [`POINTWISE_SPLIT_TASKS`] / n), one task each, of at least
     /// `SPLIT_MIN_WORK` multiply-adds, so that batch 1 keeps every core busy. Chosen from the shapes only, never the thread count; every output
     /// is computed by the same kernel in the same summation order either way (the direct
     /// kernels' channel blocks stay whole: `align` is the plan's channel block, 1 off the
@@ -122,7 +129,12 @@ impl Geom {
         if self.n >= 4 || (self.groups > 1 && !self.depthwise()) || work < 2 * SPLIT_MIN_WORK {
             return 1;
         }
-        let want = 4usize.div_ceil(self.n).min(work / SPLIT_MIN_WORK);
+        let tasks = if self.pointwise() {
+            POINTWISE_SPLIT_TASKS
+        } else {
+            4
+        };
+        let want = tasks.div_ceil(self.n).min(work / SPLIT_MIN_WORK);
         (1..=want)
             .rev()
             .find(|&k| {
