@@ -1064,13 +1064,12 @@ pub(crate) fn backward_weight_samples<F: Float>(
         "hla-tensor internal error: dw length"
     );
     let (xp, dp, dw) = (as_f32(xs), as_f32(ds), as_f32_mut(dw));
-    // AVX-512: positions per chunk such that the chunk's rows of every input plane and every
-    // `dy` channel fit in `DW_CHUNK_BYTES`. AVX2 takes whole planes (its blocks hold half the
-    // bytes per multiply-add; chunks measured slower there).
+    // positions per chunk: the chunk's rows of every input plane and every `dy` channel fit in
+    // `dw_chunk_bytes(isa)`
     let planes = d.cin * d.sh * d.sw + rows;
-    let chunk = match isa {
-        Isa::Avx512(_) => (dw_chunk_bytes() / (4 * planes) / lanes * lanes).max(lanes),
-        Isa::Avx2(_) => qpad,
+    let chunk = match dw_chunk_bytes(isa) {
+        Some(bytes) => (bytes / (4 * planes) / lanes * lanes).max(lanes),
+        None => qpad,
     };
     let dims = (ns, xl, dl, qpad, chunk);
     #[cfg(target_arch = "x86_64")]
@@ -1095,17 +1094,23 @@ const DW_CHUNK_BYTES: usize = 40 << 10;
 
 #[cfg(test)]
 thread_local! {
-    /// Per-thread override of [`DW_CHUNK_BYTES`], for the tests to compare chunk sizes.
+    /// Per-thread override of [`dw_chunk_bytes`] (both ISAs), for the tests to compare chunk sizes.
     static DW_CHUNK_TEST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// [`DW_CHUNK_BYTES`], or the tests' override.
-fn dw_chunk_bytes() -> usize {
+/// Bytes per position chunk of the position-vectorised weight gradient on `isa`, `None` for
+/// whole planes: [`DW_CHUNK_BYTES`] with AVX-512; whole planes with AVX2 (its blocks move half
+/// the bytes per multiply-add, and chunks measured slower there). The tests' override applies
+/// to both, so that both kernels' chunked paths are checked.
+fn dw_chunk_bytes(isa: Isa) -> Option<usize> {
     #[cfg(test)]
     if let Some(b) = DW_CHUNK_TEST.with(|c| c.get()) {
-        return b;
+        return Some(b);
     }
-    DW_CHUNK_BYTES
+    match isa {
+        Isa::Avx512(_) => Some(DW_CHUNK_BYTES),
+        Isa::Avx2(_) => None,
+    }
 }
 
 /// `(V, TB)` of [`dw_pix_avx512`] for `cout` output channels: 64-channel blocks × 6 taps
