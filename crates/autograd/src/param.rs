@@ -23,6 +23,13 @@ impl ParamId {
 
 static NEXT_PARAM_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Source of [`Param::stamp`]s, unique across every parameter of the process.
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(0);
+
+fn next_stamp() -> u64 {
+    NEXT_STAMP.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A trainable tensor owned by a model.
 ///
 /// The value lives behind an `Arc`: [`crate::Tape::param`] shares it with the tape instead of
@@ -33,6 +40,7 @@ static NEXT_PARAM_ID: AtomicU64 = AtomicU64::new(0);
 pub struct Param<F: Float> {
     id: ParamId,
     value: Arc<ArrayD<F>>,
+    stamp: u64,
 }
 
 impl<F: Float> Param<F> {
@@ -47,6 +55,7 @@ impl<F: Float> Param<F> {
         Param {
             id,
             value: Arc::new(value),
+            stamp: next_stamp(),
         }
     }
 
@@ -61,9 +70,18 @@ impl<F: Float> Param<F> {
     }
 
     /// Mutable access to the value (`Arc::make_mut`: no copy once every tape that recorded this
-    /// parameter is dropped).
+    /// parameter is dropped). Gives the parameter a new [`Param::stamp`].
     pub fn value_mut(&mut self) -> &mut ArrayD<F> {
+        self.stamp = next_stamp();
         Arc::make_mut(&mut self.value)
+    }
+
+    /// A number that changes whenever the value may have: set at creation and on every
+    /// [`Param::value_mut`], never shared by two values (a clone keeps its original's stamp
+    /// only until either is mutated). Lets a layer keep something derived from the weights,
+    /// such as a kernel's packing of them, for as long as the stamp stays the same.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Shape of the value.

@@ -5,9 +5,11 @@
 use hla_autograd::ops;
 use hla_autograd::ops::BatchNormState;
 use hla_autograd::{Conv2dParams, Float, Param, Tape, Var};
+use hla_tensor::PackedWeights;
 use ndarray::{ArrayD, Axis, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::{Mutex, PoisonError};
 
 use crate::init;
 use crate::model::{
@@ -111,6 +113,38 @@ pub struct Conv2d<F: Float = f32> {
     pub quantisable: bool,
     /// Whether a BatchNorm follows (reported in [`QuantLayerInfo`]).
     pub followed_by_bn: bool,
+    /// The kernel's packing of `weight`, kept between evaluation forwards.
+    packed: EvalPacking<F>,
+}
+
+/// The direct kernel's packing of a conv's weights, kept from one forward on a non-recording
+/// tape to the next while the weight's [`Param::stamp`] stays the same: evaluation and
+/// inference then pack each layer once instead of on every batch (ResNet-18's packing is a
+/// fifth of a batch-1 forward). A recording forward drops it, so training holds no copy.
+#[derive(Debug, Default)]
+struct EvalPacking<F>(Mutex<Option<(u64, PackedWeights<F>)>>);
+
+impl<F: Float> EvalPacking<F> {
+    /// `conv2d(x, w, b)` with the packing kept on a non-recording tape; `stamp` is the
+    /// [`Param::stamp`] of the weight `w` holds.
+    fn conv2d(
+        &self,
+        tape: &mut Tape<F>,
+        (x, w, b): (Var, Var, Option<Var>),
+        stamp: u64,
+        p: &Conv2dParams,
+    ) -> Result<Var> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if tape.is_recording() {
+            *kept = None;
+            return Ok(ops::conv2d(tape, x, w, b, p)?);
+        }
+        if kept.as_ref().map(|(s, _)| *s) != Some(stamp) {
+            *kept = Some((stamp, PackedWeights::default()));
+        }
+        let (_, packed) = kept.as_mut().expect("set above");
+        Ok(ops::conv2d_packed(tape, x, w, b, p, packed)?)
+    }
 }
 
 impl<F: Float> Conv2d<F> {
@@ -129,6 +163,7 @@ impl<F: Float> Conv2d<F> {
             params: Conv2dParams::new(s.stride, s.pad).with_groups(s.groups),
             quantisable: false,
             followed_by_bn: true,
+            packed: EvalPacking::default(),
         }
     }
 
@@ -162,7 +197,8 @@ impl<F: Float> Conv2d<F> {
             }
             _ => {
                 let b = self.bias.as_ref().map(|b| tape.param(b));
-                Ok(ops::conv2d(tape, x, w, b, &self.params)?)
+                let stamp = self.weight.stamp();
+                self.packed.conv2d(tape, (x, w, b), stamp, &self.params)
             }
         }
     }
@@ -638,6 +674,41 @@ mod tests {
         assert_ne!(dropout_out(&mut e, Mode::Train), y);
         e.reseed(5);
         assert_eq!(dropout_out(&mut e, Mode::Train), y);
+    }
+
+    /// Evaluation keeps the kernel's packing of a conv's weights between forwards, but never
+    /// past a change of the weights: after an in-place `value_mut` (same buffer, so only the
+    /// stamp tells), a forward computes with the new values. A recording forward drops it.
+    #[test]
+    fn kept_packing_follows_the_weights() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let spec = ConvSpec::new(8, 16, 3, 1, 1);
+        let mut conv = Conv2d::<f32>::new("c", spec, ConvInit::KaimingFanOut, &mut rng);
+        let x = ArrayD::from_shape_fn(IxDyn(&[2, 8, 9, 9]), |i| {
+            ((i[1] * 7 + i[2] * 3 + i[3]) % 11) as f32 - 5.0
+        });
+        let run = |conv: &Conv2d<f32>, record: bool| {
+            let mut tape = if record { Tape::new() } else { Tape::no_grad() };
+            let xv = tape.constant(x.clone());
+            let y = conv.forward(&mut tape, xv, Mode::Eval, &mut None).unwrap();
+            tape.value(y).clone()
+        };
+        let packed = |conv: &Conv2d<f32>| {
+            let kept = conv.packed.0.lock().unwrap();
+            kept.as_ref().is_some_and(|(_, p)| p.is_packed())
+        };
+        let first = run(&conv, false);
+        // machines without the direct kernels (no AVX2) have nothing to keep
+        let direct = packed(&conv);
+        assert_eq!(run(&conv, false), first);
+        let at = conv.weight.value().as_ptr();
+        conv.weight.value_mut().mapv_inplace(|v| -2.0 * v);
+        assert_eq!(conv.weight.value().as_ptr(), at, "updated in place");
+        // scaling every weight by −2 scales every product and sum exactly
+        assert_eq!(run(&conv, false), first.mapv(|v| -2.0 * v));
+        assert_eq!(packed(&conv), direct);
+        assert_eq!(run(&conv, true), first.mapv(|v| -2.0 * v));
+        assert!(conv.packed.0.lock().unwrap().is_none());
     }
 
     #[test]

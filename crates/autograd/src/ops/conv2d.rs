@@ -1,6 +1,7 @@
 //! 2-D convolution (stride, padding, dilation, groups; `groups == c_in` is depthwise) over the
 //! im2col kernels of `hla-tensor`.
 
+use hla_tensor::{Activation, PackedWeights};
 use ndarray::ArrayD;
 
 use crate::op::Op;
@@ -26,13 +27,34 @@ pub fn conv2d<F: Float>(
     bias: Option<Var>,
     p: &Conv2dParams,
 ) -> Result<Var> {
+    conv2d_packed(tape, x, w, bias, p, &mut PackedWeights::default())
+}
+
+/// [`conv2d`] that keeps the direct kernel's packing of `w` in `packed` for later calls with
+/// the same weight buffer and values (`hla_tensor::PackedWeights`): a model evaluated batch
+/// after batch then packs each layer's weights once, not on every forward. The caller must
+/// drop the packing when the weights' values change (`Param::stamp`). Same values as
+/// [`conv2d`].
+///
+/// # Shapes
+/// As [`conv2d`].
+/// # Errors
+/// As [`conv2d`].
+pub fn conv2d_packed<F: Float>(
+    tape: &mut Tape<F>,
+    x: Var,
+    w: Var,
+    bias: Option<Var>,
+    p: &Conv2dParams,
+    packed: &mut PackedWeights<F>,
+) -> Result<Var> {
     let xv = as4(OP, tape.checked(x, OP)?)?;
     let wv = as4(OP, tape.checked(w, OP)?)?;
     let bv = match bias {
         Some(b) => Some(as1(OP, tape.checked(b, OP)?)?),
         None => None,
     };
-    let y = hla_tensor::conv2d(xv, wv, bv, p, tape.par())?;
+    let y = hla_tensor::conv2d_act_packed(xv, wv, bv, Activation::None, p, tape.par(), packed)?;
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     let p = *p;

@@ -5,6 +5,7 @@ use super::direct::{conv_sample, pack_weights, Isa, Plan};
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
+use super::pointwise::pointwise_by_columns;
 use crate::activation::Activation;
 use crate::gemm::{gemm_slices, Mat};
 use crate::{assume_init_mut, for_each_uninit_chunk, zeroed, Float, Par, Result, TensorError};
@@ -75,6 +76,14 @@ impl<F> Default for PackedWeights<F> {
     }
 }
 
+impl<F> PackedWeights<F> {
+    /// Whether it holds a packing (the last call took the direct path with the caller's own
+    /// weight buffer).
+    pub fn is_packed(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
 /// What a packing depends on, and the weight buffer it was made from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PackKey {
@@ -119,6 +128,12 @@ pub fn conv2d_act_packed<F: Float>(
     let xs = x.as_slice().expect("standard layout is contiguous");
     let ws = w.as_slice().expect("standard layout is contiguous");
     let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
+    let parts = g.pointwise_columns();
+    if parts > 1 {
+        let ys = pointwise_by_columns(&g, xs, ws, bias.as_deref(), act, parts, par);
+        let shape = (g.n, g.c_out, g.ho, g.wo);
+        return Ok(Array4::from_shape_vec(shape, ys).expect("n·c_out·h_out·w_out values"));
+    }
     let (np, kd) = (g.npix(), g.kdim());
     // Direct stride-1 path: one packed weight set per group.
     let direct = g.direct_forward::<F>();

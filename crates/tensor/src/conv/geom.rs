@@ -18,6 +18,9 @@ pub(super) const SPLIT_MIN_WORK: usize = 1 << 21;
 /// 14.9–15.5 ms, 2 blocks 13.6–14.8 ms).
 pub(super) const POINTWISE_SPLIT_TASKS: usize = 2;
 
+/// Fewest positions of a task of [`Geom::pointwise_columns`].
+const POINTWISE_MIN_COLUMNS: usize = 64;
+
 /// Validated geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Geom {
@@ -129,6 +132,9 @@ impl Geom {
         if self.n >= 4 || (self.groups > 1 && !self.depthwise()) || work < 2 * SPLIT_MIN_WORK {
             return 1;
         }
+        if self.pointwise_columns() > 1 {
+            return 1;
+        }
         let tasks = if self.pointwise() {
             POINTWISE_SPLIT_TASKS
         } else {
@@ -142,6 +148,29 @@ impl Geom {
                 self.c_out % k == 0 && cb % align == 0
             })
             .unwrap_or(1)
+    }
+    /// Position ranges per sample that a small batch of a 1×1 stride-1 convolution is split
+    /// into instead of output-channel blocks ([`POINTWISE_SPLIT_TASKS`] / n of them, or 1 for
+    /// no such split): when the plane has more positions than the conv has output channels, the
+    /// input is the larger GEMM operand, and channel blocks would each pack all of it again
+    /// (MobileNetV2's expansions: 16 × 12544 inputs, 96 × 16 weights), while position ranges
+    /// pack only their own columns. Same shape-only rule and work threshold as
+    /// [`Geom::forward_split`], which then splits nothing; the GEMM computes each output in the
+    /// same order either way, so the bits do not change.
+    pub(super) fn pointwise_columns(&self) -> usize {
+        let np = self.npix();
+        let work = self.c_out * np * self.kdim();
+        if !self.pointwise() || self.groups != 1 || self.n >= 4 || np <= self.c_out {
+            return 1;
+        }
+        if work < 2 * SPLIT_MIN_WORK {
+            return 1;
+        }
+        POINTWISE_SPLIT_TASKS
+            .div_ceil(self.n)
+            .min(work / SPLIT_MIN_WORK)
+            .min(np / POINTWISE_MIN_COLUMNS)
+            .max(1)
     }
     /// 1×1, stride 1, no padding: the input plane is the column matrix.
     pub(super) fn pointwise(&self) -> bool {

@@ -4,13 +4,16 @@
 //! One file per part: `params.rs` ([`Conv2dParams`], output sizes), `geom.rs` (the validated
 //! geometry and the plan chosen once per call: which path below, and the forward's channel
 //! split), `forward.rs` ([`conv2d`], [`conv2d_act`]), `backward.rs` (input, weight and bias
-//! gradients), `direct.rs` (the SIMD kernels), `im2col.rs`, `depthwise.rs`, and `tests.rs`.
+//! gradients), `direct.rs` (the SIMD kernels), `im2col.rs`, `depthwise.rs`, `pointwise.rs`
+//! (1×1 convs of a small batch split by positions), and `tests.rs`.
 //!
 //! Paths, chosen per call from the shapes and the CPU (never from the thread count):
 //! - `c_in / groups == 1` (depthwise, possibly with a channel multiplier): a direct convolution
 //!   per channel, no im2col and no GEMM of size 1 (`depthwise.rs`).
 //! - 1×1 kernel, stride 1, no padding (pointwise): `x` itself is the column matrix of one GEMM
-//!   per (sample, group), no im2col.
+//!   per (sample, group), no im2col. A batch smaller than four whose planes have more
+//!   positions than the conv has output channels splits each sample's positions instead of its
+//!   channels (`pointwise.rs`), so that each task packs only its own columns of the input.
 //! - `f32` on x86-64 with AVX-512 or AVX2+FMA: the direct SIMD kernels of `direct.rs` for
 //!   the forward and weight gradient (any stride) and the input gradient (stride 1 with at least
 //!   `COB / 2` input channels per group: a convolution with the flipped kernel; otherwise, with
@@ -44,6 +47,7 @@ mod forward;
 mod geom;
 mod im2col;
 mod params;
+mod pointwise;
 #[cfg(test)]
 mod tests;
 

@@ -536,8 +536,9 @@ fn conv2d_backward_bias_matches_reference_and_thread_counts() {
 }
 
 /// A batch smaller than four splits each sample's output channels over several tasks
-/// (`Geom::forward_split`); every path then gives each sample exactly the bits it gets in
-/// a batch of four (no split), with 1 and 4 threads, on both instruction sets.
+/// (`Geom::forward_split`), or a 1×1 conv's positions (`Geom::pointwise_columns`); every path
+/// then gives each sample exactly the bits it gets in a batch of four (no split), with 1 and
+/// 4 threads, on both instruction sets.
 #[test]
 fn split_forward_gives_each_sample_its_batch_bits() {
     let pool = |k| {
@@ -559,7 +560,9 @@ fn split_forward_gives_each_sample_its_batch_bits() {
         case(4, 32, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1), 1), // direct
         case(4, 32, 64, (33, 31), (3, 3), (2, 2), (1, 1), (1, 1), 1), // direct stride 2
         case(4, 256, 128, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1), // small planes
-        case(4, 64, 96, (32, 32), (1, 1), (1, 1), (0, 0), (1, 1), 1), // pointwise GEMM
+        case(4, 64, 96, (32, 32), (1, 1), (1, 1), (0, 0), (1, 1), 1), // pointwise: positions
+        case(4, 48, 64, (37, 45), (1, 1), (1, 1), (0, 0), (1, 1), 1), // ragged position ranges
+        case(4, 256, 512, (8, 8), (1, 1), (1, 1), (0, 0), (1, 1), 1), // pointwise: channels
         case(4, 128, 64, (48, 48), (1, 1), (2, 2), (0, 0), (1, 1), 1), // 1×1 stride 2
         case(4, 64, 64, (96, 96), (3, 3), (1, 1), (1, 1), (1, 1), 64), // depthwise
         case(4, 32, 64, (96, 96), (3, 3), (1, 1), (1, 1), (1, 1), 32), // multiplier 2
@@ -589,10 +592,17 @@ fn split_forward_gives_each_sample_its_batch_bits() {
                 let align = g
                     .direct_forward::<f32>()
                     .map_or(1, |(d, isa)| d.plan(isa).cob);
-                let split = g.forward_split(align);
-                // 1×1 stride 1 splits only a single sample (`POINTWISE_SPLIT_TASKS`)
+                let (split, cols) = (g.forward_split(align), g.pointwise_columns());
+                // 1×1 stride 1 splits only a single sample (`POINTWISE_SPLIT_TASKS`), by
+                // positions when the plane has more of them than the conv has channels
                 let splits = (c.groups == 1 && (n == 1 || !g.pointwise())) || g.depthwise();
-                assert_eq!(split > 1, splits, "{c:?} n={n}");
+                assert_eq!(split.max(cols) > 1, splits, "{c:?} n={n}");
+                let by_cols = splits && g.pointwise() && g.npix() > c.c_out;
+                assert_eq!(cols > 1, by_cols, "{c:?} n={n}");
+                assert!(
+                    split == 1 || !by_cols,
+                    "{c:?} n={n}: one split or the other"
+                );
                 let xn = x.slice(ndarray::s![..n, .., .., ..]);
                 for threads in [1, 4] {
                     assert_eq!(
