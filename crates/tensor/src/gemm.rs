@@ -5,6 +5,7 @@
 use crate::{Float, Par, Result, TensorError};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `C ← α·A·B + β·C`.
 ///
@@ -214,6 +215,52 @@ pub(crate) fn gemm_slices<F: Float>(
             bm.cs as isize, // B: [k, n]
             beta,
             c.as_mut_ptr(),
+            cm.rs as isize,
+            cm.cs as isize, // C: [m, n]
+        );
+    }
+}
+
+/// `C = A·B` into the uninitialised `c` (`[m, n]` row-major, exactly `m·n` elements), all of
+/// which it writes: matrixmultiply does not read C when beta = 0, so no zero fill has to
+/// precede the product (one pass less over an output that often exceeds the cache).
+pub(crate) fn gemm_uninit<F: Float>(a: &[F], am: Mat, b: &[F], bm: Mat, c: &mut [MaybeUninit<F>]) {
+    let cm = Mat::rm(am.rows, bm.cols);
+    assert!(
+        am.cols == bm.rows && c.len() == cm.rows * cm.cols,
+        "hla-tensor internal error: gemm_uninit shapes {am:?} {bm:?} {}",
+        c.len()
+    );
+    assert!(
+        am.extent() <= a.len() && bm.extent() <= b.len(),
+        "hla-tensor internal error: gemm_uninit out of bounds"
+    );
+    if c.is_empty() {
+        return;
+    }
+    if am.cols == 0 {
+        c.iter_mut().for_each(|v| {
+            v.write(F::zero());
+        });
+        return;
+    }
+    // SAFETY: extents checked above; `c` is a unique borrow of `m·n` elements distinct from `a`
+    // and `b`, and with beta = 0 the GEMM writes every one of them without reading any
+    // (matrixmultiply's contract: "if β is zero, then C does not need to be initialized").
+    unsafe {
+        F::gemm_raw(
+            am.rows,
+            am.cols,
+            bm.cols, // (m, k, n)
+            F::one(),
+            a.as_ptr(),
+            am.rs as isize,
+            am.cs as isize, // A: [m, k]
+            b.as_ptr(),
+            bm.rs as isize,
+            bm.cs as isize, // B: [k, n]
+            F::zero(),
+            c.as_mut_ptr().cast::<F>(),
             cm.rs as isize,
             cm.cs as isize, // C: [m, n]
         );

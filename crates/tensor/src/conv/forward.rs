@@ -7,7 +7,7 @@ use super::im2col::im2col;
 use super::params::Conv2dParams;
 use super::pointwise::pointwise_by_columns;
 use crate::activation::Activation;
-use crate::gemm::{gemm_slices, Mat};
+use crate::gemm::{gemm_uninit, Mat};
 use crate::{assume_init_mut, for_each_uninit_chunk, zeroed, Float, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
@@ -203,22 +203,23 @@ pub fn conv2d_act_packed<F: Float>(
                 // `ng` groups' ranges tile the chunk.
                 unsafe { assume_init_mut(y_u) }
             } else if g.depthwise() {
-                let y_t = zeroed(y_u);
                 for co in co0..co0 + cb {
                     let ci = co / g.cout_g;
                     let x_c = &x_s[ci * g.h * g.w..(ci + 1) * g.h * g.w];
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
-                    let y_c = &mut y_t[(co - co0) * np..(co - co0 + 1) * np];
+                    // zeroed plane by plane, each just before the kernel overwrites it while it
+                    // is in cache, not the task's whole chunk first (megabytes at 224²)
+                    let y_c = zeroed(&mut y_u[(co - co0) * np..(co - co0 + 1) * np]);
                     dw_plane(dw_isa, Plane::Forward, &g, x_c, wk, y_c, cols);
                 }
-                y_t
+                // SAFETY: every plane of the chunk was zeroed (and then overwritten) above.
+                unsafe { assume_init_mut(y_u) }
             } else {
-                let y_t = zeroed(y_u);
                 for gi in 0..ng {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let w0 = (gi * g.cout_g + co0) * kd;
                     let w_g = &ws[w0..w0 + rows * kd];
-                    let y_g = &mut y_t[gi * rows * np..(gi + 1) * rows * np];
+                    let y_g = &mut y_u[gi * rows * np..(gi + 1) * rows * np];
                     let b_src: &[F] = if g.pointwise() {
                         x_g
                     } else {
@@ -226,18 +227,11 @@ pub fn conv2d_act_packed<F: Float>(
                         cols
                     };
                     // Y_g[rows, h_out·w_out] = W_g[rows, c_in_g·k_h·k_w] · cols[c_in_g·k_h·k_w, h_out·w_out]
-                    gemm_slices(
-                        F::one(),
-                        w_g,
-                        Mat::rm(rows, kd), // A: [m = rows, k = c_in_g·k_h·k_w]
-                        b_src,
-                        Mat::rm(kd, np), // B: [k, n = h_out·w_out]
-                        F::zero(),
-                        y_g,
-                        Mat::rm(rows, np), // C: [m, n]; beta = 0 so C is not read
-                    );
+                    // A: [m = rows, k = c_in_g·k_h·k_w], B: [k, n = h_out·w_out], C: [m, n]
+                    gemm_uninit(w_g, Mat::rm(rows, kd), b_src, Mat::rm(kd, np), y_g);
                 }
-                y_t
+                // SAFETY: `gemm_uninit` wrote each group's rows, and the groups tile the chunk.
+                unsafe { assume_init_mut(y_u) }
             };
             match (&bias, act) {
                 (None, Activation::None) => {}
