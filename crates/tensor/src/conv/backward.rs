@@ -9,11 +9,11 @@ use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::{col2im, im2col};
 use super::params::Conv2dParams;
 use super::DW_CHUNK;
-use crate::gemm::{gemm_slices, Mat};
+use crate::gemm::{gemm_slices, gemm_uninit, Mat};
 use crate::group::{channel_lanes, Group};
 use crate::{
-    for_each_chunk, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float, Par, Result,
-    TensorError,
+    assume_init_mut, for_each_chunk, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float,
+    Par, Result, TensorError,
 };
 use ndarray::{Array1, Array4, ArrayView4};
 
@@ -128,13 +128,20 @@ pub fn conv2d_backward_input<F: Float>(
                 }
                 return;
             }
-            let dx_s = zeroed(dx_u);
+            // the other paths accumulate into zeros, each plane or group zeroed just before
+            // its first term while it is in cache; the 1×1 GEMM writes its output outright
             if g.depthwise() {
                 for co in 0..g.c_out {
                     let ci = co / g.cout_g;
                     let wk = &ws[co * g.kh * g.kw..(co + 1) * g.kh * g.kw];
                     let dy_c = &dy_s[co * np..(co + 1) * np];
-                    let dx_c = &mut dx_s[ci * hw..(ci + 1) * hw];
+                    let plane = &mut dx_u[ci * hw..(ci + 1) * hw];
+                    let dx_c = if co % g.cout_g == 0 {
+                        zeroed(plane)
+                    } else {
+                        // SAFETY: zeroed at `co − co % cout_g`, the first channel of `ci`.
+                        unsafe { assume_init_mut(plane) }
+                    };
                     dw_plane(dw_isa, Plane::BackwardInput, &g, dy_c, wk, dx_c, dcols);
                 }
                 return;
@@ -142,22 +149,27 @@ pub fn conv2d_backward_input<F: Float>(
             for gi in 0..g.groups {
                 let w_g = &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd];
                 let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
-                let out: &mut [F] = if g.pointwise() { dx_g } else { dcols };
+                let dx_g = &mut dx_u[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                // A: [m = c_in_g·k_h·k_w, k = c_out_g] (transposed view), B: [k, n = h_out·w_out]
+                let (am, bm) = (Mat::rm(g.cout_g, kd).t(), Mat::rm(g.cout_g, np));
+                if g.pointwise() {
+                    // dX_g[c_in_g, h·w] = W_gᵀ[c_in_g, c_out_g] · dY_g[c_out_g, h·w]
+                    gemm_uninit(w_g, am, dy_g, bm, dx_g);
+                    continue;
+                }
                 // dcols[c_in_g·k_h·k_w, h_out·w_out] = W_gᵀ[c_in_g·k_h·k_w, c_out_g] · dY_g[c_out_g, h_out·w_out]
+                // C: [m, n]; beta = 0 so C is not read
                 gemm_slices(
                     F::one(),
                     w_g,
-                    Mat::rm(g.cout_g, kd).t(), // A: [m = c_in_g·k_h·k_w, k = c_out_g] (transposed view)
+                    am,
                     dy_g,
-                    Mat::rm(g.cout_g, np), // B: [k, n = h_out·w_out]
+                    bm,
                     F::zero(),
-                    out,
-                    Mat::rm(kd, np), // C: [m, n]; beta = 0 so C is not read
+                    dcols,
+                    Mat::rm(kd, np),
                 );
-                if !g.pointwise() {
-                    col2im(&g, dcols, dx_g);
-                }
+                col2im(&g, dcols, zeroed(dx_g));
             }
         },
     );
