@@ -3,6 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::{AutogradError, Float, Par, Result};
 use hla_tensor::group::Group;
@@ -154,6 +155,48 @@ pub(crate) fn mask_in_place<F: Float>(
         }
         _ => Zip::from(dy).and(x).for_each(f),
     }
+}
+
+/// [`mask_in_place`] that also returns a copy of the masked `dy`, written in the same pass
+/// (the backward of a masked sum, whose two operands each take the gradient): one read of `dy`
+/// less than masking and then cloning. Values as [`mask_in_place`] followed by `clone`.
+pub(crate) fn mask_in_place_copy<F: Float>(
+    dy: &mut ArrayD<F>,
+    x: &ArrayD<F>,
+    par: Par,
+    keep: impl Fn(F) -> bool + Sync + Send,
+) -> ArrayD<F> {
+    let dim = dy.raw_dim();
+    let (Some(ds), Some(xs)) = (dy.as_slice_mut(), x.as_slice()) else {
+        mask_in_place(dy, x, par, keep);
+        return dy.clone();
+    };
+    let n = ds.len();
+    let mut out: Vec<F> = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    let f = |d: &mut F, o: &mut MaybeUninit<F>, &v: &F| {
+        let m = if keep(v) { *d } else { F::zero() };
+        *d = m;
+        o.write(m);
+    };
+    let run = |dc: &mut [F], oc: &mut [MaybeUninit<F>], xc: &[F]| {
+        dc.iter_mut()
+            .zip(oc.iter_mut())
+            .zip(xc)
+            .for_each(|((d, o), v)| f(d, o, v))
+    };
+    if par == Par::Rayon && n >= PAR_MIN_LEN {
+        ds.par_chunks_mut(PAR_CHUNK)
+            .zip(spare.par_chunks_mut(PAR_CHUNK))
+            .zip(xs.par_chunks(PAR_CHUNK))
+            .for_each(|((dc, oc), xc)| run(dc, oc, xc));
+    } else {
+        run(ds, spare, xs);
+    }
+    // SAFETY: `dy` and `x` have the same length (one forward's shapes), so every one of the
+    // `n` elements was written above; a panic propagates before this line.
+    unsafe { out.set_len(n) };
+    ArrayD::from_shape_vec(dim, out).expect("dy's shape, standard layout")
 }
 
 /// `acc ← acc + g` element-wise in place (gradient accumulation), split across rayon threads

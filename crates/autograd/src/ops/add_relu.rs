@@ -4,7 +4,7 @@
 
 use ndarray::ArrayD;
 
-use crate::broadcast::mask_in_place;
+use crate::broadcast::{mask_in_place, mask_in_place_copy};
 use crate::op::Op;
 use crate::tape::Backprop;
 use crate::{AutogradError, Float, Result, Tape, Var};
@@ -31,14 +31,21 @@ pub fn add_relu<F: Float>(tape: &mut Tape<F>, a: Var, b: Var) -> Result<Var> {
 /// `da = db = dy ⊙ 1[y > 0]` (the output is read; at a + b = 0 the gradient is 0, as ReLU's).
 pub(crate) fn add_relu_backward<F: Float>(bw: &mut Backprop<'_, F>, a: Var, b: Var, dy: ArrayD<F>) {
     let mut dz = dy;
-    mask_in_place(&mut dz, bw.output(), bw.par, |v| v > F::zero());
+    let keep = |v| v > F::zero();
     match (bw.needs(a), bw.needs(b)) {
         (true, true) => {
-            bw.add(a, dz.clone());
+            let copy = mask_in_place_copy(&mut dz, bw.output(), bw.par, keep);
+            bw.add(a, copy);
             bw.add(b, dz);
         }
-        (true, false) => bw.add(a, dz),
-        (false, true) => bw.add(b, dz),
+        (true, false) => {
+            mask_in_place(&mut dz, bw.output(), bw.par, keep);
+            bw.add(a, dz);
+        }
+        (false, true) => {
+            mask_in_place(&mut dz, bw.output(), bw.par, keep);
+            bw.add(b, dz);
+        }
         (false, false) => {}
     }
 }
