@@ -94,23 +94,12 @@ where
                 f(&mut s, i, c);
             }
         }
-        Par::Rayon => {
-            // rayon calls `init` once per piece it splits the work into, down to single chunks
-            // when threads steal: a scratch of megabytes was then allocated and zeroed per
-            // chunk (the weight gradient's were 1.7 % of a ResNet-20 step). Pieces of at least
-            // `min_len` chunks leave about `PIECES_PER_THREAD` per thread, enough to balance.
-            let n = data.len().div_ceil(chunk);
-            let min_len = n.div_ceil(PIECES_PER_THREAD * rayon::current_num_threads());
-            data.par_chunks_mut(chunk)
-                .enumerate()
-                .with_min_len(min_len.max(1))
-                .for_each_init(init, |s, (i, c)| f(s, i, c))
-        }
+        Par::Rayon => data
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(init, |s, (i, c)| f(s, i, c)),
     }
 }
-
-/// Pieces per pool thread that [`for_each_chunk`] splits its chunks into at most.
-const PIECES_PER_THREAD: usize = 2;
 
 /// [`for_each_chunk`] over a fresh vector of `n` zeros, which it returns. Each chunk is zeroed
 /// by the task that then fills it, while the chunk is in that core's cache, instead of by a
