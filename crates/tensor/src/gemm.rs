@@ -201,6 +201,22 @@ pub(crate) fn gemm_slices<F: Float>(
     }
     // SAFETY: extents checked above against the slices; `c` is a unique borrow distinct from
     // `a` and `b`.
+    unsafe { gemm_mats(alpha, (a, am), (b, bm), beta, (c.as_mut_ptr(), cm)) }
+}
+
+/// `C ← α·A·B + β·C` on matrices given as (data, layout) pairs, C as a raw pointer.
+///
+/// # Safety
+/// `a` and `b` must hold their layouts' extents, `c` must be valid for writes (and, unless
+/// `beta` is 0, reads) of `cm`'s extent and alias neither, and `am.cols == bm.rows > 0`.
+unsafe fn gemm_mats<F: Float>(
+    alpha: F,
+    (a, am): (&[F], Mat),
+    (b, bm): (&[F], Mat),
+    beta: F,
+    (c, cm): (*mut F, Mat),
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         F::gemm_raw(
             am.rows,
@@ -214,7 +230,7 @@ pub(crate) fn gemm_slices<F: Float>(
             bm.rs as isize,
             bm.cs as isize, // B: [k, n]
             beta,
-            c.as_mut_ptr(),
+            c,
             cm.rs as isize,
             cm.cs as isize, // C: [m, n]
         );
@@ -248,22 +264,8 @@ pub(crate) fn gemm_uninit<F: Float>(a: &[F], am: Mat, b: &[F], bm: Mat, c: &mut 
     // and `b`, and with beta = 0 the GEMM writes every one of them without reading any
     // (matrixmultiply's contract: "if β is zero, then C does not need to be initialized").
     unsafe {
-        F::gemm_raw(
-            am.rows,
-            am.cols,
-            bm.cols, // (m, k, n)
-            F::one(),
-            a.as_ptr(),
-            am.rs as isize,
-            am.cs as isize, // A: [m, k]
-            b.as_ptr(),
-            bm.rs as isize,
-            bm.cs as isize, // B: [k, n]
-            F::zero(),
-            c.as_mut_ptr().cast::<F>(),
-            cm.rs as isize,
-            cm.cs as isize, // C: [m, n]
-        );
+        let c = (c.as_mut_ptr().cast::<F>(), cm);
+        gemm_mats(F::one(), (a, am), (b, bm), F::zero(), c);
     }
 }
 
