@@ -53,6 +53,16 @@ pub fn conv2d_act<F: Float>(
     conv2d_act_packed(x, w, bias, act, p, par, &mut PackedWeights::default())
 }
 
+/// `row ← act(row + bias)`, the forward's per-channel epilogue. Without a bias nothing is
+/// added (`−0 + 0` would be `+0`), so the bits are those of the conv followed by `act`.
+pub(super) fn bias_act<F: Float>(row: &mut [F], bias: Option<F>, act: Activation) {
+    match bias {
+        None if act == Activation::None => {}
+        None => row.iter_mut().for_each(|v| *v = act.apply(*v)),
+        Some(b) => row.iter_mut().for_each(|v| *v = act.apply(*v + b)),
+    }
+}
+
 /// A convolution's weights packed for the direct kernel, kept across calls by a caller whose
 /// weights do not change (folded inference: `hla_models::fold::FoldBn`). Packing reads and
 /// rewrites every weight on each call, which at batch 1 is a large share of a forward
@@ -233,16 +243,8 @@ pub fn conv2d_act_packed<F: Float>(
                 // SAFETY: `gemm_uninit` wrote each group's rows, and the groups tile the chunk.
                 unsafe { assume_init_mut(y_u) }
             };
-            match (&bias, act) {
-                (None, Activation::None) => {}
-                (None, act) => y_t.iter_mut().for_each(|v| *v = act.apply(*v)),
-                (Some(b), act) => {
-                    for (c, &bv) in b[co0..co0 + cb].iter().enumerate() {
-                        for v in &mut y_t[c * np..(c + 1) * np] {
-                            *v = act.apply(*v + bv);
-                        }
-                    }
-                }
+            for (c, row) in y_t.chunks_exact_mut(np).enumerate() {
+                bias_act(row, bias.as_ref().map(|b| b[co0 + c]), act);
             }
         },
     );

@@ -160,10 +160,8 @@ impl Geom {
     pub(super) fn pointwise_columns(&self) -> usize {
         let np = self.npix();
         let work = self.c_out * np * self.kdim();
-        if !self.pointwise() || self.groups != 1 || self.n >= 4 || np <= self.c_out {
-            return 1;
-        }
-        if work < 2 * SPLIT_MIN_WORK {
+        let small = self.n < 4 && work >= 2 * SPLIT_MIN_WORK;
+        if !self.pointwise() || self.groups != 1 || !small || np <= self.c_out {
             return 1;
         }
         POINTWISE_SPLIT_TASKS

@@ -2,6 +2,7 @@
 //! channels, split over tasks ([`Geom::pointwise_columns`]): the input plane is then the
 //! larger GEMM operand, and a position range packs only its own columns of it.
 
+use super::forward::bias_act;
 use super::geom::Geom;
 use crate::activation::Activation;
 use crate::{Float, Par};
@@ -108,10 +109,7 @@ pub(super) fn pointwise_by_columns<F: Float>(
             // SAFETY: row `c` of this task's columns, written by the GEMM above and by no
             // other task.
             let row = unsafe { std::slice::from_raw_parts_mut(y_s.add(c * np), j1 - j0) };
-            match bias {
-                None => row.iter_mut().for_each(|v| *v = act.apply(*v)),
-                Some(b) => row.iter_mut().for_each(|v| *v = act.apply(*v + b[c])),
-            }
+            bias_act(row, bias.map(|b| b[c]), act);
         }
     };
     match par {
