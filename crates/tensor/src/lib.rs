@@ -22,6 +22,7 @@ pub mod group;
 pub mod isa;
 pub mod lanes;
 mod pool;
+mod scratch;
 mod softmax;
 pub mod ternary_conv;
 pub mod ternary_gemm;

@@ -11,6 +11,7 @@ use super::params::Conv2dParams;
 use super::DW_CHUNK;
 use crate::gemm::{gemm_slices, gemm_uninit, Mat};
 use crate::group::{channel_lanes, Group};
+use crate::scratch::Scratch;
 use crate::{
     assume_init_mut, for_each_chunk, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float,
     Par, Result, TensorError,
@@ -67,7 +68,7 @@ pub fn conv2d_backward_input<F: Float>(
                 par,
                 dx_len,
                 g.in_sample(),
-                || vec![F::zero(); sl],
+                || Scratch::<F>::take(sl),
                 |sc, s, dx_s| {
                     let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
                     for (gi, wt) in wts.iter().enumerate() {
@@ -107,7 +108,7 @@ pub fn conv2d_backward_input<F: Float>(
         par,
         dx_len,
         g.in_sample(),
-        || vec![F::zero(); scratch],
+        || Scratch::<F>::take(scratch),
         |dcols, s, dx_u| {
             let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
             if let Some((d, isa)) = direct {
@@ -252,7 +253,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
                 par,
                 dws,
                 kk,
-                || (vec![F::zero(); kk], vec![F::zero(); scratch]),
+                || (vec![F::zero(); kk], Scratch::<F>::take(scratch)),
                 |(t, sc), co, dwk| {
                     let ci = co / g.cout_g;
                     for s in 0..g.n {
@@ -273,7 +274,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut terms,
             g.n * kk,
-            || vec![F::zero(); scratch],
+            || Scratch::<F>::take(scratch),
             |sc, co, tc| {
                 let ci = co / g.cout_g;
                 for (s, t) in tc.chunks_exact_mut(kk).enumerate() {
@@ -307,8 +308,8 @@ pub fn conv2d_backward_weight_in<F: Float>(
             wlen,
             || {
                 (
-                    vec![F::zero(); DW_CHUNK * xl],
-                    vec![F::zero(); DW_CHUNK * dl],
+                    Scratch::<F>::take(DW_CHUNK * xl),
+                    Scratch::<F>::take(DW_CHUNK * dl),
                 )
             },
             |(xsc, dsc), c, part| {
@@ -342,7 +343,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut partials,
             wlen,
-            || vec![F::zero(); scratch],
+            || Scratch::<F>::take(scratch),
             |cols, c, part| {
                 for (i, s) in (c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n)).enumerate() {
                     let beta = if i == 0 { F::zero() } else { F::one() };
