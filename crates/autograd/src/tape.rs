@@ -494,6 +494,14 @@ impl<F: Float> Backprop<'_, F> {
         self.nodes[v.0].requires_grad
     }
 
+    /// Moves out the gradient accumulated so far for `v` (its other uses' contributions), for
+    /// an op that adds its own contribution into that buffer and hands it back with
+    /// [`Self::add`] (which then moves it in): one pass over the gradient less than adding two
+    /// separate arrays.
+    pub(crate) fn take_grad(&mut self, v: Var) -> Option<ArrayD<F>> {
+        self.grads[v.0].take()
+    }
+
     /// Whether axis 0 of `v` is the batch.
     pub(crate) fn batched(&self, v: Var) -> bool {
         self.nodes[v.0].batched

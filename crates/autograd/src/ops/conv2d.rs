@@ -74,19 +74,28 @@ pub(crate) fn conv2d_backward<F: Float>(
     dy: ArrayD<F>,
 ) -> Result<()> {
     let dy = grad4(dy);
+    // another use's gradient of `x` (a residual shortcut's) takes this one's in place
+    let acc = if bw.needs(x) { bw.take_grad(x) } else { None };
     let (xv, wv) = (as4(OP, bw.value(x))?, as4(OP, bw.value(w))?);
     let (_, _, h, wd) = xv.dim();
     let (_, _, kh, kw) = wv.dim();
-    let dx = if bw.needs(x) {
-        Some(hla_tensor::conv2d_backward_input(
+    let dx = match (bw.needs(x), acc) {
+        (true, Some(acc)) => Some(hla_tensor::conv2d_backward_input_add(
             dy.view(),
             wv,
             (h, wd),
             p,
             bw.par,
-        )?)
-    } else {
-        None
+            grad4(acc),
+        )?),
+        (true, None) => Some(hla_tensor::conv2d_backward_input(
+            dy.view(),
+            wv,
+            (h, wd),
+            p,
+            bw.par,
+        )?),
+        (false, _) => None,
     };
     let dw = if bw.needs(w) {
         Some(hla_tensor::conv2d_backward_weight_in(
@@ -171,6 +180,53 @@ mod tests {
                 40 + i as u64,
             )
             .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        }
+    }
+
+    /// When `x` also feeds another op (a residual shortcut), the conv's backward adds its
+    /// input gradient into the one already accumulated for `x`, if the other op's backward ran
+    /// first. Recording the two uses in either order must give `x` the same gradient, bit for
+    /// bit: on the direct stride-1 path (which adds as it stores) and on the others.
+    #[test]
+    fn gradient_added_into_another_uses_keeps_the_bits() {
+        let mut cases = conv_cases();
+        cases.push((
+            vec![2, 16, 9, 7],
+            vec![8, 16, 3, 3],
+            Conv2dParams::new(1, 1),
+            false,
+        ));
+        for (i, (sx, sw, p, _)) in cases.into_iter().enumerate() {
+            let seed = 50 + 10 * i as u64;
+            let f32s = |a: ArrayD<f64>| a.mapv(|v| v as f32);
+            let (xv, wv) = (f32s(uniform(&sx, seed)), f32s(uniform(&sw, seed + 1)));
+            let grad_x = |conv_first: bool| {
+                let mut t = Tape::<f32>::new();
+                let x = t.leaf(xv.clone());
+                let w = t.leaf(wv.clone());
+                let r = t.constant(f32s(uniform(&sx, seed + 2)));
+                let uses = |t: &mut Tape<f32>, first: bool| {
+                    if first {
+                        conv2d(t, x, w, None, &p)
+                    } else {
+                        crate::ops::mul(t, x, r)
+                    }
+                };
+                let a = uses(&mut t, conv_first).unwrap();
+                let b = uses(&mut t, !conv_first).unwrap();
+                let (a, b) = (
+                    crate::ops::sum_all(&mut t, a).unwrap(),
+                    crate::ops::sum_all(&mut t, b).unwrap(),
+                );
+                let loss = crate::ops::add(&mut t, a, b).unwrap();
+                let g = t.backward(loss).unwrap();
+                g.get(x)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<u32>>()
+            };
+            assert_eq!(grad_x(true), grad_x(false), "case {i}");
         }
     }
 

@@ -3,7 +3,7 @@
 use super::depthwise::{dw_plane, dw_scratch_len, Plane};
 use super::direct::{
     backward_input_scatter, backward_weight_samples, conv_sample, flip_transpose, pack_weights,
-    transpose_weights, Direct,
+    transpose_weights, Direct, Dst,
 };
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::{col2im, im2col};
@@ -35,6 +35,38 @@ pub fn conv2d_backward_input<F: Float>(
     p: &Conv2dParams,
     par: Par,
 ) -> Result<Array4<F>> {
+    backward_input(dy, w, x_hw, p, par, None)
+}
+
+/// `acc + dx` with `dx` of [`conv2d_backward_input`], in `acc`'s buffer: a gradient that
+/// already holds another use's contribution (a residual block's shortcut) takes this one's
+/// without a separate pass over both. The bits of computing `dx` and then adding it to `acc`
+/// element by element; the direct stride-1 path adds each block as it stores it.
+///
+/// # Shapes
+/// As [`conv2d_backward_input`], with `acc`: `[n, c_in, h, w]`.
+/// # Errors
+/// As [`conv2d_backward_input`], plus `ShapeMismatch` if `acc` is not `dx`'s shape.
+pub fn conv2d_backward_input_add<F: Float>(
+    dy: ArrayView4<F>,
+    w: ArrayView4<F>,
+    x_hw: (usize, usize),
+    p: &Conv2dParams,
+    par: Par,
+    acc: Array4<F>,
+) -> Result<Array4<F>> {
+    backward_input(dy, w, x_hw, p, par, Some(acc))
+}
+
+/// [`conv2d_backward_input`], added into `acc` when there is one.
+fn backward_input<F: Float>(
+    dy: ArrayView4<F>,
+    w: ArrayView4<F>,
+    x_hw: (usize, usize),
+    p: &Conv2dParams,
+    par: Par,
+    acc: Option<Array4<F>>,
+) -> Result<Array4<F>> {
     let op = "conv2d_backward_input";
     let dyd = dims4(&dy);
     let wd = dims4(&w);
@@ -45,6 +77,13 @@ pub fn conv2d_backward_input<F: Float>(
             op,
             lhs: dyd.to_vec(),
             rhs: vec![g.n, g.c_out, g.ho, g.wo],
+        });
+    }
+    if let Some(a) = acc.as_ref().filter(|a| dims4(&a.view()) != xs) {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: a.shape().to_vec(),
+            rhs: xs.to_vec(),
         });
     }
     let dy = dy.as_standard_layout();
@@ -78,7 +117,7 @@ pub fn conv2d_backward_input<F: Float>(
                     }
                 },
             );
-            return Ok(dx(dxs));
+            return Ok(add_into(acc, dx(dxs), par));
         }
     }
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
@@ -103,6 +142,41 @@ pub fn conv2d_backward_input<F: Float>(
         None => kd * np,
     };
     let dw_isa = if g.depthwise() { detect_isa() } else { None };
+    // one sample's direct input gradient into `out` (the sample's `[c_in, h, w]`)
+    let sample = |s: usize, dcols: &mut [F], mut out: Dst<'_, F>| {
+        let (d, isa) = direct.expect("the direct path");
+        let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+        for (gi, wpk) in packed.iter().enumerate() {
+            let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+            conv_sample(
+                &d,
+                isa,
+                plan.expect("plan chosen with the direct path"),
+                dy_g,
+                wpk,
+                out.part(gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw),
+                dcols,
+                tables.as_ref().expect("tables built with the direct plan"),
+                0..g.cin_g,
+            );
+        }
+    };
+    let acc = match (acc, direct) {
+        (Some(acc), Some(_)) => {
+            // each block added into `acc` as it is stored
+            let mut acc = standard(acc);
+            let a = acc.as_slice_mut().expect("standard layout is contiguous");
+            for_each_chunk(
+                par,
+                a,
+                g.in_sample(),
+                || Scratch::<F>::take(scratch),
+                |dcols, s, a_s| sample(s, dcols, Dst::Add(a_s)),
+            );
+            return Ok(acc);
+        }
+        (acc, _) => acc,
+    };
     // the direct kernels write every element of `dx`; the other paths' start from zeros
     let dxs = for_each_uninit_chunk(
         par,
@@ -110,25 +184,11 @@ pub fn conv2d_backward_input<F: Float>(
         g.in_sample(),
         || Scratch::<F>::take(scratch),
         |dcols, s, dx_u| {
-            let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
-            if let Some((d, isa)) = direct {
-                for (gi, wpk) in packed.iter().enumerate() {
-                    let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                    let dx_g = &mut dx_u[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
-                    conv_sample(
-                        &d,
-                        isa,
-                        plan.expect("plan chosen with the direct path"),
-                        dy_g,
-                        wpk,
-                        dx_g,
-                        dcols,
-                        tables.as_ref().expect("tables built with the direct plan"),
-                        0..g.cin_g,
-                    );
-                }
+            if direct.is_some() {
+                sample(s, dcols, Dst::Write(dx_u));
                 return;
             }
+            let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
             // the other paths accumulate into zeros, each plane or group zeroed just before
             // its first term while it is in cache; the 1×1 GEMM writes its output outright
             if g.depthwise() {
@@ -174,7 +234,39 @@ pub fn conv2d_backward_input<F: Float>(
             }
         },
     );
-    Ok(dx(dxs))
+    Ok(add_into(acc, dx(dxs), par))
+}
+
+/// `a` itself when it is in standard layout, else a copy that is.
+fn standard<F: Float>(a: Array4<F>) -> Array4<F> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
+/// `acc + dx` element by element in `acc`'s buffer (`dx` itself without `acc`).
+fn add_into<F: Float>(acc: Option<Array4<F>>, dx: Array4<F>, par: Par) -> Array4<F> {
+    let Some(acc) = acc else {
+        return dx;
+    };
+    let mut acc = standard(acc);
+    let a = acc.as_slice_mut().expect("standard layout is contiguous");
+    let d = dx.as_slice().expect("fresh array is contiguous");
+    let chunk = a.len().div_ceil(64).max(1 << 14);
+    for_each_chunk(
+        par,
+        a,
+        chunk,
+        || (),
+        |_, i, a| {
+            for (a, &v) in a.iter_mut().zip(&d[i * chunk..]) {
+                *a = *a + v;
+            }
+        },
+    );
+    acc
 }
 
 /// Weight gradient of [`conv2d`](super::conv2d): `dw = Σ_samples dy_s · im2col(x_s)ᵀ`, the per-sample terms

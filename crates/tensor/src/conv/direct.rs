@@ -454,8 +454,8 @@ fn as_f32_mut<F: Float>(s: &mut [F]) -> &mut [f32] {
 /// `y [chans, ho, wo] = conv(x [cin, h, w])` for the output channels `chans` (all of them:
 /// `0..cout`; a split starts at a multiple of the channel block) with the kernel of `plan`
 /// (this geometry's [`Direct::plan`], chosen once per call) and the packed weights `wpk` of all
-/// channels (see [`pack_weights`], in blocks of `plan.cob`). `scratch` must hold
-/// [`Direct::scratch_len`] elements.
+/// channels (see [`pack_weights`], in blocks of `plan.cob`), written to or added into `y`.
+/// `scratch` must hold [`Direct::scratch_len`] elements.
 #[allow(clippy::too_many_arguments)] // the kernel's operands plus the channel range
 #[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
 pub(crate) fn conv_sample<F: Float>(
@@ -464,7 +464,7 @@ pub(crate) fn conv_sample<F: Float>(
     plan: Plan,
     x: &[F],
     wpk: &[F],
-    y: &mut [MaybeUninit<F>],
+    y: Dst<'_, F>,
     scratch: &mut [F],
     tables: &Tables,
     chans: std::ops::Range<usize>,
@@ -493,6 +493,15 @@ pub(crate) fn conv_sample<F: Float>(
         d.cout.div_ceil(cob) * d.taps() * cob,
         "hla-tensor internal error: packed weights"
     );
+    let (y, add) = match y {
+        Dst::Write(y) => (y, false),
+        // SAFETY: `MaybeUninit<F>` has the layout of `F`, and only values are written through
+        // the view, so `y` stays initialised; `add` tells `store_block` that it may read it.
+        Dst::Add(y) => (
+            unsafe { &mut *(y as *mut [F] as *mut [MaybeUninit<F>]) },
+            true,
+        ),
+    };
     assert_eq!(
         y.len(),
         chans.len() * d.ho * d.wo,
@@ -514,11 +523,31 @@ pub(crate) fn conv_sample<F: Float>(
         wo: d.wo,
     };
     let mut store = |out: &[f32], pxb: usize, q0: usize, len: usize, co0: usize, nco: usize| {
-        store_block(d, isa, out, (pxb, q0, len), (co0, nco), y)
+        // SAFETY: with `add`, `y` is initialised (`Dst::Add`).
+        unsafe { store_block(d, isa, out, (pxb, q0, len), (co0, nco), (y, add)) }
     };
     // SAFETY: an `Isa` carries its detection proof (only `detect*` make one); bounds asserted
     // above (for the block shape of the plan).
     unsafe { run_kernel(isa, kernel, xp, wpk, off, nout, d.qend(), rows, &mut store) };
+}
+
+/// Where [`conv_sample`] puts its results.
+pub(crate) enum Dst<'a, F> {
+    /// Written over uninitialised memory (every value of the channel range).
+    Write(&'a mut [MaybeUninit<F>]),
+    /// Added into the values there (`y ← y + conv(x)`): a gradient accumulated in place, with
+    /// the bits of computing the convolution first and adding it afterwards.
+    Add(&'a mut [F]),
+}
+
+impl<F> Dst<'_, F> {
+    /// The values `r` of this destination, put there the same way.
+    pub(crate) fn part(&mut self, r: std::ops::Range<usize>) -> Dst<'_, F> {
+        match self {
+            Dst::Write(y) => Dst::Write(&mut y[r]),
+            Dst::Add(y) => Dst::Add(&mut y[r]),
+        }
+    }
 }
 
 /// The forward kernels of [`conv_sample`] (all sum each output over the taps in order from
@@ -566,16 +595,20 @@ impl Direct {
     }
 }
 
-/// Writes the valid positions of one block (`out [COB][pxb]`, starting at flattened `q0`) of
-/// the forward grid to `y [cout, ho, wo]`. The kernels' blocks cover every valid position of
-/// every channel of their range, so `y` is written in full (it need not be initialised).
-fn store_block(
+/// Writes (or with `add`, adds into `y`) the valid positions of one block (`out [COB][pxb]`,
+/// starting at flattened `q0`) of the forward grid to `y [cout, ho, wo]`. The kernels' blocks
+/// cover every valid position of every channel of their range, so `y` is written in full (it
+/// need not be initialised unless `add`).
+///
+/// # Safety
+/// With `add`, `y` must be initialised.
+unsafe fn store_block(
     d: &Direct,
     isa: Isa,
     out: &[f32],
     (pxb, q0, len): (usize, usize, usize),
     (co0, nco): (usize, usize),
-    y: &mut [MaybeUninit<f32>],
+    (y, add): (&mut [MaybeUninit<f32>], bool),
 ) {
     let wq = d.wq();
     let npix = d.ho * d.wo;
@@ -595,22 +628,30 @@ fn store_block(
         let (lane, o) = (q - q0, oh * d.wo + ow);
         // SAFETY: `isa` proves its instruction set; channel `c < nco` reads
         // `out[c·pxb + lane..][..len]` (`lane + len ≤ pxb`) and writes
-        // `y[(co0 + c)·npix + o..][..len]` (`o + len ≤ npix`), inside the asserted lengths.
+        // `y[(co0 + c)·npix + o..][..len]` (`o + len ≤ npix`), inside the asserted lengths
+        // (and reads it only with `add`, when the caller promises it initialised).
         unsafe {
             let (src, dst) = (out.as_ptr().add(lane), y.as_mut_ptr().add(co0 * npix + o));
-            copy_rows(isa, (src, pxb), (dst as *mut f32, npix), (nco, len));
+            let dst = (dst as *mut f32, npix);
+            if add {
+                copy_rows::<true>(isa, (src, pxb), dst, (nco, len));
+            } else {
+                copy_rows::<false>(isa, (src, pxb), dst, (nco, len));
+            }
         }
         q += len;
     }
 }
 
-/// `dst[c·ds + i] = src[c·ss + i]` for `c < rows`, `i < len`, in vector moves (a `memcpy` call
-/// per row segment cost about a tenth of the grid kernel's time).
+/// `dst[c·ds + i] = src[c·ss + i]` (with `ADD`: `dst[c·ds + i] + src[c·ss + i]`) for
+/// `c < rows`, `i < len`, in vector moves (a `memcpy` call per row segment cost about a tenth
+/// of the grid kernel's time).
 ///
 /// # Safety
-/// `isa` proves its instruction set; the rows must be readable / writable and not overlap.
+/// `isa` proves its instruction set; the rows must be readable / writable (with `ADD`,
+/// initialised) and not overlap.
 #[inline(always)]
-unsafe fn copy_rows(
+unsafe fn copy_rows<const ADD: bool>(
     isa: Isa,
     src: (*const f32, usize),
     dst: (*mut f32, usize),
@@ -620,8 +661,8 @@ unsafe fn copy_rows(
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match isa {
-            Isa::Avx512(_) => copy_rows_avx512(src, dst, rows, len),
-            Isa::Avx2(_) => copy_rows_avx2(src, dst, rows, len),
+            Isa::Avx512(_) => copy_rows_avx512::<ADD>(src, dst, rows, len),
+            Isa::Avx2(_) => copy_rows_avx2::<ADD>(src, dst, rows, len),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -635,7 +676,7 @@ unsafe fn copy_rows(
 /// memory).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn copy_rows_avx512(
+unsafe fn copy_rows_avx512<const ADD: bool>(
     (sp, ss): (*const f32, usize),
     (dp, ds): (*mut f32, usize),
     rows: usize,
@@ -647,11 +688,19 @@ unsafe fn copy_rows_avx512(
         let (s, d) = (sp.add(c * ss), dp.add(c * ds));
         let mut i = 0;
         while i + 16 <= len {
-            _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
+            let mut v = _mm512_loadu_ps(s.add(i));
+            if ADD {
+                v = _mm512_add_ps(_mm512_loadu_ps(d.add(i)), v);
+            }
+            _mm512_storeu_ps(d.add(i), v);
             i += 16;
         }
         if tail != 0 {
-            _mm512_mask_storeu_ps(d.add(i), tail, _mm512_maskz_loadu_ps(tail, s.add(i)));
+            let mut v = _mm512_maskz_loadu_ps(tail, s.add(i));
+            if ADD {
+                v = _mm512_add_ps(_mm512_maskz_loadu_ps(tail, d.add(i)), v);
+            }
+            _mm512_mask_storeu_ps(d.add(i), tail, v);
         }
     }
 }
@@ -659,7 +708,7 @@ unsafe fn copy_rows_avx512(
 /// [`copy_rows`] with AVX: whole vectors, then the last values one by one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn copy_rows_avx2(
+unsafe fn copy_rows_avx2<const ADD: bool>(
     (sp, ss): (*const f32, usize),
     (dp, ds): (*mut f32, usize),
     rows: usize,
@@ -670,11 +719,19 @@ unsafe fn copy_rows_avx2(
         let (s, d) = (sp.add(c * ss), dp.add(c * ds));
         let mut i = 0;
         while i + 8 <= len {
-            _mm256_storeu_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+            let mut v = _mm256_loadu_ps(s.add(i));
+            if ADD {
+                v = _mm256_add_ps(_mm256_loadu_ps(d.add(i)), v);
+            }
+            _mm256_storeu_ps(d.add(i), v);
             i += 8;
         }
         while i < len {
-            *d.add(i) = *s.add(i);
+            *d.add(i) = if ADD {
+                *d.add(i) + *s.add(i)
+            } else {
+                *s.add(i)
+            };
             i += 1;
         }
     }

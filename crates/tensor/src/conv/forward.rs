@@ -1,7 +1,7 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
 use super::depthwise::{dw_plane, dw_scratch_len, Plane};
-use super::direct::{conv_sample, pack_weights, Isa, Plan};
+use super::direct::{conv_sample, pack_weights, Dst, Isa, Plan};
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
@@ -208,7 +208,17 @@ pub fn conv2d_act_packed<F: Float>(
                 for (gi, wpk) in packed.iter().enumerate().take(ng) {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
                     let y_g = &mut y_u[gi * rows * np..(gi + 1) * rows * np];
-                    conv_sample(&d, isa, plan, x_g, wpk, y_g, cols, tables, co0..co0 + rows);
+                    conv_sample(
+                        &d,
+                        isa,
+                        plan,
+                        x_g,
+                        wpk,
+                        Dst::Write(y_g),
+                        cols,
+                        tables,
+                        co0..co0 + rows,
+                    );
                 }
                 // SAFETY: `conv_sample` writes every output of its channel range, and the
                 // `ng` groups' ranges tile the chunk.

@@ -52,8 +52,8 @@ mod pointwise;
 mod tests;
 
 pub use backward::{
-    conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input, conv2d_backward_weight,
-    conv2d_backward_weight_in,
+    conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
+    conv2d_backward_input_add, conv2d_backward_weight, conv2d_backward_weight_in,
 };
 pub use forward::{conv2d, conv2d_act, conv2d_act_packed, PackedWeights};
 pub use params::Conv2dParams;

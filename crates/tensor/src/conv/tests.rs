@@ -618,6 +618,70 @@ fn split_forward_gives_each_sample_its_batch_bits() {
     }
 }
 
+/// `conv2d_backward_input_add` gives `acc + dx` with the bits of computing `dx` and then adding
+/// it, on every path (direct stride 1 adds as it stores; the others add afterwards), both
+/// instruction sets, 1, 2 and 4 threads, and an `acc` not in standard layout.
+#[test]
+fn backward_input_add_is_dx_then_sum_bit_for_bit() {
+    let pool = |k| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build()
+            .unwrap()
+    };
+    let mut cs = cases();
+    cs.push(case(3, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1));
+    cs.push(case(2, 16, 12, (9, 8), (3, 3), (2, 2), (1, 1), (1, 1), 1));
+    for (i, c) in cs.into_iter().enumerate() {
+        let p = c.params();
+        let seed = 4000 + 10 * i as u64;
+        let w = rand_array::<f32, _, _>(c.w_shape(), seed);
+        let dy = rand_array::<f32, _, _>(c.y_shape(), seed + 1);
+        let acc = rand_array::<f32, _, _>(c.x_shape(), seed + 2);
+        // the same values in column-major order
+        let mut acc_f = Array4::<f32>::zeros(ndarray::ShapeBuilder::f(c.x_shape()));
+        acc_f.assign(&acc);
+        for (no_direct, avx2) in [(false, false), (false, true), (true, false)] {
+            let run = |threads: usize, f: &(dyn Fn() -> Array4<f32> + Sync)| {
+                pool(threads).install(|| {
+                    NO_DIRECT.with(|f| f.set(no_direct));
+                    FORCE_AVX2.with(|f| f.set(avx2));
+                    let out = f();
+                    NO_DIRECT.with(|f| f.set(false));
+                    FORCE_AVX2.with(|f| f.set(false));
+                    out
+                })
+            };
+            let dx = run(1, &|| {
+                conv2d_backward_input(dy.view(), w.view(), c.hw, &p, Par::Seq).unwrap()
+            });
+            let want = bits(&(&acc + &dx));
+            for threads in [1, 2, 4] {
+                for a in [&acc, &acc_f] {
+                    let got = run(threads, &|| {
+                        let a = a.clone();
+                        conv2d_backward_input_add(dy.view(), w.view(), c.hw, &p, Par::Rayon, a)
+                            .unwrap()
+                    });
+                    assert_eq!(
+                        bits(&got),
+                        want,
+                        "{c:?} threads={threads} no_direct={no_direct} avx2={avx2}"
+                    );
+                }
+            }
+        }
+        // an accumulator of another shape is refused
+        let (n, ci, h, wd) = c.x_shape();
+        let bad = Array4::<f32>::zeros((n, ci + 1, h, wd));
+        let err = conv2d_backward_input_add(dy.view(), w.view(), c.hw, &p, Par::Seq, bad);
+        assert!(
+            matches!(err, Err(TensorError::ShapeMismatch { .. })),
+            "{c:?}: {err:?}"
+        );
+    }
+}
+
 #[test]
 fn conv2d_is_bit_identical_with_1_and_2_threads() {
     let pool = |k| {
