@@ -174,8 +174,8 @@ impl Direct {
     fn dw_channel_vectorised(&self, isa: Isa) -> bool {
         cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx512(_)) && self.cout >= 32
     }
-    /// Scratch length for `dy` of one sample: transposed to `[position][cout rounded up to the
-    /// channel block]` for the channel-vectorised kernel, else on the flattened grid (rows
+    /// Scratch length for `dy` of one sample: transposed to `[channel block][position][block's
+    /// channels]` (channels rounded up to a whole block) for the channel-vectorised kernel, else on the flattened grid (rows
     /// padded to a whole channel block).
     pub fn dy_scratch_len(&self, isa: Isa) -> usize {
         if self.dw_channel_vectorised(isa) {
@@ -1048,21 +1048,23 @@ pub(crate) fn backward_weight_samples<F: Float>(
     );
     #[cfg(target_arch = "x86_64")]
     if d.dw_channel_vectorised(isa) {
-        // dy transposed to [position][cout rounded up to the channel block] per sample
+        // dy transposed to [channel block][position][16·V channels] per sample
         let (v, tb) = dw_pix_blocks(d.cout);
-        let (npix, cp) = (d.ho * d.wo, d.cout.div_ceil(16 * v) * 16 * v);
+        let (npix, cob) = (d.ho * d.wo, 16 * v);
+        let cp = d.cout.div_ceil(cob) * cob;
         assert!(dl >= npix * cp, "hla-tensor internal error: dy scratch");
         for (s, (x, dy)) in xs_in.iter().zip(dys_in).enumerate() {
             d.fill_input(isa, x, &mut xs[s * xl..(s + 1) * xl]);
             let dst = &mut ds[s * dl..s * dl + npix * cp];
             if cp > d.cout {
-                // the padding channels; the rest is overwritten below
-                for row in dst.chunks_exact_mut(cp) {
-                    row[d.cout..].fill(F::zero());
+                // the last block's padding channels; the rest is overwritten below
+                let last = &mut dst[(cp - cob) * npix..];
+                for row in last.chunks_exact_mut(cob) {
+                    row[d.cout % cob..].fill(F::zero());
                 }
             }
             // SAFETY: AVX-512 detected (`dw_channel_vectorised`); the bounds are checked inside.
-            unsafe { transpose_dy_avx512(as_f32(dy), (d.cout, npix), as_f32_mut(dst), cp) };
+            unsafe { transpose_dy_avx512(as_f32(dy), (d.cout, npix), as_f32_mut(dst), cob) };
         }
         let off = d.tap_offsets(tb);
         let qs: Vec<usize> = (0..npix).map(|i| (i / d.wo) * wq + i % d.wo).collect();
@@ -1079,7 +1081,7 @@ pub(crate) fn backward_weight_samples<F: Float>(
         let (xp, dp, dw) = (as_f32(xs), as_f32(ds), as_f32_mut(dw));
         // SAFETY: AVX-512 detected; reads bounded by the asserts above.
         unsafe {
-            let dims = (ns, xl, dl, cp);
+            let dims = (ns, xl, dl);
             match (v, tb) {
                 (4, 6) => dw_pix_avx512::<4, 6>(d, xp, dp, &off, &qs, dims, dw),
                 (2, 8) => dw_pix_avx512::<2, 8>(d, xp, dp, &off, &qs, dims, dw),
@@ -1186,55 +1188,62 @@ fn dw_pix_blocks(cout: usize) -> (usize, usize) {
 /// channels are 64 KiB.
 const DW_TRANSPOSE_POS: usize = 32;
 
-/// `dst[p·cp + co] = dy[co·npix + p]` for every channel `co < cout` and position `p < npix`:
-/// `dy [cout, npix]` transposed to rows of `cp ≥ cout` channels per position (the padding
-/// channels are left alone). In chunks of positions, so that the chunk's rows of `dst` stay in
-/// L1 while every channel writes into them, and in 8 × 8 blocks through registers (a scalar
-/// loop was 2 % of a ResNet-20 training step). Only moves values.
+/// `dy [cout, npix]` transposed into blocks of `cob` channels: `dst[(co / cob)·npix·cob +
+/// p·cob + co % cob] = dy[co·npix + p]` for every channel `co < cout` and position `p < npix`
+/// (the padding channels of the last block are left alone). Block by block, so that a
+/// block's rows of consecutive positions are contiguous: with one row of all channels per
+/// position, the rows a block reads were `4·cp` bytes apart and, from 128 channels up, fell
+/// into a few of L1's sets, evicting each other. In chunks of positions, so that the chunk's
+/// rows of `dst` stay in L1 while every channel writes into them, and in 8 × 8 blocks through
+/// registers (a scalar loop was 2 % of a ResNet-20 training step). Only moves values.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F (whose `avx2` the 256-bit shuffles use).
 ///
 /// # Panics
-/// If `dy` or `dst` is too short or `cp < cout`.
+/// If `dy` or `dst` is too short or `cob` is not a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_dy_avx512(
     dy: &[f32],
     (cout, npix): (usize, usize),
     dst: &mut [f32],
-    cp: usize,
+    cob: usize,
 ) {
     assert!(
-        dy.len() >= cout * npix && dst.len() >= npix * cp && cp >= cout,
+        dy.len() >= cout * npix
+            && dst.len() >= cout.div_ceil(cob.max(1)) * cob * npix
+            && cob > 0
+            && cob % 8 == 0,
         "hla-tensor internal error: dy transposition"
     );
+    let at = |p: usize, c: usize| (c / cob) * npix * cob + p * cob + c % cob;
     for p0 in (0..npix).step_by(DW_TRANSPOSE_POS) {
         let p1 = npix.min(p0 + DW_TRANSPOSE_POS);
         let mut co = 0;
         while co + 8 <= cout {
             let mut p = p0;
             while p + 8 <= p1 {
-                // SAFETY: rows co..co+8 of dy and rows p..p+8 of dst, columns within the
-                // bounds asserted above.
+                // SAFETY: rows co..co+8 of dy and rows p..p+8 of the channels' block of dst
+                // (co % cob + 8 ≤ cob), within the bounds asserted above.
                 transpose8x8(
                     dy.as_ptr().add(co * npix + p),
                     npix,
-                    dst.as_mut_ptr().add(p * cp + co),
-                    cp,
+                    dst.as_mut_ptr().add(at(p, co)),
+                    cob,
                 );
                 p += 8;
             }
             for p in p..p1 {
                 for c in co..co + 8 {
-                    dst[p * cp + c] = dy[c * npix + p];
+                    dst[at(p, c)] = dy[c * npix + p];
                 }
             }
             co += 8;
         }
         for c in co..cout {
             for p in p0..p1 {
-                dst[p * cp + c] = dy[c * npix + p];
+                dst[at(p, c)] = dy[c * npix + p];
             }
         }
     }
@@ -1290,8 +1299,8 @@ const DW_PIX_CHUNK_BYTES: usize = 32 << 10;
 /// Channel-vectorised weight gradient: for a block of `16·V` output channels (`V` vectors of
 /// the transposed `dy`) and `TB` taps (`V·TB` accumulators), `acc[t] += x[q + off_t] ·
 /// dy[q, co..co+16·V]` over the chunk's samples in order and the valid positions `qs` in order;
-/// no lane reductions. `dp` holds per sample `[qs.len()][cp]`, `dw [cout, taps]` is accumulated
-/// into. Per position: `V` loads of `dy` and `TB` broadcasts of `x` feed `V·TB` multiply-adds.
+/// no lane reductions. `dp` holds per sample `[channel block][qs.len()][16·V]` (see
+/// [`transpose_dy_avx512`]), `dw [cout, taps]` is accumulated into. Per position: `V` loads of `dy` and `TB` broadcasts of `x` feed `V·TB` multiply-adds.
 /// The positions are taken a chunk at a time ([`DW_PIX_CHUNK_BYTES`] of `dy`) with every tap
 /// block's accumulators parked in between (each lane's sequence of multiply-adds is unchanged,
 /// so are the bits): `dy` is read from L1 once per tap block instead of from L2 / L3 on every
@@ -1304,7 +1313,7 @@ unsafe fn dw_pix_avx512<const V: usize, const TB: usize>(
     dp: &[f32],
     off: &[usize],
     qs: &[usize],
-    (ns, xl, dl, cp): (usize, usize, usize, usize),
+    (ns, xl, dl): (usize, usize, usize),
     dw: &mut [f32],
 ) {
     use std::arch::x86_64::*;
@@ -1319,7 +1328,7 @@ unsafe fn dw_pix_avx512<const V: usize, const TB: usize>(
         let nco = cob.min(d.cout - cb * cob);
         parked.fill([[_mm512_setzero_ps(); V]; TB]);
         for s in 0..ns {
-            let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * cob));
+            let (xb, db) = (xpp.add(s * xl), dpp.add(s * dl + cb * qs.len() * cob));
             for p0 in (0..qs.len()).step_by(chunk_len) {
                 let chunk = &qs[p0..qs.len().min(p0 + chunk_len)];
                 for (tbk, acc) in parked.iter_mut().enumerate() {
@@ -1331,7 +1340,7 @@ unsafe fn dw_pix_avx512<const V: usize, const TB: usize>(
                         // SAFETY (whole block): bounded by the caller's asserts.
                         let mut dv = [_mm512_setzero_ps(); V];
                         for (v, x) in dv.iter_mut().enumerate() {
-                            *x = _mm512_loadu_ps(db.add(p * cp + 16 * v));
+                            *x = _mm512_loadu_ps(db.add(p * cob + 16 * v));
                         }
                         let xq = xb.add(q);
                         for t in 0..TB {
@@ -1345,23 +1354,28 @@ unsafe fn dw_pix_avx512<const V: usize, const TB: usize>(
                 }
             }
         }
-        for (tbk, acc) in parked.iter().enumerate() {
-            for (t, av) in acc.iter().enumerate() {
-                let tap = tbk * TB + t;
-                if tap >= taps {
-                    break;
-                }
-                let mut out = [[0.0f32; 16]; V];
-                for (r, a) in out.iter_mut().zip(av.iter()) {
-                    _mm512_storeu_ps(r.as_mut_ptr(), *a);
-                }
-                for (c, &v) in out.iter().flatten().enumerate().take(nco) {
-                    dw[(cb * cob + c) * taps + tap] += v;
+        // The parked sums are `[tap][cob]` (tap `tbk·TB + t`, channel `16·v + lane`); `dw` is
+        // `[cout][taps]`. Added in tiles of DW_PIX_STORE_TAPS taps, channel by channel, so each
+        // channel's taps are written as one run: tap by tap, the 16–64 channels' values are
+        // `4·taps` bytes apart, which from 128 channels up fell into a few of L1's sets (11 %
+        // of this kernel's time on ResNet-18's last layers).
+        // SAFETY: `parked` holds `ntb·TB·V` vectors of 16 `f32` each, contiguous.
+        let sums = std::slice::from_raw_parts(parked.as_ptr() as *const f32, ntb * TB * cob);
+        for t0 in (0..taps).step_by(DW_PIX_STORE_TAPS) {
+            let t1 = taps.min(t0 + DW_PIX_STORE_TAPS);
+            for c in 0..nco {
+                let row = &mut dw[(cb * cob + c) * taps..][t0..t1];
+                for (d, tap) in row.iter_mut().zip(t0..t1) {
+                    *d += sums[tap * cob + c];
                 }
             }
         }
     }
 }
+
+/// Taps per tile of [`dw_pix_avx512`]'s final additions into `dw`: 64 taps × 64 channels of
+/// sums are 16 KiB.
+const DW_PIX_STORE_TAPS: usize = 64;
 
 macro_rules! dw_kernel {
     ($name:ident, $feat:literal, $vec:ty, $lanes:literal, $cob:literal, $tb:literal, $zero:ident, $load:ident, $fmadd:ident, $store:ident) => {
@@ -1649,9 +1663,10 @@ unsafe fn scatter_avx512(
 mod tests {
     use super::{detect, detect_avx2, Direct};
 
-    /// The weight gradient's `dy` transposition puts `dy[co, p]` at `dst[p·cp + co]` for every
-    /// channel and position — whole 8 × 8 blocks, partial blocks of channels and positions,
-    /// several position chunks — and leaves the padding channels alone.
+    /// The weight gradient's `dy` transposition puts `dy[co, p]` at `dst[(co / cob)·npix·cob +
+    /// p·cob + co % cob]` for every channel and position — whole 8 × 8 blocks, partial blocks
+    /// of channels and positions, several position chunks, one and several channel blocks —
+    /// and leaves the padding channels alone.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn dy_transposition_is_the_definition() {
@@ -1659,21 +1674,25 @@ mod tests {
         let Some(Isa::Avx512(_)) = detect() else {
             return; // the transposition runs only with AVX-512
         };
-        for (cout, npix, cp) in [
-            (64, 64, 64),
+        for (cout, npix, cob) in [
+            (64usize, 64, 64),
+            (128, 37, 64),
             (32, 49, 48),
+            (40, 70, 32),
             (13, 70, 16),
             (8, 8, 8),
             (3, 5, 16),
         ] {
+            let cp = cout.div_ceil(cob) * cob;
             let dy: Vec<f32> = (0..cout * npix).map(|i| i as f32 + 0.5).collect();
             let mut dst = vec![-1.0f32; npix * cp];
             // SAFETY: AVX-512 detected above.
-            unsafe { transpose_dy_avx512(&dy, (cout, npix), &mut dst, cp) };
+            unsafe { transpose_dy_avx512(&dy, (cout, npix), &mut dst, cob) };
             for p in 0..npix {
                 for c in 0..cp {
                     let want = if c < cout { dy[c * npix + p] } else { -1.0 };
-                    assert_eq!(dst[p * cp + c], want, "{cout}×{npix}: [{p}, {c}]");
+                    let at = (c / cob) * npix * cob + p * cob + c % cob;
+                    assert_eq!(dst[at], want, "{cout}×{npix}, cob {cob}: [{p}, {c}]");
                 }
             }
         }
