@@ -1204,6 +1204,7 @@ const DW_TRANSPOSE_POS: usize = 32;
 /// If `dy` or `dst` is too short or `cob` is not a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
 unsafe fn transpose_dy_avx512(
     dy: &[f32],
     (cout, npix): (usize, usize),
