@@ -898,7 +898,15 @@ macro_rules! rows_kernel {
                 for oh in 0..rows.ho {
                     let mut ow = 0;
                     while ow < rows.wo {
-                        let np = (rows.wo - ow).min(PMAX);
+                        let rest = rows.wo - ow;
+                        // A last tile under ROWS_MIN_P positions has too few accumulators to
+                        // hide the multiply-add latency (AVX2's 2: four chains for two
+                        // pipes of latency 4): it and the full tile before it go as two halves.
+                        let np = if rest > PMAX && (rest - PMAX).div_ceil(STEP) * STEP < ROWS_MIN_P {
+                            rest.div_ceil(2)
+                        } else {
+                            rest.min(PMAX)
+                        };
                         let q0 = oh * rows.wq + ow;
                         match np.div_ceil(STEP) * STEP {
                             $($p => $tile::<$p>(xpp, wb, off, q0, &mut out),)+
@@ -930,6 +938,9 @@ const NARROW_NV: usize = 4;
 /// registers), multiples of 3 so that a row's last block is rounded up to a third of it.
 const ROWS512_P: usize = 12;
 const ROWS2_P: usize = 6;
+/// Fewest positions of a row kernel tile that keep both multiply-add pipes busy (8 chains of
+/// two vectors' accumulators at latency 4); see the row kernels' last tiles.
+const ROWS_MIN_P: usize = 4;
 /// `(a, b)`: the row kernel is chosen when `a ×` its positions `< b ×` the grid kernel's. With
 /// AVX-512 its blocks take more loads per multiply-add than the grid kernel's (14 per 24 against
 /// 11 per 24), with AVX2 fewer (8 per 12 against 9 per 8).
@@ -1144,6 +1155,26 @@ pub(crate) fn backward_weight_samples<F: Float>(
         let _ = (isa, xp, dp, off, dims, dw);
         unreachable!("hla-tensor internal error: direct convolution without a detected ISA");
     }
+}
+
+/// Scratch bytes (padded input and `dy`) of a call's samples above which the whole-plane
+/// position-vectorised weight gradient takes the samples one at a time for each channel block
+/// (ResNet-18's layers at batch 8 per call: 2.4–14 MB) instead of inside each block.
+const DW_SAMPLE_MAJOR_BYTES: usize = 2 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Per-thread override of [`DW_SAMPLE_MAJOR_BYTES`], for the tests to take both orders.
+    static DW_SAMPLE_MAJOR_TEST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`DW_SAMPLE_MAJOR_BYTES`], or the tests' override.
+fn dw_sample_major_bytes() -> usize {
+    #[cfg(test)]
+    if let Some(b) = DW_SAMPLE_MAJOR_TEST.with(|c| c.get()) {
+        return b;
+    }
+    DW_SAMPLE_MAJOR_BYTES
 }
 
 /// Bytes of input and `dy` rows per position chunk of the position-vectorised AVX-512 weight
@@ -1457,6 +1488,28 @@ macro_rules! dw_kernel {
                     }
                 }
             };
+            if chunk >= qpad && ns * (xl + dl) * 4 > dw_sample_major_bytes() {
+                // Sample by sample for each channel block, every tap block's accumulators
+                // parked in between: the sample's input and the block's `dy` rows stay in
+                // L2 while every tap block reads them, where taking the samples inside each
+                // block streamed all of them from L3 once per block. The lanes' sequences
+                // are unchanged, so are the bits.
+                let mut parked: Vec<Acc> = vec![[[$zero(); TB]; COB]; ntb];
+                for cb in 0..ncb {
+                    parked.fill([[$zero(); TB]; COB]);
+                    for s in 0..ns {
+                        for (tbk, acc) in parked.iter_mut().enumerate() {
+                            let mut a = *acc;
+                            accumulate(&mut a, s, cb, &offsets(tbk), (0, qpad));
+                            *acc = a;
+                        }
+                    }
+                    for (tbk, acc) in parked.iter().enumerate() {
+                        reduce(acc, cb, tbk);
+                    }
+                }
+                return;
+            }
             if chunk >= qpad {
                 for cb in 0..ncb {
                     for tbk in 0..ntb {
@@ -1700,12 +1753,13 @@ mod tests {
     }
 
     /// The position-vectorised weight gradient gives the same bits whatever its position
-    /// chunks (the lanes' sequences of multiply-adds do not change): whole planes against
-    /// chunks of one vector up to a few rows, at strides 1 and 2, with partial channel and
-    /// tap blocks, on every ISA of this CPU.
+    /// chunks and loop order (the lanes' sequences of multiply-adds do not change): whole
+    /// planes against chunks of one vector up to a few rows and against the samples taken one
+    /// at a time per channel block, at strides 1 and 2, with partial channel and tap blocks,
+    /// on every ISA of this CPU.
     #[test]
     fn dw_chunks_keep_the_bits() {
-        use super::{backward_weight_samples, DW_CHUNK_TEST};
+        use super::{backward_weight_samples, DW_CHUNK_TEST, DW_SAMPLE_MAJOR_TEST};
         let geoms = [
             (3, 16, 12, 12, 1),
             (16, 16, 9, 11, 1),
@@ -1765,6 +1819,14 @@ mod tests {
                         "{isa:?}: {cin}→{cout}, {h}×{w}, stride {s}, {bytes} bytes per chunk"
                     );
                 }
+                // whole planes, the samples taken one at a time for each channel block
+                DW_SAMPLE_MAJOR_TEST.with(|c| c.set(Some(0)));
+                let sample_major = run(usize::MAX);
+                DW_SAMPLE_MAJOR_TEST.with(|c| c.set(None));
+                assert_eq!(
+                    sample_major, whole,
+                    "{isa:?}: {cin}→{cout}, {h}×{w}, stride {s}, sample by sample"
+                );
             }
         }
     }
