@@ -898,15 +898,7 @@ macro_rules! rows_kernel {
                 for oh in 0..rows.ho {
                     let mut ow = 0;
                     while ow < rows.wo {
-                        let rest = rows.wo - ow;
-                        // A last tile under ROWS_MIN_P positions has too few accumulators to
-                        // hide the multiply-add latency (AVX2's 2: four chains for two
-                        // pipes of latency 4): it and the full tile before it go as two halves.
-                        let np = if rest > PMAX && (rest - PMAX).div_ceil(STEP) * STEP < ROWS_MIN_P {
-                            rest.div_ceil(2)
-                        } else {
-                            rest.min(PMAX)
-                        };
+                        let np = (rows.wo - ow).min(PMAX);
                         let q0 = oh * rows.wq + ow;
                         match np.div_ceil(STEP) * STEP {
                             $($p => $tile::<$p>(xpp, wb, off, q0, &mut out),)+
@@ -938,9 +930,6 @@ const NARROW_NV: usize = 4;
 /// registers), multiples of 3 so that a row's last block is rounded up to a third of it.
 const ROWS512_P: usize = 12;
 const ROWS2_P: usize = 6;
-/// Fewest positions of a row kernel tile that keep both multiply-add pipes busy (8 chains of
-/// two vectors' accumulators at latency 4); see the row kernels' last tiles.
-const ROWS_MIN_P: usize = 4;
 /// `(a, b)`: the row kernel is chosen when `a ×` its positions `< b ×` the grid kernel's. With
 /// AVX-512 its blocks take more loads per multiply-add than the grid kernel's (14 per 24 against
 /// 11 per 24), with AVX2 fewer (8 per 12 against 9 per 8).
