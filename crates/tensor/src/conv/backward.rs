@@ -11,7 +11,7 @@ use super::params::Conv2dParams;
 use super::DW_CHUNK;
 use crate::gemm::{gemm_slices, gemm_uninit, Mat};
 use crate::group::{channel_lanes, Group};
-use crate::scratch::Scratch;
+use crate::scratch::Pool;
 use crate::{
     assume_init_mut, for_each_chunk, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float,
     Par, Result, TensorError,
@@ -91,6 +91,8 @@ fn backward_input<F: Float>(
     let dys = dy.as_slice().expect("standard layout is contiguous");
     let ws = w.as_slice().expect("standard layout is contiguous");
     let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    // the tasks' scratch buffers, reused across the pieces of this call
+    let pool = Pool::<F>::new();
     let dx_len = g.n * g.c_in * hw;
     let dx = |dxs: Vec<F>| {
         Array4::from_shape_vec((g.n, g.c_in, g.h, g.w), dxs).expect("n·c_in·h·w values")
@@ -107,7 +109,7 @@ fn backward_input<F: Float>(
                 par,
                 dx_len,
                 g.in_sample(),
-                || Scratch::<F>::take(sl),
+                || pool.take(sl),
                 |sc, s, dx_s| {
                     let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
                     for (gi, wt) in wts.iter().enumerate() {
@@ -170,7 +172,7 @@ fn backward_input<F: Float>(
                 par,
                 a,
                 g.in_sample(),
-                || Scratch::<F>::take(scratch),
+                || pool.take(scratch),
                 |dcols, s, a_s| sample(s, dcols, Dst::Add(a_s)),
             );
             return Ok(acc);
@@ -182,7 +184,7 @@ fn backward_input<F: Float>(
         par,
         dx_len,
         g.in_sample(),
-        || Scratch::<F>::take(scratch),
+        || pool.take(scratch),
         |dcols, s, dx_u| {
             if direct.is_some() {
                 sample(s, dcols, Dst::Write(dx_u));
@@ -333,6 +335,8 @@ pub fn conv2d_backward_weight_in<F: Float>(
     let xs = x.as_slice().expect("standard layout is contiguous");
     let dys = dy.as_slice().expect("standard layout is contiguous");
     let (np, kd, hw) = (g.npix(), g.kdim(), g.h * g.w);
+    // the tasks' scratch buffers, reused across the pieces of this call
+    let (pool, pool_dy) = (Pool::<F>::new(), Pool::<F>::new());
     let mut dw = Array4::<F>::zeros((g.c_out, g.cin_g, g.kh, g.kw));
     let dws = dw.as_slice_mut().expect("fresh array is contiguous");
 
@@ -345,7 +349,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
                 par,
                 dws,
                 kk,
-                || (vec![F::zero(); kk], Scratch::<F>::take(scratch)),
+                || (vec![F::zero(); kk], pool.take(scratch)),
                 |(t, sc), co, dwk| {
                     let ci = co / g.cout_g;
                     for s in 0..g.n {
@@ -366,7 +370,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut terms,
             g.n * kk,
-            || Scratch::<F>::take(scratch),
+            || pool.take(scratch),
             |sc, co, tc| {
                 let ci = co / g.cout_g;
                 for (s, t) in tc.chunks_exact_mut(kk).enumerate() {
@@ -398,12 +402,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut partials,
             wlen,
-            || {
-                (
-                    Scratch::<F>::take(DW_CHUNK * xl),
-                    Scratch::<F>::take(DW_CHUNK * dl),
-                )
-            },
+            || (pool.take(DW_CHUNK * xl), pool_dy.take(DW_CHUNK * dl)),
             |(xsc, dsc), c, part| {
                 let samples = c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n);
                 let ns = samples.len();
@@ -435,7 +434,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
             par,
             &mut partials,
             wlen,
-            || Scratch::<F>::take(scratch),
+            || pool.take(scratch),
             |cols, c, part| {
                 for (i, s) in (c * DW_CHUNK..((c + 1) * DW_CHUNK).min(g.n)).enumerate() {
                     let beta = if i == 0 { F::zero() } else { F::one() };

@@ -8,7 +8,6 @@ use super::params::Conv2dParams;
 use super::pointwise::pointwise_by_columns;
 use crate::activation::Activation;
 use crate::gemm::{gemm_uninit, Mat};
-use crate::scratch::Scratch;
 use crate::{assume_init_mut, for_each_uninit_chunk, zeroed, Float, Par, Result, TensorError};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
@@ -192,7 +191,7 @@ pub fn conv2d_act_packed<F: Float>(
         par,
         g.n * g.c_out * np,
         cb * np,
-        || Scratch::<F>::take(scratch),
+        || vec![F::zero(); scratch],
         |cols, t, y_u| {
             let (s, co0) = (t / split, (t % split) * cb);
             let x_s = &xs[s * g.in_sample()..(s + 1) * g.in_sample()];
