@@ -199,20 +199,12 @@ pub(crate) fn mask_in_place_copy<F: Float>(
     ArrayD::from_shape_vec(dim, out).expect("dy's shape, standard layout")
 }
 
-/// `acc ← acc + g` element-wise in place (gradient accumulation), split across rayon threads
-/// from [`PAR_MIN_LEN`] elements when `par` allows (each element is one addition, so the
-/// result does not depend on the split). Shapes: the same.
+/// `acc ← acc + g` element-wise in place (gradient accumulation): [`hla_tensor::add_assign`]
+/// on contiguous arrays (each element is one addition, so the result does not depend on the
+/// split). Shapes: the same.
 pub(crate) fn add_in_place<F: Float>(acc: &mut ArrayD<F>, g: &ArrayD<F>, par: Par) {
     match (acc.as_slice_mut(), g.as_slice()) {
-        (Some(a), Some(b)) => {
-            if par == Par::Rayon && b.len() >= PAR_MIN_LEN {
-                a.par_chunks_mut(PAR_CHUNK)
-                    .zip(b.par_chunks(PAR_CHUNK))
-                    .for_each(|(ac, bc)| ac.iter_mut().zip(bc).for_each(|(a, &b)| *a = *a + b));
-            } else {
-                a.iter_mut().zip(b).for_each(|(a, &b)| *a = *a + b);
-            }
-        }
+        (Some(a), Some(b)) => hla_tensor::add_assign(a, b, par),
         _ => acc.zip_mut_with(g, |a, &b| *a = *a + b),
     }
 }

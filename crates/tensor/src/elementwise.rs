@@ -1,4 +1,4 @@
-//! Element-wise maps over plain slices into fresh vectors, written once (no zero fill) and split
+//! Element-wise maps over plain slices into fresh vectors (and one in-place sum), written once (no zero fill) and split
 //! into fixed blocks on the rayon pool: each element is computed alone, so the results do not
 //! depend on the thread count.
 
@@ -40,6 +40,30 @@ pub(crate) fn map_pair<F: Float>(
             o.write(f(a, b));
         }
     })
+}
+
+/// `acc_i ← acc_i + g_i` in place (gradient accumulation), in the blocks of the maps above.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn add_assign<F: Float>(acc: &mut [F], g: &[F], par: Par) {
+    assert_eq!(
+        acc.len(),
+        g.len(),
+        "add_assign: operands of different lengths"
+    );
+    let par = par_for(acc.len(), par);
+    crate::for_each_chunk(
+        par,
+        acc,
+        CHUNK,
+        || (),
+        |_, i, a| {
+            for (a, &v) in a.iter_mut().zip(&g[i * CHUNK..]) {
+                *a = *a + v;
+            }
+        },
+    );
 }
 
 /// `f(v, s)` for every element `v` of `full`, rows of `pix` elements, with the element at the
@@ -91,8 +115,8 @@ pub fn map_group_rows<F: Float>(
 mod tests {
     use super::*;
 
-    /// Both maps equal the obvious loops, sequentially and on 1, 2 and 3 threads, above the
-    /// parallel threshold and with rows that do not fill the last block.
+    /// Both maps and the in-place sum equal the obvious loops, sequentially and on 1, 2 and 3
+    /// threads, above the parallel threshold and with rows that do not fill the last block.
     #[test]
     fn maps_equal_plain_loops_for_any_thread_count() {
         let (per, pix, n) = (3, 77, 300);
@@ -105,24 +129,25 @@ mod tests {
         #[allow(clippy::manual_is_multiple_of)]
         let ragged = full.len() % CHUNK != 0;
         assert!(full.len() > PAR_MIN && ragged);
+        let want_sum: Vec<f32> = full.iter().zip(&want_map).map(|(&a, &b)| a + b).collect();
         let run = |par| {
+            let mut sum = full.clone();
+            add_assign(&mut sum, &want_map, par);
             (
                 map(&full, par, |v| v * v - 1.0),
                 map_group_rows(&full, &small, (per, pix), par, |v, s| v / s),
+                sum,
             )
         };
-        assert_eq!(run(Par::Seq), (want_map.clone(), want_rows.clone()));
+        let want = (want_map.clone(), want_rows.clone(), want_sum.clone());
+        assert_eq!(run(Par::Seq), want);
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
             let got = pool.install(|| run(Par::Rayon));
-            assert_eq!(
-                got,
-                (want_map.clone(), want_rows.clone()),
-                "{threads} threads"
-            );
+            assert_eq!(got, want, "{threads} threads");
         }
         assert!(map_group_rows::<f32>(&[], &[], (1, 0), Par::Rayon, |a, _| a).is_empty());
     }

@@ -38,7 +38,7 @@ pub use conv::{
     conv2d_backward_input, conv2d_backward_input_add, conv2d_backward_weight,
     conv2d_backward_weight_in, Conv2dParams, PackedWeights, DW_CHUNK,
 };
-pub use elementwise::{map, map_group_rows};
+pub use elementwise::{add_assign, map, map_group_rows};
 pub use error::{Result, TensorError};
 pub use float::Float;
 pub use gemm::{gemm, gemm_par, matmul, GEMM_PAR_COLS};

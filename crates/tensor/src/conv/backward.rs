@@ -255,19 +255,7 @@ fn add_into<F: Float>(acc: Option<Array4<F>>, dx: Array4<F>, par: Par) -> Array4
     };
     let mut acc = standard(acc);
     let a = acc.as_slice_mut().expect("standard layout is contiguous");
-    let d = dx.as_slice().expect("fresh array is contiguous");
-    let chunk = a.len().div_ceil(64).max(1 << 14);
-    for_each_chunk(
-        par,
-        a,
-        chunk,
-        || (),
-        |_, i, a| {
-            for (a, &v) in a.iter_mut().zip(&d[i * chunk..]) {
-                *a = *a + v;
-            }
-        },
-    );
+    crate::add_assign(a, dx.as_slice().expect("fresh array is contiguous"), par);
     acc
 }
 

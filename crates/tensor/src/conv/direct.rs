@@ -175,8 +175,8 @@ impl Direct {
         cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx512(_)) && self.cout >= 32
     }
     /// Scratch length for `dy` of one sample: transposed to `[channel block][position][block's
-    /// channels]` (channels rounded up to a whole block) for the channel-vectorised kernel, else on the flattened grid (rows
-    /// padded to a whole channel block).
+    /// channels]` (channels rounded up to a whole block) for the channel-vectorised kernel, else
+    /// on the flattened grid (rows padded to a whole channel block).
     pub fn dy_scratch_len(&self, isa: Isa) -> usize {
         if self.dw_channel_vectorised(isa) {
             let (v, _) = dw_pix_blocks(self.cout);

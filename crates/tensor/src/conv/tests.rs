@@ -73,6 +73,14 @@ fn case(
     }
 }
 
+/// A rayon pool of `k` threads.
+fn pool(k: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(k)
+        .build()
+        .unwrap()
+}
+
 /// Odd sizes, stride 1/2/3, padding, dilation, groups 1/2/3/C (and a channel multiplier),
 /// batch 1 and 3, non-square kernels, 1×1 kernels, a kernel as large as the padded input.
 fn cases() -> Vec<Case> {
@@ -542,12 +550,6 @@ fn conv2d_backward_bias_matches_reference_and_thread_counts() {
 /// 4 threads, on both instruction sets.
 #[test]
 fn split_forward_gives_each_sample_its_batch_bits() {
-    let pool = |k| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
     // a CIFAR ResNet-20 conv at batch 1 (2.4 M multiply-adds) is not worth splitting
     let g = Geom::new(
         "t",
@@ -624,12 +626,6 @@ fn split_forward_gives_each_sample_its_batch_bits() {
 /// instruction sets, 1, 2 and 4 threads, and an `acc` not in standard layout.
 #[test]
 fn backward_input_add_is_dx_then_sum_bit_for_bit() {
-    let pool = |k| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
     let mut cs = cases();
     cs.push(case(3, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1));
     cs.push(case(2, 16, 12, (9, 8), (3, 3), (2, 2), (1, 1), (1, 1), 1));
@@ -685,12 +681,6 @@ fn backward_input_add_is_dx_then_sum_bit_for_bit() {
 
 #[test]
 fn conv2d_is_bit_identical_with_1_and_2_threads() {
-    let pool = |k| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
     for c in [
         case(10, 4, 6, (9, 7), (3, 3), (2, 1), (1, 1), (1, 1), 2),
         case(10, 6, 6, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 6),
