@@ -7,9 +7,11 @@
 //! and the patch sums.
 //!
 //! Bit identity holds by construction: the two reductions (the patch sums and their input
-//! gradient) are the very `hla-tensor` convolution calls the composition makes, and every other
-//! step applies the composed ops' per-element formulas in their order (`(−dq·y) / (n·n)` summed
-//! over a group's channels as a fold from zero, `d / (2·n)`, `d·2·x`).
+//! gradient) are [`hla_tensor::patch_square_sums`] and [`hla_tensor::patch_square_sums_backward`],
+//! which give the bits of the convolution calls the composition makes (tested there) without
+//! making them, and every other step applies the composed ops' per-element formulas in their
+//! order (`(−dq·y) / (n·n)` summed over a group's channels as a fold from zero, `d / (2·n)`,
+//! `d·2·x`, and the sum with another use's gradient of `x`).
 
 use ndarray::{Array4, ArrayD, ArrayView4};
 use rayon::prelude::*;
@@ -78,8 +80,9 @@ pub fn patch_normalize<F: Float>(
     Ok(tape.push_op(q, &[y, x], || Op::PatchNormalize { y, x, xn, k_hw, p }))
 }
 
-/// `sqrt(conv2d(x ⊙ x, ONES) + eps)`, `[n, g, h_out, w_out]`: the composition's square,
-/// convolution, `add_scalar` and `sqrt`, the last two in one pass.
+/// `sqrt(conv2d(x ⊙ x, ONES) + eps)`, `[n, g, h_out, w_out]`: the composition's square and
+/// convolution in one call (the sums of squares over every patch), then its `add_scalar` and
+/// `sqrt` in one pass.
 fn norms<F: Float>(
     x: ArrayView4<F>,
     k_hw: (usize, usize),
@@ -87,12 +90,7 @@ fn norms<F: Float>(
     eps: F,
     par: Par,
 ) -> Result<Array4<F>> {
-    let g = p.groups.max(1);
-    let x = x.as_standard_layout();
-    let x2 = hla_tensor::map(x.as_slice().expect("standard layout"), par, |v| v * v);
-    let x2 = Array4::from_shape_vec(x.raw_dim(), x2).expect("one value per element of x");
-    let ones = Array4::from_elem((g, x.dim().1 / g, k_hw.0, k_hw.1), F::one());
-    let mut s = hla_tensor::conv2d(x2.view(), ones.view(), None, p, par)?;
+    let mut s = hla_tensor::patch_square_sums(x, k_hw, p, par)?;
     map_in_place(par, s.as_slice_mut().expect("contiguous"), |v| {
         *v = (*v + eps).sqrt()
     });
@@ -207,19 +205,11 @@ pub(crate) fn patch_normalize_backward<F: Float>(
                     .for_each(sample);
             }
         }
+        // the composition's `(convᵀ(dn, ONES)·2)·x`, added into another use's gradient of `x`
+        // in place
+        let acc = bw.take_grad(x).map(grad4);
         let xv = as4(OP, bw.value(x))?;
-        let (c_in, h, w) = (xv.dim().1, xv.dim().2, xv.dim().3);
-        let ones = Array4::from_elem((g, c_in / g, k_hw.0, k_hw.1), F::one());
-        let mut dx = hla_tensor::conv2d_backward_input(dn.view(), ones.view(), (h, w), p, par)?;
-        let xs = bw.value(x).as_slice().expect("tape values are contiguous");
-        let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
-        if par == Par::Rayon && dxs.len() >= PAR_MIN_LEN {
-            dxs.par_chunks_mut(PAR_MIN_LEN / 4)
-                .zip(xs.par_chunks(PAR_MIN_LEN / 4))
-                .for_each(|(d, x)| d.iter_mut().zip(x).for_each(|(d, &x)| *d = *d * two * x));
-        } else {
-            dxs.iter_mut().zip(xs).for_each(|(d, &x)| *d = *d * two * x);
-        }
+        let dx = hla_tensor::patch_square_sums_backward(dn.view(), xv, k_hw, p, par, acc)?;
         bw.add(x, dx.into_dyn());
     }
     if needs_y {

@@ -240,7 +240,7 @@ fn backward_input<F: Float>(
 }
 
 /// `a` itself when it is in standard layout, else a copy that is.
-fn standard<F: Float>(a: Array4<F>) -> Array4<F> {
+pub(super) fn standard<F: Float>(a: Array4<F>) -> Array4<F> {
     if a.is_standard_layout() {
         a
     } else {
@@ -249,7 +249,7 @@ fn standard<F: Float>(a: Array4<F>) -> Array4<F> {
 }
 
 /// `acc + dx` element by element in `acc`'s buffer (`dx` itself without `acc`).
-fn add_into<F: Float>(acc: Option<Array4<F>>, dx: Array4<F>, par: Par) -> Array4<F> {
+pub(super) fn add_into<F: Float>(acc: Option<Array4<F>>, dx: Array4<F>, par: Par) -> Array4<F> {
     let Some(acc) = acc else {
         return dx;
     };

@@ -5,7 +5,9 @@
 //! geometry and the plan chosen once per call: which path below, and the forward's channel
 //! split), `forward.rs` ([`conv2d`], [`conv2d_act`]), `backward.rs` (input, weight and bias
 //! gradients), `direct.rs` (the SIMD kernels), `im2col.rs`, `depthwise.rs`, `pointwise.rs`
-//! (1×1 convs of a small batch split by positions), and `tests.rs`.
+//! (1×1 convs of a small batch split by positions), `patch_sums.rs` (HLA's sums of squares over
+//! every patch, `conv2d(x ⊙ x, ONES)`, and their gradient, with the direct kernels' bits but no
+//! convolution), and `tests.rs`.
 //!
 //! Paths, chosen per call from the shapes and the CPU (never from the thread count):
 //! - `c_in / groups == 1` (depthwise, possibly with a channel multiplier): a direct convolution
@@ -47,6 +49,7 @@ mod forward;
 mod geom;
 mod im2col;
 mod params;
+mod patch_sums;
 mod pointwise;
 #[cfg(test)]
 mod tests;
@@ -57,6 +60,7 @@ pub use backward::{
 };
 pub use forward::{conv2d, conv2d_act, conv2d_act_packed, PackedWeights};
 pub use params::Conv2dParams;
+pub use patch_sums::{patch_square_sums, patch_square_sums_backward};
 
 /// Number of samples whose weight-gradient terms are summed in one task (a constant so the
 /// summation order does not depend on the thread count).

@@ -74,7 +74,7 @@ fn case(
 }
 
 /// A rayon pool of `k` threads.
-fn pool(k: usize) -> rayon::ThreadPool {
+pub(super) fn pool(k: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(k)
         .build()
