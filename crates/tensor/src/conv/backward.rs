@@ -205,7 +205,16 @@ fn backward_input<F: Float>(
                         // SAFETY: zeroed at `co − co % cout_g`, the first channel of `ci`.
                         unsafe { assume_init_mut(plane) }
                     };
-                    dw_plane(dw_isa, Plane::BackwardInput, &g, dy_c, wk, dx_c, dcols);
+                    dw_plane(
+                        dw_isa,
+                        Plane::BackwardInput,
+                        &g,
+                        dy_c,
+                        wk,
+                        dx_c,
+                        dcols,
+                        co > 0,
+                    );
                 }
                 return;
             }
@@ -343,7 +352,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
                     for s in 0..g.n {
                         let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
                         let dy_c = &dys[s * g.out_sample() + co * np..][..np];
-                        dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc);
+                        dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc, s > 0);
                         for (d, &v) in dwk.iter_mut().zip(t.iter()) {
                             *d = *d + v;
                         }
@@ -364,7 +373,7 @@ pub fn conv2d_backward_weight_in<F: Float>(
                 for (s, t) in tc.chunks_exact_mut(kk).enumerate() {
                     let x_c = &xs[s * g.in_sample() + ci * hw..][..hw];
                     let dy_c = &dys[s * g.out_sample() + co * np..][..np];
-                    dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc);
+                    dw_plane(isa, Plane::Terms, &g, x_c, dy_c, t, sc, s > 0);
                 }
             },
         );

@@ -230,7 +230,7 @@ pub fn conv2d_act_packed<F: Float>(
                     // zeroed plane by plane, each just before the kernel overwrites it while it
                     // is in cache, not the task's whole chunk first (megabytes at 224²)
                     let y_c = zeroed(&mut y_u[(co - co0) * np..(co - co0 + 1) * np]);
-                    dw_plane(dw_isa, Plane::Forward, &g, x_c, wk, y_c, cols);
+                    dw_plane(dw_isa, Plane::Forward, &g, x_c, wk, y_c, cols, co > co0);
                 }
                 // SAFETY: every plane of the chunk was zeroed (and then overwritten) above.
                 unsafe { assume_init_mut(y_u) }
