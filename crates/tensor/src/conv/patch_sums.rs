@@ -61,22 +61,25 @@ pub fn patch_square_sums<F: Float>(
         s: (g.sh, g.sw),
         d: (g.dh, g.dw),
     };
+    let plane = padded.h * padded.w;
     let ys = for_each_zeroed_chunk(
         par,
         g.n * g.groups * np,
         g.groups * np,
-        || vec![F::zero(); padded.h * padded.w],
+        || vec![F::zero(); g.cin_g * plane],
         |pad, s, y_s| {
             // the sums bound: compiled for the CPU's vectors (the same additions either way)
             isa::vectorised(
                 #[inline(always)]
                 || {
                     for (gi, y_g) in y_s.chunks_exact_mut(np).enumerate() {
-                        for c in gi * g.cin_g..(gi + 1) * g.cin_g {
-                            let plane = &xs[(s * g.c_in + c) * hw..][..hw];
-                            padded.fill(pad, plane, g.w, |v| v * v);
-                            taps.add(y_g, (g.ho, g.wo), pad, padded.w);
+                        // the group's squares, each channel's plane padded, then all their
+                        // taps in one pass (the sums stay in registers across channels)
+                        let x_g = &xs[(s * g.c_in + gi * g.cin_g) * hw..][..g.cin_g * hw];
+                        for (pad, x_c) in pad.chunks_exact_mut(plane).zip(x_g.chunks_exact(hw)) {
+                            padded.fill(pad, x_c, g.w, |v| v * v);
                         }
+                        taps.add(y_g, (g.ho, g.wo), pad, padded.w, (g.cin_g, plane));
                     }
                 },
             )
@@ -223,7 +226,7 @@ impl<F: Float> InputGrad<'_, F> {
                     let dn_g = &self.dns[(s * g.groups + gi) * np..][..np];
                     self.padded.fill(pad, dn_g, g.wo, |v| v);
                     t.fill(F::zero());
-                    self.taps.add(t, (g.h, g.w), pad, self.padded.w);
+                    self.taps.add(t, (g.h, g.w), pad, self.padded.w, (1, 0));
                     let chans = gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw;
                     for (o, x_c) in out[chans.clone()]
                         .chunks_exact_mut(hw)
@@ -275,65 +278,114 @@ struct Taps {
 }
 
 impl Taps {
-    /// `out[o_h, o_w] += src[o_h·s_h + k_i·d_h, o_w·s_w + k_j·d_w]` over the taps `(k_i, k_j)`
-    /// in order, for `out` `[ho, wo]` and `src` rows of `src_w`: blocks of up to 4 rows × 16,
-    /// 8, 4 or 1 positions, kept in registers over all the taps (each position's sum is a chain
-    /// of dependent additions; a block's rows and vectors are independent chains).
+    /// `out[o_h, o_w] += Σ_c src_c[o_h·s_h + k_i·d_h, o_w·s_w + k_j·d_w]` over the channels `c`
+    /// and taps `(k_i, k_j)` in that order, for `out` `[ho, wo]` and `chans` planes `src_c` of
+    /// rows of `src_w`, `plane` elements apart: blocks of up to 4 rows × 16, 8, 4 or 1
+    /// positions, kept in registers over all the terms (each position's sum is a chain of
+    /// dependent additions; a block's rows and vectors are independent chains).
     #[inline(always)]
-    fn add<F: Float>(&self, out: &mut [F], (ho, wo): (usize, usize), src: &[F], src_w: usize) {
+    fn add<F: Float>(
+        &self,
+        out: &mut [F],
+        (ho, wo): (usize, usize),
+        src: &[F],
+        src_w: usize,
+        chans: (usize, usize),
+    ) {
         let mut oh = 0;
         while oh < ho {
             let rows = if ho - oh >= 4 { 4 } else { 1 };
             let mut ow = 0;
             while ow < wo {
-                let at = (oh, ow);
-                let step = match (rows, wo - ow) {
-                    (4, 16..) => self.add_block::<4, 16, F>(out, wo, at, src, src_w),
-                    (4, 8..) => self.add_block::<4, 8, F>(out, wo, at, src, src_w),
-                    (4, 4..) => self.add_block::<4, 4, F>(out, wo, at, src, src_w),
-                    (4, _) => self.add_block::<4, 1, F>(out, wo, at, src, src_w),
-                    (_, 16..) => self.add_block::<1, 16, F>(out, wo, at, src, src_w),
-                    (_, 8..) => self.add_block::<1, 8, F>(out, wo, at, src, src_w),
-                    (_, 4..) => self.add_block::<1, 4, F>(out, wo, at, src, src_w),
-                    _ => self.add_block::<1, 1, F>(out, wo, at, src, src_w),
+                let b = Block {
+                    out,
+                    wo,
+                    at: (oh, ow),
+                    src,
+                    src_w,
+                    chans,
                 };
-                ow += step;
+                ow += if self.is_3x3() {
+                    self.dispatch::<3, F>(rows, wo - ow, b)
+                } else {
+                    self.dispatch::<0, F>(rows, wo - ow, b)
+                };
             }
             oh += rows;
         }
     }
 
-    /// [`Taps::add`] for the `R × L` positions from `(oh, ow)`; returns `L`.
+    /// A 3×3 kernel at column stride 1 without dilation: the taps' loops are unrolled.
+    fn is_3x3(&self) -> bool {
+        self.k == (3, 3) && self.s.1 == 1 && self.d == (1, 1)
+    }
+
+    /// The block for `rows` (4 or 1) rows and `left` positions left in the row; returns its
+    /// positions. `K`: 3 for [`Taps::is_3x3`], 0 for any kernel.
     #[inline(always)]
-    fn add_block<const R: usize, const L: usize, F: Float>(
+    fn dispatch<const K: usize, F: Float>(
         &self,
-        out: &mut [F],
-        wo: usize,
-        (oh, ow): (usize, usize),
-        src: &[F],
-        src_w: usize,
+        rows: usize,
+        left: usize,
+        b: Block<'_, F>,
     ) -> usize {
-        let ((kh, kw), (sh, sw), (dh, dw)) = (self.k, self.s, self.d);
-        // every tap of the block, bounds checked once here rather than per tap
+        match (rows, left) {
+            (4, 16..) => self.add_block::<4, 16, K, F>(b),
+            (4, 8..) => self.add_block::<4, 8, K, F>(b),
+            (4, 4..) => self.add_block::<4, 4, K, F>(b),
+            (4, _) => self.add_block::<4, 1, K, F>(b),
+            (_, 16..) => self.add_block::<1, 16, K, F>(b),
+            (_, 8..) => self.add_block::<1, 8, K, F>(b),
+            (_, 4..) => self.add_block::<1, 4, K, F>(b),
+            _ => self.add_block::<1, 1, K, F>(b),
+        }
+    }
+
+    /// [`Taps::add`] for the `R × L` positions from `b.at`; returns `L`. `K` as in
+    /// [`Taps::dispatch`].
+    #[inline(always)]
+    fn add_block<const R: usize, const L: usize, const K: usize, F: Float>(
+        &self,
+        b: Block<'_, F>,
+    ) -> usize {
+        let ((kh, kw), (sh, sw), (dh, dw)) = if K > 0 {
+            ((K, K), (self.s.0, 1), (1, 1))
+        } else {
+            (self.k, self.s, self.d)
+        };
+        let Block {
+            out,
+            wo,
+            at: (oh, ow),
+            src,
+            src_w,
+            chans: (chans, plane),
+        } = b;
+        // every term of the block, bounds checked once here rather than per term
         let first = oh * sh * src_w + ow * sw;
-        let last = ((R - 1) * sh + (kh - 1) * dh) * src_w + (kw - 1) * dw + (L - 1) * sw;
+        let last = (chans - 1) * plane
+            + ((R - 1) * sh + (kh - 1) * dh) * src_w
+            + (kw - 1) * dw
+            + (L - 1) * sw;
         let src = &src[first..=first + last];
         let mut a = [[F::zero(); L]; R];
         for (r, a) in a.iter_mut().enumerate() {
             a.copy_from_slice(&out[(oh + r) * wo + ow..][..L]);
         }
-        for ki in 0..kh {
-            for kj in 0..kw {
-                for (r, a) in a.iter_mut().enumerate() {
-                    let o = (r * sh + ki * dh) * src_w + kj * dw;
-                    if sw == 1 {
-                        // SAFETY: `o + L − 1 ≤ last`, the end of `src`.
-                        let v = unsafe { src.get_unchecked(o..o + L) };
-                        a.iter_mut().zip(v).for_each(|(a, &v)| *a = *a + v);
-                    } else {
-                        for (l, a) in a.iter_mut().enumerate() {
-                            // SAFETY: `o + l·sw ≤ last`, the end of `src`.
-                            *a = *a + unsafe { *src.get_unchecked(o + l * sw) };
+        for c in 0..chans {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let o = c * plane + (r * sh + ki * dh) * src_w + kj * dw;
+                        if sw == 1 {
+                            // SAFETY: `o + L − 1 ≤ last`, the end of `src`.
+                            let v = unsafe { src.get_unchecked(o..o + L) };
+                            a.iter_mut().zip(v).for_each(|(a, &v)| *a = *a + v);
+                        } else {
+                            for (l, a) in a.iter_mut().enumerate() {
+                                // SAFETY: `o + l·sw ≤ last`, the end of `src`.
+                                *a = *a + unsafe { *src.get_unchecked(o + l * sw) };
+                            }
                         }
                     }
                 }
@@ -344,6 +396,17 @@ impl Taps {
         }
         L
     }
+}
+
+/// The operands of one block of [`Taps::add`]: the output `[.., wo]`, the block's first
+/// position, the source planes and their row length, and `(channels, plane length)`.
+struct Block<'a, F> {
+    out: &'a mut [F],
+    wo: usize,
+    at: (usize, usize),
+    src: &'a [F],
+    src_w: usize,
+    chans: (usize, usize),
 }
 
 #[cfg(test)]
