@@ -163,7 +163,11 @@ impl Direct {
     /// Scratch length for the phase-split padded input (with slack so that a whole vector
     /// block can always be loaded: every read is below `cin·s_h·s_w·h_q·w_q + 64`).
     pub fn scratch_len(&self) -> usize {
-        self.cin * self.sh * self.sw * self.hq() * self.wq() + 64
+        self.cin * self.channel_len() + 64
+    }
+    /// Elements of one input channel in the padded, phase-split layout (its `s_h·s_w` planes).
+    pub fn channel_len(&self) -> usize {
+        self.sh * self.sw * self.hq() * self.wq()
     }
     /// Flattened output positions rounded up to whole vectors of `lanes`.
     fn qpad(&self, lanes: usize) -> usize {
@@ -207,7 +211,7 @@ impl Direct {
     /// every entry is written once (no memset of the whole buffer first). At stride 1 each
     /// row, padding included, is written in masked vector stores; otherwise each input row
     /// goes into its phase rows in one pass (a de-interleave at stride 2).
-    fn fill_input<F: Float>(&self, isa: Isa, x: &[F], dst: &mut [F]) {
+    pub(crate) fn fill_input<F: Float>(&self, isa: Isa, x: &[F], dst: &mut [F]) {
         let (hq, wq) = (self.hq(), self.wq());
         let (sh, sw, pw, w) = (self.sh, self.sw, self.pw, self.w);
         let plane = hq * wq;
@@ -457,7 +461,6 @@ fn as_f32_mut<F: Float>(s: &mut [F]) -> &mut [f32] {
 /// channels (see [`pack_weights`], in blocks of `plan.cob`), written to or added into `y`.
 /// `scratch` must hold [`Direct::scratch_len`] elements.
 #[allow(clippy::too_many_arguments)] // the kernel's operands plus the channel range
-#[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
 pub(crate) fn conv_sample<F: Float>(
     d: &Direct,
     isa: Isa,
@@ -470,6 +473,23 @@ pub(crate) fn conv_sample<F: Float>(
     chans: std::ops::Range<usize>,
 ) {
     d.fill_input(isa, x, scratch);
+    conv_padded(d, isa, plan, scratch, wpk, y, tables, chans);
+}
+
+/// [`conv_sample`] on an input already padded and phase-split by [`Direct::fill_input`] into
+/// `scratch` (which several tasks may then share: a sample split into channel blocks).
+#[allow(clippy::too_many_arguments)] // the kernel's operands plus the channel range
+#[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
+pub(crate) fn conv_padded<F: Float>(
+    d: &Direct,
+    isa: Isa,
+    plan: Plan,
+    scratch: &[F],
+    wpk: &[F],
+    y: Dst<'_, F>,
+    tables: &Tables,
+    chans: std::ops::Range<usize>,
+) {
     let Plan { kernel, cob, pxb } = plan;
     assert!(
         chans.start % cob == 0 && chans.end <= d.cout && chans.start < chans.end,

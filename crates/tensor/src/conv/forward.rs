@@ -1,14 +1,17 @@
 //! [`conv2d`] and [`conv2d_act`]: the forward on the plan of [`super::geom`].
 
 use super::depthwise::{dw_plane, dw_scratch_len, Plane};
-use super::direct::{conv_sample, pack_weights, Dst, Isa, Plan};
+use super::direct::{conv_padded, conv_sample, pack_weights, Direct, Dst, Isa, Plan};
 use super::geom::{detect_isa, dims4, Geom};
 use super::im2col::im2col;
 use super::params::Conv2dParams;
 use super::pointwise::pointwise_by_columns;
 use crate::activation::Activation;
 use crate::gemm::{gemm_uninit, Mat};
-use crate::{assume_init_mut, for_each_uninit_chunk, zeroed, Float, Par, Result, TensorError};
+use crate::{
+    assume_init_mut, for_each_uninit_chunk, for_each_zeroed_chunk, zeroed, Float, Par, Result,
+    TensorError,
+};
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
 /// 2-D convolution: direct SIMD kernels (f32), or im2col + one GEMM per (sample, group);
@@ -186,6 +189,17 @@ pub fn conv2d_act_packed<F: Float>(
     // or depthwise, so a block lies within one group unless it is the whole sample
     let split = g.forward_split(plan.map_or(1, |p| p.cob));
     let cb = g.c_out / split;
+    // a sample split into channel blocks on the direct path: its padded input written once,
+    // for all of its tasks, instead of once per task
+    let shared: Option<Vec<Vec<F>>> = match direct {
+        Some((d, isa)) if split > 1 => Some(
+            (0..g.n)
+                .map(|s| padded_input(&d, isa, &xs[s * g.in_sample()..][..g.in_sample()], par))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let scratch = if shared.is_some() { 0 } else { scratch };
     // the direct kernels write every output; the other paths' outputs start from zeros
     let ys = for_each_uninit_chunk(
         par,
@@ -206,18 +220,13 @@ pub fn conv2d_act_packed<F: Float>(
                 let plan = plan.expect("plan chosen with the direct path");
                 for (gi, wpk) in packed.iter().enumerate().take(ng) {
                     let x_g = &x_s[gi * g.cin_g * g.h * g.w..(gi + 1) * g.cin_g * g.h * g.w];
-                    let y_g = &mut y_u[gi * rows * np..(gi + 1) * rows * np];
-                    conv_sample(
-                        &d,
-                        isa,
-                        plan,
-                        x_g,
-                        wpk,
-                        Dst::Write(y_g),
-                        cols,
-                        tables,
-                        co0..co0 + rows,
-                    );
+                    let y_g = Dst::Write(&mut y_u[gi * rows * np..(gi + 1) * rows * np]);
+                    let chans = co0..co0 + rows;
+                    match &shared {
+                        // split > 1: one group
+                        Some(p) => conv_padded(&d, isa, plan, &p[s], wpk, y_g, tables, chans),
+                        None => conv_sample(&d, isa, plan, x_g, wpk, y_g, cols, tables, chans),
+                    }
                 }
                 // SAFETY: `conv_sample` writes every output of its channel range, and the
                 // `ng` groups' ranges tile the chunk.
@@ -259,4 +268,30 @@ pub fn conv2d_act_packed<F: Float>(
         },
     );
     Ok(Array4::from_shape_vec((g.n, g.c_out, g.ho, g.wo), ys).expect("n·c_out·h_out·w_out values"))
+}
+
+/// Channels per task of [`padded_input`] (at most this many tasks per sample).
+const PAD_TASKS: usize = 8;
+
+/// `x` (one sample, one group) padded and phase-split by [`Direct::fill_input`], in parallel
+/// over blocks of its channels (each channel's planes depend on that channel alone, so the
+/// values are those of one call): the input that all of a sample's channel-block tasks read.
+fn padded_input<F: Float>(d: &Direct, isa: Isa, x: &[F], par: Par) -> Vec<F> {
+    let (per, hw) = (d.channel_len(), d.h * d.w);
+    let k = d.cin.div_ceil(PAD_TASKS);
+    // the last piece also holds the slack after the planes (zeros)
+    for_each_zeroed_chunk(
+        par,
+        d.scratch_len(),
+        k * per,
+        || (),
+        |_, i, dst| {
+            let c0 = i * k;
+            let nc = k.min(d.cin.saturating_sub(c0));
+            if nc > 0 {
+                let block = Direct { cin: nc, ..*d };
+                block.fill_input(isa, &x[c0 * hw..(c0 + nc) * hw], &mut dst[..nc * per]);
+            }
+        },
+    )
 }
