@@ -177,6 +177,18 @@ impl MaxScan {
         if sw > 1 {
             ph.resize(h * sw * pl, F::zero());
             for (xr, pr) in xp.chunks_exact(w).zip(ph.chunks_exact_mut(sw * pl)) {
+                if sw == 2 {
+                    // pairs, so that the loop vectorises
+                    let (even, odd) = pr.split_at_mut(pl);
+                    let pairs = xr.chunks_exact(2);
+                    if let Some(&v) = pairs.remainder().first() {
+                        even[w / 2] = v;
+                    }
+                    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        (*e, *o) = (p[0], p[1]);
+                    }
+                    continue;
+                }
                 for (j, c) in xr.chunks(sw).enumerate() {
                     for (r, &v) in c.iter().enumerate() {
                         pr[r * pl + j] = v;
@@ -341,31 +353,74 @@ fn max_values_plane<F: Float>(
     (rows, ph): &mut (Vec<F>, Vec<F>),
 ) {
     let ((h, w), wo, p) = (m.hw, m.wo, m.p);
-    let pick = |best: F, v: F| if v > best || v.is_nan() { v } else { best };
     let pl = m.split_phases(xp, ph);
     rows.clear();
     rows.resize(h * wo, F::neg_infinity());
+    // the outputs every window column reaches: blocks of them in registers over all the
+    // columns (a running maximum kept in memory was stored masked, with AVX-512, and read back
+    // by the next column: no store forwarding); the others column by column
+    let lo_all = m.cols.iter().map(|c| c.0).max().unwrap_or(0);
+    let hi_all = m.cols.iter().map(|c| c.1).min().unwrap_or(0).max(lo_all);
+    let taps: Vec<usize> = (0..m.cols.len()).map(|kw| m.tap(kw, pl).0).collect();
     for (ih, r) in rows.chunks_mut(wo).enumerate() {
         let src_row: &[F] = if p.stride.1 == 1 {
             &xp[ih * w..(ih + 1) * w]
         } else {
             &ph[ih * p.stride.1 * pl..(ih + 1) * p.stride.1 * pl]
         };
-        for (kw, &(lo, hi)) in m.cols.iter().enumerate() {
-            let j0 = m.tap(kw, pl).0;
-            for (o, &v) in r[lo..hi].iter_mut().zip(&src_row[j0..j0 + (hi - lo)]) {
-                *o = pick(*o, v);
+        // the value of window column `kw` for output `ow` (valid: `cols[kw].0 ≤ ow < cols[kw].1`)
+        let at = |kw: usize, ow: usize| taps[kw] + ow - m.cols[kw].0;
+        for ow in (0..lo_all).chain(hi_all..wo) {
+            for (kw, &(lo, hi)) in m.cols.iter().enumerate() {
+                if (lo..hi).contains(&ow) {
+                    r[ow] = pick(r[ow], src_row[at(kw, ow)]);
+                }
+            }
+        }
+        let mut ow = lo_all;
+        while ow + MAX_BLOCK <= hi_all {
+            let mut acc = [F::neg_infinity(); MAX_BLOCK];
+            for kw in 0..m.cols.len() {
+                let src = &src_row[at(kw, ow)..][..MAX_BLOCK];
+                acc.iter_mut().zip(src).for_each(|(a, &v)| *a = pick(*a, v));
+            }
+            r[ow..ow + MAX_BLOCK].copy_from_slice(&acc);
+            ow += MAX_BLOCK;
+        }
+        for ow in ow..hi_all {
+            for kw in 0..m.cols.len() {
+                r[ow] = pick(r[ow], src_row[at(kw, ow)]);
             }
         }
     }
     for (oh, yr) in yp.chunks_mut(wo).enumerate() {
         let (h0, h1) = Pool2dParams::window(oh, p.stride.0, p.padding.0, p.kernel.0, h);
-        yr.fill(F::neg_infinity());
-        for r in rows[h0 * wo..h1 * wo].chunks(wo) {
-            for (o, &v) in yr.iter_mut().zip(r) {
-                *o = pick(*o, v);
+        let rows = &rows[h0 * wo..h1 * wo];
+        let mut ow = 0;
+        while ow < wo {
+            let n = MAX_BLOCK.min(wo - ow);
+            let mut acc = [F::neg_infinity(); MAX_BLOCK];
+            for r in rows.chunks_exact(wo) {
+                acc.iter_mut()
+                    .zip(&r[ow..ow + n])
+                    .for_each(|(a, &v)| *a = pick(*a, v));
             }
+            yr[ow..ow + n].copy_from_slice(&acc[..n]);
+            ow += n;
         }
+    }
+}
+
+/// Outputs of [`max_values_plane`] kept in registers at a time.
+const MAX_BLOCK: usize = 16;
+
+/// The scan's rule: a later value replaces the running maximum if strictly greater or NaN.
+#[inline(always)]
+fn pick<F: Float>(best: F, v: F) -> F {
+    if v > best || v.is_nan() {
+        v
+    } else {
+        best
     }
 }
 
@@ -628,7 +683,14 @@ mod tests {
     /// threads.
     #[test]
     fn max_pool2d_is_the_scan_bit_for_bit() {
-        let mut x: Array4<f32> = rand_array((3, 4, 11, 9), 41);
+        // 9 columns, and 45 (rows wider than the evaluation pass's register blocks)
+        for w in [9, 45] {
+            max_pool2d_is_the_scan_for_width(w);
+        }
+    }
+
+    fn max_pool2d_is_the_scan_for_width(w: usize) {
+        let mut x: Array4<f32> = rand_array((3, 4, 11, w), 41);
         // ties, signed zeros, infinities and NaNs in some windows
         for (k, v) in x.iter_mut().enumerate() {
             match k % 17 {
@@ -646,7 +708,7 @@ mod tests {
         // all-zero plane of mixed signs: every maximum is a tie, and its sign shows which won
         let mut zeros = x.slice_mut(ndarray::s![0, 1, .., ..]);
         for ih in 0..11usize {
-            for iw in 0..9usize {
+            for iw in 0..w {
                 let sign = (5 * ih + iw * iw + ih * iw) % 3;
                 zeros[[ih, iw]] = if sign == 0 { 0.0 } else { -0.0 };
             }
