@@ -142,13 +142,16 @@ struct MaxScan {
     hw: (usize, usize),
     wo: usize,
     cols: Vec<(usize, usize)>,
+    /// Per window column `kw`: where its value for output `cols[kw].0` lies in a row's column
+    /// phases (see [`MaxScan::tap`]).
+    first: Vec<usize>,
 }
 
 impl MaxScan {
     fn new(p: &Pool2dParams, (h, w): (usize, usize), wo: usize) -> Self {
         let (sw, pw) = (p.stride.1, p.padding.1);
         // the outputs whose input column `ow·s_w + kw − p_w` is inside `0..w`
-        let cols = (0..p.kernel.1)
+        let cols: Vec<(usize, usize)> = (0..p.kernel.1)
             .map(|kw| {
                 let lo = pw.saturating_sub(kw).div_ceil(sw);
                 let hi = if w + pw > kw {
@@ -159,11 +162,26 @@ impl MaxScan {
                 (lo, hi.max(lo))
             })
             .collect();
+        // input column `ow·s_w + kw − p_w = (ow + q)·s_w + r`: phase `r`, element `ow + q`
+        let pl = w.div_ceil(sw);
+        let first = cols
+            .iter()
+            .enumerate()
+            .map(|(kw, &(lo, _))| {
+                let t = kw as isize - pw as isize;
+                let (r, q) = (
+                    t.rem_euclid(sw as isize) as usize,
+                    t.div_euclid(sw as isize),
+                );
+                r * pl + (lo as isize + q) as usize
+            })
+            .collect();
         MaxScan {
             p: *p,
             hw: (h, w),
             wo,
             cols,
+            first,
         }
     }
     /// Splits every input row of the plane `xp` into its `s_w` column phases once (rows are
@@ -199,15 +217,11 @@ impl MaxScan {
         pl
     }
 
-    /// For window column `kw`: where its value for output `cols[kw].0` lies in a row's phases
-    /// (input column `ow·s_w + kw − p_w = (ow + q)·s_w + r`: phase `r`, element `ow + q`), and
-    /// `kw − p_w`.
+    /// For window column `kw`: where its value for output `cols[kw].0` lies in a row's column
+    /// phases (of [`MaxScan::split_phases`]), and `kw − p_w`.
     #[inline(always)]
-    fn tap(&self, kw: usize, pl: usize) -> (usize, isize) {
-        let (sw, pw) = (self.p.stride.1 as isize, self.p.padding.1 as isize);
-        let t = kw as isize - pw;
-        let (r, q) = (t.rem_euclid(sw) as usize, t.div_euclid(sw));
-        (r * pl + (self.cols[kw].0 as isize + q) as usize, t)
+    fn tap(&self, kw: usize) -> (usize, isize) {
+        (self.first[kw], kw as isize - self.p.padding.1 as isize)
     }
 }
 
@@ -238,7 +252,7 @@ fn max_plane<F: Float>(m: &MaxScan, xp: &[F], yp: &mut [F], ap: &mut [u32], ph: 
                 &ph[ih * sw * pl..(ih + 1) * sw * pl]
             };
             for (kw, &(lo, hi)) in m.cols.iter().enumerate() {
-                let (j0, t) = m.tap(kw, pl);
+                let (j0, t) = m.tap(kw);
                 let src = &rows[j0..j0 + (hi - lo)];
                 let mut at = ((ih * w + lo * sw) as isize + t) as u32;
                 for ((y, a), &v) in yr[lo..hi].iter_mut().zip(&mut ar[lo..hi]).zip(src) {
@@ -361,7 +375,6 @@ fn max_values_plane<F: Float>(
     // by the next column: no store forwarding); the others column by column
     let lo_all = m.cols.iter().map(|c| c.0).max().unwrap_or(0);
     let hi_all = m.cols.iter().map(|c| c.1).min().unwrap_or(0).max(lo_all);
-    let taps: Vec<usize> = (0..m.cols.len()).map(|kw| m.tap(kw, pl).0).collect();
     for (ih, r) in rows.chunks_mut(wo).enumerate() {
         let src_row: &[F] = if p.stride.1 == 1 {
             &xp[ih * w..(ih + 1) * w]
@@ -369,7 +382,7 @@ fn max_values_plane<F: Float>(
             &ph[ih * p.stride.1 * pl..(ih + 1) * p.stride.1 * pl]
         };
         // the value of window column `kw` for output `ow` (valid: `cols[kw].0 ≤ ow < cols[kw].1`)
-        let at = |kw: usize, ow: usize| taps[kw] + ow - m.cols[kw].0;
+        let at = |kw: usize, ow: usize| m.tap(kw).0 + ow - m.cols[kw].0;
         for ow in (0..lo_all).chain(hi_all..wo) {
             for (kw, &(lo, hi)) in m.cols.iter().enumerate() {
                 if (lo..hi).contains(&ow) {

@@ -270,7 +270,7 @@ pub fn conv2d_act_packed<F: Float>(
     Ok(Array4::from_shape_vec((g.n, g.c_out, g.ho, g.wo), ys).expect("n·c_out·h_out·w_out values"))
 }
 
-/// Channels per task of [`padded_input`] (at most this many tasks per sample).
+/// Tasks of [`padded_input`] per sample: its channels in at most this many blocks.
 const PAD_TASKS: usize = 8;
 
 /// `x` (one sample, one group) padded and phase-split by [`Direct::fill_input`], in parallel
