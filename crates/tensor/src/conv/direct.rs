@@ -294,80 +294,108 @@ impl Direct {
     }
 }
 
-macro_rules! pad_rows_kernel {
-    ($name:ident, $feat:literal, $lanes:literal, $mask:ty, $mk:expr,
-     |$lm:ident, $lp:ident| $load:expr, |$sm:ident, $sp:ident, $sv:ident| $store:expr) => {
-        /// The stride-1 rows of [`Direct::fill_input`]: for every channel `c` of `x` (`h` rows
-        /// of `w`) and row `i`, `dst[c·plane + first + i·wq + j] = x[c, i, j − p_w]` for
-        /// `p_w ≤ j < p_w + w`, else 0 (`wq = w + 2·p_w`), each row in masked vector loads and
-        /// stores (masked-off lanes touch no memory), the masks built once per call.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feat)]
-        unsafe fn $name(
-            x: &[f32],
-            (w, pw): (usize, usize),
-            dst: &mut [f32],
-            (h, first, plane): (usize, usize, usize),
-        ) {
-            #[allow(unused_imports)]
-            use std::arch::x86_64::*;
-            const L: usize = $lanes;
-            let wq = w + 2 * pw;
-            let cin = x.len() / (h * w);
-            assert!(
-                x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
-                "hla-tensor internal error: padded rows"
-            );
-            // per vector of the row: its first column, which lanes read the input, which lanes
-            // lie inside the row
-            let chunks: Vec<(usize, $mask, $mask)> = (0..wq)
-                .step_by(L)
-                .map(|j0| (j0, $mk(j0, pw, pw + w), $mk(j0, 0, wq)))
-                .collect();
-            for (c, x_c) in x.chunks_exact(h * w).enumerate() {
-                let rows = &mut dst[c * plane + first..][..h * wq];
-                for (src, row) in x_c.chunks_exact(w).zip(rows.chunks_exact_mut(wq)) {
-                    let (sp, rp) = (src.as_ptr(), row.as_mut_ptr());
-                    for &(j0, lm, sm) in &chunks {
-                        // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's
-                        // address may lie outside it, but masked-off lanes are not read
-                        let ($lm, $lp) = (lm, sp.wrapping_add(j0).wrapping_sub(pw));
-                        let $sv = $load;
-                        let ($sm, $sp) = (sm, rp.add(j0));
-                        $store;
-                    }
-                }
-            }
-        }
-    };
-}
-
-pad_rows_kernel!(
-    pad_rows_avx512,
-    "avx512f",
-    16,
-    __mmask16,
-    |j0: usize, lo: usize, hi: usize| {
+/// The stride-1 rows of [`Direct::fill_input`]: for every channel `c` of `x` (`h` rows of
+/// `w`) and row `i`, `dst[c·plane + first + i·wq + j] = x[c, i, j − p_w]` for
+/// `p_w ≤ j < p_w + w`, else 0 (`wq = w + 2·p_w`), each row in masked vector loads and stores
+/// (masked-off lanes touch no memory), the masks built once per call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pad_rows_avx512(
+    x: &[f32],
+    (w, pw): (usize, usize),
+    dst: &mut [f32],
+    (h, first, plane): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let wq = w + 2 * pw;
+    let cin = x.len() / (h * w);
+    assert!(
+        x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
+        "hla-tensor internal error: padded rows"
+    );
+    let mask = |j0: usize, lo: usize, hi: usize| {
         (0..16u16).fold(0u16, |m, l| {
             m | ((((lo..hi).contains(&(j0 + l as usize))) as u16) << l)
         })
-    },
-    |m, p| _mm512_maskz_loadu_ps(m, p),
-    |m, p, v| _mm512_mask_storeu_ps(p, m, v)
-);
+    };
+    // per vector of the row: its first column, which lanes read the input, which lanes lie
+    // inside the row
+    let chunks: Vec<(usize, __mmask16, __mmask16)> = (0..wq)
+        .step_by(L)
+        .map(|j0| (j0, mask(j0, pw, pw + w), mask(j0, 0, wq)))
+        .collect();
+    for (c, x_c) in x.chunks_exact(h * w).enumerate() {
+        let rows = &mut dst[c * plane + first..][..h * wq];
+        for (src, row) in x_c.chunks_exact(w).zip(rows.chunks_exact_mut(wq)) {
+            let (sp, rp) = (src.as_ptr(), row.as_mut_ptr());
+            for &(j0, lm, sm) in &chunks {
+                // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's address may
+                // lie outside it, but masked-off lanes are not read
+                let v = _mm512_maskz_loadu_ps(lm, sp.wrapping_add(j0).wrapping_sub(pw));
+                _mm512_mask_storeu_ps(rp.add(j0), sm, v);
+            }
+        }
+    }
+}
 
-pad_rows_kernel!(
-    pad_rows_avx2,
-    "avx2",
-    8,
-    __m256i,
-    |j0: usize, lo: usize, hi: usize| {
+/// The AVX2 [`pad_rows_avx512`]: the same masked loads, but whole-vector stores. AMD's Zen 2/3
+/// run a masked store (`vmaskmovps` to memory) at one per ~12 cycles, which made this copy
+/// 11 % of a ResNet-20 training step on a Zen 3. A row's last vector may run past the row; its
+/// extra lanes were masked off in the load, so it writes zeros into what follows: the next
+/// rows (written later, as rows go up in address), or padding, which holds zeros already. Only
+/// a vector that would leave `dst` is stored masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pad_rows_avx2(
+    x: &[f32],
+    (w, pw): (usize, usize),
+    dst: &mut [f32],
+    (h, first, plane): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    const L: usize = 8;
+    let wq = w + 2 * pw;
+    let cin = x.len() / (h * w);
+    assert!(
+        x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
+        "hla-tensor internal error: padded rows"
+    );
+    let mask = |j0: usize, lo: usize, hi: usize| {
         let m: [i32; 8] = std::array::from_fn(|l| -((lo..hi).contains(&(j0 + l)) as i32));
         _mm256_loadu_si256(m.as_ptr() as *const __m256i)
-    },
-    |m, p| _mm256_maskload_ps(p, m),
-    |m, p, v| _mm256_maskstore_ps(p, m, v)
-);
+    };
+    // per vector of the row: its first column and which lanes read the input
+    let chunks: Vec<(usize, __m256i)> = (0..wq)
+        .step_by(L)
+        .map(|j0| (j0, mask(j0, pw, pw + w)))
+        .collect();
+    let (tail_j0, tail_store) = (wq - (wq - 1) % L - 1, mask(wq - (wq - 1) % L - 1, 0, wq));
+    let len = dst.len();
+    for (c, x_c) in x.chunks_exact(h * w).enumerate() {
+        let at = c * plane + first;
+        for (i, src) in x_c.chunks_exact(w).enumerate() {
+            let (sp, row) = (src.as_ptr(), at + i * wq);
+            let rp = dst.as_mut_ptr().add(row);
+            for &(j0, lm) in &chunks {
+                // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's address may
+                // lie outside it, but masked-off lanes are not read
+                let p = sp.wrapping_add(j0).wrapping_sub(pw);
+                let v = if j0 >= pw && j0 + L <= pw + w {
+                    _mm256_loadu_ps(p)
+                } else {
+                    _mm256_maskload_ps(p, lm)
+                };
+                if row + j0 + L <= len {
+                    _mm256_storeu_ps(rp.add(j0), v);
+                } else {
+                    debug_assert_eq!(j0, tail_j0);
+                    _mm256_maskstore_ps(rp.add(j0), tail_store, v);
+                }
+            }
+        }
+    }
+}
 
 /// Taps per chunk of [`pack_weights`]: 64 taps × 32 channels are 8 KiB of packed weights.
 const PACK_TAPS: usize = 64;
