@@ -122,11 +122,8 @@ impl Direct {
         let pxb = lanes * nv;
         let grid = self.qend().div_ceil(pxb) * pxb; // positions the grid kernel computes
         let rows_cob = 2 * lanes;
-        let step = rows_max / 3;
-        // positions the row kernel computes: each row in blocks of `rows_max`, the last one
-        // rounded up to a multiple of `step`
-        let rows =
-            self.ho * (self.wo / rows_max * rows_max + (self.wo % rows_max).div_ceil(step) * step);
+        // positions the row kernel computes: each row in its blocks, the last one rounded up
+        let rows = self.ho * row_blocks(self.wo, rows_max).sum::<usize>();
         #[allow(clippy::manual_is_multiple_of)] // `%`: the workspace's rust-version is 1.80
         let fits = self.cout % rows_cob == 0;
         let take_rows = match forced_kernel() {
@@ -919,9 +916,9 @@ macro_rules! rows_kernel {
         }
 
         /// Row kernel for small planes: blocks of `2·L` output channels × up to `PMAX`
-        /// positions of one output row (the row's last block rounded up to a multiple of
-        /// `PMAX / 3`), so no block computes a junk column of the flattened grid beyond that
-        /// rounding. Sums over taps in the same order as the grid kernel. Weights packed
+        /// positions of one output row ([`row_blocks`]: the row's last block rounded up to a
+        /// multiple of `PMAX / 3`), so no block computes a junk column of the flattened grid
+        /// beyond that rounding. Sums over taps in the same order as the grid kernel. Weights packed
         /// `[block][tap][2·L]`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
@@ -935,7 +932,6 @@ macro_rules! rows_kernel {
         ) {
             const COB: usize = 2 * $lanes;
             const PMAX: usize = $pmax;
-            const STEP: usize = PMAX / 3;
             let taps = off.len();
             let xpp = xp.as_ptr();
             let mut out = [[0.0f32; COB]; PMAX];
@@ -945,10 +941,10 @@ macro_rules! rows_kernel {
                 let nco = COB.min(nout - b * COB);
                 for oh in 0..rows.ho {
                     let mut ow = 0;
-                    while ow < rows.wo {
-                        let np = (rows.wo - ow).min(PMAX);
+                    for width in row_blocks(rows.wo, PMAX) {
+                        let np = width.min(rows.wo - ow);
                         let q0 = oh * rows.wq + ow;
-                        match np.div_ceil(STEP) * STEP {
+                        match width {
                             $($p => $tile::<$p>(xpp, wb, off, q0, &mut out),)+
                             _ => unreachable!("hla-tensor internal error: row block"),
                         }
@@ -965,6 +961,19 @@ macro_rules! rows_kernel {
             }
         }
     };
+}
+
+/// The blocks in which the row kernel covers an output row of `wo` positions: the fewest blocks
+/// of at most `pmax` positions, in multiples of `pmax / 3`, as equal as that allows (larger
+/// first); only the last may reach past the row, by less than `pmax / 3`. Equal blocks matter:
+/// a block of `pmax / 3` positions keeps too few sums in flight to hide the multiply-add's
+/// latency (on a Zen 3 the two-position AVX2 tile runs at half the rate of the larger ones),
+/// so a row of 32 is 6+6+6+6+4+4 rather than 6+6+6+6+6+2.
+fn row_blocks(wo: usize, pmax: usize) -> impl Iterator<Item = usize> {
+    let step = pmax / 3;
+    let units = wo.div_ceil(step);
+    let n = wo.div_ceil(pmax);
+    (0..n).map(move |i| (units / n + usize::from(i < units % n)) * step)
 }
 
 /// Forward block shapes (channels × vectors): one source for the kernels and [`Direct::plan`].
@@ -1752,7 +1761,7 @@ unsafe fn scatter_avx512(
 
 #[cfg(test)]
 mod tests {
-    use super::{detect, detect_avx2, Direct};
+    use super::{detect, detect_avx2, row_blocks, Direct, ROWS2_P, ROWS512_P};
 
     /// The weight gradient's `dy` transposition puts `dy[co, p]` at `dst[(co / cob)·npix·cob +
     /// p·cob + co % cob]` for every channel and position — whole 8 × 8 blocks, partial blocks
@@ -1871,6 +1880,30 @@ mod tests {
     /// `fill_input` (each ISA's kernels) writes every entry of its destination (NaN-filled beforehand) with the
     /// phase-split zero-padded input of the definition `P_ab[i, j] = x_p[i·s_h + a, j·s_w + b]`,
     /// for strides 1–3, paddings 0–3 and widths that leave each phase row short or long.
+    #[test]
+    fn row_blocks_are_equal_and_cover_the_row() {
+        for pmax in [ROWS2_P, ROWS512_P] {
+            let step = pmax / 3;
+            for wo in 1..200 {
+                let b: Vec<usize> = row_blocks(wo, pmax).collect();
+                assert_eq!(
+                    b.len(),
+                    wo.div_ceil(pmax),
+                    "{wo} in blocks of {pmax}: {b:?}"
+                );
+                assert_eq!(
+                    b.iter().sum::<usize>(),
+                    wo.div_ceil(step) * step,
+                    "{wo}: {b:?}"
+                );
+                assert!(b.iter().all(|&n| n % step == 0 && n <= pmax), "{wo}: {b:?}");
+                assert!(b.windows(2).all(|p| p[0] >= p[1]), "{wo}: {b:?}");
+                assert!(b[0] - b[b.len() - 1] <= step, "{wo}: {b:?}");
+            }
+        }
+        assert_eq!(row_blocks(32, 6).collect::<Vec<_>>(), [6, 6, 6, 6, 4, 4]);
+    }
+
     #[test]
     fn fill_input_is_the_phase_split_padded_input() {
         for (h, w) in [(5, 7), (4, 4), (1, 6), (6, 1), (3, 19), (2, 33)] {
