@@ -884,7 +884,8 @@ macro_rules! rows_kernel {
     ($name:ident, $tile:ident, $feat:literal, $vec:ty, $lanes:literal, $pmax:expr, [$($p:literal),+], $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
         /// One block of the row kernel: `2·L` channels (two vectors of the packed weights of a
         /// tap) × `P` consecutive positions of one row from flattened `q0` (one broadcast input
-        /// value each), into `out [PMAX][2·L]` (position-major).
+        /// value each), over the taps `off` (weights from `wb`), in `acc [PMAX][2·L]`
+        /// (position-major): its sums go on from the values there, or from zero if `first`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
         #[inline]
@@ -893,11 +894,16 @@ macro_rules! rows_kernel {
             wb: *const f32,
             off: &[usize],
             q0: usize,
-            out: &mut [[f32; 2 * $lanes]; $pmax],
+            (acc_io, first): (&mut [[f32; 2 * $lanes]; $pmax], bool),
         ) {
             use std::arch::x86_64::*;
             const L: usize = $lanes;
             let mut acc: [[$vec; 2]; P] = [[$zero(); 2]; P];
+            if !first {
+                for (a, o) in acc.iter_mut().zip(acc_io.iter()) {
+                    *a = [$load(o.as_ptr()), $load(o.as_ptr().add(L))];
+                }
+            }
             for (t, &o) in off.iter().enumerate() {
                 // SAFETY (whole block): indices bounded by the caller's asserts.
                 let w0 = $load(wb.add(t * 2 * L));
@@ -909,7 +915,7 @@ macro_rules! rows_kernel {
                     a[1] = $fmadd(w1, xv, a[1]);
                 }
             }
-            for (o, a) in out.iter_mut().zip(acc.iter()) {
+            for (o, a) in acc_io.iter_mut().zip(acc.iter()) {
                 $store(o.as_mut_ptr(), a[0]);
                 $store(o.as_mut_ptr().add(L), a[1]);
             }
@@ -918,8 +924,15 @@ macro_rules! rows_kernel {
         /// Row kernel for small planes: blocks of `2·L` output channels × up to `PMAX`
         /// positions of one output row ([`row_blocks`]: the row's last block rounded up to a
         /// multiple of `PMAX / 3`), so no block computes a junk column of the flattened grid
-        /// beyond that rounding. Sums over taps in the same order as the grid kernel. Weights packed
-        /// `[block][tap][2·L]`.
+        /// beyond that rounding. Sums over taps in the same order as the grid kernel. Weights
+        /// packed `[block][tap][2·L]`.
+        ///
+        /// Many taps are taken in chunks of about `ROW_TAP_BYTES` of weights
+        /// ([`row_tap_chunks`]), every block of a group of up to `ROW_PARK` blocks over a chunk
+        /// before the next chunk, their sums parked in between: the chunk's weights are read
+        /// from L1 by every block of the group instead of each block streaming all of the
+        /// channel block's weights (295 KB for ResNet-18's 512-channel layers with AVX2) from
+        /// L2 or beyond. Each sum goes on from its parked value, so the bits are the same.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feat)]
         unsafe fn $name(
@@ -934,34 +947,89 @@ macro_rules! rows_kernel {
             const PMAX: usize = $pmax;
             let taps = off.len();
             let xpp = xp.as_ptr();
-            let mut out = [[0.0f32; COB]; PMAX];
-            let mut block = [0.0f32; COB * PMAX];
+            let chunks = row_tap_chunks(taps, COB);
+            // each group's blocks: (flattened first position, width, valid positions) and sums
+            let mut group = [(0usize, 0usize, 0usize); ROW_PARK];
+            let mut park = [[[0.0f32; COB]; PMAX]; ROW_PARK];
+            // the blocks of a row gathered channel-major, stored together: one store per row
+            // segment of up to `ROW_GATHER` positions instead of one per block, so that the
+            // copy to `y` moves whole vectors (a 6-position block is copied value by value)
+            let mut gather = [0.0f32; COB * ROW_GATHER];
             for b in 0..nout.div_ceil(COB) {
                 let wb = wpk.as_ptr().add(b * taps * COB);
-                let nco = COB.min(nout - b * COB);
-                for oh in 0..rows.ho {
+                let (co0, nco) = (b * COB, COB.min(nout - b * COB));
+                // the gathered segment: its first flattened position and length
+                let (mut seg_q, mut seg_n) = (0, 0);
+                let mut blocks = (0..rows.ho).flat_map(|oh| {
                     let mut ow = 0;
-                    for width in row_blocks(rows.wo, PMAX) {
+                    row_blocks(rows.wo, PMAX).map(move |width| {
                         let np = width.min(rows.wo - ow);
-                        let q0 = oh * rows.wq + ow;
-                        match width {
-                            $($p => $tile::<$p>(xpp, wb, off, q0, &mut out),)+
-                            _ => unreachable!("hla-tensor internal error: row block"),
-                        }
-                        // to the grid kernels' channel-major block layout for `store`
-                        for (p, o) in out.iter().enumerate().take(np) {
-                            for c in 0..nco {
-                                block[c * PMAX + p] = o[c];
+                        ow += np;
+                        (oh * rows.wq + ow - np, width, np)
+                    })
+                });
+                loop {
+                    let mut n = 0;
+                    for blk in blocks.by_ref().take(ROW_PARK) {
+                        group[n] = blk;
+                        n += 1;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    for (ci, c) in chunks.clone().enumerate() {
+                        let (oc, wc) = (&off[c.clone()], wb.add(c.start * COB));
+                        for (&(q0, width, _), acc) in group[..n].iter().zip(park.iter_mut()) {
+                            match width {
+                                $($p => $tile::<$p>(xpp, wc, oc, q0, (acc, ci == 0)),)+
+                                _ => unreachable!("hla-tensor internal error: row block"),
                             }
                         }
-                        store(&block, PMAX, q0, np, b * COB, nco);
-                        ow += np;
                     }
+                    for (&(q0, width, np), acc) in group[..n].iter().zip(park.iter()) {
+                        if seg_n > 0 && (q0 != seg_q + seg_n || seg_n + width > ROW_GATHER) {
+                            store(&gather, ROW_GATHER, seg_q, seg_n, co0, nco);
+                            seg_n = 0;
+                        }
+                        if seg_n == 0 {
+                            seg_q = q0;
+                        }
+                        // to the grid kernels' channel-major block layout for `store`
+                        for (p, o) in acc.iter().enumerate().take(np) {
+                            for c in 0..nco {
+                                gather[c * ROW_GATHER + seg_n + p] = o[c];
+                            }
+                        }
+                        seg_n += np;
+                    }
+                }
+                if seg_n > 0 {
+                    store(&gather, ROW_GATHER, seg_q, seg_n, co0, nco);
                 }
             }
         }
     };
 }
+
+/// Bytes of packed weights per tap chunk of the row kernel (see [`run_rows_avx2`]): 128 taps
+/// of 16 channels with AVX2, 64 of 32 with AVX-512.
+const ROW_TAP_BYTES: usize = 8 << 10;
+
+/// Blocks of the row kernel that share each tap chunk (their sums parked: 6 KiB with AVX2,
+/// 24 KiB with AVX-512).
+const ROW_PARK: usize = 16;
+
+/// The tap chunks of the row kernel for `taps` taps of `cob` channels: as equal as possible,
+/// each of at most [`ROW_TAP_BYTES`] of weights (one chunk where they all fit).
+fn row_tap_chunks(taps: usize, cob: usize) -> impl Iterator<Item = std::ops::Range<usize>> + Clone {
+    let per = (ROW_TAP_BYTES / (4 * cob)).max(1);
+    let n = taps.div_ceil(per).max(1);
+    (0..n).map(move |i| i * taps / n..(i + 1) * taps / n)
+}
+
+/// Positions of an output row that the row kernel gathers before storing them (see
+/// [`run_rows_avx2`]); at least the largest block.
+const ROW_GATHER: usize = 64;
 
 /// The blocks in which the row kernel covers an output row of `wo` positions: the fewest blocks
 /// of at most `pmax` positions, in multiples of `pmax / 3`, as equal as that allows (larger

@@ -348,8 +348,9 @@ fn narrow_direct_kernel_gives_the_wide_kernels_bits() {
 /// Small planes take the row kernel (blocks within one output row) where the grid kernel
 /// would compute many junk columns; both sum every output over the taps in the same order, so
 /// forward and input gradient carry the same bits with either kernel, on both instruction
-/// sets: whole rows, a row's rounded-up last block, rows wider than one block, stride 2,
-/// dilation, groups, a split batch-1 forward.
+/// sets: whole rows, a row's rounded-up last block, rows wider than one block and than one
+/// gathered store, stride 2, dilation, groups, a split batch-1 forward, several tap chunks and
+/// several groups of parked blocks.
 #[test]
 fn row_kernel_gives_the_grid_kernels_bits() {
     // ResNet's last stage (7×7) and CIFAR ResNet-20's (8×8) take the row kernel unforced
@@ -375,6 +376,7 @@ fn row_kernel_gives_the_grid_kernels_bits() {
         case(1, 32, 32, (5, 13), (3, 3), (1, 1), (1, 1), (1, 1), 1),
         case(1, 32, 32, (4, 14), (3, 3), (1, 1), (1, 1), (1, 1), 1),
         case(2, 32, 32, (3, 27), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+        case(1, 32, 32, (3, 70), (3, 3), (1, 1), (1, 1), (1, 1), 1), // rows over `ROW_GATHER`
         case(2, 32, 64, (15, 15), (3, 3), (2, 2), (1, 1), (1, 1), 1),
         case(2, 32, 32, (9, 9), (3, 3), (1, 1), (2, 2), (2, 2), 1),
         case(2, 64, 64, (6, 7), (3, 3), (1, 1), (1, 1), (1, 1), 2),
