@@ -1276,19 +1276,28 @@ pub(crate) fn backward_weight_samples<F: Float>(
 /// (ResNet-18's layers at batch 8 per call: 2.4–14 MB) instead of inside each block.
 const DW_SAMPLE_MAJOR_BYTES: usize = 2 << 20;
 
+/// Vectors of positions per plane below which the weight gradient keeps the samples inside
+/// each block whatever their bytes: taking them one at a time parks every tap block's sums
+/// once per sample, which costs as much as a plane of few positions (ResNet-18's 7 × 7 layers,
+/// 8 vectors with AVX2, ran at 30–39 GFLOP/s sample by sample against 44–46 on a Zen 3).
+const DW_SAMPLE_MAJOR_MIN_VECTORS: usize = 16;
+
 #[cfg(test)]
 thread_local! {
-    /// Per-thread override of [`DW_SAMPLE_MAJOR_BYTES`], for the tests to take both orders.
+    /// Per-thread override of [`DW_SAMPLE_MAJOR_BYTES`] (and of the plane-size rule), for the
+    /// tests to take both orders.
     static DW_SAMPLE_MAJOR_TEST: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// [`DW_SAMPLE_MAJOR_BYTES`], or the tests' override.
-fn dw_sample_major_bytes() -> usize {
+/// Whether the weight gradient takes the samples one at a time for each channel block, for
+/// `bytes` of scratch and planes of `vectors` vectors ([`DW_SAMPLE_MAJOR_BYTES`],
+/// [`DW_SAMPLE_MAJOR_MIN_VECTORS`], or the tests' override).
+fn dw_sample_major(bytes: usize, vectors: usize) -> bool {
     #[cfg(test)]
     if let Some(b) = DW_SAMPLE_MAJOR_TEST.with(|c| c.get()) {
-        return b;
+        return bytes > b;
     }
-    DW_SAMPLE_MAJOR_BYTES
+    bytes > DW_SAMPLE_MAJOR_BYTES && vectors >= DW_SAMPLE_MAJOR_MIN_VECTORS
 }
 
 /// Bytes of input and `dy` rows per position chunk of the position-vectorised AVX-512 weight
@@ -1602,7 +1611,7 @@ macro_rules! dw_kernel {
                     }
                 }
             };
-            if chunk >= qpad && ns * (xl + dl) * 4 > dw_sample_major_bytes() {
+            if chunk >= qpad && dw_sample_major(ns * (xl + dl) * 4, qpad / L) {
                 // Sample by sample for each channel block, every tap block's accumulators
                 // parked in between: the sample's input and the block's `dy` rows stay in
                 // L2 while every tap block reads them, where taking the samples inside each
