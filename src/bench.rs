@@ -224,14 +224,14 @@ fn bench_ternary(
     })?;
     hla_core::a8::calibrate(model.as_mut(), &pm, [xd.clone()])?.store(&mut pm);
     let ips = |s: f64| a.batch as f64 / s;
-    let size = pm.size_report();
+    let bytes = pm.size_report();
     let file_bytes = pm.to_bytes()?.len();
     let mut lines = vec![
         format!(
             "quantised layers:    {:.1} KiB f32 -> {:.1} KiB packed ({:.1}x smaller); export file {:.1} KiB",
-            size.f32_bytes as f64 / 1024.0,
-            size.packed_bytes as f64 / 1024.0,
-            size.ratio,
+            bytes.f32_bytes as f64 / 1024.0,
+            bytes.packed_bytes as f64 / 1024.0,
+            bytes.ratio,
             file_bytes as f64 / 1024.0
         ),
         format!(
@@ -280,7 +280,7 @@ fn bench_ternary(
             "f32_images_per_s": ips(f32_s), "f32_folded_images_per_s": ips(folded_s),
             "w2a32_images_per_s": ips(w2_s),
             "w2a8_images_per_s": ips(a8_s), "w2a8_by_kernel": a8_ips,
-            "f32_bytes": size.f32_bytes, "packed_bytes": size.packed_bytes, "file_bytes": file_bytes,
+            "f32_bytes": bytes.f32_bytes, "packed_bytes": bytes.packed_bytes, "file_bytes": file_bytes,
         }),
     );
     Ok(())

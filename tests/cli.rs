@@ -150,7 +150,8 @@ fn bench_compare_measures_every_reference_case() {
 
 /// `--isa` caps the kernels for the whole process: `portable` leaves only im2col + GEMM and the
 /// scalar integer loop, `avx2` never reaches an AVX-512 kernel (on an AVX-512 machine this is
-/// the AVX2-only machine's code path), and an unknown name is rejected.
+/// the AVX2-only machine's code path), and an unknown name is rejected. The ternary result's
+/// `image_size` is the input's size (it once held the model's byte counts).
 #[test]
 fn isa_ceiling_limits_every_kernel() {
     for (isa, allowed_f32, allowed_int8) in [
@@ -176,6 +177,9 @@ fn isa_ceiling_limits_every_kernel() {
             assert!(allowed_int8.contains(&k.as_str()), "--isa {isa}: int8 {k}");
         }
         assert!(allowed_int8.contains(&v["kernel"].as_str().unwrap()));
+        // the result names the input size, beside the model's bytes
+        assert_eq!(v["image_size"].as_u64(), Some(32), "--isa {isa}: {v}");
+        assert!(v["packed_bytes"].as_u64().unwrap() < v["f32_bytes"].as_u64().unwrap());
     }
     let out = hla().args(["--isa", "avx1", "bench"]).output().unwrap();
     assert!(!out.status.success());
