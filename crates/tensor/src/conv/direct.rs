@@ -291,6 +291,24 @@ impl Direct {
     }
 }
 
+/// The padded row width `w + 2·p_w` of the padded-row kernels, after checking that `x` holds
+/// whole channels of `h × w` and `dst` as many planes, each with room for the rows from `first`.
+#[cfg(target_arch = "x86_64")]
+fn pad_rows_width(
+    x: usize,
+    (w, pw): (usize, usize),
+    dst: usize,
+    (h, first, plane): (usize, usize, usize),
+) -> usize {
+    let wq = w + 2 * pw;
+    let cin = x / (h * w);
+    assert!(
+        x == cin * h * w && dst == cin * plane && first + h * wq <= plane,
+        "hla-tensor internal error: padded rows"
+    );
+    wq
+}
+
 /// The stride-1 rows of [`Direct::fill_input`]: for every channel `c` of `x` (`h` rows of
 /// `w`) and row `i`, `dst[c·plane + first + i·wq + j] = x[c, i, j − p_w]` for
 /// `p_w ≤ j < p_w + w`, else 0 (`wq = w + 2·p_w`), each row in masked vector loads and stores
@@ -305,12 +323,7 @@ unsafe fn pad_rows_avx512(
 ) {
     use std::arch::x86_64::*;
     const L: usize = 16;
-    let wq = w + 2 * pw;
-    let cin = x.len() / (h * w);
-    assert!(
-        x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
-        "hla-tensor internal error: padded rows"
-    );
+    let wq = pad_rows_width(x.len(), (w, pw), dst.len(), (h, first, plane));
     let mask = |j0: usize, lo: usize, hi: usize| {
         (0..16u16).fold(0u16, |m, l| {
             m | ((((lo..hi).contains(&(j0 + l as usize))) as u16) << l)
@@ -352,12 +365,7 @@ unsafe fn pad_rows_avx2(
 ) {
     use std::arch::x86_64::*;
     const L: usize = 8;
-    let wq = w + 2 * pw;
-    let cin = x.len() / (h * w);
-    assert!(
-        x.len() == cin * h * w && dst.len() == cin * plane && first + h * wq <= plane,
-        "hla-tensor internal error: padded rows"
-    );
+    let wq = pad_rows_width(x.len(), (w, pw), dst.len(), (h, first, plane));
     let mask = |j0: usize, lo: usize, hi: usize| {
         let m: [i32; 8] = std::array::from_fn(|l| -((lo..hi).contains(&(j0 + l)) as i32));
         _mm256_loadu_si256(m.as_ptr() as *const __m256i)
