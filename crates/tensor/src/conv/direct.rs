@@ -958,11 +958,15 @@ macro_rules! rows_kernel {
             let chunks = row_tap_chunks(taps, COB);
             // each group's blocks: (flattened first position, width, valid positions) and sums
             let mut group = [(0usize, 0usize, 0usize); ROW_PARK];
-            let mut park = [[[0.0f32; COB]; PMAX]; ROW_PARK];
+            // one block more than the group: a block's transposition reads whole groups of 8
+            // positions, past its `PMAX` into the next block (see below)
+            let mut park = [[[0.0f32; COB]; PMAX]; ROW_PARK + 1];
             // the blocks of a row gathered channel-major, stored together: one store per row
             // segment of up to `ROW_GATHER` positions instead of one per block, so that the
-            // copy to `y` moves whole vectors (a 6-position block is copied value by value)
-            let mut gather = [0.0f32; COB * ROW_GATHER];
+            // copy to `y` moves whole vectors (a 6-position block is copied value by value);
+            // each channel's row has room for a last block's 8-position transposition
+            const GP: usize = ROW_GATHER + 8;
+            let mut gather = [0.0f32; COB * GP];
             for b in 0..nout.div_ceil(COB) {
                 let wb = wpk.as_ptr().add(b * taps * COB);
                 let (co0, nco) = (b * COB, COB.min(nout - b * COB));
@@ -994,25 +998,32 @@ macro_rules! rows_kernel {
                             }
                         }
                     }
-                    for (&(q0, width, np), acc) in group[..n].iter().zip(park.iter()) {
+                    for (i, &(q0, width, np)) in group[..n].iter().enumerate() {
                         if seg_n > 0 && (q0 != seg_q + seg_n || seg_n + width > ROW_GATHER) {
-                            store(&gather, ROW_GATHER, seg_q, seg_n, co0, nco);
+                            store(&gather, GP, seg_q, seg_n, co0, nco);
                             seg_n = 0;
                         }
                         if seg_n == 0 {
                             seg_q = q0;
                         }
-                        // to the grid kernels' channel-major block layout for `store`
-                        for (p, o) in acc.iter().enumerate().take(np) {
-                            for c in 0..nco {
-                                gather[c * ROW_GATHER + seg_n + p] = o[c];
+                        // to the grid kernels' channel-major block layout for `store`, in
+                        // 8 × 8 transpositions: positions `np..` of a group of 8 are another
+                        // block's sums (or stale ones), written past this block's positions,
+                        // where the next block of the segment overwrites them or `store`
+                        // never reads them (`seg_n + 8 ≤ GP`, and `ROW_PARK + 1` blocks of
+                        // `park` hold every row read)
+                        let src = park.as_ptr().cast::<f32>().add(i * PMAX * COB);
+                        let dst = gather.as_mut_ptr().add(seg_n);
+                        for p in (0..np).step_by(8) {
+                            for c in (0..COB).step_by(8) {
+                                transpose8x8(src.add(p * COB + c), COB, dst.add(c * GP + p), GP);
                             }
                         }
                         seg_n += np;
                     }
                 }
                 if seg_n > 0 {
-                    store(&gather, ROW_GATHER, seg_q, seg_n, co0, nco);
+                    store(&gather, GP, seg_q, seg_n, co0, nco);
                 }
             }
         }
@@ -1416,9 +1427,10 @@ unsafe fn transpose_dy_avx512(
 /// transposition of eight 256-bit rows.
 ///
 /// # Safety
-/// AVX (implied by AVX-512 F); eight rows of eight readable / writable values at each pointer.
+/// AVX (implied by AVX2 and by AVX-512 F); eight rows of eight readable / writable values at
+/// each pointer.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx")]
 #[inline]
 unsafe fn transpose8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
     use std::arch::x86_64::*;
