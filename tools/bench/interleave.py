@@ -15,7 +15,10 @@ work the same way. Peak memory is not measured here (see torch_peak_memory.py).
 
 usage (from the repository root; PyTorch from PyPI):
   python tools/bench/interleave.py --threads 2 --pairs 5 [--hla target/release/hla]
-      [--isa avx2] [--cases r20,r18,mbv2,b1] [--json out.json] > table.md
+      [--isa avx2] [--cases r20,r18,mbv2,b1,hla] [--json out.json] > table.md
+
+`hla` adds pairs of our own: the ResNet-20 training step (batch 128) on the HLA path and on the
+FP path (`hla bench --path hla|fp`), whose time ratio the speed issue bounds by 1.15.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -82,17 +85,31 @@ def ours_case(args, info, row):
         os.unlink(f.name)
 
 
+def ours_path(args, path):
+    """`hla bench` of a ResNet-20 training step (batch 128) on `path` (fp or hla): images/s."""
+    cmd = [args.hla, "--threads", str(args.threads)]
+    if args.isa:
+        cmd += ["--isa", args.isa]
+    cmd += ["bench", "--arch", "resnet20", "--batch", "128", "--what", "train", "--path", path,
+            "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"interleave: {' '.join(cmd)} failed: {out.stderr.strip()}")
+    res = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return res[-1]["train_images_per_s"], res[-1]["isa"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--hla", default=os.path.join("target", "release", "hla"))
     ap.add_argument("--isa", default=None, help="passed to hla as --isa (e.g. avx2)")
-    ap.add_argument("--cases", default="r20,r18,mbv2,b1")
+    ap.add_argument("--cases", default="r20,r18,mbv2,b1,hla")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     groups = set(args.cases.split(","))
-    unknown = groups - {c[0] for c in CASES}
+    unknown = groups - {c[0] for c in CASES} - {"hla"}
     if unknown:
         sys.exit(f"interleave: unknown case group(s) {sorted(unknown)}")
     torch.set_num_threads(args.threads)
@@ -103,7 +120,7 @@ def main():
     cases = [c for c in CASES if c[0] in groups]
     models = {}
     # work → list of (ours, pytorch, ratio), plus the folded inference of ours
-    pairs, cpu, isa = {}, None, None
+    pairs, hla_pairs, cpu, isa = {}, [], None, None
     t0 = time.time()
     for p in range(args.pairs):
         for _, name, make, batch, hw, ncls, modes in cases:
@@ -136,6 +153,21 @@ def main():
                 print(f"pair {p + 1}/{args.pairs}: {name} {mode} batch {batch}: PyTorch "
                       f"{row['img_s']:.1f} img/s, ours {res['rows'][0]['images_per_s']:.1f} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        if "hla" in groups:
+            # the HLA path's step time over the FP path's, both ours, order alternating
+            if p % 2 == 0:
+                fp, isa = ours_path(args, "fp")
+                hla, _ = ours_path(args, "hla")
+            else:
+                hla, isa = ours_path(args, "hla")
+                fp, _ = ours_path(args, "fp")
+            hla_pairs.append((hla, fp, fp / hla))
+            print(f"pair {p + 1}/{args.pairs}: resnet20 training step, FP {fp:.1f} img/s, HLA "
+                  f"{hla:.1f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    if cpu is None:  # only our own pairs ran: the CPU as `hla bench --compare` names it
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                 if ln.startswith("model name")] if os.path.exists("/proc/cpuinfo") else []
+        cpu = names[0] if names else "unknown CPU"
     print(f"{cpu}; our kernels: {isa}; {args.threads} threads; PyTorch {info['torch']} "
           f"({info['cpu_capability']}); {args.pairs} interleaved pairs per case, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
@@ -151,10 +183,21 @@ def main():
               f"({', '.join(f'{r:.2f}' for r in ratios)}) |")
         summary.append(dict(work=work, ours=[o for o, _, _ in ps],
                             torch=[t for _, t, _ in ps], ratios=ratios, median=med))
+    hla_summary = None
+    if hla_pairs:
+        ratios = [r for _, _, r in hla_pairs]
+        med = statistics.median(ratios)
+        print(f"\nHLA path / FP path, our ResNet-20 training step at batch 128 (step time; "
+              f"target ≤ 1.15): median **{med:.2f}** ({', '.join(f'{r:.2f}' for r in ratios)}); "
+              f"img/s HLA {statistics.median(h for h, _, _ in hla_pairs):.1f}, FP "
+              f"{statistics.median(f for _, f, _ in hla_pairs):.1f} (medians)")
+        hla_summary = dict(hla=[h for h, _, _ in hla_pairs], fp=[f for _, f, _ in hla_pairs],
+                           ratios=ratios, median=med)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(cpu=cpu, isa=isa, threads=args.threads, torch=info,
-                           pairs=args.pairs, cases=summary), f, indent=1)
+                           pairs=args.pairs, cases=summary, hla_over_fp=hla_summary), f,
+                      indent=1)
 
 
 if __name__ == "__main__":
