@@ -17,6 +17,9 @@ usage (from the repository root; PyTorch from PyPI):
   python tools/bench/interleave.py --threads 2 --pairs 5 [--hla target/release/hla]
       [--isa avx2] [--cases r20,r18,mbv2,b1,hla] [--json out.json] > table.md
 
+`--isa avx2` runs our AVX2 kernels and PyTorch's AVX2 code (`ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`, unless already set); the header names both sides' ISA.
+
 `hla` adds pairs of our own: the ResNet-20 training step (batch 128) on the HLA path and on the
 FP path (`hla bench --path hla|fp`), whose time ratio the speed issue bounds by 1.15.
 """
@@ -24,6 +27,13 @@ import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "shared", "bench"))
+# `--isa avx2` holds PyTorch to its AVX2 code too, as the README's AVX2 rounds do: its dispatch
+# reads these when torch is imported, so they are set before the import
+_isa = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--isa=")]
+_isa += [b for a, b in zip(sys.argv, sys.argv[1:]) if a == "--isa"]
+if _isa[-1:] == ["avx2"]:
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 import torch, torch.nn.functional as F, torchvision  # noqa: E402
 from torch_models import ResNet20, timeit  # noqa: E402
 
