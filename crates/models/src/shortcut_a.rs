@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use hla_autograd::ops::{self, CustomOp};
 use hla_autograd::{AutogradError, Float, Tape, Var};
-use ndarray::{s, ArrayD, Ix4, IxDyn};
+use ndarray::parallel::prelude::*;
+use ndarray::{s, ArrayD, Axis, Ix4, IxDyn};
 
 use crate::Result;
 
@@ -39,8 +40,16 @@ impl<F: Float> CustomOp<F> for ShortcutA {
         let x = as4(inputs[0], "input")?;
         let (n, c, h, w) = x.dim();
         let mut y = ArrayD::zeros(IxDyn(&[n, c + 2 * self.pad, h.div_ceil(2), w.div_ceil(2)]));
-        y.slice_mut(s![.., self.pad..self.pad + c, .., ..])
-            .assign(&x.slice(s![.., .., ..;2, ..;2]));
+        // samples in parallel (a copy: the same values either way); one thread, the strided
+        // copies of ResNet-20's two shortcuts were 1.5 % of a two-thread training step
+        let pad = self.pad;
+        y.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(x.axis_iter(Axis(0)))
+            .for_each(|(mut ys, xs)| {
+                ys.slice_mut(s![pad..pad + c, .., ..])
+                    .assign(&xs.slice(s![.., ..;2, ..;2]));
+            });
         Ok(y)
     }
 
@@ -55,12 +64,14 @@ impl<F: Float> CustomOp<F> for ShortcutA {
         let dy = as4(dy, "dy")?;
         let (n, c, h, w) = x.dim();
         let mut dx = ArrayD::zeros(IxDyn(&[n, c, h, w]));
-        dx.slice_mut(s![.., .., ..;2, ..;2]).assign(&dy.slice(s![
-            ..,
-            self.pad..self.pad + c,
-            ..,
-            ..
-        ]));
+        let pad = self.pad;
+        dx.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(dy.axis_iter(Axis(0)))
+            .for_each(|(mut dxs, dys)| {
+                dxs.slice_mut(s![.., ..;2, ..;2])
+                    .assign(&dys.slice(s![pad..pad + c, .., ..]));
+            });
         Ok(vec![Some(dx)])
     }
 }
