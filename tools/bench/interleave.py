@@ -74,39 +74,38 @@ def torch_case(model, mode, batch, hw, ncls):
     return timeit(step, 2, 5)
 
 
+def hla_result(args, rest):
+    """The last result line of `hla [--threads, --isa] bench REST --json` (exits on failure)."""
+    cmd = [args.hla, "--threads", str(args.threads)]
+    if args.isa:
+        cmd += ["--isa", args.isa]
+    cmd += ["bench", *rest, "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"interleave: {' '.join(cmd)} failed: {out.stderr.strip()}")
+    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    res = [ln for ln in lines if ln.get("event") == "result"]
+    if not res:
+        sys.exit(f"interleave: no result line from {' '.join(cmd)}")
+    return res[-1]
+
+
 def ours_case(args, info, row):
-    """`hla bench --compare` on a reference file holding `row` only: its result rows."""
+    """`hla bench --compare` on a reference file holding `row` only: its result."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(dict(info=info, results=[row]), f)
     try:
-        cmd = [args.hla, "--threads", str(args.threads)]
-        if args.isa:
-            cmd += ["--isa", args.isa]
-        cmd += ["bench", "--compare", f.name, "--json"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"interleave: {' '.join(cmd)} failed: {out.stderr.strip()}")
-        lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-        res = [ln for ln in lines if ln.get("event") == "result"]
-        if not res:
-            sys.exit(f"interleave: no result line from {' '.join(cmd)}")
-        return res[-1]
+        return hla_result(args, ["--compare", f.name])
     finally:
         os.unlink(f.name)
 
 
 def ours_path(args, path):
-    """`hla bench` of a ResNet-20 training step (batch 128) on `path` (fp or hla): images/s."""
-    cmd = [args.hla, "--threads", str(args.threads)]
-    if args.isa:
-        cmd += ["--isa", args.isa]
-    cmd += ["bench", "--arch", "resnet20", "--batch", "128", "--what", "train", "--path", path,
-            "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"interleave: {' '.join(cmd)} failed: {out.stderr.strip()}")
-    res = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-    return res[-1]["train_images_per_s"], res[-1]["isa"]
+    """`hla bench` of a ResNet-20 training step (batch 128) on `path` (fp or hla): images/s and
+    the kernels' ISA."""
+    res = hla_result(args, ["--arch", "resnet20", "--batch", "128", "--what", "train",
+                            "--path", path])
+    return res["train_images_per_s"], res["isa"]
 
 
 def main():
@@ -138,8 +137,6 @@ def main():
                 models[(name, batch)] = make()
             model = models[(name, batch)]
             for mode in modes:
-                row = None
-
                 def run_torch():
                     sec, n = torch_case(model, mode, batch, hw, ncls)
                     return dict(bench=name, mode=mode, batch=batch, hw=hw, sec=sec,

@@ -1010,8 +1010,9 @@ macro_rules! rows_kernel {
                         // 8 × 8 transpositions: positions `np..` of a group of 8 are another
                         // block's sums (or stale ones), written past this block's positions,
                         // where the next block of the segment overwrites them or `store`
-                        // never reads them (`seg_n + 8 ≤ GP`, and `ROW_PARK + 1` blocks of
-                        // `park` hold every row read)
+                        // never reads them (each group of 8 starts below `seg_n + np ≤
+                        // ROW_GATHER`, so it ends inside the row of `GP`; and the `ROW_PARK +
+                        // 1` blocks of `park` hold every position row read)
                         let src = park.as_ptr().cast::<f32>().add(i * PMAX * COB);
                         let dst = gather.as_mut_ptr().add(seg_n);
                         for p in (0..np).step_by(8) {
