@@ -11,14 +11,19 @@ use crate::{Activation, Float, Par, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 use rayon::prelude::*;
 
-/// The `n` planes of channel `ch` of a contiguous `[n, c, h·w]` buffer, in sample order.
-fn channel_planes<F>(
+/// The `n` planes of channel `ch` of a contiguous `[n, c, h·w]` buffer, in sample order, each
+/// yielded with a prefetch of the next one's start ([`crate::prefetch`]: the planes are a sample
+/// apart, so the hardware prefetchers miss every plane's first lines).
+pub fn channel_planes<F>(
     xs: &[F],
     c: usize,
     hw: usize,
     ch: usize,
 ) -> impl Iterator<Item = &[F]> + Clone {
-    xs.chunks_exact(hw).skip(ch).step_by(c)
+    xs.chunks_exact(hw)
+        .skip(ch)
+        .step_by(c)
+        .inspect(move |p| crate::prefetch::prefetch_next_plane(p, c * hw))
 }
 
 /// One channel's mean and biased variance over its `planes`, `m` values in all: the two

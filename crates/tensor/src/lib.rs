@@ -22,6 +22,7 @@ pub mod group;
 pub mod isa;
 pub mod lanes;
 mod pool;
+pub mod prefetch;
 mod scratch;
 mod softmax;
 pub mod ternary_conv;
@@ -31,7 +32,8 @@ mod testutil;
 
 pub use activation::{add_relu, relu, relu6, relu6_backward, relu_backward, Activation};
 pub use batchnorm::{
-    batch_norm_train_forward, channel_mean_var, channel_mean_var_in, map_channel_planes,
+    batch_norm_train_forward, channel_mean_var, channel_mean_var_in, channel_planes,
+    map_channel_planes,
 };
 pub use conv::{
     conv2d, conv2d_act, conv2d_act_packed, conv2d_backward_bias, conv2d_backward_bias_in,

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::broadcast::PAR_MIN_LEN;
 use hla_tensor::group::channel_lanes;
 use hla_tensor::lanes::Lanes;
+use hla_tensor::prefetch::prefetch_next_plane;
 use hla_tensor::Activation;
 
 use crate::op::Op;
@@ -457,15 +458,17 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
             #[inline(always)]
             |ch, dps| {
                 let (mu, s) = (mean[ch], inv_std[ch]);
-                let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+                let x_planes = hla_tensor::channel_planes(xs, c, hw, ch);
                 let (mut db, mut dg) = (Lanes::new(), Lanes::new());
                 for (d, xp) in dps.iter_mut().zip(x_planes.clone()) {
+                    prefetch_next_plane(d, c * hw);
                     mask_plane(act, d, xp, pre(ch));
                     fold_plane(d, xp, (mu, s), &mut db, &mut dg);
                 }
                 let (dg, db) = (dg.total(), db.total());
                 let k = gv[ch] * s / m;
                 for (dp, xp) in dps.iter_mut().zip(x_planes) {
+                    prefetch_next_plane(dp, c * hw);
                     dx_plane(dp, xp, (mu, s), (k, m, db, dg));
                 }
                 (dg, db)
@@ -491,8 +494,8 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
                     return;
                 }
                 let (mu, s) = (mean[ch], inv_std[ch]);
-                let d_planes = ds.chunks_exact(hw).skip(ch).step_by(c);
-                let x_planes = xs.chunks_exact(hw).skip(ch).step_by(c);
+                let d_planes = hla_tensor::channel_planes(ds, c, hw, ch);
+                let x_planes = hla_tensor::channel_planes(xs, c, hw, ch);
                 for (d, xp) in d_planes.zip(x_planes) {
                     fold_plane(d, xp, (mu, s), db, dg);
                 }

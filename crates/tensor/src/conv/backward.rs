@@ -508,7 +508,7 @@ pub fn conv2d_backward_bias_in<F: Float>(
     let ds = dy.as_slice().expect("standard layout is contiguous");
     let sums = channel_lanes::<F, 1>(group, "conv2d_backward_bias", c, par, |ch, acc| {
         if hw > 0 {
-            for p in ds.chunks_exact(hw).skip(ch).step_by(c) {
+            for p in crate::channel_planes(ds, c, hw, ch) {
                 acc[0].add(p);
             }
         }

@@ -381,6 +381,7 @@ unsafe fn pad_rows_avx2(
         let at = c * plane + first;
         for (i, src) in x_c.chunks_exact(w).enumerate() {
             let (sp, row) = (src.as_ptr(), at + i * wq);
+            crate::prefetch::prefetch(sp.wrapping_add(PF_AHEAD / 4), 4 * w);
             let rp = dst.as_mut_ptr().add(row);
             for &(j0, lm) in &chunks {
                 // the lanes of `lm` read `src[j − p_w]`, inside the row; lane 0's address may
@@ -401,6 +402,11 @@ unsafe fn pad_rows_avx2(
         }
     }
 }
+
+/// How far ahead of a row being copied the padded-row copy asks for its input: 512 bytes, four
+/// rows of 32 values (on the Zen 3 the copy took a quarter fewer samples with it; see
+/// [`crate::prefetch`]).
+const PF_AHEAD: usize = 512;
 
 /// Taps per chunk of [`pack_weights`]: 64 taps × 32 channels are 8 KiB of packed weights.
 const PACK_TAPS: usize = 64;
