@@ -27,7 +27,7 @@ pub fn prefetch<T>(p: *const T, bytes: usize) {
 const PLANE_HEAD: usize = 1 << 10;
 
 /// Asks for the start of the plane `stride` elements after `plane` (the plane a sweep reads
-/// next), at most [`PLANE_HEAD`] bytes of it.
+/// next), at most its first 1 KiB.
 #[inline(always)]
 pub fn prefetch_next_plane<T>(plane: &[T], stride: usize) {
     let bytes = std::mem::size_of_val(plane).min(PLANE_HEAD);
