@@ -404,7 +404,7 @@ unsafe fn pad_rows_avx2(
 }
 
 /// How far ahead of a row being copied the padded-row copy asks for its input: 512 bytes, four
-/// rows of 32 values (on the Zen 3 the copy took a quarter fewer samples with it; see
+/// rows of 32 values (on the Zen 3 the copy took about a fifth fewer samples with it; see
 /// [`crate::prefetch`]).
 const PF_AHEAD: usize = 512;
 
