@@ -112,17 +112,24 @@ pub fn fold_conv_bn_act<F: Float>(
     let Some((wf, t)) = fold_weights(w, bn) else {
         return Ok(None);
     };
-    folded_conv(tape, x, (&wf, &t), p, act, &mut PackedWeights::default())
+    folded_conv(
+        tape,
+        x,
+        (&wf, &t),
+        p,
+        (None, act),
+        &mut PackedWeights::default(),
+    )
 }
 
-/// `act(conv(x, wf) + t)` as a constant, the kernel's packing of `wf` kept in `packed`; `None`
-/// when the shapes do not fit a 2-D conv.
+/// `act(conv(x, wf) + t + r)` (no `r`: `act(conv(x, wf) + t)`) as a constant, the kernel's
+/// packing of `wf` kept in `packed`; `None` when the shapes do not fit a 2-D conv.
 fn folded_conv<F: Float>(
     tape: &mut Tape<F>,
     x: Var,
     (wf, t): (&ArrayD<F>, &Array1<F>),
     p: &Conv2dParams,
-    act: FusedAct,
+    (r, act): (Option<Var>, FusedAct),
     packed: &mut PackedWeights<F>,
 ) -> Result<Option<Var>> {
     let (Ok(xv), Ok(wv)) = (
@@ -131,10 +138,53 @@ fn folded_conv<F: Float>(
     ) else {
         return Ok(None);
     };
-    let y =
-        hla_tensor::conv2d_act_packed(xv, wv, Some(t.view()), act.into(), p, tape.par(), packed)
-            .map_err(hla_autograd::AutogradError::from)?;
+    let (t, act, par) = (Some(t.view()), act.into(), tape.par());
+    let y = match r {
+        None => hla_tensor::conv2d_act_packed(xv, wv, t, act, p, par, packed),
+        Some(r) => {
+            let Ok(rv) = tape.value(r).view().into_dimensionality::<Ix4>() else {
+                return Ok(None);
+            };
+            hla_tensor::conv2d_add_act_packed(xv, wv, t, rv, act, p, par, packed)
+        }
+    };
+    let y = y.map_err(hla_autograd::AutogradError::from)?;
     Ok(Some(tape.constant(y.into_dyn())))
+}
+
+impl<F: Float> FoldBn<F> {
+    /// [`LayerHook::conv_bn_act`] (no `r`) and [`LayerHook::conv_bn_add_act`]: the layer's
+    /// folded weights, from the cache or folded now, through [`folded_conv`].
+    #[allow(clippy::too_many_arguments)] // the conv's operands plus the BN, shortcut and activation
+    fn fold(
+        &mut self,
+        tape: &mut Tape<F>,
+        layer: &str,
+        x: Var,
+        w: &ArrayD<F>,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, F>,
+        epilogue: (Option<Var>, FusedAct),
+    ) -> Result<Option<Var>> {
+        if tape.is_recording() {
+            return Ok(None);
+        }
+        let fresh = match self.cache.get(layer) {
+            Some((wf, _, _)) => wf.shape() != w.shape(),
+            None => true,
+        };
+        if fresh {
+            let Some((wf, t)) = fold_weights(w, bn) else {
+                return Ok(None);
+            };
+            let entry = (wf, t, PackedWeights::default());
+            self.cache.insert(layer.to_string(), entry);
+        }
+        let (wf, t, packed) = self.cache.get_mut(layer).expect("inserted above");
+        let y = folded_conv(tape, x, (wf, t), p, epilogue, packed)?;
+        self.folded += usize::from(y.is_some());
+        Ok(y)
+    }
 }
 
 impl<F: Float> LayerHook<F> for FoldBn<F> {
@@ -160,24 +210,21 @@ impl<F: Float> LayerHook<F> for FoldBn<F> {
         bn: &BnEval<'_, F>,
         act: FusedAct,
     ) -> Result<Option<Var>> {
-        if tape.is_recording() {
-            return Ok(None);
-        }
-        let fresh = match self.cache.get(layer) {
-            Some((wf, _, _)) => wf.shape() != w.shape(),
-            None => true,
-        };
-        if fresh {
-            let Some((wf, t)) = fold_weights(w, bn) else {
-                return Ok(None);
-            };
-            let entry = (wf, t, PackedWeights::default());
-            self.cache.insert(layer.to_string(), entry);
-        }
-        let (wf, t, packed) = self.cache.get_mut(layer).expect("inserted above");
-        let y = folded_conv(tape, x, (wf, t), p, act, packed)?;
-        self.folded += usize::from(y.is_some());
-        Ok(y)
+        self.fold(tape, layer, x, w, p, bn, (None, act))
+    }
+
+    fn conv_bn_add_act(
+        &mut self,
+        tape: &mut Tape<F>,
+        layer: &str,
+        x: Var,
+        w: &ArrayD<F>,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, F>,
+        r: Var,
+        act: FusedAct,
+    ) -> Result<Option<Var>> {
+        self.fold(tape, layer, x, w, p, bn, (Some(r), act))
     }
 
     fn fuses_unquantised(&self) -> bool {
@@ -277,6 +324,88 @@ mod tests {
                 "{arch}: max |Δ| {err} for logits up to {scale}"
             );
             assert_ne!(plain, folded, "{arch}: the folded path must really run");
+        }
+    }
+
+    /// [`FoldBn`] declining every residual sum ([`LayerHook::conv_bn_add_act`]'s default), so
+    /// the model adds the shortcut and applies the activation as separate ops.
+    struct SumApart(FoldBn);
+
+    impl LayerHook for SumApart {
+        fn conv2d(
+            &mut self,
+            tape: &mut Tape<f32>,
+            layer: &str,
+            x: Var,
+            w: Var,
+            p: &Conv2dParams,
+            mode: Mode,
+        ) -> Result<Var> {
+            self.0.conv2d(tape, layer, x, w, p, mode)
+        }
+
+        fn conv_bn_act(
+            &mut self,
+            tape: &mut Tape<f32>,
+            layer: &str,
+            x: Var,
+            w: &ArrayD<f32>,
+            p: &Conv2dParams,
+            bn: &BnEval<'_, f32>,
+            act: FusedAct,
+        ) -> Result<Option<Var>> {
+            self.0.conv_bn_act(tape, layer, x, w, p, bn, act)
+        }
+
+        fn fuses_unquantised(&self) -> bool {
+            true
+        }
+
+        fn linear(
+            &mut self,
+            tape: &mut Tape<f32>,
+            layer: &str,
+            x: Var,
+            w: Var,
+            b: Option<Var>,
+            mode: Mode,
+        ) -> Result<Var> {
+            self.0.linear(tape, layer, x, w, b, mode)
+        }
+    }
+
+    /// The residual sum and its activation in the last conv's epilogue give the bits of the
+    /// folded conv followed by the sum and activation ops, in every block kind (identity,
+    /// option-A and projection shortcuts, bottlenecks, MobileNetV2's sum without activation),
+    /// and every conv + BN pair is still folded; each residual block then records one op less.
+    #[test]
+    fn residual_epilogue_gives_the_bits_of_separate_sum_ops() {
+        for (arch, hw, pairs, sums) in [
+            ("resnet20", 32, 19, 9),
+            ("resnet20_b", 16, 21, 9),
+            ("resnet18", 64, 20, 8),
+            ("resnet50", 64, 53, 16),
+            ("mobilenet_v2", 64, 52, 10),
+        ] {
+            let mut m = model_with_bn_stats(arch, 8);
+            let x = input(&[2, 3, hw, hw], 12);
+            let mut run = |hook: &mut dyn LayerHook| {
+                let mut tape = Tape::no_grad();
+                let xv = tape.constant(x.clone());
+                let y = m.forward(&mut tape, xv, Mode::Eval, Some(hook)).unwrap();
+                (tape.value(y).mapv(f32::to_bits), tape.len())
+            };
+            let mut apart = SumApart(FoldBn::default());
+            let (want, ops_apart) = run(&mut apart);
+            let mut fold = FoldBn::default();
+            let (got, ops) = run(&mut fold);
+            assert_eq!((fold.folded(), apart.0.folded()), (pairs, pairs), "{arch}");
+            assert_eq!(got, want, "{arch}");
+            assert_eq!(
+                ops + sums,
+                ops_apart,
+                "{arch}: one fused sum per residual block"
+            );
         }
     }
 

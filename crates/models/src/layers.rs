@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::init;
 use crate::model::{
-    BufferMut, BufferRef, Collector, CollectorMut, LayerHook, LayerKind, Mode, Module,
+    BufferMut, BufferRef, Collector, CollectorMut, FusedAct, LayerHook, LayerKind, Mode, Module,
     QuantLayerInfo, StateMut, StateRef,
 };
 use crate::{ModelError, Result};
@@ -487,25 +487,10 @@ pub(crate) fn conv_bn_act<F: Float>(
     mode: Mode,
     hook: &mut Hook<F>,
 ) -> Result<Var> {
-    if let (Mode::Eval, None, Some(h)) = (mode, &conv.bias, hook.as_deref_mut()) {
-        if conv.quantisable || h.fuses_unquantised() {
-            let s = &bn.state;
-            let e = crate::model::BnEval {
-                weight: bn.weight.value(),
-                bias: bn.bias.value(),
-                running_mean: &s.running_mean,
-                running_var: &s.running_var,
-                eps: s.eps,
-            };
-            let fa = match act {
-                Act::Relu => crate::model::FusedAct::Relu,
-                Act::Relu6 => crate::model::FusedAct::Relu6,
-                Act::None => crate::model::FusedAct::None,
-            };
-            let w = conv.weight.value();
-            if let Some(y) = h.conv_bn_act(tape, &conv.name, x, w, &conv.params, &e, fa)? {
-                return Ok(y);
-            }
+    if let Some((h, e, fa)) = fusing(conv, bn, act, mode, hook) {
+        let w = conv.weight.value();
+        if let Some(y) = h.conv_bn_act(tape, &conv.name, x, w, &conv.params, &e, fa)? {
+            return Ok(y);
         }
     }
     // each output is released after its one use (kept on a recording tape if backward reads it)
@@ -517,6 +502,72 @@ pub(crate) fn conv_bn_act<F: Float>(
     };
     tape.release(c);
     Ok(y)
+}
+
+/// Conv → BatchNorm → `+ r` → activation: a residual block's last conv and its sum with the
+/// shortcut `r` (ReLU after the sum in ResNets, none in MobileNetV2). A hook may fuse it all
+/// ([`LayerHook::conv_bn_add_act`]); otherwise [`conv_bn_act`] then the sum and activation ops.
+#[allow(clippy::too_many_arguments)] // conv_bn_act's operands plus the shortcut
+pub(crate) fn conv_bn_add_act<F: Float>(
+    conv: &Conv2d<F>,
+    bn: &mut BatchNorm2d<F>,
+    act: Act,
+    tape: &mut Tape<F>,
+    x: Var,
+    r: Var,
+    mode: Mode,
+    hook: &mut Hook<F>,
+) -> Result<Var> {
+    if let Some((h, e, fa)) = fusing(conv, bn, act, mode, hook) {
+        let w = conv.weight.value();
+        if let Some(y) = h.conv_bn_add_act(tape, &conv.name, x, w, &conv.params, &e, r, fa)? {
+            return Ok(y);
+        }
+    }
+    let y = conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?;
+    Ok(match act {
+        Act::Relu => ops::add_relu(tape, y, r)?,
+        Act::None => ops::add(tape, y, r)?,
+        Act::Relu6 => {
+            let s = ops::add(tape, y, r)?;
+            ops::relu6(tape, s)?
+        }
+    })
+}
+
+/// The hook, BatchNorm and activation to offer a conv + BatchNorm for fusion: in evaluation, a
+/// conv without a bias, quantisable or with a hook that fuses unquantised convs too.
+fn fusing<'a, 'h, F: Float>(
+    conv: &Conv2d<F>,
+    bn: &'a BatchNorm2d<F>,
+    act: Act,
+    mode: Mode,
+    hook: &'a mut Hook<'h, F>,
+) -> Option<(
+    &'a mut dyn LayerHook<F>,
+    crate::model::BnEval<'a, F>,
+    FusedAct,
+)> {
+    let (Mode::Eval, None, Some(h)) = (mode, &conv.bias, hook.as_deref_mut()) else {
+        return None;
+    };
+    if !(conv.quantisable || h.fuses_unquantised()) {
+        return None;
+    }
+    let s = &bn.state;
+    let e = crate::model::BnEval {
+        weight: bn.weight.value(),
+        bias: bn.bias.value(),
+        running_mean: &s.running_mean,
+        running_var: &s.running_var,
+        eps: s.eps,
+    };
+    let fa = match act {
+        Act::Relu => FusedAct::Relu,
+        Act::Relu6 => FusedAct::Relu6,
+        Act::None => FusedAct::None,
+    };
+    Some((h, e, fa))
 }
 
 /// Runs `block` on `x` and releases what it recorded except its output, and `x` itself unless

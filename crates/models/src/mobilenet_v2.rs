@@ -9,8 +9,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit, ConvSpec, Dropout, Hook,
-    Linear, LinearInit,
+    conv_bn_act, conv_bn_add_act, releasing, Act, BatchNorm2d, Conv2d, ConvBnAct, ConvInit,
+    ConvSpec, Dropout, Hook, Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
@@ -97,11 +97,11 @@ impl<F: Float> InvertedResidual<F> {
             y = e.forward(tape, y, mode, hook)?;
         }
         let y = self.dw.forward(tape, y, mode, hook)?;
-        let y = conv_bn_act(&self.project, &mut self.bn, Act::None, tape, y, mode, hook)?;
+        let (conv, bn) = (&self.project, &mut self.bn);
         if self.use_res {
-            Ok(ops::add(tape, x, y)?)
+            conv_bn_add_act(conv, bn, Act::None, tape, y, x, mode, hook)
         } else {
-            Ok(y)
+            conv_bn_act(conv, bn, Act::None, tape, y, mode, hook)
         }
     }
 }

@@ -52,6 +52,25 @@ pub trait LayerHook<F: Float = f32> {
     ) -> Result<Option<Var>> {
         Ok(None)
     }
+    /// Evaluation only: may compute `act(bn(conv(x)) + r)`, a residual block's last conv with
+    /// its BatchNorm, the block's shortcut `r` (of the output's shape) and the activation after
+    /// the sum in one go, or return `None` to let the model call [`LayerHook::conv_bn_act`] and
+    /// then the sum and the activation. Offered the same convs as `conv_bn_act`. The default
+    /// declines.
+    #[allow(clippy::too_many_arguments)] // the conv's operands plus the BN, shortcut and activation
+    fn conv_bn_add_act(
+        &mut self,
+        _tape: &mut Tape<F>,
+        _layer: &str,
+        _x: Var,
+        _w: &ndarray::ArrayD<F>,
+        _p: &Conv2dParams,
+        _bn: &BnEval<'_, F>,
+        _r: Var,
+        _act: FusedAct,
+    ) -> Result<Option<Var>> {
+        Ok(None)
+    }
     /// Whether [`LayerHook::conv_bn_act`] is offered the convs that are not quantisable too
     /// (the first conv of every model, and any conv a model leaves in full precision): true for
     /// hooks that fold BatchNorm without quantising ([`crate::fold::FoldBn`]). The default is
@@ -90,7 +109,7 @@ pub struct BnEval<'a, F: Float = f32> {
 /// The activation after a fused conv + BatchNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedAct {
-    /// None (a linear bottleneck, or a residual add follows).
+    /// None (a linear bottleneck, or a MobileNetV2 residual sum).
     None,
     /// `max(y, 0)`.
     Relu,

@@ -8,7 +8,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+    conv_bn_act, conv_bn_add_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook,
+    Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::{ModelError, Result};
@@ -98,17 +99,18 @@ impl<F: Float> Block<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        let last = self.convs.len() - 1;
+        let (last, rest) = self.convs.split_last_mut().expect("a block has convs");
         let mut y = x;
-        for (i, (conv, bn)) in self.convs.iter_mut().enumerate() {
-            let act = if i != last { Act::Relu } else { Act::None };
-            y = conv_bn_act(conv, bn, act, tape, y, mode, hook)?;
+        for (conv, bn) in rest {
+            y = conv_bn_act(conv, bn, Act::Relu, tape, y, mode, hook)?;
         }
+        // the shortcut before the last conv, which may take the sum into its epilogue
         let s = match &mut self.downsample {
             Some((conv, bn)) => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
             None => x,
         };
-        Ok(ops::add_relu(tape, y, s)?)
+        let (conv, bn) = (&last.0, &mut last.1);
+        conv_bn_add_act(conv, bn, Act::Relu, tape, y, s, mode, hook)
     }
 }
 

@@ -10,7 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::layers::{
-    conv_bn_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook, Linear, LinearInit,
+    conv_bn_act, conv_bn_add_act, releasing, Act, BatchNorm2d, Conv2d, ConvInit, ConvSpec, Hook,
+    Linear, LinearInit,
 };
 use crate::model::{impl_model, Collector, CollectorMut, Mode, Module};
 use crate::shortcut_a::shortcut_a;
@@ -110,13 +111,14 @@ impl<F: Float> CifarBlock<F> {
         hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
-        let y = conv_bn_act(&self.conv2, &mut self.bn2, Act::None, tape, y, mode, hook)?;
+        // the shortcut before the second conv, which may take the sum into its epilogue
         let s = match &mut self.shortcut {
             Shortcut::Identity => x,
             Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
             Shortcut::B { conv, bn } => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
         };
-        Ok(ops::add_relu(tape, y, s)?)
+        let (conv2, bn2) = (&self.conv2, &mut self.bn2);
+        conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
     }
 }
 

@@ -36,10 +36,10 @@ pub use batchnorm::{
     map_channel_planes,
 };
 pub use conv::{
-    conv2d, conv2d_act, conv2d_act_packed, conv2d_backward_bias, conv2d_backward_bias_in,
-    conv2d_backward_input, conv2d_backward_input_add, conv2d_backward_weight,
-    conv2d_backward_weight_in, patch_square_sums, patch_square_sums_backward, Conv2dParams,
-    PackedWeights, DW_CHUNK,
+    conv2d, conv2d_act, conv2d_act_packed, conv2d_add_act_packed, conv2d_backward_bias,
+    conv2d_backward_bias_in, conv2d_backward_input, conv2d_backward_input_add,
+    conv2d_backward_weight, conv2d_backward_weight_in, patch_square_sums,
+    patch_square_sums_backward, Conv2dParams, PackedWeights, DW_CHUNK,
 };
 pub use elementwise::{add_assign, map, map_group_rows};
 pub use error::{Result, TensorError};

@@ -56,13 +56,29 @@ pub fn conv2d_act<F: Float>(
     conv2d_act_packed(x, w, bias, act, p, par, &mut PackedWeights::default())
 }
 
-/// `row ← act(row + bias)`, the forward's per-channel epilogue. Without a bias nothing is
-/// added (`−0 + 0` would be `+0`), so the bits are those of the conv followed by `act`.
-pub(super) fn bias_act<F: Float>(row: &mut [F], bias: Option<F>, act: Activation) {
-    match bias {
-        None if act == Activation::None => {}
-        None => row.iter_mut().for_each(|v| *v = act.apply(*v)),
-        Some(b) => row.iter_mut().for_each(|v| *v = act.apply(*v + b)),
+/// `row ← act(row + bias + res)` (in that order), the forward's per-channel epilogue. Without a
+/// bias or residual nothing is added (`−0 + 0` would be `+0`), so the bits are those of the conv
+/// followed by the sum and `act` as separate ops.
+pub(super) fn epilogue<F: Float>(
+    row: &mut [F],
+    bias: Option<F>,
+    res: Option<&[F]>,
+    act: Activation,
+) {
+    match (bias, res) {
+        (None, None) if act == Activation::None => {}
+        (None, None) => row.iter_mut().for_each(|v| *v = act.apply(*v)),
+        (Some(b), None) => row.iter_mut().for_each(|v| *v = act.apply(*v + b)),
+        (None, Some(r)) => {
+            for (v, &r) in row.iter_mut().zip(r) {
+                *v = act.apply(*v + r);
+            }
+        }
+        (Some(b), Some(r)) => {
+            for (v, &r) in row.iter_mut().zip(r) {
+                *v = act.apply(*v + b + r);
+            }
+        }
     }
 }
 
@@ -124,6 +140,44 @@ pub fn conv2d_act_packed<F: Float>(
     par: Par,
     cache: &mut PackedWeights<F>,
 ) -> Result<Array4<F>> {
+    conv2d_epilogue(x, w, bias, None, act, p, par, cache)
+}
+
+/// `act(conv2d(x, w) + bias + res)`: [`conv2d_act_packed`] with a residual block's sum in the
+/// same per-sample epilogue (inference with BatchNorm folded: the block's last conv, its
+/// shortcut `res` and the ReLU after the sum in one pass over the output while it is in cache).
+/// Bit-identical to [`conv2d`] followed by adding the bias, then `res`, then the activation.
+///
+/// # Shapes
+/// As [`conv2d`]; `res` has the output's shape `[n, c_out, h_out, w_out]`.
+/// # Errors
+/// As [`conv2d`]; `ShapeMismatch` (op `conv2d`) if `res` is not of the output's shape.
+#[allow(clippy::too_many_arguments)] // the conv's operands, its epilogue and the packing
+pub fn conv2d_add_act_packed<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    res: ArrayView4<F>,
+    act: Activation,
+    p: &Conv2dParams,
+    par: Par,
+    cache: &mut PackedWeights<F>,
+) -> Result<Array4<F>> {
+    conv2d_epilogue(x, w, bias, Some(res), act, p, par, cache)
+}
+
+/// The forward of [`conv2d_act_packed`] and [`conv2d_add_act_packed`].
+#[allow(clippy::too_many_arguments)] // the conv's operands, its epilogue and the packing
+fn conv2d_epilogue<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    bias: Option<ArrayView1<F>>,
+    res: Option<ArrayView4<F>>,
+    act: Activation,
+    p: &Conv2dParams,
+    par: Par,
+    cache: &mut PackedWeights<F>,
+) -> Result<Array4<F>> {
     let op = "conv2d";
     let g = Geom::new(op, dims4(&x), dims4(&w), p)?;
     if let Some(b) = &bias {
@@ -135,6 +189,19 @@ pub fn conv2d_act_packed<F: Float>(
             });
         }
     }
+    if let Some(r) = &res {
+        if r.shape() != [g.n, g.c_out, g.ho, g.wo] {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                lhs: vec![g.n, g.c_out, g.ho, g.wo],
+                rhs: r.shape().to_vec(),
+            });
+        }
+    }
+    let res = res.as_ref().map(|r| r.as_standard_layout());
+    let rs = res
+        .as_ref()
+        .map(|r| r.as_slice().expect("standard layout is contiguous"));
     let x = x.as_standard_layout();
     let w_in = w;
     let w = w_in.as_standard_layout();
@@ -143,7 +210,7 @@ pub fn conv2d_act_packed<F: Float>(
     let bias: Option<Vec<F>> = bias.map(|b| b.to_vec());
     let parts = g.pointwise_columns();
     if parts > 1 {
-        let ys = pointwise_by_columns(&g, xs, ws, bias.as_deref(), act, parts, par);
+        let ys = pointwise_by_columns(&g, xs, ws, (bias.as_deref(), rs, act), parts, par);
         let shape = (g.n, g.c_out, g.ho, g.wo);
         return Ok(Array4::from_shape_vec(shape, ys).expect("n·c_out·h_out·w_out values"));
     }
@@ -262,8 +329,11 @@ pub fn conv2d_act_packed<F: Float>(
                 // SAFETY: `gemm_uninit` wrote each group's rows, and the groups tile the chunk.
                 unsafe { assume_init_mut(y_u) }
             };
+            // the residual's values of this task's chunk (sample `s`, channels `co0..co0 + cb`)
+            let r_t = rs.map(|r| &r[t * cb * np..(t + 1) * cb * np]);
             for (c, row) in y_t.chunks_exact_mut(np).enumerate() {
-                bias_act(row, bias.as_ref().map(|b| b[co0 + c]), act);
+                let r_c = r_t.map(|r| &r[c * np..(c + 1) * np]);
+                epilogue(row, bias.as_ref().map(|b| b[co0 + c]), r_c, act);
             }
         },
     );

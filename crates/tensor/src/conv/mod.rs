@@ -30,7 +30,7 @@
 //! one-channel variant: all with the same per-output summation order, hence the same bits
 //! (`Direct::plan` picks one from the shapes). [`conv2d_act`] adds
 //! the bias and applies ReLU / ReLU6 in the same per-sample epilogue (inference with BatchNorm
-//! folded in).
+//! folded in); [`conv2d_add_act_packed`] adds a residual block's shortcut there too.
 //!
 //! Parallelism (`Par::Rayon`) is over the batch (and over channels for the depthwise weight
 //! gradient); a forward with fewer than four samples also splits each sample's output channels
@@ -58,7 +58,7 @@ pub use backward::{
     conv2d_backward_bias, conv2d_backward_bias_in, conv2d_backward_input,
     conv2d_backward_input_add, conv2d_backward_weight, conv2d_backward_weight_in,
 };
-pub use forward::{conv2d, conv2d_act, conv2d_act_packed, PackedWeights};
+pub use forward::{conv2d, conv2d_act, conv2d_act_packed, conv2d_add_act_packed, PackedWeights};
 pub use params::Conv2dParams;
 pub use patch_sums::{patch_square_sums, patch_square_sums_backward};
 

@@ -2,7 +2,7 @@
 //! channels, split over tasks ([`Geom::pointwise_columns`]): the input plane is then the
 //! larger GEMM operand, and a position range packs only its own columns of it.
 
-use super::forward::bias_act;
+use super::forward::epilogue;
 use super::geom::Geom;
 use crate::activation::Activation;
 use crate::{Float, Par};
@@ -32,20 +32,18 @@ impl<F> Out<F> {
     }
 }
 
-/// `act(W · x_s + bias)` for every sample `s` of a 1×1 stride-1 convolution with groups 1
+/// `act(W · x_s + bias + res_s)` for every sample `s` of a 1×1 stride-1 convolution with groups 1
 /// (`xs` `[n, c_in, np]`, `ws` `[c_out, c_in]` → `[n, c_out, np]`, `np` = positions), each
 /// sample's positions cut into `parts` ranges, one task each. A task's GEMM packs its own
 /// columns of `x_s` and writes the same columns of every output row (strided, disjoint from
 /// the other tasks'), with `beta = 0` so the output is never read before it is written. The
 /// GEMM computes each output in the same order for any column range, and the epilogue is the
 /// one of the channel-split path, so the bits are those of an unsplit sample.
-#[allow(clippy::too_many_arguments)] // the conv's operands, epilogue and split
 pub(super) fn pointwise_by_columns<F: Float>(
     g: &Geom,
     xs: &[F],
     ws: &[F],
-    bias: Option<&[F]>,
-    act: Activation,
+    (bias, res, act): (Option<&[F]>, Option<&[F]>, Activation),
     parts: usize,
     par: Par,
 ) -> Vec<F> {
@@ -56,7 +54,10 @@ pub(super) fn pointwise_by_columns<F: Float>(
         "hla-tensor internal error: pointwise_by_columns on {g:?}"
     );
     assert!(
-        xs.len() == g.n * ci * np && ws.len() == co * ci && bias.is_none_or(|b| b.len() == co),
+        xs.len() == g.n * ci * np
+            && ws.len() == co * ci
+            && bias.is_none_or(|b| b.len() == co)
+            && res.is_none_or(|r| r.len() == len),
         "hla-tensor internal error: pointwise_by_columns operand lengths"
     );
     let mut y: Vec<F> = Vec::with_capacity(len);
@@ -102,14 +103,15 @@ pub(super) fn pointwise_by_columns<F: Float>(
                 1, // C: [c_out, j1 − j0]
             );
         }
-        if bias.is_none() && act == Activation::None {
+        if bias.is_none() && res.is_none() && act == Activation::None {
             return;
         }
         for c in 0..co {
             // SAFETY: row `c` of this task's columns, written by the GEMM above and by no
             // other task.
             let row = unsafe { std::slice::from_raw_parts_mut(y_s.add(c * np), j1 - j0) };
-            bias_act(row, bias.map(|b| b[c]), act);
+            let r = res.map(|r| &r[(s * co + c) * np + j0..(s * co + c) * np + j1]);
+            epilogue(row, bias.map(|b| b[c]), r, act);
         }
     };
     match par {

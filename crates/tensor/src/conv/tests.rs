@@ -471,6 +471,81 @@ fn conv2d_act_is_conv2d_then_activation_bit_for_bit() {
     }
 }
 
+/// The residual epilogue gives exactly the bits of the conv, then the bias, then the residual
+/// added as a separate op, then the activation, on every path (direct AVX-512 / AVX2, im2col,
+/// depthwise, 1×1, and a batch of one split over channel blocks or position ranges), with 1 and
+/// 3 threads; a residual of another shape is refused, naming both shapes.
+#[test]
+fn conv2d_add_act_is_conv2d_then_sum_then_activation_bit_for_bit() {
+    let mut cs = cases();
+    cs.push(case(1, 32, 64, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1), 1)); // channel blocks
+    cs.push(case(1, 64, 96, (32, 32), (1, 1), (1, 1), (0, 0), (1, 1), 1)); // position ranges
+    for (i, c) in cs.into_iter().enumerate() {
+        let p = c.params();
+        let seed = 4000 + 10 * i as u64;
+        let x = rand_array::<f32, _, _>(c.x_shape(), seed).mapv(|v| 4.0 * v);
+        let w = rand_array::<f32, _, _>(c.w_shape(), seed + 1);
+        let b: Array1<f32> = rand_array(c.c_out, seed + 2);
+        let y0 = conv2d(x.view(), w.view(), None, &p, Par::Seq).unwrap();
+        let r = rand_array::<f32, _, _>(y0.raw_dim(), seed + 3).mapv(|v| 4.0 * v);
+        for (no_direct, avx2) in [(false, false), (false, true), (true, false)] {
+            for bias in [None, Some(b.view())] {
+                let run = |threads: usize, act: Activation| {
+                    pool(threads).install(|| {
+                        NO_DIRECT.with(|f| f.set(no_direct));
+                        FORCE_AVX2.with(|f| f.set(avx2));
+                        let y = conv2d(x.view(), w.view(), bias, &p, Par::Rayon).unwrap();
+                        let want = (&y + &r).mapv(|v| act.apply(v));
+                        let mut cache = PackedWeights::default();
+                        let (xv, wv, rv) = (x.view(), w.view(), r.view());
+                        let got = conv2d_add_act_packed(
+                            xv,
+                            wv,
+                            bias,
+                            rv,
+                            act,
+                            &p,
+                            Par::Rayon,
+                            &mut cache,
+                        );
+                        (bits(&got.unwrap()), bits(&want))
+                    })
+                };
+                for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+                    let (got, want) = run(1, act);
+                    let msg = format!(
+                        "{c:?} {act:?} bias={} no_direct={no_direct} avx2={avx2}",
+                        bias.is_some()
+                    );
+                    assert_eq!(got, want, "{msg}");
+                    assert_eq!(run(3, act).0, got, "3 threads: {msg}");
+                }
+            }
+        }
+    }
+    let c = case(2, 16, 24, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1);
+    let x = rand_array::<f32, _, _>(c.x_shape(), 1);
+    let w = rand_array::<f32, _, _>(c.w_shape(), 2);
+    let r = Array4::<f32>::zeros((2, 24, 9, 8));
+    let mut cache = PackedWeights::default();
+    let e = conv2d_add_act_packed(
+        x.view(),
+        w.view(),
+        None,
+        r.view(),
+        Activation::Relu,
+        &c.params(),
+        Par::Seq,
+        &mut cache,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, TensorError::ShapeMismatch { op: "conv2d", lhs, rhs }
+            if lhs == &[2, 24, 9, 7] && rhs == &[2, 24, 9, 8]),
+        "{e}"
+    );
+}
+
 /// A kept packing gives `conv2d_act`'s bits on every call, and packs again for another weight
 /// buffer, another input size or another instruction set (each step below would reuse a stale
 /// packing otherwise); a weight view not in standard layout is packed from a copy, never kept.
