@@ -286,6 +286,27 @@ impl<F: Float> BatchNorm2d<F> {
         )?)
     }
 
+    /// `act(self(x) + r)` in evaluation mode, as one op when the tape does not record
+    /// ([`ops::batch_norm2d_eval_add_act`]; the values of [`BatchNorm2d::forward`], the sum and
+    /// [`Act::forward`] one after the other).
+    pub fn forward_eval_add_act(
+        &self,
+        tape: &mut Tape<F>,
+        x: Var,
+        r: Var,
+        act: Act,
+    ) -> Result<Var> {
+        let g = tape.param(&self.weight);
+        let b = tape.param(&self.bias);
+        Ok(ops::batch_norm2d_eval_add_act(
+            tape,
+            (x, g, b),
+            &self.state,
+            r,
+            act.activation(),
+        )?)
+    }
+
     /// `act(self(x))` in train mode as one op ([`ops::batch_norm2d_train_act`]: the values and
     /// gradients of [`BatchNorm2d::forward`] followed by [`Act::forward`], with two passes over
     /// the activation fewer).
@@ -523,8 +544,28 @@ pub(crate) fn conv_bn_add_act<F: Float>(
         if let Some(y) = h.conv_bn_add_act(tape, &conv.name, x, w, &conv.params, &e, r, fa)? {
             return Ok(y);
         }
+        // a hook may still take the conv and BatchNorm without the sum
+        let (p, none) = (&conv.params, FusedAct::None);
+        if let Some(y) = h.conv_bn_act(tape, &conv.name, x, w, p, &e, none)? {
+            return sum_act(tape, y, r, act);
+        }
     }
-    let y = conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?;
+    let c = conv.forward(tape, x, mode, hook)?;
+    let y = match mode {
+        // BatchNorm, sum and activation in one op (when the tape does not record)
+        Mode::Eval => bn.forward_eval_add_act(tape, c, r, act)?,
+        Mode::Train => {
+            let y = bn.forward_train_act(tape, c, Act::None)?;
+            tape.release(c);
+            return sum_act(tape, y, r, act);
+        }
+    };
+    tape.release(c);
+    Ok(y)
+}
+
+/// `act(y + r)` as the sum and activation ops (one op for ReLU).
+fn sum_act<F: Float>(tape: &mut Tape<F>, y: Var, r: Var, act: Act) -> Result<Var> {
     Ok(match act {
         Act::Relu => ops::add_relu(tape, y, r)?,
         Act::None => ops::add(tape, y, r)?,

@@ -104,13 +104,18 @@ impl<F: Float> Block<F> {
         for (conv, bn) in rest {
             y = conv_bn_act(conv, bn, Act::Relu, tape, y, mode, hook)?;
         }
-        // the shortcut before the last conv, which may take the sum into its epilogue
-        let s = match &mut self.downsample {
-            Some((conv, bn)) => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
-            None => x,
-        };
         let (conv, bn) = (&last.0, &mut last.1);
-        conv_bn_add_act(conv, bn, Act::Relu, tape, y, s, mode, hook)
+        match &mut self.downsample {
+            // the projection after the last conv, as the hook expects the layers in forward
+            // order (`Model::quantisable`)
+            Some((ds, ds_bn)) => {
+                let y = conv_bn_act(conv, bn, Act::None, tape, y, mode, hook)?;
+                let s = conv_bn_act(ds, ds_bn, Act::None, tape, x, mode, hook)?;
+                Ok(ops::add_relu(tape, y, s)?)
+            }
+            // the last conv takes the sum into its epilogue
+            None => conv_bn_add_act(conv, bn, Act::Relu, tape, y, x, mode, hook),
+        }
     }
 }
 

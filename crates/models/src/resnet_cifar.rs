@@ -111,13 +111,19 @@ impl<F: Float> CifarBlock<F> {
         hook: &mut Hook<F>,
     ) -> Result<Var> {
         let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
-        // the shortcut before the second conv, which may take the sum into its epilogue
+        let (conv2, bn2) = (&self.conv2, &mut self.bn2);
+        // a shortcut without a conv goes first, so that the second conv may take the sum into
+        // its epilogue; a projection comes after the second conv, as the hook expects the
+        // layers in forward order (`Model::quantisable`)
         let s = match &mut self.shortcut {
             Shortcut::Identity => x,
             Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
-            Shortcut::B { conv, bn } => conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?,
+            Shortcut::B { conv, bn } => {
+                let y = conv_bn_act(conv2, bn2, Act::None, tape, y, mode, hook)?;
+                let s = conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?;
+                return Ok(ops::add_relu(tape, y, s)?);
+            }
         };
-        let (conv2, bn2) = (&self.conv2, &mut self.bn2);
         conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
     }
 }

@@ -132,8 +132,13 @@ fn batch_norm2d_with<F: Float>(
                 // x̂ is not kept: backward recomputes it from x (on the tape), mean and
                 // inv_std, so a training step holds one activation-sized tensor less per
                 // batch-norm layer.
-                let (y, inv_std) =
-                    forward(xv, (&mean, &var), (gv, bv), state.eps, (act, tape.par()));
+                let (y, inv_std) = forward(
+                    (xv, None),
+                    (&mean, &var),
+                    (gv, bv),
+                    state.eps,
+                    (act, tape.par()),
+                );
                 (mean, var, count, y, inv_std)
             }
             None => {
@@ -172,7 +177,7 @@ fn batch_norm2d_with<F: Float>(
     } else {
         let stats = (&state.running_mean, &state.running_var);
         let (y, inv_std) = forward(
-            xv,
+            (xv, None),
             stats,
             (gv, bv),
             state.eps,
@@ -231,7 +236,74 @@ pub fn batch_norm2d_eval_act<F: Float>(
         ],
     )?;
     let stats = (&state.running_mean, &state.running_var);
-    let (y, _) = forward(xv, stats, (gv, bv), state.eps, (act, tape.par()));
+    let (y, _) = forward((xv, None), stats, (gv, bv), state.eps, (act, tape.par()));
+    // not recording: no backward will ask for the op
+    Ok(tape.constant(y.into_dyn()))
+}
+
+/// `act(batch_norm2d(x) + r)` in evaluation mode: a residual block's last BatchNorm, its
+/// shortcut `r` (of `x`'s shape) and the activation after the sum. On a tape that does not
+/// record, one pass over the activation instead of three (and no tensor for the BatchNorm's
+/// output), with the values of the ops one after the other (the BatchNorm's formula, then `+ r`,
+/// then [`Activation::apply`], as [`super::add_relu`] computes it). On a recording tape it is
+/// those ops ([`super::add_relu`] for ReLU, [`super::add`] then the activation otherwise).
+///
+/// # Shapes
+/// As [`batch_norm2d`]; `r` has `x`'s shape.
+/// # Errors
+/// As [`batch_norm2d`]; `ShapeMismatch` if `r` is not of `x`'s shape.
+pub fn batch_norm2d_eval_add_act<F: Float>(
+    tape: &mut Tape<F>,
+    (x, gamma, beta): (Var, Var, Var),
+    state: &BatchNormState<F>,
+    r: Var,
+    act: Activation,
+) -> Result<Var> {
+    if tape.is_recording() {
+        let y = batch_norm2d_eval_act(tape, (x, gamma, beta), state, Activation::None)?;
+        let out = match act {
+            Activation::Relu => super::add_relu(tape, y, r)?,
+            Activation::None => super::add(tape, y, r)?,
+            Activation::Relu6 => {
+                let s = super::add(tape, y, r)?;
+                let out = super::relu6(tape, s)?;
+                tape.release(s);
+                out
+            }
+        };
+        tape.release(y);
+        return Ok(out);
+    }
+    let xv = as4(OP, tape.checked(x, OP)?)?;
+    let rv = as4(OP, tape.checked(r, OP)?)?;
+    if rv.shape() != xv.shape() {
+        return Err(AutogradError::ShapeMismatch {
+            op: OP,
+            lhs: xv.shape().to_vec(),
+            rhs: rv.shape().to_vec(),
+        });
+    }
+    let gv = as1(OP, tape.checked(gamma, OP)?)?;
+    let bv = as1(OP, tape.checked(beta, OP)?)?;
+    let c = xv.dim().1;
+    check_channels(
+        &xv,
+        c,
+        [
+            gv.len(),
+            bv.len(),
+            state.channels(),
+            state.running_var.len(),
+        ],
+    )?;
+    let stats = (&state.running_mean, &state.running_var);
+    let (y, _) = forward(
+        (xv, Some(rv)),
+        stats,
+        (gv, bv),
+        state.eps,
+        (act, tape.par()),
+    );
     // not recording: no backward will ask for the op
     Ok(tape.constant(y.into_dyn()))
 }
@@ -269,7 +341,7 @@ fn too_few<F: Float>(count: usize, x: &ArrayView4<'_, F>) -> Result<()> {
 /// `x`: `[n, c, h, w]` (standard layout or not), `stats` = (mean, var), `affine` = (γ, β): `[c]`
 /// → (`y [n, c, h, w]`, `inv_std [c]`).
 fn forward<F: Float>(
-    x: ArrayView4<'_, F>,
+    (x, r): (ArrayView4<'_, F>, Option<ArrayView4<'_, F>>),
     (mean, var): (&Array1<F>, &Array1<F>),
     (gamma, beta): (ArrayView1<'_, F>, ArrayView1<'_, F>),
     eps: F,
@@ -280,10 +352,14 @@ fn forward<F: Float>(
     let inv_std = var.mapv(|v| F::one() / (v + eps).sqrt());
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
+    let r = r.as_ref().map(|r| r.as_standard_layout());
+    let rs = r
+        .as_ref()
+        .map(|r| r.as_slice().expect("standard layout is contiguous"));
     let mut y = Array4::<F>::uninit(x.raw_dim());
     if hw > 0 && c > 0 {
         let ys = y.as_slice_mut().expect("fresh array is contiguous");
-        let rows = (xs, c, hw, par);
+        let rows = (xs, rs, c, hw, par);
         let affine = (mean, &inv_std, gamma, beta);
         // the activation chosen outside the loops, so that each loop is a plain select
         match act {
@@ -298,12 +374,12 @@ fn forward<F: Float>(
     (y, inv_std)
 }
 
-/// `ys = a(γ·((x − μ)·inv_std) + β)` plane by plane (`xs` `[n, c, hw]`), planes in parallel
-/// when `par` allows it.
+/// `ys = a(γ·((x − μ)·inv_std) + β [+ r])` plane by plane (`xs` and `rs` `[n, c, hw]`), planes
+/// in parallel when `par` allows it.
 #[allow(clippy::type_complexity)] // the per-channel parameters, named at the call
 fn normalise<F: Float>(
     ys: &mut [MaybeUninit<F>],
-    (xs, c, hw, par): (&[F], usize, usize, Par),
+    (xs, rs, c, hw, par): (&[F], Option<&[F]>, usize, usize, Par),
     (mean, inv_std, gamma, beta): (&Array1<F>, &Array1<F>, ArrayView1<'_, F>, ArrayView1<'_, F>),
     a: impl Fn(F) -> F + Sync + Send,
 ) {
@@ -315,29 +391,40 @@ fn normalise<F: Float>(
     for_each_plane(
         ys,
         xs,
-        (c, hw, par),
+        (hw, par),
         #[inline(always)]
-        |ch, yp, xp| {
+        |i, yp, xp| {
+            let ch = i % c;
             let (mu, s, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                o.write(a(g * ((v - mu) * s) + b));
+            match rs {
+                None => {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        o.write(a(g * ((v - mu) * s) + b));
+                    }
+                }
+                Some(rs) => {
+                    let rp = &rs[i * hw..(i + 1) * hw];
+                    for ((o, &v), &r) in yp.iter_mut().zip(xp).zip(rp) {
+                        o.write(a(g * ((v - mu) * s) + b + r));
+                    }
+                }
             }
         },
     );
 }
 
-/// `f(channel, out_plane, x_plane)` for every plane of `out` and `xs` (`[n, c, hw]` both),
-/// planes in parallel when `par` allows it.
+/// `f(plane, out_plane, x_plane)` for every plane of `out` and `xs` (`[n, c, hw]` both; plane
+/// `i` is channel `i % c` of sample `i / c`), planes in parallel when `par` allows it.
 fn for_each_plane<T: Send, F: Float>(
     out: &mut [T],
     xs: &[F],
-    (c, hw, par): (usize, usize, Par),
+    (hw, par): (usize, Par),
     f: impl Fn(usize, &mut [T], &[F]) + Sync + Send,
 ) {
     let plane = |(i, (o, x)): (usize, (&mut [T], &[F]))| {
         hla_tensor::isa::vectorised(
             #[inline(always)]
-            || f(i % c, o, x),
+            || f(i, o, x),
         )
     };
     match par {
@@ -482,9 +569,9 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
             for_each_plane(
                 ds,
                 xs,
-                (c, hw, par),
+                (hw, par),
                 #[inline(always)]
-                |ch, dp, xp| mask_plane(act, dp, xp, pre(ch)),
+                |i, dp, xp| mask_plane(act, dp, xp, pre(i % c)),
             );
         }
         let sums: Vec<(F, F)> = {
@@ -510,9 +597,10 @@ pub(crate) fn batch_norm_train_backward<F: Float>(
             for_each_plane(
                 ds,
                 xs,
-                (c, hw, par),
+                (hw, par),
                 #[inline(always)]
-                |ch, dp, xp| {
+                |i, dp, xp| {
+                    let ch = i % c;
                     let (dg, db) = sums[ch];
                     let (mu, s) = (mean[ch], inv_std[ch]);
                     dx_plane(dp, xp, (mu, s), (gv[ch] * s / m, m, db, dg));
@@ -786,6 +874,95 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    /// In evaluation on a tape that does not record, BatchNorm with the residual sum and
+    /// activation gives the bits of `batch_norm2d`, `add` and `relu` / `relu6` (or `add_relu`)
+    /// (values straddling 0 and 6, a NaN in `x` and one in `r`, 1/2 threads above the parallel
+    /// threshold); on a recording tape it is those ops, gradients included; a residual of
+    /// another shape is refused.
+    #[test]
+    fn eval_add_act_is_batch_norm_then_sum_then_activation() {
+        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut x = uniform(&[4, 3, 40, 30], 91).mapv(|v| (8.0 * v) as f32);
+        x[[1, 2, 3, 4]] = f32::NAN;
+        let mut r = uniform(&[4, 3, 40, 30], 92).mapv(|v| (4.0 * v) as f32);
+        r[[2, 1, 5, 6]] = f32::NAN;
+        let g = ArrayD::from_shape_vec(vec![3], vec![1.5f32, -2.0, 3.0]).unwrap();
+        let b = ArrayD::from_shape_vec(vec![3], vec![0.5f32, 1.0, 2.5]).unwrap();
+        let mut s = BatchNormState::<f32>::new(3);
+        s.running_mean = ndarray::arr1(&[0.1, -0.2, 0.3]);
+        s.running_var = ndarray::arr1(&[0.5, 1.5, 2.0]);
+        for act in [Activation::Relu, Activation::Relu6, Activation::None] {
+            let want = {
+                let mut t = Tape::<f32>::no_grad();
+                let (xv, gv, bv) = (
+                    t.constant(x.clone()),
+                    t.constant(g.clone()),
+                    t.constant(b.clone()),
+                );
+                let rv = t.constant(r.clone());
+                let y = batch_norm2d(&mut t, xv, gv, bv, &mut s.clone(), false).unwrap();
+                let y = match act {
+                    Activation::Relu => crate::ops::add_relu(&mut t, y, rv).unwrap(),
+                    Activation::Relu6 => {
+                        let y = crate::ops::add(&mut t, y, rv).unwrap();
+                        crate::ops::relu6(&mut t, y).unwrap()
+                    }
+                    Activation::None => crate::ops::add(&mut t, y, rv).unwrap(),
+                };
+                bits(t.value(y))
+            };
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| {
+                    let mut t = Tape::<f32>::no_grad();
+                    t.set_par(Par::Rayon);
+                    let (xv, gv, bv) = (
+                        t.constant(x.clone()),
+                        t.constant(g.clone()),
+                        t.constant(b.clone()),
+                    );
+                    let rv = t.constant(r.clone());
+                    let y = batch_norm2d_eval_add_act(&mut t, (xv, gv, bv), &s, rv, act).unwrap();
+                    bits(t.value(y))
+                });
+                assert_eq!(got, want, "{act:?}, {threads} threads");
+            }
+        }
+        let xs = [
+            uniform(&[2, 3, 3, 2], 93),
+            positive(&[3], 94),
+            uniform(&[3], 95),
+            uniform(&[2, 3, 3, 2], 96),
+        ];
+        let s = BatchNormState::<f64>::new(3);
+        for act in [Activation::Relu, Activation::Relu6, Activation::None] {
+            check(
+                |t, v| batch_norm2d_eval_add_act(t, (v[0], v[1], v[2]), &s, v[3], act),
+                &xs,
+                97,
+            )
+            .unwrap();
+        }
+        let mut t = Tape::<f32>::no_grad();
+        let xv = t.constant(ArrayD::zeros(vec![2, 3, 2, 2]));
+        let rv = t.constant(ArrayD::zeros(vec![2, 3, 2, 1]));
+        let (gv, bv) = (
+            t.constant(ArrayD::ones(vec![3])),
+            t.constant(ArrayD::zeros(vec![3])),
+        );
+        let s = BatchNormState::<f32>::new(3);
+        let e =
+            batch_norm2d_eval_add_act(&mut t, (xv, gv, bv), &s, rv, Activation::Relu).unwrap_err();
+        assert!(
+            matches!(&e, AutogradError::ShapeMismatch { op: "batch_norm2d", lhs, rhs }
+                if lhs == &[2, 3, 2, 2] && rhs == &[2, 3, 2, 1]),
+            "{e}"
+        );
     }
 
     /// In train mode BatchNorm with a fused activation gives the bits of `batch_norm2d`

@@ -42,7 +42,10 @@ pub use add::add;
 pub use add_relu::add_relu;
 pub use add_scalar::add_scalar;
 pub use avg_pool2d::avg_pool2d;
-pub use batch_norm::{batch_norm2d, batch_norm2d_eval_act, batch_norm2d_train_act, BatchNormState};
+pub use batch_norm::{
+    batch_norm2d, batch_norm2d_eval_act, batch_norm2d_eval_add_act, batch_norm2d_train_act,
+    BatchNormState,
+};
 pub use clamp::clamp;
 pub use conv2d::{conv2d, conv2d_packed};
 pub use cross_entropy::cross_entropy;
