@@ -110,21 +110,27 @@ impl<F: Float> CifarBlock<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
+        // a shortcut without a conv goes first, so that the second conv may take the sum into
+        // its epilogue, and before the first conv, whose output is then the very next value the
+        // second reads (the W2A8 hook hands its codes on only then); a projection comes after
+        // the second conv, as hooks expect the layers in forward order (`Model::quantisable`)
+        let a = match &self.shortcut {
+            Shortcut::A { pad } => Some(shortcut_a(tape, x, *pad)?),
+            Shortcut::Identity | Shortcut::B { .. } => None,
+        };
         let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
         let (conv2, bn2) = (&self.conv2, &mut self.bn2);
-        // a shortcut without a conv goes first, so that the second conv may take the sum into
-        // its epilogue; a projection comes after the second conv, as the hook expects the
-        // layers in forward order (`Model::quantisable`)
-        let s = match &mut self.shortcut {
-            Shortcut::Identity => x,
-            Shortcut::A { pad } => shortcut_a(tape, x, *pad)?,
+        match &mut self.shortcut {
             Shortcut::B { conv, bn } => {
                 let y = conv_bn_act(conv2, bn2, Act::None, tape, y, mode, hook)?;
                 let s = conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?;
-                return Ok(ops::add_relu(tape, y, s)?);
+                Ok(ops::add_relu(tape, y, s)?)
             }
-        };
-        conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
+            Shortcut::Identity | Shortcut::A { .. } => {
+                let s = a.unwrap_or(x);
+                conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
+            }
+        }
     }
 }
 

@@ -221,24 +221,7 @@ pub fn batch_norm2d_eval_act<F: Float>(
         tape.release(y);
         return Ok(out);
     }
-    let xv = as4(OP, tape.checked(x, OP)?)?;
-    let gv = as1(OP, tape.checked(gamma, OP)?)?;
-    let bv = as1(OP, tape.checked(beta, OP)?)?;
-    let c = xv.dim().1;
-    check_channels(
-        &xv,
-        c,
-        [
-            gv.len(),
-            bv.len(),
-            state.channels(),
-            state.running_var.len(),
-        ],
-    )?;
-    let stats = (&state.running_mean, &state.running_var);
-    let (y, _) = forward((xv, None), stats, (gv, bv), state.eps, (act, tape.par()));
-    // not recording: no backward will ask for the op
-    Ok(tape.constant(y.into_dyn()))
+    eval_constant(tape, (x, gamma, beta), state, None, act)
 }
 
 /// `act(batch_norm2d(x) + r)` in evaluation mode: a residual block's last BatchNorm, its
@@ -274,9 +257,24 @@ pub fn batch_norm2d_eval_add_act<F: Float>(
         tape.release(y);
         return Ok(out);
     }
+    eval_constant(tape, (x, gamma, beta), state, Some(r), act)
+}
+
+/// `act(batch_norm2d(x) [+ r])` in evaluation as a constant (a tape that does not record: no
+/// backward will ask for the op), after checking the shapes.
+fn eval_constant<F: Float>(
+    tape: &mut Tape<F>,
+    (x, gamma, beta): (Var, Var, Var),
+    state: &BatchNormState<F>,
+    r: Option<Var>,
+    act: Activation,
+) -> Result<Var> {
     let xv = as4(OP, tape.checked(x, OP)?)?;
-    let rv = as4(OP, tape.checked(r, OP)?)?;
-    if rv.shape() != xv.shape() {
+    let rv = match r {
+        Some(r) => Some(as4(OP, tape.checked(r, OP)?)?),
+        None => None,
+    };
+    if let Some(rv) = rv.as_ref().filter(|rv| rv.shape() != xv.shape()) {
         return Err(AutogradError::ShapeMismatch {
             op: OP,
             lhs: xv.shape().to_vec(),
@@ -297,14 +295,7 @@ pub fn batch_norm2d_eval_add_act<F: Float>(
         ],
     )?;
     let stats = (&state.running_mean, &state.running_var);
-    let (y, _) = forward(
-        (xv, Some(rv)),
-        stats,
-        (gv, bv),
-        state.eps,
-        (act, tape.par()),
-    );
-    // not recording: no backward will ask for the op
+    let (y, _) = forward((xv, rv), stats, (gv, bv), state.eps, (act, tape.par()));
     Ok(tape.constant(y.into_dyn()))
 }
 
