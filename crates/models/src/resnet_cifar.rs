@@ -110,27 +110,35 @@ impl<F: Float> CifarBlock<F> {
         mode: Mode,
         hook: &mut Hook<F>,
     ) -> Result<Var> {
-        // a shortcut without a conv goes first, so that the second conv may take the sum into
-        // its epilogue, and before the first conv, whose output is then the very next value the
-        // second reads (the W2A8 hook hands its codes on only then); a projection comes after
-        // the second conv, as hooks expect the layers in forward order (`Model::quantisable`)
-        let a = match &self.shortcut {
-            Shortcut::A { pad } => Some(shortcut_a(tape, x, *pad)?),
-            Shortcut::Identity | Shortcut::B { .. } => None,
+        // Without a recording tape, option A's shortcut goes first, so that the second conv
+        // may take the sum into its epilogue, and before the first conv, whose output is then
+        // the very next value the second reads (the W2A8 hook hands its codes on only then).
+        // A recording tape keeps the order conv1, conv2, shortcut: backward sums the input's
+        // gradients in the reverse of that order, and an HLA layer uses its input several
+        // times, so another order would change the bits of training. A projection always
+        // comes after the second conv, as hooks expect the layers in forward order
+        // (`Model::quantisable`).
+        let early = match &self.shortcut {
+            Shortcut::A { pad } if !tape.is_recording() => Some(shortcut_a(tape, x, *pad)?),
+            _ => None,
         };
         let y = conv_bn_act(&self.conv1, &mut self.bn1, Act::Relu, tape, x, mode, hook)?;
         let (conv2, bn2) = (&self.conv2, &mut self.bn2);
-        match &mut self.shortcut {
-            Shortcut::B { conv, bn } => {
+        let s = match (&mut self.shortcut, early) {
+            (Shortcut::Identity, _) => x,
+            (Shortcut::A { .. }, Some(s)) => s,
+            (Shortcut::A { pad }, None) => {
+                let y = conv_bn_act(conv2, bn2, Act::None, tape, y, mode, hook)?;
+                let s = shortcut_a(tape, x, *pad)?;
+                return Ok(ops::add_relu(tape, y, s)?);
+            }
+            (Shortcut::B { conv, bn }, _) => {
                 let y = conv_bn_act(conv2, bn2, Act::None, tape, y, mode, hook)?;
                 let s = conv_bn_act(conv, bn, Act::None, tape, x, mode, hook)?;
-                Ok(ops::add_relu(tape, y, s)?)
+                return Ok(ops::add_relu(tape, y, s)?);
             }
-            Shortcut::Identity | Shortcut::A { .. } => {
-                let s = a.unwrap_or(x);
-                conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
-            }
-        }
+        };
+        conv_bn_add_act(conv2, bn2, Act::Relu, tape, y, s, mode, hook)
     }
 }
 
