@@ -527,7 +527,9 @@ pub(crate) fn conv_bn_act<F: Float>(
 
 /// Conv → BatchNorm → `+ r` → activation: a residual block's last conv and its sum with the
 /// shortcut `r` (ReLU after the sum in ResNets, none in MobileNetV2). A hook may fuse it all
-/// ([`LayerHook::conv_bn_add_act`]); otherwise [`conv_bn_act`] then the sum and activation ops.
+/// ([`LayerHook::conv_bn_add_act`]) or the conv and BatchNorm alone; otherwise the conv, then in
+/// evaluation BatchNorm, sum and activation as one op ([`BatchNorm2d::forward_eval_add_act`]), in
+/// training BatchNorm then the sum and activation ops. The same values either way.
 #[allow(clippy::too_many_arguments)] // conv_bn_act's operands plus the shortcut
 pub(crate) fn conv_bn_add_act<F: Float>(
     conv: &Conv2d<F>,
