@@ -802,51 +802,66 @@ mod tests {
         assert!(matches!(e, AutogradError::BadShape { .. }), "{e}");
     }
 
-    /// In evaluation on a tape that does not record, BatchNorm with a fused activation gives
-    /// the bits of `batch_norm2d` followed by `relu` / `relu6` (values straddling 0 and 6, a
-    /// NaN, 1/2 threads above the parallel threshold); on a recording tape it is those two ops,
-    /// gradients included.
-    #[test]
-    fn eval_act_is_batch_norm_then_activation() {
-        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        let mut x = uniform(&[4, 3, 40, 30], 71).mapv(|v| (8.0 * v) as f32);
+    /// An input `[4, 3, 40, 30]` in (−8, 8) with a NaN (values straddling 0 and 6), γ, β and
+    /// running statistics for the evaluation tests.
+    fn eval_case(seed: u64) -> (ArrayD<f32>, ArrayD<f32>, ArrayD<f32>, BatchNormState<f32>) {
+        let mut x = uniform(&[4, 3, 40, 30], seed).mapv(|v| (8.0 * v) as f32);
         x[[1, 2, 3, 4]] = f32::NAN;
         let g = ArrayD::from_shape_vec(vec![3], vec![1.5f32, -2.0, 3.0]).unwrap();
         let b = ArrayD::from_shape_vec(vec![3], vec![0.5f32, 1.0, 2.5]).unwrap();
         let mut s = BatchNormState::<f32>::new(3);
         s.running_mean = ndarray::arr1(&[0.1, -0.2, 0.3]);
         s.running_var = ndarray::arr1(&[0.5, 1.5, 2.0]);
+        (x, g, b, s)
+    }
+
+    /// The bits of `f(tape, vars)` with `inputs` as constants on a tape that does not record:
+    /// on the calling thread with the tape's defaults (`threads` `None`), or in parallel on a
+    /// pool of that many threads.
+    fn no_grad_bits(
+        threads: Option<usize>,
+        inputs: &[&ArrayD<f32>],
+        f: impl Fn(&mut Tape<f32>, &[Var]) -> Var + Send + Sync,
+    ) -> Vec<u32> {
+        let run = || {
+            let mut t = Tape::<f32>::no_grad();
+            if threads.is_some() {
+                t.set_par(Par::Rayon);
+            }
+            let vs: Vec<Var> = inputs.iter().map(|a| t.constant((*a).clone())).collect();
+            let y = f(&mut t, &vs);
+            t.value(y).iter().map(|v| v.to_bits()).collect()
+        };
+        match threads {
+            None => run(),
+            Some(k) => rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+                .install(run),
+        }
+    }
+
+    /// In evaluation on a tape that does not record, BatchNorm with a fused activation gives
+    /// the bits of `batch_norm2d` followed by `relu` / `relu6` (values straddling 0 and 6, a
+    /// NaN, 1/2 threads above the parallel threshold); on a recording tape it is those two ops,
+    /// gradients included.
+    #[test]
+    fn eval_act_is_batch_norm_then_activation() {
+        let (x, g, b, s) = eval_case(71);
+        let inputs = [&x, &g, &b];
         for act in [Activation::Relu, Activation::Relu6, Activation::None] {
-            let want = {
-                let mut t = Tape::<f32>::no_grad();
-                let (xv, gv, bv) = (
-                    t.constant(x.clone()),
-                    t.constant(g.clone()),
-                    t.constant(b.clone()),
-                );
-                let y = batch_norm2d(&mut t, xv, gv, bv, &mut s.clone(), false).unwrap();
-                let y = match act {
-                    Activation::Relu => crate::ops::relu(&mut t, y).unwrap(),
-                    Activation::Relu6 => crate::ops::relu6(&mut t, y).unwrap(),
+            let want = no_grad_bits(None, &inputs, |t, v| {
+                let y = batch_norm2d(t, v[0], v[1], v[2], &mut s.clone(), false).unwrap();
+                match act {
+                    Activation::Relu => crate::ops::relu(t, y).unwrap(),
+                    Activation::Relu6 => crate::ops::relu6(t, y).unwrap(),
                     Activation::None => y,
-                };
-                bits(t.value(y))
-            };
+                }
+            });
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got = pool.install(|| {
-                    let mut t = Tape::<f32>::no_grad();
-                    t.set_par(Par::Rayon);
-                    let (xv, gv, bv) = (
-                        t.constant(x.clone()),
-                        t.constant(g.clone()),
-                        t.constant(b.clone()),
-                    );
-                    let y = batch_norm2d_eval_act(&mut t, (xv, gv, bv), &s, act).unwrap();
-                    bits(t.value(y))
+                let got = no_grad_bits(Some(threads), &inputs, |t, v| {
+                    batch_norm2d_eval_act(t, (v[0], v[1], v[2]), &s, act).unwrap()
                 });
                 assert_eq!(got, want, "{act:?}, {threads} threads");
             }
@@ -874,52 +889,25 @@ mod tests {
     /// another shape is refused.
     #[test]
     fn eval_add_act_is_batch_norm_then_sum_then_activation() {
-        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        let mut x = uniform(&[4, 3, 40, 30], 91).mapv(|v| (8.0 * v) as f32);
-        x[[1, 2, 3, 4]] = f32::NAN;
+        let (x, g, b, s) = eval_case(91);
         let mut r = uniform(&[4, 3, 40, 30], 92).mapv(|v| (4.0 * v) as f32);
         r[[2, 1, 5, 6]] = f32::NAN;
-        let g = ArrayD::from_shape_vec(vec![3], vec![1.5f32, -2.0, 3.0]).unwrap();
-        let b = ArrayD::from_shape_vec(vec![3], vec![0.5f32, 1.0, 2.5]).unwrap();
-        let mut s = BatchNormState::<f32>::new(3);
-        s.running_mean = ndarray::arr1(&[0.1, -0.2, 0.3]);
-        s.running_var = ndarray::arr1(&[0.5, 1.5, 2.0]);
+        let inputs = [&x, &g, &b, &r];
         for act in [Activation::Relu, Activation::Relu6, Activation::None] {
-            let want = {
-                let mut t = Tape::<f32>::no_grad();
-                let (xv, gv, bv) = (
-                    t.constant(x.clone()),
-                    t.constant(g.clone()),
-                    t.constant(b.clone()),
-                );
-                let rv = t.constant(r.clone());
-                let y = batch_norm2d(&mut t, xv, gv, bv, &mut s.clone(), false).unwrap();
-                let y = match act {
-                    Activation::Relu => crate::ops::add_relu(&mut t, y, rv).unwrap(),
+            let want = no_grad_bits(None, &inputs, |t, v| {
+                let y = batch_norm2d(t, v[0], v[1], v[2], &mut s.clone(), false).unwrap();
+                match act {
+                    Activation::Relu => crate::ops::add_relu(t, y, v[3]).unwrap(),
                     Activation::Relu6 => {
-                        let y = crate::ops::add(&mut t, y, rv).unwrap();
-                        crate::ops::relu6(&mut t, y).unwrap()
+                        let y = crate::ops::add(t, y, v[3]).unwrap();
+                        crate::ops::relu6(t, y).unwrap()
                     }
-                    Activation::None => crate::ops::add(&mut t, y, rv).unwrap(),
-                };
-                bits(t.value(y))
-            };
+                    Activation::None => crate::ops::add(t, y, v[3]).unwrap(),
+                }
+            });
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got = pool.install(|| {
-                    let mut t = Tape::<f32>::no_grad();
-                    t.set_par(Par::Rayon);
-                    let (xv, gv, bv) = (
-                        t.constant(x.clone()),
-                        t.constant(g.clone()),
-                        t.constant(b.clone()),
-                    );
-                    let rv = t.constant(r.clone());
-                    let y = batch_norm2d_eval_add_act(&mut t, (xv, gv, bv), &s, rv, act).unwrap();
-                    bits(t.value(y))
+                let got = no_grad_bits(Some(threads), &inputs, |t, v| {
+                    batch_norm2d_eval_add_act(t, (v[0], v[1], v[2]), &s, v[3], act).unwrap()
                 });
                 assert_eq!(got, want, "{act:?}, {threads} threads");
             }

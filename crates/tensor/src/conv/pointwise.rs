@@ -32,8 +32,8 @@ impl<F> Out<F> {
     }
 }
 
-/// `act(W · x_s + bias + res_s)` for every sample `s` of a 1×1 stride-1 convolution with groups 1
-/// (`xs` `[n, c_in, np]`, `ws` `[c_out, c_in]` → `[n, c_out, np]`, `np` = positions), each
+/// `act(W · x_s + bias + res_s)` for every sample `s` of a 1×1 stride-1 convolution with
+/// groups 1 (`xs` `[n, c_in, np]`, `ws` `[c_out, c_in]` → `[n, c_out, np]`, `np` = positions), each
 /// sample's positions cut into `parts` ranges, one task each. A task's GEMM packs its own
 /// columns of `x_s` and writes the same columns of every output row (strided, disjoint from
 /// the other tasks'), with `beta = 0` so the output is never read before it is written. The
