@@ -255,6 +255,7 @@ pub struct A8Hook {
     isa: Int8Isa,
     par: Par,
     fuse: bool,
+    fuse_sum: bool,
     fused: usize,
     /// Fused layer → the grid of the fused layer that reads its output (learnt).
     next_grid: BTreeMap<String, ActQuant>,
@@ -340,6 +341,7 @@ pub fn load_a8(model: &mut dyn Model, pm: &PackedModel) -> Result<A8Hook> {
         isa: Int8Isa::detect(),
         par: Par::Rayon,
         fuse: true,
+        fuse_sum: true,
         fused: 0,
         next_grid: BTreeMap::new(),
         last: None,
@@ -364,6 +366,16 @@ impl A8Hook {
     /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
     pub fn with_bn_folding(mut self, fuse: bool) -> Self {
         self.fuse = fuse;
+        self
+    }
+
+    /// Whether a residual block's last fused conv also adds the block's shortcut and applies
+    /// the activation after the sum in its epilogue (the same bits as the sum after it) — on by
+    /// default; off leaves the sum and activation to the model's f32 ops (tests compare both).
+    ///
+    /// Guide: [Alg. 1 line 21](crate::guide#alg1-line-21).
+    pub fn with_sum_epilogue(mut self, fuse: bool) -> Self {
+        self.fuse_sum = fuse;
         self
     }
 
@@ -411,6 +423,7 @@ struct Epilogue<'a> {
     alpha_neg: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
     norms: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
     act: Activation,
 }
 
@@ -441,6 +454,7 @@ fn run_conv(
         alpha_neg: ep.alpha_neg,
         bias: ep.bias,
         norms: ep.norms,
+        residual: ep.residual,
         act: ep.act,
     };
     let qi = QuantInput {
@@ -467,6 +481,7 @@ fn int_conv(
         alpha_neg: alpha_neg.as_deref(),
         bias: None,
         norms: None,
+        residual: None,
         act: Activation::None,
     };
     let (y, _) = run_conv(l, &q, p, &ep, None, (isa, par))?;
@@ -569,36 +584,12 @@ fn as4(a: &ArrayD<f32>) -> std::result::Result<ndarray::ArrayView4<'_, f32>, Aut
         })
 }
 
-impl LayerHook for A8Hook {
-    fn conv2d(
-        &mut self,
-        tape: &mut Tape<f32>,
-        layer: &str,
-        x: Var,
-        w: Var,
-        p: &Conv2dParams,
-        mode: Mode,
-    ) -> hla_models::Result<Var> {
-        self.last = None;
-        let Some(l) = self.layers.get_mut(layer) else {
-            return self.base.conv2d(tape, layer, x, w, p, mode);
-        };
-        let (kernel, act) = (l.kernel, l.act);
-        let (y, q) = int_conv(l, as4(tape.value(x))?, p, self.isa, self.par)?;
-        let mut y = tape.constant(y.into_dyn());
-        let e = self
-            .base
-            .entry(layer)
-            .expect("calibrated layers are packed layers");
-        if e.input_norm {
-            let xn = quantised_patch_norms(&q, act, kernel, p, self.base.eps_x(), self.par)?;
-            let xn = tape.constant(xn.into_dyn());
-            y = divide_by_patch_norm(tape, y, xn)?;
-        }
-        Ok(e.apply_conv_gain(tape, y)?)
-    }
-
-    fn conv_bn_act(
+impl A8Hook {
+    /// [`LayerHook::conv_bn_act`] (no `r`) and [`LayerHook::conv_bn_add_act`]: the BatchNorm
+    /// folded into the integer conv's scales and shift, the shortcut `r` (when it has the
+    /// output's shape) and the activation applied in its epilogue.
+    #[allow(clippy::too_many_arguments)] // the conv's operands plus the BN, shortcut and activation
+    fn fused(
         &mut self,
         tape: &mut Tape<f32>,
         layer: &str,
@@ -606,8 +597,28 @@ impl LayerHook for A8Hook {
         w: &ArrayD<f32>,
         p: &Conv2dParams,
         bn: &BnEval<'_, f32>,
-        act: FusedAct,
+        (r, act): (Option<Var>, FusedAct),
     ) -> hla_models::Result<Option<Var>> {
+        // a shortcut is summed in the epilogue when it is a contiguous [n, c_out, h_out, w_out]
+        // (quantised layers only); otherwise decline before anything changes, so the model's
+        // conv_bn_act call still finds the previous layer's output
+        if let Some(r) = r {
+            if !self.fuse_sum {
+                return Ok(None);
+            }
+            let (xs, rv) = (tape.value(x).shape(), tape.value(r));
+            let want = match (self.layers.get(layer), xs) {
+                (Some(l), &[n, _, h, wd]) => {
+                    let (kh, kw) = l.kernel;
+                    let hw = p.output_hw(h, wd, kh, kw).ok();
+                    hw.map(|(ho, wo)| [n, l.alpha.len(), ho, wo])
+                }
+                _ => None,
+            };
+            if want.is_none_or(|s| rv.shape() != s) || !rv.is_standard_layout() {
+                return Ok(None);
+            }
+        }
         let prev = self.last.take();
         let Some(l) = self.layers.get_mut(layer) else {
             // a full-precision conv (the first one, or a skipped layer computed with the
@@ -678,6 +689,7 @@ impl LayerHook for A8Hook {
             alpha_neg: alpha_neg.as_deref(),
             bias: Some(&shift),
             norms: norms.as_deref(),
+            residual: r.map(|r| tape.value(r).as_slice().expect("contiguous, checked above")),
             act: act.into(),
         };
         let next = self.next_grid.get(layer).copied();
@@ -692,6 +704,63 @@ impl LayerHook for A8Hook {
             codes: next.zip(codes),
         });
         Ok(Some(var))
+    }
+}
+
+impl LayerHook for A8Hook {
+    fn conv2d(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: Var,
+        p: &Conv2dParams,
+        mode: Mode,
+    ) -> hla_models::Result<Var> {
+        self.last = None;
+        let Some(l) = self.layers.get_mut(layer) else {
+            return self.base.conv2d(tape, layer, x, w, p, mode);
+        };
+        let (kernel, act) = (l.kernel, l.act);
+        let (y, q) = int_conv(l, as4(tape.value(x))?, p, self.isa, self.par)?;
+        let mut y = tape.constant(y.into_dyn());
+        let e = self
+            .base
+            .entry(layer)
+            .expect("calibrated layers are packed layers");
+        if e.input_norm {
+            let xn = quantised_patch_norms(&q, act, kernel, p, self.base.eps_x(), self.par)?;
+            let xn = tape.constant(xn.into_dyn());
+            y = divide_by_patch_norm(tape, y, xn)?;
+        }
+        Ok(e.apply_conv_gain(tape, y)?)
+    }
+
+    fn conv_bn_act(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: &ArrayD<f32>,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, f32>,
+        act: FusedAct,
+    ) -> hla_models::Result<Option<Var>> {
+        self.fused(tape, layer, x, w, p, bn, (None, act))
+    }
+
+    fn conv_bn_add_act(
+        &mut self,
+        tape: &mut Tape<f32>,
+        layer: &str,
+        x: Var,
+        w: &ArrayD<f32>,
+        p: &Conv2dParams,
+        bn: &BnEval<'_, f32>,
+        r: Var,
+        act: FusedAct,
+    ) -> hla_models::Result<Option<Var>> {
+        self.fused(tape, layer, x, w, p, bn, (Some(r), act))
     }
 
     fn fuses_unquantised(&self) -> bool {

@@ -56,6 +56,7 @@ fn main() {
             alpha_neg: None,
             bias: None,
             norms: None,
+            residual: None,
             act: hla_tensor::ternary_conv::Activation::None,
         };
         let x = QuantInput {

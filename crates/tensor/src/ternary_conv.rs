@@ -258,6 +258,9 @@ pub struct TernaryConv<'a> {
     /// Per-position divisors `[n, groups, h_out, w_out]` applied before the bias (HLA's patch
     /// norms of the input, so BN can be folded into `alpha` and `bias`).
     pub norms: Option<&'a [f32]>,
+    /// Added after the bias, before the activation, `[n, c_out, h_out, w_out]`: a residual
+    /// block's shortcut, summed while the output is in cache instead of in a pass of its own.
+    pub residual: Option<&'a [f32]>,
     /// Fused activation.
     pub act: Activation,
 }
@@ -373,6 +376,13 @@ fn conv_u8(
             op: "ternary_conv2d_u8 (norms)",
             lhs: vec![w.norms.map_or(0, |nm| nm.len())],
             rhs: vec![n, g, ho, wo],
+        });
+    }
+    if w.residual.is_some_and(|r| r.len() != n * c_out * m) {
+        return Err(TensorError::ShapeMismatch {
+            op: "ternary_conv2d_u8 (residual)",
+            lhs: vec![w.residual.map_or(0, |r| r.len())],
+            rhs: vec![n, c_out, ho, wo],
         });
     }
     let xq = x.q.as_standard_layout();
@@ -548,6 +558,8 @@ fn conv_u8(
                     // channel j's plane within this piece
                     let at = (j - j0) * m;
                     let b = w.bias.map_or(0.0, |b| b[j]);
+                    // channel j's shortcut plane in sample i
+                    let res = w.residual.map(|rs| &rs[(i * c_out + j) * m..][..m]);
                     let za = z * pc.row_sum[j];
                     let zb = w.magnitudes.map_or(0, |mc| z * mc.row_sum[j]);
                     let (ap, an) = match w.alpha_neg {
@@ -564,6 +576,7 @@ fn conv_u8(
                             width: seg,
                             pos_row,
                             norms,
+                            res,
                         };
                         let o = &mut out[at..][..m];
                         let q = codes.as_deref_mut().map(|q| &mut q[at..][..m]);
@@ -577,6 +590,7 @@ fn conv_u8(
                         let acc = &s.acc[sums..sums + seg];
                         let abs = an.map(|_| &s.acc_abs[sums..sums + seg]);
                         let nrow = norms.map(|nm| &nm[oy * seg..(oy + 1) * seg]);
+                        let rrow = res.map(|rs| &rs[oy * seg..(oy + 1) * seg]);
                         for (ox, (o, &a)) in o.iter_mut().zip(acc).enumerate() {
                             let a = a - za;
                             let mut v = match (an, abs) {
@@ -589,7 +603,10 @@ fn conv_u8(
                             if let Some(nr) = nrow {
                                 v /= nr[ox];
                             }
-                            let v = w.act.apply(v + b);
+                            let v = match rrow {
+                                Some(rr) => w.act.apply(v + b + rr[ox]),
+                                None => w.act.apply(v + b),
+                            };
                             o.write(v);
                             if let (Some(q), Some((inv, z))) = (q.as_deref_mut(), requant) {
                                 q[ox].write(quantize_one(v, inv, z));
@@ -623,8 +640,9 @@ fn conv_u8(
 type Requant<'a> = (&'a mut [MaybeUninit<u8>], (f32, f32));
 
 /// The constants of one output channel's epilogue, `act(ap·(acc − za) + b)` (with HLA's patch
-/// norms `act(ap·(acc − za) / norm + b)`), and where its rows sit: `width` outputs a row, row
-/// `oy`'s sums from `oy·pos_row` in the accumulator, its norms from `oy·width` in `norms`.
+/// norms `act(ap·(acc − za) / norm + b)`, with a shortcut `act(… + b + res)`), and where its
+/// rows sit: `width` outputs a row, row `oy`'s sums from `oy·pos_row` in the accumulator, its
+/// norms and shortcut values from `oy·width` in `norms` and `res`.
 struct Row<'a> {
     za: i32,
     ap: f32,
@@ -633,74 +651,86 @@ struct Row<'a> {
     width: usize,
     pos_row: usize,
     norms: Option<&'a [f32]>,
+    res: Option<&'a [f32]>,
 }
 
-/// `o = act(ap·(acc − za) + b)` (or `act(ap·(acc − za) / norm + b)`) over one output channel's
-/// plane `o` (rows of `row.width`, read from `acc` at `row.pos_row` apart), and with
-/// `q = Some((codes, (1/s, z + ½)))` each output's code on the next layer's grid. `f32::max`
-/// returns the non-NaN operand, so unlike [`Activation::apply`] a NaN would become 0 under ReLU
-/// here; the products of integer sums and finite scales, divided by positive norms, are never
-/// NaN. Plain multiplies and adds (never fused), so the AVX2
-/// and AVX-512 entries below give the same bits.
+/// `o = act(ap·(acc − za) + b)` (or `act(ap·(acc − za) / norm + b)`, plus `res` after the bias)
+/// over one output channel's plane `o` (rows of `row.width`, read from `acc` at `row.pos_row`
+/// apart), and with `q = Some((codes, (1/s, z + ½)))` each output's code on the next layer's
+/// grid. Without a shortcut, `f32::max` returns the non-NaN operand, so unlike
+/// [`Activation::apply`] a NaN would become 0 under ReLU here; the products of integer sums and
+/// finite scales, divided by positive norms, are never NaN. A shortcut may hold anything, so
+/// with one the ReLU is [`Activation::apply`]'s (NaN and −0.0 kept, as the separate sum and
+/// ReLU give). Plain multiplies and adds (never fused), so the AVX2 and AVX-512 entries below
+/// give the same bits.
 #[inline(always)]
 fn finish_any(row: &Row, acc: &[i32], o: &mut [MaybeUninit<f32>], q: Option<Requant<'_>>) {
+    /// One plane with the divisions (`NORM`) and the shortcut (`RES`) compiled in or out.
     #[inline(always)]
-    fn go(
+    fn go<const NORM: bool, const RES: bool>(
         r: &Row,
         acc: &[i32],
         o: &mut [MaybeUninit<f32>],
-        q: Option<Requant<'_>>,
+        mut q: Option<Requant<'_>>,
         act: impl Fn(f32) -> f32,
     ) {
-        let f = |a: i32| act(r.ap * (a - r.za) as f32 + r.b);
-        let f_norm = |a: i32, n: f32| act(r.ap * (a - r.za) as f32 / n + r.b);
-        let rows = o.chunks_mut(r.width).enumerate();
-        match q {
-            None => {
-                for (oy, o) in rows {
-                    let acc = &acc[oy * r.pos_row..][..o.len()];
-                    match r.norms {
-                        None => o.iter_mut().zip(acc).for_each(|(o, &a)| {
-                            o.write(f(a));
-                        }),
-                        Some(nm) => {
-                            let nm = &nm[oy * r.width..][..o.len()];
-                            o.iter_mut().zip(acc).zip(nm).for_each(|((o, &a), &n)| {
-                                o.write(f_norm(a, n));
-                            })
-                        }
-                    }
+        for (oy, o) in o.chunks_mut(r.width).enumerate() {
+            let (len, at) = (o.len(), oy * r.width);
+            // every slice cut to `len`, so the indexing below needs no bounds checks
+            let acc = &acc[oy * r.pos_row..][..len];
+            let nm = r
+                .norms
+                .filter(|_| NORM)
+                .map_or(&[][..], |nm| &nm[at..][..len]);
+            let rs = r.res.filter(|_| RES).map_or(&[][..], |rs| &rs[at..][..len]);
+            let value = |x: usize| {
+                let mut v = r.ap * (acc[x] - r.za) as f32;
+                if NORM {
+                    v /= nm[x];
                 }
-            }
-            Some((q, (inv, z))) => {
-                for ((oy, o), q) in rows.zip(q.chunks_mut(r.width)) {
-                    let acc = &acc[oy * r.pos_row..][..o.len()];
-                    let put = |o: &mut MaybeUninit<f32>, q: &mut MaybeUninit<u8>, v: f32| {
-                        o.write(v);
-                        q.write(quantize_one(v, inv, z));
-                    };
-                    match r.norms {
-                        None => {
-                            for ((o, q), &a) in o.iter_mut().zip(q.iter_mut()).zip(acc) {
-                                put(o, q, f(a));
-                            }
-                        }
-                        Some(nm) => {
-                            let nm = &nm[oy * r.width..][..o.len()];
-                            let it = o.iter_mut().zip(q.iter_mut()).zip(acc).zip(nm);
-                            for (((o, q), &a), &n) in it {
-                                put(o, q, f_norm(a, n));
-                            }
-                        }
+                v += r.b;
+                if RES {
+                    v += rs[x];
+                }
+                act(v)
+            };
+            match q.as_mut() {
+                None => (0..len).for_each(|x| {
+                    o[x].write(value(x));
+                }),
+                Some((q, (inv, z))) => {
+                    let (q, inv, z) = (&mut q[at..][..len], *inv, *z);
+                    for x in 0..len {
+                        let v = value(x);
+                        o[x].write(v);
+                        q[x].write(quantize_one(v, inv, z));
                     }
                 }
             }
         }
     }
-    match row.act {
-        Activation::None => go(row, acc, o, q, |v| v),
-        Activation::Relu => go(row, acc, o, q, |v| v.max(0.0)),
-        Activation::Relu6 => go(row, acc, o, q, |v| v.clamp(0.0, 6.0)),
+    #[inline(always)]
+    fn with_act<const NORM: bool, const RES: bool>(
+        r: &Row,
+        acc: &[i32],
+        o: &mut [MaybeUninit<f32>],
+        q: Option<Requant<'_>>,
+    ) {
+        match (r.act, RES) {
+            (Activation::None, _) => go::<NORM, RES>(r, acc, o, q, |v| v),
+            (Activation::Relu, false) => go::<NORM, RES>(r, acc, o, q, |v| v.max(0.0)),
+            (Activation::Relu, true) => {
+                go::<NORM, RES>(r, acc, o, q, |v| if v < 0.0 { 0.0 } else { v })
+            }
+            // `clamp` keeps NaN and −0.0, as `Activation::apply` does
+            (Activation::Relu6, _) => go::<NORM, RES>(r, acc, o, q, |v| v.clamp(0.0, 6.0)),
+        }
+    }
+    match (row.norms.is_some(), row.res.is_some()) {
+        (false, false) => with_act::<false, false>(row, acc, o, q),
+        (true, false) => with_act::<true, false>(row, acc, o, q),
+        (false, true) => with_act::<false, true>(row, acc, o, q),
+        (true, true) => with_act::<true, true>(row, acc, o, q),
     }
 }
 
@@ -1276,6 +1306,7 @@ mod tests {
                                 alpha_neg: an,
                                 bias: None,
                                 norms: None,
+                                residual: None,
                                 act: Activation::None,
                             };
                             let y = ternary_conv2d_u8(&x, &w, &p, isa, par).unwrap();
@@ -1366,6 +1397,7 @@ mod tests {
                     alpha_neg: asym.then_some(alpha_neg.as_slice()),
                     bias: Some(&bias),
                     norms: with_norms.then_some(norms.as_slice()),
+                    residual: None,
                     act: Activation::Relu,
                 };
                 let next = Some((0.05, 7));
@@ -1436,6 +1468,7 @@ mod tests {
             alpha_neg: None,
             bias: None,
             norms: None,
+            residual: None,
             act: Activation::None,
         };
         let (inv, z) = (1.0 / 0.05, 7.0 + 0.5);
@@ -1447,6 +1480,7 @@ mod tests {
                 let w = TernaryConv {
                     bias: Some(&bias),
                     norms: Some(&norms),
+                    residual: None,
                     act,
                     ..plain_w
                 };
@@ -1469,6 +1503,7 @@ mod tests {
         norms[m + hw + 1] = 0.0;
         let w = TernaryConv {
             norms: Some(&norms),
+            residual: None,
             act: Activation::Relu,
             ..plain_w
         };
@@ -1476,6 +1511,89 @@ mod tests {
             let y = conv_u8(&x, &w, &p, None, isa, Par::Seq, None).unwrap().0;
             assert!(y[[1, 0, 1, 1]].is_nan(), "{isa:?}");
         }
+    }
+
+    /// A shortcut in the epilogue is the separate sum: every output is exactly
+    /// `act(y + r)` of the output `y` without it (bias, patch norms and asymmetric scales
+    /// included) and its code the quantiser's of that value, on every kernel, activation and
+    /// thread mode; NaN, infinities and −0.0 in the shortcut come out as the separate sum and
+    /// [`Activation::apply`] give them. A shortcut of the wrong length is an error.
+    #[test]
+    fn residual_epilogue_is_the_separate_sum_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let (n, c, c_out, hw, kk) = (2, 8, 12, 7, 3);
+        let p = Conv2dParams::new(1, 1);
+        let codes: Vec<i8> = (0..c_out * c * kk * kk)
+            .map(|_| rng.random_range(-1i8..=1))
+            .collect();
+        let pc = PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap();
+        let mc = pc.magnitudes();
+        let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
+        let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
+        let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect();
+        let q = Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>());
+        let x = QuantInput {
+            q: q.view(),
+            scale: 0.1,
+            zero: 3,
+        };
+        let m = hw * hw;
+        let norms: Vec<f32> = (0..n * m).map(|_| rng.random_range(0.5f32..2.0)).collect();
+        let mut res: Vec<f32> = (0..n * c_out * m)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 7.5];
+        for (i, v) in specials.into_iter().enumerate() {
+            res[i * 37] = v;
+        }
+        let (inv, z) = (1.0 / 0.05, 7.0 + 0.5);
+        for isa in Int8Isa::available() {
+            for (with_norms, asym) in [(false, false), (true, false), (false, true), (true, true)] {
+                for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+                    let w = TernaryConv {
+                        codes: &pc,
+                        magnitudes: asym.then_some(&mc),
+                        kernel: (kk, kk),
+                        alpha: &alpha,
+                        alpha_neg: asym.then_some(alpha_neg.as_slice()),
+                        bias: Some(&bias),
+                        norms: with_norms.then_some(norms.as_slice()),
+                        residual: None,
+                        act: Activation::None,
+                    };
+                    let y = conv_u8(&x, &w, &p, None, isa, Par::Seq, None).unwrap().0;
+                    let w = TernaryConv {
+                        residual: Some(&res),
+                        act,
+                        ..w
+                    };
+                    for par in [Par::Seq, Par::Rayon] {
+                        let (got, codes) =
+                            conv_u8(&x, &w, &p, Some((0.05, 7)), isa, par, None).unwrap();
+                        let codes = codes.unwrap();
+                        for ((e, &g), (&y, &r)) in got.iter().enumerate().zip(y.iter().zip(&res)) {
+                            let v = act.apply(y + r);
+                            let what = format!("{isa:?} {with_norms} {asym} {act:?} {par:?} {e}");
+                            assert_eq!(g.to_bits(), v.to_bits(), "{what}");
+                            assert_eq!(codes.as_slice().unwrap()[e], quantize_one(v, inv, z));
+                        }
+                    }
+                }
+            }
+        }
+        let short = TernaryConv {
+            codes: &pc,
+            magnitudes: None,
+            kernel: (kk, kk),
+            alpha: &alpha,
+            alpha_neg: None,
+            bias: None,
+            norms: None,
+            residual: Some(&res[1..]),
+            act: Activation::Relu,
+        };
+        let e = ternary_conv2d_u8(&x, &short, &p, Int8Isa::detect(), Par::Seq).unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
     }
 
     /// Against the f32 convolution of the dequantised operands, with bias and fused ReLU.
@@ -1504,6 +1622,7 @@ mod tests {
             alpha_neg: None,
             bias: Some(&bias),
             norms: None,
+            residual: None,
             act: Activation::Relu,
         };
         let xin = QuantInput {
@@ -1531,6 +1650,7 @@ mod tests {
             .collect();
         let w6 = TernaryConv {
             norms: Some(&norms),
+            residual: None,
             act: Activation::Relu6,
             ..w
         };
@@ -1542,6 +1662,7 @@ mod tests {
         }
         let bad = TernaryConv {
             norms: Some(&norms[1..]),
+            residual: None,
             ..w
         };
         assert!(ternary_conv2d_u8(&xin, &bad, &p, Int8Isa::Scalar, Par::Seq).is_err());
@@ -1562,6 +1683,7 @@ mod tests {
             alpha_neg: None,
             bias: None,
             norms: None,
+            residual: None,
             act: Activation::None,
         };
         let x = QuantInput {

@@ -211,7 +211,12 @@ fn hla_run_export_and_packed_inference_match() {
         x,
         &want,
     );
-    assert_eq!(chained, 9, "each residual block's conv1 → conv2");
+    // each block's conv1 → conv2, and conv2 (with the shortcut summed in its epilogue) → the
+    // next block's conv1 where that block's shortcut is the identity (6 of 8)
+    assert_eq!(
+        chained, 15,
+        "conv1 → conv2 in 9 blocks, block → block 6 times"
+    );
 }
 
 /// W2A8 inference of `pm` (calibrated on `calib`) on `x` against the exact logits `want`:
@@ -253,6 +258,11 @@ fn check_a8(
     let mut h = load_a8(model, &back).unwrap().with_bn_folding(false);
     let unfused = h.eval_logits(model, x.clone()).unwrap();
     assert_eq!(h.fused_calls(), 0);
+    // the shortcut summed in the last conv's epilogue against the model's sum after it
+    let mut h = load_a8(model, &back).unwrap().with_sum_epilogue(false);
+    let apart = h.eval_logits(model, x.clone()).unwrap();
+    let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&apart), bits(&got), "sum in the epilogue");
     // later forwards take chained layers' input codes from the previous layer's epilogue:
     // the same bits as the first forward's quantiser passes, for this input and another
     let mut h = load_a8(model, &back).unwrap();
