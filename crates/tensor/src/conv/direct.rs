@@ -2018,11 +2018,11 @@ mod tests {
                     );
                 }
                 if matches!(isa, super::Isa::Avx2(_)) {
-                    for i in 0..DW2_BLOCKS.len() {
+                    for (i, block) in DW2_BLOCKS.iter().enumerate() {
                         DW2_BLOCK_TEST.with(|c| c.set(Some(i)));
                         let (got, chunked) = (run(usize::MAX), run(1));
                         DW2_BLOCK_TEST.with(|c| c.set(None));
-                        let what = format!("{cin}→{cout}, stride {s}, AVX2 {:?}", DW2_BLOCKS[i]);
+                        let what = format!("{cin}→{cout}, stride {s}, AVX2 {block:?}");
                         assert_eq!(got, whole, "{what}");
                         assert_eq!(chunked, whole, "{what}, chunks of one vector");
                     }
