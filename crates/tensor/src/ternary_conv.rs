@@ -1435,42 +1435,79 @@ mod tests {
         assert_eq!(channel_block(1, &dw, 112 * 112 * 9), 24);
     }
 
+    /// The epilogue tests' layer: 3×3 codes `[12, 8·9]` packed for the direct path, α, α⁻ and a
+    /// bias per channel, a random u8 input `[2, 8, 7, 7]` (zero point 3, scale 0.1 in
+    /// [`EpilogueCase::x`]) and positive patch norms `[2, 1, 7, 7]`.
+    struct EpilogueCase {
+        pc: PackedCodes,
+        alpha: Vec<f32>,
+        alpha_neg: Vec<f32>,
+        bias: Vec<f32>,
+        q: Array4<u8>,
+        norms: Vec<f32>,
+    }
+
+    /// `(n, c, c_out, hw, k)` of [`EpilogueCase`].
+    const EPILOGUE_DIMS: (usize, usize, usize, usize, usize) = (2, 8, 12, 7, 3);
+
+    impl EpilogueCase {
+        fn new(seed: u64) -> Self {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (n, c, c_out, hw, kk) = EPILOGUE_DIMS;
+            let codes: Vec<i8> = (0..c_out * c * kk * kk)
+                .map(|_| rng.random_range(-1i8..=1))
+                .collect();
+            EpilogueCase {
+                pc: PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap(),
+                alpha: (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect(),
+                alpha_neg: (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect(),
+                bias: (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect(),
+                q: Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>()),
+                norms: (0..n * hw * hw)
+                    .map(|_| rng.random_range(0.5f32..2.0))
+                    .collect(),
+            }
+        }
+
+        fn x(&self) -> QuantInput<'_> {
+            QuantInput {
+                q: self.q.view(),
+                scale: 0.1,
+                zero: 3,
+            }
+        }
+
+        /// The layer with α only: no α⁻, bias, norms, shortcut or activation.
+        fn plain(&self) -> TernaryConv<'_> {
+            TernaryConv {
+                codes: &self.pc,
+                magnitudes: None,
+                kernel: (EPILOGUE_DIMS.4, EPILOGUE_DIMS.4),
+                alpha: &self.alpha,
+                alpha_neg: None,
+                bias: None,
+                norms: None,
+                residual: None,
+                act: Activation::None,
+            }
+        }
+    }
+
     /// HLA's patch norms in the branch-free epilogue: every output is exactly
     /// `act(ap·(acc − za) / norm + b)` of the plain output `ap·(acc − za)`, and its code the
     /// quantiser's of that value, on every kernel and activation; a zero norm (`eps_x = 0` over
     /// a patch at the zero point) gives the NaN that the f32 path gives there.
     #[test]
     fn patch_norm_epilogue_is_the_formula_bit_for_bit() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-        let (n, c, c_out, hw, kk) = (2, 8, 12, 7, 3);
+        let mut case = EpilogueCase::new(12);
+        let (_, _, _, hw, _) = EPILOGUE_DIMS;
         let p = Conv2dParams::new(1, 1);
-        let codes: Vec<i8> = (0..c_out * c * kk * kk)
-            .map(|_| rng.random_range(-1i8..=1))
-            .collect();
-        let pc = PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap();
-        let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
-        let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect();
-        let mut q = Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>());
         // sample 1's first rows at the zero point: a zero patch for the last check
-        q.slice_mut(ndarray::s![1, .., ..3, ..]).fill(3);
-        let x = QuantInput {
-            q: q.view(),
-            scale: 0.1,
-            zero: 3,
-        };
+        case.q.slice_mut(ndarray::s![1, .., ..3, ..]).fill(3);
+        let mut norms = case.norms.clone();
+        let x = case.x();
         let m = hw * hw;
-        let mut norms: Vec<f32> = (0..n * m).map(|_| rng.random_range(0.5f32..2.0)).collect();
-        let plain_w = TernaryConv {
-            codes: &pc,
-            magnitudes: None,
-            kernel: (kk, kk),
-            alpha: &alpha,
-            alpha_neg: None,
-            bias: None,
-            norms: None,
-            residual: None,
-            act: Activation::None,
-        };
+        let plain_w = case.plain();
         let (inv, z) = (1.0 / 0.05, 7.0 + 0.5);
         for isa in Int8Isa::available() {
             let plain = conv_u8(&x, &plain_w, &p, None, isa, Par::Seq, None)
@@ -1478,9 +1515,8 @@ mod tests {
                 .0;
             for act in [Activation::None, Activation::Relu, Activation::Relu6] {
                 let w = TernaryConv {
-                    bias: Some(&bias),
+                    bias: Some(&case.bias),
                     norms: Some(&norms),
-                    residual: None,
                     act,
                     ..plain_w
                 };
@@ -1488,7 +1524,7 @@ mod tests {
                     conv_u8(&x, &w, &p, Some((0.05, 7)), isa, Par::Rayon, None).unwrap();
                 let codes = codes.unwrap();
                 for ((i, j, oy, ox), &got) in y.indexed_iter() {
-                    let v = plain[[i, j, oy, ox]] / norms[i * m + oy * hw + ox] + bias[j];
+                    let v = plain[[i, j, oy, ox]] / norms[i * m + oy * hw + ox] + case.bias[j];
                     let v = act.apply(v);
                     assert_eq!(
                         got.to_bits(),
@@ -1503,7 +1539,6 @@ mod tests {
         norms[m + hw + 1] = 0.0;
         let w = TernaryConv {
             norms: Some(&norms),
-            residual: None,
             act: Activation::Relu,
             ..plain_w
         };
@@ -1520,26 +1555,13 @@ mod tests {
     /// [`Activation::apply`] give them. A shortcut of the wrong length is an error.
     #[test]
     fn residual_epilogue_is_the_separate_sum_bit_for_bit() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-        let (n, c, c_out, hw, kk) = (2, 8, 12, 7, 3);
+        let case = EpilogueCase::new(13);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let (n, _, c_out, hw, _) = EPILOGUE_DIMS;
         let p = Conv2dParams::new(1, 1);
-        let codes: Vec<i8> = (0..c_out * c * kk * kk)
-            .map(|_| rng.random_range(-1i8..=1))
-            .collect();
-        let pc = PackedCodes::for_conv(&codes, [c_out, c, kk, kk], 1).unwrap();
-        let mc = pc.magnitudes();
-        let alpha: Vec<f32> = (0..c_out).map(|j| 0.05 + 0.01 * j as f32).collect();
-        let alpha_neg: Vec<f32> = (0..c_out).map(|j| 0.07 - 0.002 * j as f32).collect();
-        let bias: Vec<f32> = (0..c_out).map(|j| 0.1 * j as f32 - 0.5).collect();
-        let q = Array4::from_shape_fn((n, c, hw, hw), |_| rng.random::<u8>());
-        let x = QuantInput {
-            q: q.view(),
-            scale: 0.1,
-            zero: 3,
-        };
-        let m = hw * hw;
-        let norms: Vec<f32> = (0..n * m).map(|_| rng.random_range(0.5f32..2.0)).collect();
-        let mut res: Vec<f32> = (0..n * c_out * m)
+        let mc = case.pc.magnitudes();
+        let x = case.x();
+        let mut res: Vec<f32> = (0..n * c_out * hw * hw)
             .map(|_| rng.random_range(-3.0f32..3.0))
             .collect();
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 7.5];
@@ -1551,15 +1573,11 @@ mod tests {
             for (with_norms, asym) in [(false, false), (true, false), (false, true), (true, true)] {
                 for act in [Activation::None, Activation::Relu, Activation::Relu6] {
                     let w = TernaryConv {
-                        codes: &pc,
                         magnitudes: asym.then_some(&mc),
-                        kernel: (kk, kk),
-                        alpha: &alpha,
-                        alpha_neg: asym.then_some(alpha_neg.as_slice()),
-                        bias: Some(&bias),
-                        norms: with_norms.then_some(norms.as_slice()),
-                        residual: None,
-                        act: Activation::None,
+                        alpha_neg: asym.then_some(case.alpha_neg.as_slice()),
+                        bias: Some(&case.bias),
+                        norms: with_norms.then_some(case.norms.as_slice()),
+                        ..case.plain()
                     };
                     let y = conv_u8(&x, &w, &p, None, isa, Par::Seq, None).unwrap().0;
                     let w = TernaryConv {
@@ -1582,15 +1600,8 @@ mod tests {
             }
         }
         let short = TernaryConv {
-            codes: &pc,
-            magnitudes: None,
-            kernel: (kk, kk),
-            alpha: &alpha,
-            alpha_neg: None,
-            bias: None,
-            norms: None,
             residual: Some(&res[1..]),
-            act: Activation::Relu,
+            ..case.plain()
         };
         let e = ternary_conv2d_u8(&x, &short, &p, Int8Isa::detect(), Par::Seq).unwrap_err();
         assert!(e.to_string().contains("residual"), "{e}");
