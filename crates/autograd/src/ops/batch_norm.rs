@@ -448,24 +448,31 @@ fn fold_plane<F: Float>(d: &[F], xp: &[F], (mu, s): (F, F), db: &mut Lanes<F>, d
 fn mask_plane<F: Float>(act: Activation, dp: &mut [F], xp: &[F], (mu, s, g, b): (F, F, F, F)) {
     let six = F::from_f64(6.0);
     let y = |v: F| g * ((v - mu) * s) + b;
-    // a select, not a branch, and the activation chosen outside the loop, so it vectorises
+    // the activation chosen outside the loop, so it vectorises
     match act {
         Activation::None => {}
-        Activation::Relu => {
-            for (d, &v) in dp.iter_mut().zip(xp) {
-                *d = if y(v) > F::zero() { *d } else { F::zero() };
-            }
+        Activation::Relu => keep_where(dp, xp, |v| y(v) > F::zero()),
+        Activation::Relu6 => keep_where(dp, xp, |v| {
+            let y = y(v);
+            y > F::zero() && y < six
+        }),
+    }
+}
+
+/// `d[i] ← if keep(x[i]) { d[i] } else { 0 }`, in blocks selected into a stack buffer and
+/// copied back whole. Written in place (`*d = if keep { *d } else { 0 }`), the loop compiles
+/// to a masked store of the zeros (`vmaskmovps` to memory), which AMD's Zen 2/3 run at about
+/// one per 12 cycles; a select into other memory and a plain copy are full-speed stores.
+#[inline(always)]
+fn keep_where<F: Float>(dp: &mut [F], xp: &[F], keep: impl Fn(F) -> bool) {
+    const BLOCK: usize = 64;
+    let mut t = [F::zero(); BLOCK];
+    for (d, x) in dp.chunks_mut(BLOCK).zip(xp.chunks(BLOCK)) {
+        let t = &mut t[..d.len()];
+        for ((t, &dv), &xv) in t.iter_mut().zip(d.iter()).zip(x) {
+            *t = if keep(xv) { dv } else { F::zero() };
         }
-        Activation::Relu6 => {
-            for (d, &v) in dp.iter_mut().zip(xp) {
-                let y = y(v);
-                *d = if y > F::zero() && y < six {
-                    *d
-                } else {
-                    F::zero()
-                };
-            }
-        }
+        d.copy_from_slice(t);
     }
 }
 

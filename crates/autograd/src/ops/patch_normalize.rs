@@ -175,12 +175,11 @@ pub(crate) fn patch_normalize_backward<F: Float>(
                                 &mut dq_s[c * pix..][..pix],
                                 &ys[(s * c_out + c) * pix..][..pix],
                             );
-                            for (((t, d), &a), &b) in acc.iter_mut().zip(d).zip(a).zip(nrm) {
-                                let v = (-*d * a) / (b * b);
-                                *t = if cpg == 1 { v } else { *t + v };
-                                if needs_y {
-                                    *d = *d / b;
-                                }
+                            // `needs_y` outside the loop: inside, the conditional division
+                            // compiled to a masked store (slow on AMD's Zen 2/3)
+                            match needs_y {
+                                true => fold_norm_grad::<F, true>(acc, d, a, nrm, cpg == 1),
+                                false => fold_norm_grad::<F, false>(acc, d, a, nrm, cpg == 1),
                             }
                         }
                         for (t, &b) in acc.iter_mut().zip(nrm) {
@@ -220,6 +219,25 @@ pub(crate) fn patch_normalize_backward<F: Float>(
         bw.add(y, dq.into_dyn());
     }
     Ok(())
+}
+
+/// One channel's terms of the norm's gradient: `acc ← (−dq·y) / (n·n)` (`first`) or
+/// `acc + (−dq·y) / (n·n)`, and with `DIV` also `dq ← dq / n` in the same pass.
+#[inline(always)]
+fn fold_norm_grad<F: Float, const DIV: bool>(
+    acc: &mut [F],
+    dq: &mut [F],
+    y: &[F],
+    norms: &[F],
+    first: bool,
+) {
+    for (((t, d), &a), &b) in acc.iter_mut().zip(dq).zip(y).zip(norms) {
+        let v = (-*d * a) / (b * b);
+        *t = if first { v } else { *t + v };
+        if DIV {
+            *d = *d / b;
+        }
+    }
 }
 
 #[cfg(test)]
