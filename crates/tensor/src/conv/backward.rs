@@ -99,28 +99,29 @@ fn backward_input<F: Float>(
     };
     // Fused product + col2im on the phase-split grid (AVX-512): strided convolutions and those
     // with too few input channels per group for the flipped-kernel path below.
-    if let Some((d, isa)) = g.direct_forward::<F>() {
-        if Direct::scatter_supported(isa) && g.direct_backward_input::<F>().is_none() {
-            let wts: Vec<Vec<F>> = (0..g.groups)
-                .map(|gi| transpose_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd]))
-                .collect();
-            let sl = d.scatter_scratch_len();
-            let dxs = for_each_zeroed_chunk(
-                par,
-                dx_len,
-                g.in_sample(),
-                || pool.take(sl),
-                |sc, s, dx_s| {
-                    let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
-                    for (gi, wt) in wts.iter().enumerate() {
-                        let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
-                        let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
-                        backward_input_scatter(&d, isa, wt, dy_g, dx_g, sc);
-                    }
-                },
-            );
-            return Ok(add_into(acc, dx(dxs), par));
-        }
+    if input_path::<F>(&g) == InputPath::Scatter {
+        let (d, isa) = g
+            .direct_forward::<F>()
+            .expect("the scatter path has direct kernels");
+        let wts: Vec<Vec<F>> = (0..g.groups)
+            .map(|gi| transpose_weights(&d, &ws[gi * g.cout_g * kd..(gi + 1) * g.cout_g * kd]))
+            .collect();
+        let sl = d.scatter_scratch_len();
+        let dxs = for_each_zeroed_chunk(
+            par,
+            dx_len,
+            g.in_sample(),
+            || pool.take(sl),
+            |sc, s, dx_s| {
+                let dy_s = &dys[s * g.out_sample()..(s + 1) * g.out_sample()];
+                for (gi, wt) in wts.iter().enumerate() {
+                    let dy_g = &dy_s[gi * g.cout_g * np..(gi + 1) * g.cout_g * np];
+                    let dx_g = &mut dx_s[gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw];
+                    backward_input_scatter(&d, isa, wt, dy_g, dx_g, sc);
+                }
+            },
+        );
+        return Ok(add_into(acc, dx(dxs), par));
     }
     // Direct path: dx = stride-1 convolution of dy with the flipped, transposed kernel.
     let direct = g.direct_backward_input::<F>();
@@ -246,6 +247,42 @@ fn backward_input<F: Float>(
         },
     );
     Ok(add_into(acc, dx(dxs), par))
+}
+
+/// How [`conv2d_backward_input`] computes the input gradient of a geometry (for `F`, on this
+/// CPU): one source for it and for the patch norms' gradient, which depends on whether every
+/// channel's sums take the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InputPath {
+    /// A direct stride-1 convolution of `dy` with the flipped, transposed kernel.
+    Direct,
+    /// `Wᵀ·dy` fused with col2im (AVX-512), tap blocks of 16.
+    Scatter,
+    /// Per channel (one input channel per group).
+    Depthwise,
+    /// `Wᵀ·dy` without col2im (1×1, stride 1, unpadded).
+    Pointwise,
+    /// `Wᵀ·dy` by GEMM, then col2im: every input position takes its terms in tap order, from
+    /// zero.
+    Col2im,
+}
+
+/// The [`InputPath`] of `g` for `F`.
+pub(super) fn input_path<F: 'static>(g: &Geom) -> InputPath {
+    if g.direct_backward_input::<F>().is_some() {
+        InputPath::Direct
+    } else if g
+        .direct_forward::<F>()
+        .is_some_and(|(_, isa)| Direct::scatter_supported(isa))
+    {
+        InputPath::Scatter
+    } else if g.depthwise() {
+        InputPath::Depthwise
+    } else if g.pointwise() {
+        InputPath::Pointwise
+    } else {
+        InputPath::Col2im
+    }
 }
 
 /// `a` itself when it is in standard layout, else a copy that is.

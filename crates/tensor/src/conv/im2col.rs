@@ -40,13 +40,24 @@ pub(super) fn im2col<F: Float>(g: &Geom, x_g: &[F], cols: &mut [F]) {
 /// col2im of one group of one sample: `dx_g[c_in_g, h, w] += cols[c_in_g·k_h·k_w, h_out·w_out]`
 /// scattered back to the input positions (the adjoint of [`im2col`]).
 pub(super) fn col2im<F: Float>(g: &Geom, cols: &[F], dx_g: &mut [F]) {
-    let (hw, np) = (g.h * g.w, g.npix());
-    for ci in 0..g.cin_g {
+    let np = g.npix();
+    col2im_rows(g, g.cin_g, |r| &cols[r * np..(r + 1) * np], dx_g);
+}
+
+/// [`col2im`] of `chans` channels whose column row `r = (c·k_h + k_i)·k_w + k_j` is `row(r)`
+/// (`h_out·w_out` values): each input position takes its terms in tap order.
+pub(super) fn col2im_rows<'a, F: Float + 'a>(
+    g: &Geom,
+    chans: usize,
+    row: impl Fn(usize) -> &'a [F],
+    dx_g: &mut [F],
+) {
+    let hw = g.h * g.w;
+    for ci in 0..chans {
         let plane = &mut dx_g[ci * hw..(ci + 1) * hw];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let r = (ci * g.kh + ki) * g.kw + kj;
-                let row = &cols[r * np..(r + 1) * np];
+                let row = row((ci * g.kh + ki) * g.kw + kj);
                 let (off, lo, hi) = g.col_range(kj);
                 for oh in 0..g.ho {
                     let Some(ih) = g.in_row(oh, ki) else { continue };

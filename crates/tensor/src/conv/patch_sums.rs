@@ -6,15 +6,20 @@
 //! group. Where the convolution would take the direct kernels, the loops here compute these
 //! with the very terms the kernels sum, in their order, from zero: the bits of the convolution,
 //! without the `x ⊙ x` tensor, the padded copy of every channel, or a convolution with one
-//! output (or one input) channel. Elsewhere (f64, no SIMD, strided input gradients) they are
-//! the composition itself.
+//! output (or one input) channel. Where the input gradient would take GEMM + col2im (strided
+//! layers without AVX-512; f64; no SIMD), its column rows are all `dn` itself (a product with
+//! one output channel), so col2im of a single channel gives the group's plane, with the very
+//! additions of every channel's col2im. Elsewhere (the AVX-512 scatter kernel, whose tap blocks
+//! of 16 give each channel another order; depthwise and 1×1 layers) they are the composition
+//! itself.
 //!
 //! The kernels sum an output over its taps `(c, k_i, k_j)` in that order, starting from zero,
 //! each term an `fma(1, v, acc)`, which is `acc + v` rounded once; padding positions contribute
 //! `+0`. The loops below add the same values of a zero-padded plane in the same order.
 
-use super::backward::{add_into, standard};
+use super::backward::{add_into, input_path, standard, InputPath};
 use super::geom::{dims4, Geom};
+use super::im2col::col2im_rows;
 use super::params::Conv2dParams;
 use super::{conv2d, conv2d_backward_input};
 use crate::{
@@ -128,49 +133,42 @@ pub fn patch_square_sums_backward<F: Float>(
     }
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
-    if g.direct_backward_input::<F>().is_none() {
-        let two = F::one() + F::one();
-        let ones = Array4::from_elem(ones_d, F::one());
-        let mut dx = conv2d_backward_input(dn, ones.view(), (g.h, g.w), p, par)?;
-        let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
-        for_each_chunk(
-            par,
-            dxs,
-            xd[1] * g.h * g.w,
-            || (),
-            |_, s, d_s| {
-                let x_s = &xs[s * d_s.len()..][..d_s.len()];
-                d_s.iter_mut()
-                    .zip(x_s)
-                    .for_each(|(d, &x)| *d = *d * two * x);
-            },
-        );
-        return Ok(add_into(acc, dx, par));
-    }
+    let plane = match input_path::<F>(&g) {
+        InputPath::Direct => {
+            // dn padded by `d·(k − 1) − p`, summed over the taps at stride 1
+            let (eh, ew) = (g.dh * (g.kh - 1), g.dw * (g.kw - 1));
+            let padded = Padded {
+                h: g.ho + 2 * (eh - g.ph),
+                w: g.wo + 2 * (ew - g.pw),
+                ph: eh - g.ph,
+                pw: ew - g.pw,
+            };
+            let taps = Taps {
+                k: (g.kh, g.kw),
+                s: (1, 1),
+                d: (g.dh, g.dw),
+            };
+            GroupPlane::Taps(padded, taps)
+        }
+        InputPath::Col2im => GroupPlane::Col2im,
+        InputPath::Scatter | InputPath::Depthwise | InputPath::Pointwise => {
+            return composition(dn, x.view(), ones_d, &g, p, par, acc)
+        }
+    };
     let dn = dn.as_standard_layout();
     let dns = dn.as_slice().expect("standard layout is contiguous");
     let hw = g.h * g.w;
-    // the direct input gradient: dn padded by `d·(k − 1) − p`, summed over the taps at stride 1
-    let (eh, ew) = (g.dh * (g.kh - 1), g.dw * (g.kw - 1));
-    let padded = Padded {
-        h: g.ho + 2 * (eh - g.ph),
-        w: g.wo + 2 * (ew - g.pw),
-        ph: eh - g.ph,
-        pw: ew - g.pw,
-    };
-    let taps = Taps {
-        k: (g.kh, g.kw),
-        s: (1, 1),
-        d: (g.dh, g.dw),
-    };
     let grad = InputGrad {
         g: &g,
-        padded,
-        taps,
+        plane,
         xs,
         dns,
     };
-    let init = || (vec![F::zero(); padded.h * padded.w], vec![F::zero(); hw]);
+    let pad_len = match plane {
+        GroupPlane::Taps(padded, _) => padded.h * padded.w,
+        GroupPlane::Col2im => 0,
+    };
+    let init = || (vec![F::zero(); pad_len], vec![F::zero(); hw]);
     let sample_len = g.c_in * hw;
     Ok(match acc {
         Some(acc) => {
@@ -193,12 +191,54 @@ pub fn patch_square_sums_backward<F: Float>(
     })
 }
 
-/// The direct path of [`patch_square_sums_backward`]: its geometry, `x` and `dn` (standard
-/// layout) and `dn`'s padding.
+/// [`patch_square_sums_backward`] as its definition: [`conv2d_backward_input`] with the ONES
+/// kernel, then `(d · 2) · x`, then the sum with `acc` (for the input-gradient paths whose
+/// channels do not all take the same order, or that do not start from zero).
+fn composition<F: Float>(
+    dn: ArrayView4<F>,
+    x: ArrayView4<F>,
+    ones_d: [usize; 4],
+    g: &Geom,
+    p: &Conv2dParams,
+    par: Par,
+    acc: Option<Array4<F>>,
+) -> Result<Array4<F>> {
+    let xs = x.as_slice().expect("standard layout is contiguous");
+    let two = F::one() + F::one();
+    let ones = Array4::from_elem(ones_d, F::one());
+    let mut dx = conv2d_backward_input(dn, ones.view(), (g.h, g.w), p, par)?;
+    let dxs = dx.as_slice_mut().expect("fresh array is contiguous");
+    for_each_chunk(
+        par,
+        dxs,
+        g.c_in * g.h * g.w,
+        || (),
+        |_, s, d_s| {
+            let x_s = &xs[s * d_s.len()..][..d_s.len()];
+            d_s.iter_mut()
+                .zip(x_s)
+                .for_each(|(d, &x)| *d = *d * two * x);
+        },
+    );
+    Ok(add_into(acc, dx, par))
+}
+
+/// How [`InputGrad`] sums a group's plane `convᵀ(dn, ONES)`, as the input-gradient path it
+/// stands for does.
+#[derive(Clone, Copy)]
+enum GroupPlane {
+    /// The direct path: `dn` zero-padded, its taps summed at stride 1 ([`Taps::add`]).
+    Taps(Padded, Taps),
+    /// GEMM + col2im: every column row is `dn` itself (`1 · dn` with one output channel), so
+    /// col2im of one channel's rows gives every channel's plane.
+    Col2im,
+}
+
+/// The fast paths of [`patch_square_sums_backward`]: the geometry, how a group's plane is
+/// summed, `x` and `dn` (standard layout).
 struct InputGrad<'a, F> {
     g: &'a Geom,
-    padded: Padded,
-    taps: Taps,
+    plane: GroupPlane,
     xs: &'a [F],
     dns: &'a [F],
 }
@@ -224,9 +264,14 @@ impl<F: Float> InputGrad<'_, F> {
             || {
                 for gi in 0..g.groups {
                     let dn_g = &self.dns[(s * g.groups + gi) * np..][..np];
-                    self.padded.fill(pad, dn_g, g.wo, |v| v);
                     t.fill(F::zero());
-                    self.taps.add(t, (g.h, g.w), pad, self.padded.w, (1, 0));
+                    match self.plane {
+                        GroupPlane::Taps(padded, taps) => {
+                            padded.fill(pad, dn_g, g.wo, |v| v);
+                            taps.add(t, (g.h, g.w), pad, padded.w, (1, 0));
+                        }
+                        GroupPlane::Col2im => col2im_rows(g, 1, |_| dn_g, t),
+                    }
                     let chans = gi * g.cin_g * hw..(gi + 1) * g.cin_g * hw;
                     for (o, x_c) in out[chans.clone()]
                         .chunks_exact_mut(hw)
@@ -540,6 +585,35 @@ mod tests {
                     assert_eq!(bits(&grad(Some(&acc))), want_acc, "{at}");
                     assert_eq!(bits(&grad(Some(&acc_f))), want_acc, "{at}");
                 }
+            }
+        }
+    }
+
+    /// In f64 (GEMM + col2im, or the depthwise and 1×1 paths) the input gradient is the
+    /// composition's too, for 1 and 2 threads, with and without an accumulated gradient.
+    #[test]
+    fn f64_input_gradient_is_the_convolutions_bits() {
+        for (i, c) in cases().into_iter().enumerate() {
+            let (n, ci, (h, w), k, ..) = c;
+            let p = params(&c);
+            let (ho, wo) = p.output_hw(h, w, k.0, k.1).unwrap();
+            let x = values((n, ci, h, w), 50 + i as u64).mapv(f64::from);
+            let dn = values((n, p.groups, ho, wo), 60 + i as u64).mapv(f64::from);
+            let acc = values((n, ci, h, w), 70 + i as u64).mapv(f64::from);
+            let ones = Array4::from_elem((p.groups, ci / p.groups, k.0, k.1), 1.0f64);
+            let t = conv2d_backward_input(dn.view(), ones.view(), (h, w), &p, Par::Seq);
+            let mut dx = t.unwrap();
+            dx.zip_mut_with(&x, |d, &x| *d = *d * 2.0 * x);
+            for threads in [1, 2] {
+                let grad = |a: Option<Array4<f64>>| {
+                    pool(threads).install(|| {
+                        patch_square_sums_backward(dn.view(), x.view(), k, &p, Par::Rayon, a)
+                            .unwrap()
+                    })
+                };
+                let at = format!("{c:?} threads={threads}");
+                assert_eq!(bits(&grad(None)), bits(&dx), "{at}");
+                assert_eq!(bits(&grad(Some(acc.clone()))), bits(&(&acc + &dx)), "{at}");
             }
         }
     }
