@@ -192,8 +192,10 @@ pub fn patch_square_sums_backward<F: Float>(
 }
 
 /// [`patch_square_sums_backward`] as its definition: [`conv2d_backward_input`] with the ONES
-/// kernel, then `(d · 2) · x`, then the sum with `acc` (for the input-gradient paths whose
-/// channels do not all take the same order, or that do not start from zero).
+/// kernel, then `(d · 2) · x`, then the sum with `acc`: for the input-gradient paths whose sums
+/// the loops here do not reproduce (the AVX-512 scatter, whose tap blocks give each channel
+/// another order; the depthwise loops' own order; the 1×1 GEMM's direct writes, not sums from
+/// zero).
 fn composition<F: Float>(
     dn: ArrayView4<F>,
     x: ArrayView4<F>,
